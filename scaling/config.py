@@ -1,0 +1,297 @@
+"""One typed run config. Precedence: command line > YAML file (`--config`) > defaults.
+
+Every check a user's input can fail is made here, before any process group, dataset or model exists,
+and raises `ConfigError` with one line that names the key and what to fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A mistake in the user's input. The entry points print it as one line and exit with status 2."""
+
+
+LR_SCALING_RULES = ("none", "linear", "sqrt")
+LR_DECAYS = ("constant", "cosine", "step")
+OPTIMIZERS = ("sgd", "adamw")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+
+
+@dataclass
+class RunConfig:
+    """Every knob of one run. YAML keys are these names; flags are the same words with dashes."""
+
+    # batch decomposition: global = per_device x num_processes x accumulation_steps
+    global_bs: int = 256
+    per_device_bs: int | str | None = None  # an int, "auto" (memory search), or None (chosen)
+    accumulation_steps: int | None = None
+    emulate_processes: int | None = None  # run the batch schedule of N processes on fewer
+    max_per_device_bs: int = 512  # cap for the automatic choice when neither factor is given
+
+    # learning rate: base_lr is the LR at reference batch base_bs, scaled to global_bs by lr_scaling
+    base_lr: float = 0.1
+    base_bs: int = 256
+    lr_scaling: str = "sqrt"
+    warmup_steps: int | None = None
+    warmup_epochs: float | None = None
+    lr_decay: str = "constant"
+    lr_step_epochs: list[float] = field(default_factory=list)  # step decay milestones, in epochs
+    lr_step_gamma: float = 0.1
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+    # stopping
+    target_accuracy: float | None = 0.9
+    max_steps: int | None = None
+    max_epochs: float | None = 40.0
+    max_time: float | None = None  # seconds of wall time (evaluation included)
+    eval_every: int | None = None  # optimizer steps; when unset, eval_every_epochs applies
+    eval_every_epochs: float = 0.25
+    diverge_factor: float = 5.0  # a training loss above this multiple of the first one counts as divergence
+
+    # workload
+    dataset: str = "mnist1d"
+    dataset_config: str | None = None
+    train_split: str = "train"
+    eval_split: str = "test"
+    input_column: str | None = None
+    label_column: str = "label"
+    num_samples: int = 40000  # built-in MNIST-1D: samples generated (80% train, 20% test)
+    model: str = "cnn1d"
+    seed: int = 0
+
+    # machine and output
+    cpu: bool = False
+    mixed_precision: str = "no"
+    output_dir: str = "runs/latest"
+    log_every: int = 10  # optimizer steps per logging window (throughput, metrics.jsonl)
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(RunConfig)}
+_HINTS = typing.get_type_hints(RunConfig)
+
+# Fields that must be > 0 when set.
+_POSITIVE = {
+    "global_bs", "accumulation_steps", "emulate_processes", "max_per_device_bs", "base_lr", "base_bs",
+    "max_steps", "max_epochs", "max_time", "eval_every", "eval_every_epochs", "num_samples", "log_every",
+    "lr_step_gamma", "diverge_factor",
+}
+_NON_NEGATIVE = {"warmup_steps", "warmup_epochs", "momentum", "weight_decay"}
+_CHOICES = {
+    "lr_scaling": LR_SCALING_RULES,
+    "lr_decay": LR_DECAYS,
+    "optimizer": OPTIMIZERS,
+    "mixed_precision": MIXED_PRECISION,
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _suggest(name: str) -> str:
+    close = difflib.get_close_matches(name, FIELDS, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _allowed_types(hint: Any) -> tuple[type, ...]:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return tuple(t for t in typing.get_args(hint) if t is not type(None))
+    return (hint,)
+
+
+def coerce_value(key: str, value: Any, from_cli: bool) -> Any:
+    """Convert one value to the field's type, or raise ConfigError naming the key.
+
+    From the CLI everything arrives as a string; from YAML it arrives typed and a type change is refused
+    (an int where a float is expected is the one widening allowed, as in nanoGPT's configurator).
+    """
+    hint = _HINTS[key]
+    optional = type(None) in typing.get_args(hint)
+    allowed = _allowed_types(hint)
+    where = _flag(key) if from_cli else f"'{key}'"
+
+    if value is None or (from_cli and optional and value.lower() in ("none", "null")):
+        if optional:
+            return None
+        raise ConfigError(f"{where} cannot be empty; give a value of type {allowed[0].__name__}")
+
+    for typ in allowed:
+        origin = typing.get_origin(typ)
+        if origin is list:
+            items = value.split(",") if from_cli and isinstance(value, str) else value
+            if not isinstance(items, list):
+                raise ConfigError(f"{where} must be a list of numbers, got {value!r}")
+            return [coerce_value_scalar(where, float, item, from_cli) for item in items if item != ""]
+        try:
+            return coerce_value_scalar(where, typ, value, from_cli)
+        except ConfigError:
+            if typ is allowed[-1]:
+                raise
+    raise AssertionError("unreachable")
+
+
+def coerce_value_scalar(where: str, typ: type, value: Any, from_cli: bool) -> Any:
+    name = typ.__name__
+    if from_cli and isinstance(value, str):
+        try:
+            if typ is bool:
+                lowered = value.lower()
+                if lowered in ("1", "true", "yes", "on"):
+                    return True
+                if lowered in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError
+            if typ is int:
+                return int(value)
+            if typ is float:
+                result = float(value)
+                if not math.isfinite(result):
+                    raise ValueError
+                return result
+            return value
+        except ValueError:
+            raise ConfigError(f"{where} expects {name}, got {value!r}") from None
+    # Typed value from YAML.
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number, got {value!r}")
+    if isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{where} expects {name}, got {type(value).__name__} {value!r}")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(base: dict[str, Any], overrides: dict[str, Any], from_cli: bool, source: str) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if not isinstance(key, str) or key not in FIELDS:
+            shown = _flag(str(key)) if from_cli else f"'{key}'"
+            raise ConfigError(f"unknown key {shown} in {source}{_suggest(str(key))}")
+        merged[key] = coerce_value(key, value, from_cli)
+    return merged
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scaling run",
+        description="Train at a global batch size, scale the LR by a named rule, stop at a target accuracy "
+        "and write OUTPUT_DIR/result.json. Precedence: flags > --config YAML > defaults.",
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("--config", help="YAML file whose keys are the flag names in snake_case")
+    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint")
+    for name, fld in FIELDS.items():
+        default = fld.default if fld.default is not dataclasses.MISSING else fld.default_factory()
+        if _HINTS[name] is bool:  # `--cpu` alone means true; `--cpu false` is accepted too
+            parser.add_argument(_flag(name), dest=name, nargs="?", const="true", metavar="BOOL",
+                                help=f"default: {default}")
+        else:
+            parser.add_argument(_flag(name), dest=name, metavar=name.upper(), help=f"default: {default}")
+    return parser
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:
+        raise ConfigError(message)
+
+
+def parse_args(argv: list[str] | None) -> tuple[RunConfig, dict[str, Any]]:
+    """Merge defaults, YAML and flags into a validated RunConfig. Returns it and the extra options."""
+    parser = build_parser()
+    parser.__class__ = _Parser  # turn argparse's exit(2)+usage into a ConfigError one-liner
+    parsed, unknown = parser.parse_known_args(argv)
+    if unknown:
+        flag = next((u for u in unknown if u.startswith("-")), unknown[0])
+        key = flag.lstrip("-").split("=")[0].replace("-", "_")
+        what = f"unknown flag {flag.split('=')[0]}" if flag.startswith("-") else f"unexpected argument {flag!r}"
+        raise ConfigError(f"{what}{_suggest(key) if flag.startswith('-') else ''}")
+    namespace = vars(parsed)
+    extras = {"resume": namespace.pop("resume", False)}
+    config_path = namespace.pop("config", None)
+    merged: dict[str, Any] = {}
+    if config_path is not None:
+        merged = apply_overrides(merged, load_yaml(config_path), from_cli=False, source=str(config_path))
+    merged = apply_overrides(merged, namespace, from_cli=True, source="the command line")
+    return make_config(merged), extras
+
+
+def make_config(values: dict[str, Any], source: str = "config") -> RunConfig:
+    """Build and validate a RunConfig from typed values (unknown keys and type changes refused)."""
+    values = apply_overrides({}, values, from_cli=False, source=source)
+    cfg = RunConfig(**values)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    """Single-field checks; cross-field batch checks live in batching.plan_batch."""
+    for key in _POSITIVE:
+        value = getattr(cfg, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{_flag(key)} must be > 0, got {value}")
+    for key in _NON_NEGATIVE:
+        value = getattr(cfg, key)
+        if value is not None and value < 0:
+            raise ConfigError(f"{_flag(key)} must be >= 0, got {value}")
+    for key, choices in _CHOICES.items():
+        if getattr(cfg, key) not in choices:
+            raise ConfigError(f"{_flag(key)} must be one of {', '.join(choices)}, got {getattr(cfg, key)!r}")
+    if isinstance(cfg.per_device_bs, str) and cfg.per_device_bs != "auto":
+        raise ConfigError(f"--per-device-bs must be a positive integer or 'auto', got {cfg.per_device_bs!r}")
+    if isinstance(cfg.per_device_bs, int) and cfg.per_device_bs <= 0:
+        raise ConfigError(f"--per-device-bs must be > 0, got {cfg.per_device_bs}")
+    if cfg.per_device_bs is not None and cfg.accumulation_steps is not None:
+        raise ConfigError(
+            "give at most one of --per-device-bs and --accumulation-steps; the other follows from --global-bs"
+        )
+    if cfg.warmup_steps is not None and cfg.warmup_epochs is not None:
+        raise ConfigError("give at most one of --warmup-steps and --warmup-epochs")
+    if cfg.target_accuracy is not None and not 0 < cfg.target_accuracy <= 1:
+        raise ConfigError(f"--target-accuracy is a fraction in (0, 1], got {cfg.target_accuracy}")
+    if cfg.max_steps is None and cfg.max_epochs is None and cfg.max_time is None and cfg.target_accuracy is None:
+        raise ConfigError("nothing would stop this run: set --target-accuracy or a budget (--max-steps, --max-epochs, --max-time)")
+    if cfg.lr_decay == "cosine" and cfg.max_steps is None and cfg.max_epochs is None:
+        raise ConfigError("--lr-decay cosine needs a length: set --max-steps or --max-epochs")
+    if cfg.lr_decay == "step" and not cfg.lr_step_epochs:
+        raise ConfigError("--lr-decay step needs --lr-step-epochs, e.g. --lr-step-epochs 30,60,80")
+    if any(e <= 0 for e in cfg.lr_step_epochs):
+        raise ConfigError(f"--lr-step-epochs must be positive epochs, got {cfg.lr_step_epochs}")
+    if cfg.momentum >= 1:
+        raise ConfigError(f"--momentum must be in [0, 1), got {cfg.momentum}")
+    if not cfg.output_dir:
+        raise ConfigError("--output-dir cannot be empty")

@@ -1,0 +1,97 @@
+"""Load any source `datasets.load_dataset` understands: a hub id, a local folder, or local files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scaling.config import ConfigError, RunConfig
+from scaling.data.tensors import TensorPair
+
+_FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".arrow": "arrow"}
+
+
+def _load_dataset_dict(cfg: RunConfig):
+    import datasets
+
+    name = cfg.dataset
+    path = Path(name)
+    try:
+        if path.is_dir() and (path / "dataset_dict.json").is_file():
+            return datasets.load_from_disk(str(path))
+        if path.is_file():
+            builder = _FILE_BUILDERS.get(path.suffix.lower())
+            if builder is None:
+                raise ConfigError(f"--dataset {name}: unsupported file type {path.suffix!r}; use csv, json, parquet or arrow")
+            return datasets.load_dataset(builder, data_files={cfg.train_split: str(path)})
+        if path.is_dir():
+            return datasets.load_dataset(str(path), cfg.dataset_config)
+        if name.startswith((".", "/")) or name.endswith(tuple(_FILE_BUILDERS)):
+            raise ConfigError(f"--dataset {name}: no such file or folder")
+        return datasets.load_dataset(name, cfg.dataset_config)
+    except ConfigError:
+        raise
+    except (ConnectionError, OSError, ValueError, FileNotFoundError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        hint = " (no network? hub datasets need one; HF_HUB_OFFLINE=1 fails fast)" if not path.exists() else ""
+        raise ConfigError(f"cannot load --dataset {name!r}: {type(err).__name__}: {reason}{hint}") from None
+    except Exception as err:  # datasets raises its own types (DatasetNotFoundError, DataFilesNotFoundError...)
+        if type(err).__module__.startswith(("datasets", "huggingface_hub", "requests", "fsspec")):
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise ConfigError(f"cannot load --dataset {name!r}: {type(err).__name__}: {reason}") from None
+        raise
+
+
+def _split(dataset_dict, split: str, name: str):
+    if split not in dataset_dict:
+        raise ConfigError(
+            f"--dataset {name!r} has no split {split!r}; splits: {', '.join(dataset_dict)} "
+            f"(set --train-split / --eval-split)"
+        )
+    return dataset_dict[split]
+
+
+def _to_tensor_pair(split, input_columns: list[str], label_column: str) -> TensorPair:
+    table = split.with_format("torch", columns=[*input_columns, label_column])[:]  # dict of whole columns
+    columns = [table[c] for c in input_columns]
+    for column, values in zip(input_columns, columns, strict=True):
+        if not isinstance(values, torch.Tensor):
+            raise ConfigError(
+                f"input column {column!r} is not numeric with a fixed shape; choose another with --input-column"
+            )
+    if len(columns) == 1:
+        inputs = columns[0].float()
+    else:
+        inputs = torch.stack([c.float() for c in columns], dim=1)
+    labels = table[label_column]
+    if not isinstance(labels, torch.Tensor) or labels.is_floating_point():
+        raise ConfigError(f"label column {label_column!r} must hold integer class labels")
+    return TensorPair(inputs, labels)
+
+
+def load_hf(cfg: RunConfig) -> tuple[Any, Any]:
+    dataset_dict = _load_dataset_dict(cfg)
+    train = _split(dataset_dict, cfg.train_split, cfg.dataset)
+    eval_ = _split(dataset_dict, cfg.eval_split, cfg.dataset)
+    columns = list(train.column_names)
+    if cfg.label_column not in columns:
+        raise ConfigError(
+            f"--dataset {cfg.dataset!r} has no label column {cfg.label_column!r}; columns: {', '.join(columns)} "
+            f"(set --label-column)"
+        )
+    if cfg.input_column is not None:
+        inputs = [c.strip() for c in cfg.input_column.split(",")]
+        missing = [c for c in inputs if c not in columns]
+        if missing:
+            raise ConfigError(
+                f"--dataset {cfg.dataset!r} has no input column {missing[0]!r}; columns: {', '.join(columns)}"
+            )
+    else:
+        inputs = [c for c in columns if c != cfg.label_column]
+    for split in (eval_,):
+        absent = [c for c in [*inputs, cfg.label_column] if c not in split.column_names]
+        if absent:
+            raise ConfigError(f"split {cfg.eval_split!r} of --dataset {cfg.dataset!r} lacks column {absent[0]!r}")
+    return _to_tensor_pair(train, inputs, cfg.label_column), _to_tensor_pair(eval_, inputs, cfg.label_column)

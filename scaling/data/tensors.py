@@ -1,0 +1,38 @@
+"""In-memory (inputs, labels) tensors, indexed a whole batch at a time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import TensorDataset
+
+
+class TensorPair:
+    """A map-style dataset over two tensors. `batch(indices)` gathers a whole batch with one index op,
+    which is 10-100x faster than collating samples one by one through a DataLoader."""
+
+    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor):
+        if len(inputs) != len(labels):
+            raise ValueError(f"inputs ({len(inputs)}) and labels ({len(labels)}) differ in length")
+        self.inputs = inputs
+        self.labels = labels.long()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inputs[index], self.labels[index]
+
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inputs[indices], self.labels[indices]
+
+    def to(self, device: torch.device) -> TensorPair:
+        return TensorPair(self.inputs.to(device), self.labels.to(device))
+
+    @classmethod
+    def maybe_from(cls, dataset: Any) -> Any:
+        """A TensorDataset of (inputs, labels) becomes a TensorPair; anything else is kept as it is."""
+        if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
+            return cls(*dataset.tensors)
+        return dataset

@@ -1,0 +1,76 @@
+"""Learning-rate scaling rules and schedules, all counted in optimizer steps.
+
+One optimizer step consumes one global batch, whatever the world size and accumulation, so a schedule
+written here means the same thing for 1x4096x1 and 8x128x4. The loop sets the LR itself before each
+optimizer step instead of handing a scheduler to `accelerator.prepare`: a prepared scheduler steps
+`num_processes` times per optimizer step unless `split_batches=True`, which would make the schedule
+depend on the world size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from scaling.config import RunConfig
+
+
+def scaled_lr(base_lr: float, base_bs: int, global_bs: int, rule: str) -> float:
+    """LR for global_bs given base_lr tuned at base_bs.
+
+    linear: Goyal et al. 2017, "Accurate, Large Minibatch SGD" (lr proportional to batch).
+    sqrt:   Hoffer et al. 2017, "Train longer, generalize better" (lr proportional to sqrt(batch),
+            keeping the variance of the weight update constant).
+    """
+    ratio = global_bs / base_bs
+    if rule == "linear":
+        return base_lr * ratio
+    if rule == "sqrt":
+        return base_lr * math.sqrt(ratio)
+    if rule == "none":
+        return base_lr
+    raise ValueError(f"unknown LR scaling rule {rule!r}")
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    peak: float  # the scaled LR, reached at the end of warmup
+    warmup_steps: int
+    decay: str  # constant | cosine | step
+    total_steps: int | None  # needed by cosine
+    milestones: tuple[int, ...] = ()  # step decay: optimizer steps at which lr *= gamma
+    gamma: float = 0.1
+
+    def __call__(self, step: int) -> float:
+        """LR for optimizer step `step` (0-based)."""
+        if step < self.warmup_steps:
+            # Gradual warmup (Goyal et al. 2017, sec. 2.2): rises linearly to the peak, reaching it at the
+            # last warmup step; step 0 already takes a non-zero LR so no step is wasted.
+            return self.peak * (step + 1) / self.warmup_steps
+        if self.decay == "cosine":
+            span = max(1, self.total_steps - self.warmup_steps)
+            progress = min(1.0, (step - self.warmup_steps) / span)
+            return self.peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+        if self.decay == "step":
+            passed = sum(1 for milestone in self.milestones if step >= milestone)
+            return self.peak * self.gamma**passed
+        return self.peak
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_schedule(cfg: RunConfig, global_bs: int, steps_per_epoch: int, total_steps: int | None) -> LRSchedule:
+    if cfg.warmup_epochs is not None:
+        warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    else:
+        warmup = cfg.warmup_steps or 0
+    milestones = tuple(sorted(round(epoch * steps_per_epoch) for epoch in cfg.lr_step_epochs))
+    return LRSchedule(
+        peak=scaled_lr(cfg.base_lr, cfg.base_bs, global_bs, cfg.lr_scaling),
+        warmup_steps=warmup,
+        decay=cfg.lr_decay,
+        total_steps=total_steps,
+        milestones=milestones,
+        gamma=cfg.lr_step_gamma,
+    )

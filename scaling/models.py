@@ -1,0 +1,119 @@
+"""Built-in models and `module:callable` loading."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from scaling.config import ConfigError
+
+
+class CNN1D(nn.Module):
+    """The 1-D CNN of the MNIST-1D paper (Greydanus 2020), widened slightly; about 16k parameters.
+
+    No batch-coupled layers (no BatchNorm), so accumulation and emulation are exact for it.
+    """
+
+    def __init__(self, length: int = 40, channels: int = 32, num_classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv1d(1, channels, 5, stride=2, padding=1), nn.ReLU(),
+            nn.Conv1d(channels, channels, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv1d(channels, channels, 3, stride=2, padding=1), nn.ReLU(),
+        )
+        with torch.no_grad():
+            flat = self.features(torch.zeros(1, 1, length)).numel()
+        self.head = nn.Linear(flat, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            x = x.unsqueeze(1)
+        return self.head(self.features(x).flatten(1))
+
+
+class MLP(nn.Module):
+    def __init__(self, in_features: int = 40, hidden: int = 256, num_classes: int = 10):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class CNN1DBatchNorm(CNN1D):
+    """CNN1D with BatchNorm after each convolution: a batch-coupled model, for emulation caveats."""
+
+    def __init__(self, length: int = 40, channels: int = 32, num_classes: int = 10):
+        super().__init__(length, channels, num_classes)
+        layers: list[nn.Module] = []
+        for layer in self.features:
+            layers.append(layer)
+            if isinstance(layer, nn.Conv1d):
+                layers.append(nn.BatchNorm1d(layer.out_channels))
+        self.features = nn.Sequential(*layers)
+
+
+BUILTIN_MODELS: dict[str, Callable[[tuple[int, ...], int], nn.Module]] = {
+    "cnn1d": lambda shape, classes: CNN1D(shape[-1], num_classes=classes),
+    "cnn1d_bn": lambda shape, classes: CNN1DBatchNorm(shape[-1], num_classes=classes),
+    "mlp": lambda shape, classes: MLP(math.prod(shape), num_classes=classes),
+}
+
+
+def load_callable(spec: str, what: str) -> Callable[[], Any]:
+    """Import `module:callable` (the module may be a dotted name or a path to a .py file)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"{what} {spec!r} must be a built-in name or 'module:callable'")
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            if not path.is_file():
+                raise ConfigError(f"{what} {spec!r}: file {module_name} does not exist")
+            spec_obj = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(spec_obj)
+            sys.modules.setdefault(path.stem, module)
+            spec_obj.loader.exec_module(module)
+        else:
+            if "" not in sys.path and str(Path.cwd()) not in sys.path:
+                sys.path.insert(0, str(Path.cwd()))  # torchrun/accelerate do not put the cwd on sys.path
+            module = importlib.import_module(module_name)
+    except ConfigError:
+        raise
+    except ImportError as err:
+        raise ConfigError(f"{what} {spec!r}: cannot import module {module_name!r} ({err})") from None
+    fn = getattr(module, attr, None)
+    if fn is None or not callable(fn):
+        raise ConfigError(f"{what} {spec!r}: module {module_name!r} has no callable {attr!r}")
+    return fn
+
+
+def build_model(name: str, input_shape: tuple[int, ...] = (40,), num_classes: int = 10) -> nn.Module:
+    """A built-in model sized for the data, or whatever `module:callable` returns."""
+    if name in BUILTIN_MODELS:
+        return BUILTIN_MODELS[name](input_shape, num_classes)
+    if ":" not in name:
+        raise ConfigError(
+            f"unknown model {name!r}; built-in models: {', '.join(BUILTIN_MODELS)}, or give 'module:callable'"
+        )
+    model = load_callable(name, "--model")()
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"--model {name!r} returned {type(model).__name__}, expected a torch.nn.Module")
+    return model
+
+
+def has_batch_coupled_layers(model: nn.Module) -> list[str]:
+    """Names of layers whose output depends on other samples of the micro-batch (BatchNorm-style)."""
+    coupled = (nn.modules.batchnorm._BatchNorm,)
+    return [name for name, module in model.named_modules() if isinstance(module, coupled)]

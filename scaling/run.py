@@ -1,0 +1,187 @@
+"""Train one configuration and write OUTPUT_DIR/result.json.
+
+    python scaling/run.py --global-bs 4096
+    torchrun --nproc_per_node 2 scaling/run.py --global-bs 4096 --cpu
+    accelerate launch scaling/run.py --global-bs 4096
+
+Read top to bottom: parse -> validate -> build -> train -> write result.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a file path: put the repository root (not scaling/) on sys.path so `scaling` imports as a
+    # package and its module names (config, data, ...) cannot shadow anything else.
+    _here = str(Path(__file__).resolve().parent)
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(_here)]
+    sys.path.insert(0, str(Path(_here).parent))
+
+import os  # noqa: E402
+import time  # noqa: E402
+
+from scaling import distributed  # noqa: E402
+from scaling.config import ConfigError, RunConfig, parse_args  # noqa: E402
+
+
+def build_result(cfg: RunConfig, plan, schedule, outcome, environment: dict, extra: dict) -> dict:
+    """The result document (docs/results.md describes every field)."""
+    from scaling.results import SCHEMA_VERSION
+
+    target = outcome.target_eval
+    final = outcome.history[-1] if outcome.history else None
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "status": outcome.status,
+        "config": cfg.to_dict(),
+        "batch": plan.to_dict(),
+        "lr": {
+            "rule": cfg.lr_scaling,
+            "base": cfg.base_lr,
+            "base_bs": cfg.base_bs,
+            "scaled": schedule.peak,
+            "warmup_steps": schedule.warmup_steps,
+            "decay": schedule.decay,
+        },
+        "target": {"metric": "accuracy", "value": cfg.target_accuracy},
+        "time_to_target_s": target["time_s"] if target else None,
+        "train_time_to_target_s": target["train_time_s"] if target else None,
+        "steps_to_target": target["step"] if target else None,
+        "samples_to_target": target["samples"] if target else None,
+        "epochs_to_target": target["epoch"] if target else None,
+        "throughput_samples_per_s": outcome.throughput_samples_per_s,
+        "steps": outcome.steps,
+        "elapsed_s": outcome.elapsed_s,
+        "train_elapsed_s": outcome.train_elapsed_s,
+        "diverged_at_step": outcome.diverged_at_step,
+        "final": {"accuracy": final["accuracy"], "loss": final["loss"]} if final else None,
+        "history": outcome.history,
+        "train_loss": outcome.train_loss,
+        "lr_per_step": outcome.lr,
+        "throughput_windows": outcome.window_rates,
+        "environment": environment,
+        **extra,
+    }
+
+
+def summary_line(result: dict, path: Path) -> str:
+    status = result["status"]
+    rate = result["throughput_samples_per_s"]
+    speed = f"{rate:,.0f} samples/s" if rate else "n/a samples/s"
+    if status == "reached":
+        return (
+            f"scaling: reached {result['target']['value']:.1%} in {result['time_to_target_s']:.2f} s "
+            f"(train {result['train_time_to_target_s']:.2f} s), {result['steps_to_target']} steps, "
+            f"{result['samples_to_target']:,} samples, {result['epochs_to_target']:.2f} epochs; {speed} -> {path}"
+        )
+    final = result["final"]
+    accuracy = f", final accuracy {final['accuracy']:.1%}" if final else ""
+    where = f" at step {result['diverged_at_step']}" if status == "diverged" else f" after {result['steps']} steps"
+    return f"scaling: {status}{where}{accuracy}; {speed} -> {path}"
+
+
+def run(cfg: RunConfig) -> dict:
+    """Build everything for `cfg`, train, and write the result. Returns the result document."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from scaling.batching import GlobalBatchSampler, plan_batch
+    from scaling.data import load_workload
+    from scaling.lr import build_schedule
+    from scaling.models import build_model, has_batch_coupled_layers
+    from scaling.results import MetricsWriter, environment, write_json_atomic
+    from scaling.train import total_steps, train
+
+    plan = plan_batch(cfg, distributed.world_size())  # every batch error, before any process group exists
+    _quiet_libraries(distributed.is_main_process())
+    accelerator = Accelerator(
+        cpu=cfg.cpu,
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=plan.micro_steps_per_process,
+    )
+    say = accelerator.print
+    output_dir = Path(cfg.output_dir)
+    with accelerator.local_main_process_first():  # rank 0 of each node builds the dataset cache
+        workload = load_workload(cfg)
+
+    set_seed(cfg.seed)  # same initial weights in every process and every decomposition
+    model = build_model(cfg.model, workload.input_shape, workload.num_classes)
+    coupled = has_batch_coupled_layers(model)
+    optimizer = _build_optimizer(cfg, model)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    steps_per_epoch = GlobalBatchSampler(len(workload.train), plan, cfg.seed).steps_per_epoch
+    schedule = build_schedule(cfg, plan.global_bs, steps_per_epoch, total_steps(cfg, steps_per_epoch))
+    say(f"scaling: {plan.describe()}")
+    say(
+        f"scaling: lr {cfg.lr_scaling} scaling: {cfg.base_lr:g} @ batch {cfg.base_bs} -> {schedule.peak:g} "
+        f"(warmup {schedule.warmup_steps} steps, {schedule.decay} decay); {steps_per_epoch} steps/epoch "
+        f"on {len(workload.train):,} training samples; {accelerator.distributed_type.value} on {accelerator.device}"
+    )
+    if coupled:
+        say(f"scaling: note: {len(coupled)} batch-coupled layer(s) (BatchNorm): statistics come from each "
+            f"micro-batch of {plan.per_device_bs}, so accumulation/emulation are not exact")
+
+    env = environment(accelerator.device, accelerator.num_processes, accelerator.distributed_type.value)
+    metrics = MetricsWriter(output_dir / "metrics.jsonl", enabled=accelerator.is_main_process)
+    extra = {"batch_coupled_layers": coupled, "steps_per_epoch": steps_per_epoch,
+             "train_samples": len(workload.train), "eval_samples": len(workload.eval)}
+    if accelerator.is_main_process:
+        write_json_atomic(output_dir / "result.json", {"status": "running", "config": cfg.to_dict(),
+                                                        "started_at": time.time()})
+    try:
+        outcome = train(cfg, plan, accelerator, model, optimizer, schedule, workload.train, workload.eval, metrics)
+    except Exception as err:
+        if accelerator.is_main_process:
+            write_json_atomic(output_dir / "result.json", {
+                "status": "failed", "config": cfg.to_dict(), "batch": plan.to_dict(),
+                "error": f"{type(err).__name__}: {err}", "environment": env,
+            })
+        raise
+    finally:
+        metrics.close()
+    result = build_result(cfg, plan, schedule, outcome, env, extra)
+    if accelerator.is_main_process:
+        write_json_atomic(output_dir / "result.json", result)
+    say(summary_line(result, output_dir / "result.json"))
+    accelerator.end_training()
+    return result
+
+
+def _build_optimizer(cfg: RunConfig, model):
+    import torch
+
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.base_lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def _quiet_libraries(main: bool) -> None:
+    """Logs from one rank only; no progress bars from `datasets` while it builds caches."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    if not main:
+        import warnings
+
+        warnings.filterwarnings("ignore")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg, _ = parse_args(argv)
+        result = run(cfg)
+    except ConfigError as err:
+        if distributed.is_main_process():
+            print(f"scaling: error: {err}", file=sys.stderr)
+        return 2
+    # Divergence and a missed target are results, not errors: the status in result.json says which.
+    return 0 if result["status"] != "failed" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

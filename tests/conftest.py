@@ -1,0 +1,77 @@
+"""Shared helpers: run the real entry points as subprocesses, on a dataset cache private to the session."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+RUN_PY = REPO / "scaling" / "run.py"
+# A small default workload so each end-to-end run takes seconds; generated once per test session.
+SMALL = ["--num-samples", "8000", "--progress", "false", "--cpu"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("scaling-cache")
+    os.environ["SCALING_CACHE"] = str(cache)
+    os.environ["HF_HUB_OFFLINE"] = "1"  # no network here or in CI: fail at once instead of retrying
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    yield
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.update(extra)
+    return env
+
+
+def run_entry(args: list[str], timeout: float = 300, cwd: Path | None = None, **env: str):
+    """`python scaling/run.py ARGS`, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, str(RUN_PY), *args], capture_output=True, text=True, timeout=timeout,
+        cwd=cwd or REPO, env=child_env(**env),
+    )
+
+
+def run_torchrun(args: list[str], nproc: int = 2, timeout: float = 300, cwd: Path | None = None):
+    """`torchrun --nproc_per_node N scaling/run.py ARGS` with gloo on the CPU (real process group)."""
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+         "--master_port", str(_free_port()), str(RUN_PY), *args],
+        capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO, env=child_env(),
+    )
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def load_result(output_dir: Path) -> dict:
+    return json.loads((output_dir / "result.json").read_text())
+
+
+def assert_ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    """Exit status 2, one line on stderr naming what to fix, no traceback."""
+    assert proc.returncode == 2, f"exit {proc.returncode}\nstderr:\n{proc.stderr[-3000:]}"
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr
+    assert lines[0].startswith("scaling: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
