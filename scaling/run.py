@@ -88,6 +88,7 @@ def run(cfg: RunConfig) -> dict:
     from accelerate.utils import set_seed
 
     from scaling.batching import GlobalBatchSampler, plan_batch
+    from scaling.compat import cache_accelerate_import_probes
     from scaling.data import load_workload
     from scaling.lr import build_schedule
     from scaling.models import build_model, has_batch_coupled_layers
@@ -96,6 +97,7 @@ def run(cfg: RunConfig) -> dict:
 
     plan = plan_batch(cfg, distributed.world_size())  # every batch error, before any process group exists
     _quiet_libraries(distributed.is_main_process())
+    cache_accelerate_import_probes()
     accelerator = Accelerator(
         cpu=cfg.cpu,
         mixed_precision=cfg.mixed_precision,

@@ -155,7 +155,7 @@ def train(
 
     outcome = TrainOutcome(status="running", steps=0)
     windows = ThroughputWindows()
-    pending_losses: list[torch.Tensor] = []
+    micro_losses: list[torch.Tensor] = []
     first_loss: float | None = None
     micro_steps = plan.micro_steps_per_process
     progress = tqdm(
@@ -174,18 +174,18 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = lr
         outcome.lr.append(lr)
-        step_loss = torch.zeros((), device=accelerator.device)
         for inputs, labels in source.micro_batches(step):
             # accumulate() skips DDP's all-reduce on all but the last micro-step of the optimizer step, and
-            # the prepared optimizer only steps (and zeroes) on that last one; backward() divides the loss
-            # by the micro-step count, so the optimizer sees the gradient of the global-batch mean loss.
+            # the prepared optimizer only steps on that last one; backward() divides the loss by the
+            # micro-step count, so the optimizer sees the gradient of the global-batch mean loss.
             with accelerator.accumulate(model):
                 loss = F.cross_entropy(model(inputs), labels)
                 accelerator.backward(loss)
                 optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            step_loss += loss.detach().float()
-        pending_losses.append(step_loss / micro_steps)
+            micro_losses.append(loss.detach())  # no sync: read once per window
+        # Zero once per optimizer step, on the wrapped optimizer: AcceleratedOptimizer.zero_grad calls
+        # inspect.signature on every call (about 40 us, 4% of a batch-32 step here).
+        optimizer.optimizer.zero_grad(set_to_none=True)
         step += 1
         windows.add_samples(plan.global_bs)
 
@@ -196,9 +196,12 @@ def train(
         # ---- logging window boundary: the one host sync per window ----
         synchronize(accelerator.device)
         rate = windows.close()
-        window_losses = accelerator.reduce(torch.stack(pending_losses), reduction="mean").tolist()
+        # Mean over this process's micro-batches, then over processes: the global-batch mean loss per step
+        # (all micro-batches have the same size).
+        local = torch.stack(micro_losses).float().view(-1, micro_steps).mean(dim=1)
+        window_losses = accelerator.reduce(local, reduction="mean").tolist()
         elapsed = accelerator.reduce(torch.tensor([clock.elapsed()], device=accelerator.device), "max").item()
-        pending_losses.clear()
+        micro_losses.clear()
         if first_loss is None:
             first_loss = window_losses[0]
         outcome.train_loss.extend(finite_or_none(v) for v in window_losses)
