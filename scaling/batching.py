@@ -50,6 +50,8 @@ class BatchPlan:
         out = asdict(self)
         out["global"] = out.pop("global_bs")
         out["per_device"] = out.pop("per_device_bs")
+        out["emulated"] = self.emulated
+        out["micro_steps_per_process"] = self.micro_steps_per_process
         return out
 
 

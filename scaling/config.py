@@ -39,6 +39,8 @@ class RunConfig:
     accumulation_steps: int | None = None
     emulate_processes: int | None = None  # run the batch schedule of N processes on fewer
     max_per_device_bs: int = 512  # cap for the automatic choice when neither factor is given
+    memory_cap_mb: float | None = None  # auto search: trials above this measured peak count as out of memory
+    sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm in real multi-process GPU runs
 
     # learning rate: base_lr is the LR at reference batch base_bs, scaled to global_bs by lr_scaling
     base_lr: float = 0.1
@@ -79,6 +81,7 @@ class RunConfig:
     output_dir: str = "runs/latest"
     log_every: int = 10  # optimizer steps per logging window (throughput, metrics.jsonl)
     progress: bool = True
+    save_model: bool = False  # write OUTPUT_DIR/model.pt (final weights) at the end
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -91,7 +94,7 @@ _HINTS = typing.get_type_hints(RunConfig)
 _POSITIVE = {
     "global_bs", "accumulation_steps", "emulate_processes", "max_per_device_bs", "base_lr", "base_bs",
     "max_steps", "max_epochs", "max_time", "eval_every", "eval_every_epochs", "num_samples", "log_every",
-    "lr_step_gamma", "diverge_factor",
+    "lr_step_gamma", "diverge_factor", "memory_cap_mb",
 }
 _NON_NEGATIVE = {"warmup_steps", "warmup_epochs", "momentum", "weight_decay"}
 _CHOICES = {

@@ -22,6 +22,8 @@ if __package__ in (None, ""):
 import os  # noqa: E402
 import time  # noqa: E402
 
+import torch  # noqa: E402
+
 from scaling import distributed  # noqa: E402
 from scaling.config import ConfigError, RunConfig, parse_args  # noqa: E402
 
@@ -84,7 +86,7 @@ def summary_line(result: dict, path: Path) -> str:
 
 def run(cfg: RunConfig) -> dict:
     """Build everything for `cfg`, train, and write the result. Returns the result document."""
-    from accelerate import Accelerator
+    from accelerate import Accelerator, PartialState
     from accelerate.utils import set_seed
 
     from scaling.batching import GlobalBatchSampler, plan_batch
@@ -98,6 +100,21 @@ def run(cfg: RunConfig) -> dict:
     plan = plan_batch(cfg, distributed.world_size())  # every batch error, before any process group exists
     _quiet_libraries(distributed.is_main_process())
     cache_accelerate_import_probes()
+    state = PartialState(cpu=cfg.cpu)  # process group and device; the Accelerator below joins it
+    if cfg.sync_bn and state.num_processes > 1 and state.device.type == "cpu":
+        raise ConfigError("--sync-bn needs GPUs: torch's SyncBatchNorm does not run on the CPU (gloo)")
+    with state.local_main_process_first():  # rank 0 of each node builds the dataset cache
+        workload = load_workload(cfg)
+
+    set_seed(cfg.seed)  # same initial weights in every process and every decomposition
+    model = build_model(cfg.model, workload.input_shape, workload.num_classes)
+    coupled = has_batch_coupled_layers(model)
+    if cfg.sync_bn and coupled and state.num_processes > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    auto_batch = None
+    if cfg.per_device_bs == "auto":
+        plan, auto_batch = resolve_auto_batch(cfg, plan, model, workload.train, state.device)
+
     accelerator = Accelerator(
         cpu=cfg.cpu,
         mixed_precision=cfg.mixed_precision,
@@ -105,17 +122,14 @@ def run(cfg: RunConfig) -> dict:
     )
     say = accelerator.print
     output_dir = Path(cfg.output_dir)
-    with accelerator.local_main_process_first():  # rank 0 of each node builds the dataset cache
-        workload = load_workload(cfg)
-
-    set_seed(cfg.seed)  # same initial weights in every process and every decomposition
-    model = build_model(cfg.model, workload.input_shape, workload.num_classes)
-    coupled = has_batch_coupled_layers(model)
     optimizer = _build_optimizer(cfg, model)
     model, optimizer = accelerator.prepare(model, optimizer)
 
     steps_per_epoch = GlobalBatchSampler(len(workload.train), plan, cfg.seed).steps_per_epoch
     schedule = build_schedule(cfg, plan.global_bs, steps_per_epoch, total_steps(cfg, steps_per_epoch))
+    if auto_batch:
+        say(f"scaling: auto micro-batch: largest that fits {auto_batch['largest_fitting']} "
+            f"({len(auto_batch['trials'])} trials), using {plan.per_device_bs}")
     say(f"scaling: {plan.describe()}")
     say(
         f"scaling: lr {cfg.lr_scaling} scaling: {cfg.base_lr:g} @ batch {cfg.base_bs} -> {schedule.peak:g} "
@@ -123,13 +137,20 @@ def run(cfg: RunConfig) -> dict:
         f"on {len(workload.train):,} training samples; {accelerator.distributed_type.value} on {accelerator.device}"
     )
     if coupled:
-        say(f"scaling: note: {len(coupled)} batch-coupled layer(s) (BatchNorm): statistics come from each "
-            f"micro-batch of {plan.per_device_bs}, so accumulation/emulation are not exact")
+        say(f"scaling: note: {len(coupled)} batch-coupled layer(s) (BatchNorm): their statistics come from each "
+            f"micro-batch of {plan.per_device_bs}, so results depend on the decomposition "
+            f"(accumulation and emulation are not exact; docs/emulation.md)")
 
     env = environment(accelerator.device, accelerator.num_processes, accelerator.distributed_type.value)
     metrics = MetricsWriter(output_dir / "metrics.jsonl", enabled=accelerator.is_main_process)
-    extra = {"batch_coupled_layers": coupled, "steps_per_epoch": steps_per_epoch,
-             "train_samples": len(workload.train), "eval_samples": len(workload.eval)}
+    extra = {
+        "batch_coupled_layers": coupled,
+        "decomposition_exact": not coupled,
+        "auto_batch": auto_batch,
+        "steps_per_epoch": steps_per_epoch,
+        "train_samples": len(workload.train),
+        "eval_samples": len(workload.eval),
+    }
     if accelerator.is_main_process:
         write_json_atomic(output_dir / "result.json", {"status": "running", "config": cfg.to_dict(),
                                                         "started_at": time.time()})
@@ -146,15 +167,47 @@ def run(cfg: RunConfig) -> dict:
         metrics.close()
     result = build_result(cfg, plan, schedule, outcome, env, extra)
     if accelerator.is_main_process:
+        if cfg.save_model:
+            _save_weights(accelerator.unwrap_model(model), output_dir / "model.pt")
         write_json_atomic(output_dir / "result.json", result)
     say(summary_line(result, output_dir / "result.json"))
     accelerator.end_training()
     return result
 
 
-def _build_optimizer(cfg: RunConfig, model):
-    import torch
+def resolve_auto_batch(cfg: RunConfig, plan, model, dataset, device) -> tuple:
+    """`--per-device-bs auto`: search the largest micro-batch that fits, agree on it, re-plan."""
+    import dataclasses
 
+    from scaling.batching import choose_per_device_bs, plan_batch
+    from scaling.memory import SAFETY, NothingFits, agree_on_minimum, find_max_micro_batch
+
+    per_rank = plan.global_bs // plan.num_processes
+    cap = int(cfg.memory_cap_mb * 2**20) if cfg.memory_cap_mb else None
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
+    try:
+        largest, trials = find_max_micro_batch(model, dataset, device, per_rank, cap, dtype)
+    except NothingFits:
+        largest, trials = 0, []
+    largest = agree_on_minimum(largest, device)
+    if largest == 0:
+        limit = f"--memory-cap-mb {cfg.memory_cap_mb:g}" if cap else "device memory"
+        raise ConfigError(f"--per-device-bs auto: not even a micro-batch of 1 fits in {limit}")
+    # Below a size that failed keep a margin; a size that reached the per-rank share without failing is safe.
+    usable = largest if largest >= per_rank else max(1, int(largest * SAFETY))
+    per_device = choose_per_device_bs(per_rank, usable)
+    plan = plan_batch(dataclasses.replace(cfg, per_device_bs=per_device), plan.world_size)
+    return plan, {"largest_fitting": largest, "usable": usable, "chosen": per_device,
+                  "memory_cap_mb": cfg.memory_cap_mb, "trials": trials}
+
+
+def _save_weights(model, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)
+
+
+def _build_optimizer(cfg: RunConfig, model):
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=cfg.base_lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(model.parameters(), lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)

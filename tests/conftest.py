@@ -41,11 +41,12 @@ def run_entry(args: list[str], timeout: float = 300, cwd: Path | None = None, **
     )
 
 
-def run_torchrun(args: list[str], nproc: int = 2, timeout: float = 300, cwd: Path | None = None):
-    """`torchrun --nproc_per_node N scaling/run.py ARGS` with gloo on the CPU (real process group)."""
+def run_torchrun(args: list[str], nproc: int = 2, timeout: float = 300, cwd: Path | None = None,
+                 script: Path = RUN_PY):
+    """`torchrun --nproc_per_node N SCRIPT ARGS` with gloo on the CPU (real process group)."""
     return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-         "--master_port", str(_free_port()), str(RUN_PY), *args],
+         "--master_port", str(_free_port()), str(script), *args],
         capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO, env=child_env(),
     )
 
