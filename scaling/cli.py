@@ -8,6 +8,8 @@ USAGE = """usage: scaling COMMAND [options]
 
 commands:
   run      train one configuration (same flags as scaling/run.py; `scaling run --help`)
+  probe    measure the input and compute ceilings and say which one bounds a configuration
+           (the run flags; defaults to a 50-step run without a target)
 """
 
 
@@ -21,7 +23,12 @@ def main(argv: list[str] | None = None) -> int:
         from scaling.run import main as run_main
 
         return run_main(rest)
-    print(f"scaling: error: unknown command {command!r}; commands: run", file=sys.stderr)
+    if command == "probe":
+        from scaling.run import main as run_main
+
+        # Flags given later win, so the user's own budget or target replaces these defaults.
+        return run_main(["--probe", "--max-steps", "50", "--target-accuracy", "none", *rest])
+    print(f"scaling: error: unknown command {command!r}; commands: run, probe", file=sys.stderr)
     return 2
 
 

@@ -75,6 +75,19 @@ class RunConfig:
     model: str = "cnn1d"
     seed: int = 0
 
+    # input pipeline (the DataLoader path; in-memory tensors take the fast path unless fast_path is false)
+    num_workers: int = 0
+    pin_memory: bool = False
+    prefetch_factor: int | None = None
+    persistent_workers: bool = False
+    fast_path: bool = True  # index in-memory tensor datasets a whole batch at a time
+
+    # measurement
+    probe: bool = False  # measure input and compute ceilings before training (DS-Analyzer's differential method)
+    probe_steps: int = 30  # optimizer steps timed for each ceiling
+    profile_sync: bool = False  # synchronize the device at every phase boundary (exact GPU phases, slower)
+    time_phases: bool = True  # per-step phase timing (data wait, copy, forward/backward, sync, optimizer)
+
     # machine and output
     cpu: bool = False
     mixed_precision: str = "no"
@@ -94,9 +107,9 @@ _HINTS = typing.get_type_hints(RunConfig)
 _POSITIVE = {
     "global_bs", "accumulation_steps", "emulate_processes", "max_per_device_bs", "base_lr", "base_bs",
     "max_steps", "max_epochs", "max_time", "eval_every", "eval_every_epochs", "num_samples", "log_every",
-    "lr_step_gamma", "diverge_factor", "memory_cap_mb",
+    "lr_step_gamma", "diverge_factor", "memory_cap_mb", "prefetch_factor", "probe_steps",
 }
-_NON_NEGATIVE = {"warmup_steps", "warmup_epochs", "momentum", "weight_decay"}
+_NON_NEGATIVE = {"warmup_steps", "warmup_epochs", "momentum", "weight_decay", "num_workers"}
 _CHOICES = {
     "lr_scaling": LR_SCALING_RULES,
     "lr_decay": LR_DECAYS,
@@ -296,5 +309,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"--lr-step-epochs must be positive epochs, got {cfg.lr_step_epochs}")
     if cfg.momentum >= 1:
         raise ConfigError(f"--momentum must be in [0, 1), got {cfg.momentum}")
+    if cfg.num_workers == 0 and (cfg.prefetch_factor is not None or cfg.persistent_workers):
+        raise ConfigError("--prefetch-factor and --persistent-workers need --num-workers > 0")
     if not cfg.output_dir:
         raise ConfigError("--output-dir cannot be empty")

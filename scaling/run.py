@@ -63,6 +63,10 @@ def build_result(cfg: RunConfig, plan, schedule, outcome, environment: dict, ext
         "train_loss": outcome.train_loss,
         "lr_per_step": outcome.lr,
         "throughput_windows": outcome.window_rates,
+        "step_time_breakdown": outcome.step_time,
+        "data_wait_fraction": _data_wait_fraction(outcome),
+        "per_rank_step_time_s": outcome.per_rank_step_time_s,
+        "straggler_ratio": _straggler(outcome.per_rank_step_time_s),
         "environment": environment,
         **extra,
     }
@@ -94,8 +98,9 @@ def run(cfg: RunConfig) -> dict:
     from scaling.data import load_workload
     from scaling.lr import build_schedule
     from scaling.models import build_model, has_batch_coupled_layers
+    from scaling.probe import verdict
     from scaling.results import MetricsWriter, environment, write_json_atomic
-    from scaling.train import total_steps, train
+    from scaling.train import Trainer, total_steps
 
     plan = plan_batch(cfg, distributed.world_size())  # every batch error, before any process group exists
     _quiet_libraries(distributed.is_main_process())
@@ -154,8 +159,12 @@ def run(cfg: RunConfig) -> dict:
     if accelerator.is_main_process:
         write_json_atomic(output_dir / "result.json", {"status": "running", "config": cfg.to_dict(),
                                                         "started_at": time.time()})
+    trainer = Trainer(cfg, plan, accelerator, model, optimizer, schedule, workload.train, workload.eval, metrics)
+    ceilings = None
+    if cfg.probe:
+        ceilings = measure_ceilings(cfg, trainer, say)
     try:
-        outcome = train(cfg, plan, accelerator, model, optimizer, schedule, workload.train, workload.eval, metrics)
+        outcome = trainer.run()
     except Exception as err:
         if accelerator.is_main_process:
             write_json_atomic(output_dir / "result.json", {
@@ -165,6 +174,11 @@ def run(cfg: RunConfig) -> dict:
         raise
     finally:
         metrics.close()
+    if ceilings is not None:
+        extra["ceilings"] = verdict(ceilings[0], ceilings[1], outcome.throughput_samples_per_s,
+                                    _data_wait_fraction(outcome), cfg, trainer.source.fast, accelerator.device.type)
+        for line in extra["ceilings"]["advice"]:
+            say(f"scaling: {line}")
     result = build_result(cfg, plan, schedule, outcome, env, extra)
     if accelerator.is_main_process:
         if cfg.save_model:
@@ -199,6 +213,33 @@ def resolve_auto_batch(cfg: RunConfig, plan, model, dataset, device) -> tuple:
     plan = plan_batch(dataclasses.replace(cfg, per_device_bs=per_device), plan.world_size)
     return plan, {"largest_fitting": largest, "usable": usable, "chosen": per_device,
                   "memory_cap_mb": cfg.memory_cap_mb, "trials": trials}
+
+
+def measure_ceilings(cfg: RunConfig, trainer, say) -> tuple[float, float]:
+    """Input pipeline alone, then the training step alone (docs/timing.md); printed and returned."""
+    from scaling.probe import compute_ceiling, input_ceiling
+
+    accelerator = trainer.accelerator
+    input_rate = input_ceiling(trainer.source, accelerator.device, cfg.probe_steps, accelerator.num_processes)
+    compute_rate = compute_ceiling(accelerator, trainer.model, trainer.optimizer, trainer.source, cfg.probe_steps)
+    say(f"scaling: ceilings: input pipeline alone {input_rate:,.0f} samples/s, training step alone "
+        f"{compute_rate:,.0f} samples/s ({trainer.source.describe()})")
+    return input_rate, compute_rate
+
+
+def _data_wait_fraction(outcome) -> float | None:
+    if not outcome.step_time:
+        return None
+    return outcome.step_time["phases"]["data_wait"]["fraction"]
+
+
+def _straggler(per_rank: list[float]) -> float | None:
+    """Slowest rank's step time over the median rank's (1.0 = balanced)."""
+    import statistics
+
+    if not per_rank or statistics.median(per_rank) <= 0:
+        return None
+    return max(per_rank) / statistics.median(per_rank)
 
 
 def _save_weights(model, path: Path) -> None:

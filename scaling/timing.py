@@ -39,6 +39,7 @@ class ThroughputWindows:
 
     def __init__(self) -> None:
         self.rates: list[float] = []
+        self.durations: list[float] = []
         self._window_start = time.perf_counter()
         self._samples = 0
 
@@ -52,6 +53,7 @@ class ThroughputWindows:
         rate = self._samples / duration if self._samples and duration > 0 else None
         if rate is not None:
             self.rates.append(rate)
+            self.durations.append(duration)
         self.restart()
         return rate
 
@@ -64,3 +66,124 @@ class ThroughputWindows:
         """Median over windows, skipping the first (allocator warm-up, first-touch page faults)."""
         rates = self.rates[1:] if len(self.rates) > 1 else self.rates
         return statistics.median(rates) if rates else None
+
+
+PHASES = ("data_wait", "h2d", "forward_backward", "grad_sync", "optimizer", "other")
+
+
+class PhaseTimer:
+    """Where each optimizer step's time goes, per rank, summed per logging window.
+
+    `mark(phase)` attributes the time since the previous mark to `phase`. On the CPU the marks are
+    `perf_counter` readings (the CPU runs synchronously). On CUDA, device phases are timed with CUDA events
+    recorded in stream order and read only when a window closes (after its device sync), so the normal
+    mode adds no host synchronization per step (as airbench times its GPU work); waiting for data is host
+    time and always measured with `perf_counter`. `sync_each_phase=True` (the opt-in profiling mode)
+    synchronizes at every mark instead, which makes every phase a host-measured wall time.
+
+    The synchronized micro-step is timed separately from the no-sync ones so the all-reduce can be
+    estimated by difference: grad_sync = t(synced micro-step) - mean t(no-sync micro-step). That needs
+    accumulation (A > 1); with several processes and A = 1 it is not separable and stays inside
+    forward_backward (reported as None).
+    """
+
+    def __init__(self, device: torch.device, enabled: bool = True, sync_each_phase: bool = False):
+        self.device = device
+        self.enabled = enabled
+        self.use_events = device.type == "cuda" and not sync_each_phase
+        self.sync_each_phase = sync_each_phase and device.type == "cuda"
+        self._reset_window()
+        self._last = 0.0
+        self._last_event = None
+
+    def _reset_window(self) -> None:
+        self.window: dict[str, float] = {"data_wait": 0.0, "h2d": 0.0, "fwd_bwd_nosync": 0.0,
+                                         "fwd_bwd_sync": 0.0, "optimizer": 0.0}
+        self.counts = {"nosync": 0, "sync": 0}
+        self._event_pairs: list[tuple[str, object, object]] = []
+        self._step_start = 0.0
+        self.step_wall = 0.0
+
+    def start_step(self) -> None:
+        if not self.enabled:
+            return
+        self._last = self._step_start = time.perf_counter()
+        if self.use_events:
+            self._last_event = self._record_event()
+
+    def _record_event(self):
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def mark(self, phase: str) -> None:
+        """End the interval that began at the previous mark, attributing it to `phase`."""
+        if not self.enabled:
+            return
+        if self.sync_each_phase:
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        if self.use_events and phase != "data_wait":
+            event = self._record_event()
+            self._event_pairs.append((phase, self._last_event, event))
+            self._last_event = event
+        else:
+            self.window[phase] += now - self._last
+            if self.use_events:
+                self._last_event = self._record_event()
+        self._last = now
+
+    def count_micro_step(self, synced: bool) -> None:
+        if self.enabled:
+            self.counts["sync" if synced else "nosync"] += 1
+
+    def end_step(self) -> None:
+        if self.enabled:
+            self.step_wall += time.perf_counter() - self._step_start
+
+    def close_window(self) -> dict[str, float] | None:
+        """Phase seconds of the window (call after a device sync), then start a new window."""
+        if not self.enabled:
+            return None
+        for phase, start, end in self._event_pairs:
+            self.window[phase] += start.elapsed_time(end) / 1000.0
+        totals = dict(self.window)
+        totals.update(micro_nosync=self.counts["nosync"], micro_sync=self.counts["sync"], step_wall=self.step_wall)
+        self._reset_window()
+        return totals
+
+
+def summarize_phases(windows: list[dict[str, float]], world_size: int, window_wall_s: float) -> dict | None:
+    """Sum phase windows (after warm-up) into the result's step_time_breakdown.
+
+    `window_wall_s` is the wall time of the same windows as measured by the throughput clock, so the
+    fractions say how much of the real elapsed training time each phase took; "other" is what the phases
+    do not cover (LR setting, bookkeeping, window boundaries).
+    """
+    if not windows or None in windows or window_wall_s <= 0:
+        return None
+    total = {key: sum(w[key] for w in windows) for key in windows[0]}
+    nosync, synced = total["fwd_bwd_nosync"], total["fwd_bwd_sync"]
+    n_nosync, n_sync = total["micro_nosync"], total["micro_sync"]
+    if world_size > 1 and n_nosync and n_sync:
+        grad_sync = max(0.0, synced - n_sync * nosync / n_nosync)
+    elif world_size > 1:
+        grad_sync = None  # not separable without no-sync micro-steps to compare with
+    else:
+        grad_sync = 0.0
+    phases = {
+        "data_wait": total["data_wait"],
+        "h2d": total["h2d"],
+        "forward_backward": nosync + synced - (grad_sync or 0.0),
+        "grad_sync": grad_sync,
+        "optimizer": total["optimizer"],
+    }
+    covered = sum(v for v in phases.values() if v is not None)
+    phases["other"] = max(0.0, window_wall_s - covered)
+    return {
+        "phases": {name: {"seconds": value, "fraction": None if value is None else value / window_wall_s}
+                   for name, value in phases.items()},
+        "measured_s": window_wall_s,
+        "covered_fraction": covered / window_wall_s,
+        "windows": len(windows),
+    }

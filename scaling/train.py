@@ -23,7 +23,7 @@ from scaling.config import RunConfig
 from scaling.data.tensors import TensorPair
 from scaling.lr import LRSchedule
 from scaling.results import MetricsWriter, finite_or_none
-from scaling.timing import RunClock, ThroughputWindows, synchronize
+from scaling.timing import PhaseTimer, RunClock, ThroughputWindows, summarize_phases, synchronize
 
 EVAL_BATCH_SIZE = 1024
 
@@ -41,38 +41,53 @@ class TrainOutcome:
     window_rates: list[float] = field(default_factory=list)
     elapsed_s: float = 0.0
     train_elapsed_s: float = 0.0
+    step_time: dict | None = None
+    per_rank_step_time_s: list[float] = field(default_factory=list)
 
 
 class BatchSource:
-    """Yields this process's micro-batches for one optimizer step, already on the device.
+    """This process's micro-batches for one optimizer step.
 
-    In-memory tensors are moved to the device once and indexed a whole batch at a time; any other
-    map-style dataset goes through a DataLoader whose batch sampler follows the same global batches.
+    In-memory tensors (the fast path) are moved to the device once and indexed a whole batch at a time;
+    any other map-style dataset goes through a DataLoader whose batch sampler follows the same global
+    batches, with the configured workers, pinning and prefetching. Batches may still be on the host: the
+    training step copies them (and times the copy).
     """
 
-    def __init__(self, dataset: Any, sampler: GlobalBatchSampler, process_index: int, device: torch.device):
+    def __init__(self, dataset: Any, sampler: GlobalBatchSampler, process_index: int, device: torch.device,
+                 cfg: RunConfig):
         self.sampler = sampler
         self.process_index = process_index
-        self.device = device
-        self._tensors = dataset.to(device) if isinstance(dataset, TensorPair) else None
+        self.fast = isinstance(dataset, TensorPair) and cfg.fast_path
+        self._tensors = dataset.to(device) if self.fast else None
         self._dataset = dataset
+        self._cfg = cfg
         self._iterator = None
 
     def start(self, first_step: int) -> None:
-        if self._tensors is None:
+        if not self.fast:
+            cfg = self._cfg
             loader = torch.utils.data.DataLoader(
-                self._dataset, batch_sampler=_StepBatchSampler(self.sampler, self.process_index, first_step)
+                self._dataset, batch_sampler=_StepBatchSampler(self.sampler, self.process_index, first_step),
+                num_workers=cfg.num_workers, pin_memory=cfg.pin_memory, prefetch_factor=cfg.prefetch_factor,
+                persistent_workers=cfg.persistent_workers,
             )
             self._iterator = iter(loader)
 
     def micro_batches(self, step: int):
-        if self._tensors is not None:
+        if self.fast:
             for indices in self.sampler.micro_batches(step, self.process_index):
-                yield self._tensors.batch(indices.to(self.device, non_blocking=True))
+                yield self._tensors.batch(indices.to(self._tensors.labels.device, non_blocking=True))
         else:
             for _ in range(self.sampler.plan.micro_steps_per_process):
-                inputs, labels = next(self._iterator)
-                yield inputs.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+                yield next(self._iterator)
+
+    def describe(self) -> str:
+        if self.fast:
+            return "in-memory tensors on the device, whole-batch indexing"
+        cfg = self._cfg
+        return (f"DataLoader, num_workers={cfg.num_workers}, pin_memory={cfg.pin_memory}, "
+                f"prefetch_factor={cfg.prefetch_factor}, persistent_workers={cfg.persistent_workers}")
 
 
 class _StepBatchSampler(torch.utils.data.Sampler):
@@ -96,6 +111,7 @@ def optimizer_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    timer: PhaseTimer | None = None,
     after_backward: Callable[[int], None] | None = None,
 ) -> list[torch.Tensor]:
     """One optimizer step over this process's micro-batches; returns their (device) losses.
@@ -105,19 +121,33 @@ def optimizer_step(
     the optimizer sees the gradient of the mean loss over the whole global batch. `after_backward(i)` runs
     after micro-step i's backward (tests use it to observe when gradients are synchronized).
     """
+    timer = timer or _NO_TIMER
+    device = accelerator.device
     losses = []
+    timer.start_step()
     for index, (inputs, labels) in enumerate(micro_batches):
+        timer.mark("data_wait")  # time blocked in the loader since the previous mark
+        inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        timer.mark("h2d")
         with accelerator.accumulate(model):
             loss = F.cross_entropy(model(inputs), labels)
             accelerator.backward(loss)
+            synced = accelerator.sync_gradients
             if after_backward is not None:
                 after_backward(index)
+            timer.mark("fwd_bwd_sync" if synced else "fwd_bwd_nosync")
+            timer.count_micro_step(synced)
             optimizer.step()
         losses.append(loss.detach())  # no host sync here: losses are read once per logging window
     # Zero once per optimizer step, on the wrapped optimizer: AcceleratedOptimizer.zero_grad calls
     # inspect.signature on every call (about 40 us, 4% of a batch-32 step on the default workload).
     optimizer.optimizer.zero_grad(set_to_none=True)
+    timer.mark("optimizer")
+    timer.end_step()
     return losses
+
+
+_NO_TIMER = PhaseTimer(torch.device("cpu"), enabled=False)
 
 
 @torch.no_grad()
@@ -164,112 +194,145 @@ def total_steps(cfg: RunConfig, steps_per_epoch: int) -> int | None:
     return min(budgets) if budgets else None
 
 
-def train(
-    cfg: RunConfig,
-    plan: BatchPlan,
-    accelerator: Accelerator,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    schedule: LRSchedule,
-    train_data: Any,
-    eval_data: Any,
-    metrics: MetricsWriter,
-) -> TrainOutcome:
-    sampler = GlobalBatchSampler(len(train_data), plan, cfg.seed)
-    steps_per_epoch = sampler.steps_per_epoch
-    last_step = total_steps(cfg, steps_per_epoch)
-    eval_interval = steps_per_eval(cfg, steps_per_epoch)
-    source = BatchSource(train_data, sampler, accelerator.process_index, accelerator.device)
-    eval_set = eval_data.to(accelerator.device) if isinstance(eval_data, TensorPair) else eval_data
-    unwrapped = accelerator.unwrap_model(model)  # eval without DDP's forward hooks and buffer broadcasts
+class Trainer:
+    """The loop of one run. `run()` trains until the target, a budget or divergence; each helper does one
+    thing: a training step, a logging-window boundary, an evaluation."""
 
-    outcome = TrainOutcome(status="running", steps=0)
-    windows = ThroughputWindows()
-    micro_losses: list[torch.Tensor] = []
-    first_loss: float | None = None
-    micro_steps = plan.micro_steps_per_process
-    progress = tqdm(
-        total=last_step, disable=not (accelerator.is_main_process and cfg.progress), unit="step",
-        dynamic_ncols=True, leave=False,
-    )
+    def __init__(self, cfg: RunConfig, plan: BatchPlan, accelerator: Accelerator, model: nn.Module,
+                 optimizer: torch.optim.Optimizer, schedule: LRSchedule, train_data: Any, eval_data: Any,
+                 metrics: MetricsWriter):
+        self.cfg, self.plan, self.accelerator = cfg, plan, accelerator
+        self.model, self.optimizer, self.schedule, self.metrics = model, optimizer, schedule, metrics
+        self.sampler = GlobalBatchSampler(len(train_data), plan, cfg.seed)
+        self.steps_per_epoch = self.sampler.steps_per_epoch
+        self.last_step = total_steps(cfg, self.steps_per_epoch)
+        self.eval_interval = steps_per_eval(cfg, self.steps_per_epoch)
+        self.source = BatchSource(train_data, self.sampler, accelerator.process_index, accelerator.device, cfg)
+        self.eval_set = eval_data.to(accelerator.device) if isinstance(eval_data, TensorPair) else eval_data
+        self.unwrapped = accelerator.unwrap_model(model)  # eval without DDP's hooks and buffer broadcasts
+        self.timer = PhaseTimer(accelerator.device, enabled=cfg.time_phases, sync_each_phase=cfg.profile_sync)
+        self.windows = ThroughputWindows()
+        self.phase_windows: list[dict[str, float]] = []
+        self.outcome = TrainOutcome(status="running", steps=0)
+        self.micro_losses: list[torch.Tensor] = []
+        self.first_loss: float | None = None
+        self.step = 0
+        self.clock = RunClock()
 
-    source.start(0)
-    model.train()
-    synchronize(accelerator.device)
-    clock = RunClock()  # the clock starts before the first training batch is touched
-    windows.restart()
-    step = 0
-    while last_step is None or step < last_step:
-        lr = schedule(step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        outcome.lr.append(lr)
-        micro_losses.extend(optimizer_step(accelerator, model, optimizer, source.micro_batches(step)))
-        step += 1
-        windows.add_samples(plan.global_bs)
-
-        eval_due = step % eval_interval == 0 or step == last_step
-        if not (eval_due or step % cfg.log_every == 0):
-            continue
-
-        # ---- logging window boundary: the one host sync per window ----
+    # ---- the loop ----
+    def run(self) -> TrainOutcome:
+        cfg, accelerator = self.cfg, self.accelerator
+        progress = tqdm(total=self.last_step, disable=not (accelerator.is_main_process and cfg.progress),
+                        unit="step", dynamic_ncols=True, leave=False)
+        self.source.start(self.step)
+        self.model.train()
         synchronize(accelerator.device)
-        rate = windows.close()
+        self.clock = RunClock()  # the clock starts before the first training batch is touched
+        self.windows.restart()
+        while self.last_step is None or self.step < self.last_step:
+            self.train_step()
+            eval_due = self.step % self.eval_interval == 0 or self.step == self.last_step
+            if not (eval_due or self.step % cfg.log_every == 0):
+                continue
+            window_losses, elapsed = self.close_window()
+            progress.update(self.step - progress.n)
+            if self.check_divergence(window_losses):
+                break
+            time_up = cfg.max_time is not None and elapsed >= cfg.max_time
+            if eval_due or time_up:
+                accuracy = self.evaluate_now()
+                progress.set_postfix(acc=f"{accuracy:.3f}", loss=f"{window_losses[-1]:.3f}", refresh=False)
+                if cfg.target_accuracy is not None and accuracy >= cfg.target_accuracy:
+                    self.outcome.status, self.outcome.target_eval = "reached", self.outcome.history[-1]
+                    break
+            if time_up:
+                break
+        progress.close()
+        self.metrics.flush()
+        return self.finish()
+
+    def train_step(self) -> None:
+        lr = self.schedule(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.outcome.lr.append(lr)
+        self.micro_losses.extend(optimizer_step(self.accelerator, self.model, self.optimizer,
+                                                self.source.micro_batches(self.step), self.timer))
+        self.step += 1
+        self.windows.add_samples(self.plan.global_bs)
+
+    def close_window(self) -> tuple[list[float], float]:
+        """Logging-window boundary: the one host sync per window. Returns the window's per-step global
+        mean losses and the elapsed wall time (max over processes, so all processes decide alike)."""
+        accelerator = self.accelerator
+        synchronize(accelerator.device)
+        rate = self.windows.close()
+        self.phase_windows.append(self.timer.close_window())
         # Mean over this process's micro-batches, then over processes: the global-batch mean loss per step
         # (all micro-batches have the same size).
-        local = torch.stack(micro_losses).float().view(-1, micro_steps).mean(dim=1)
+        local = torch.stack(self.micro_losses).float().view(-1, self.plan.micro_steps_per_process).mean(dim=1)
         window_losses = accelerator.reduce(local, reduction="mean").tolist()
-        elapsed = accelerator.reduce(torch.tensor([clock.elapsed()], device=accelerator.device), "max").item()
-        micro_losses.clear()
-        if first_loss is None:
-            first_loss = window_losses[0]
-        outcome.train_loss.extend(finite_or_none(v) for v in window_losses)
-        outcome.steps = step
-        metrics.write({
-            "type": "train", "step": step, "samples": step * plan.global_bs, "epoch": step / steps_per_epoch,
-            "time_s": elapsed, "lr": lr, "train_loss": finite_or_none(sum(window_losses) / len(window_losses)),
-            "samples_per_s": rate,
+        elapsed = accelerator.reduce(torch.tensor([self.clock.elapsed()], device=accelerator.device), "max").item()
+        self.micro_losses.clear()
+        if self.first_loss is None:
+            self.first_loss = window_losses[0]
+        self.outcome.train_loss.extend(finite_or_none(v) for v in window_losses)
+        self.outcome.steps = self.step
+        self.metrics.write({
+            "type": "train", "step": self.step, "samples": self.step * self.plan.global_bs,
+            "epoch": self.step / self.steps_per_epoch, "time_s": elapsed, "lr": self.outcome.lr[-1],
+            "train_loss": finite_or_none(sum(window_losses) / len(window_losses)), "samples_per_s": rate,
         })
-        progress.update(step - progress.n)
-        diverged_at = _divergence_step(window_losses, first_loss, cfg.diverge_factor, step)
+        self.metrics.flush()
+        return window_losses, elapsed
+
+    def check_divergence(self, window_losses: list[float]) -> bool:
+        diverged_at = _divergence_step(window_losses, self.first_loss, self.cfg.diverge_factor, self.step)
         if diverged_at is not None:
-            outcome.status, outcome.diverged_at_step = "diverged", diverged_at
-            metrics.flush()
-            break
-        time_up = cfg.max_time is not None and elapsed >= cfg.max_time
+            self.outcome.status, self.outcome.diverged_at_step = "diverged", diverged_at
+        return diverged_at is not None
 
-        if eval_due or time_up:
-            eval_start = clock.elapsed()
-            accuracy, eval_loss = evaluate(unwrapped, eval_set, accelerator)
-            clock.eval_s += clock.elapsed() - eval_start
-            # Time to an evaluation counts up to its end (MLPerf: the clock stops once quality is known);
-            # train_time_s is the same moment with every evaluation's time taken out.
-            record = {
-                "step": step, "samples": step * plan.global_bs, "epoch": step / steps_per_epoch,
-                "time_s": clock.elapsed(), "train_time_s": clock.train_elapsed(),
-                "accuracy": accuracy, "loss": finite_or_none(eval_loss),
-            }
-            outcome.history.append(record)
-            metrics.write({"type": "eval", **record})
-            progress.set_postfix(acc=f"{accuracy:.3f}", loss=f"{window_losses[-1]:.3f}", refresh=False)
-            windows.restart()
-            if cfg.target_accuracy is not None and accuracy >= cfg.target_accuracy:
-                outcome.status, outcome.target_eval = "reached", record
-                metrics.flush()
-                break
-        metrics.flush()
-        if time_up:
-            break
+    def evaluate_now(self) -> float:
+        clock = self.clock
+        eval_start = clock.elapsed()
+        accuracy, eval_loss = evaluate(self.unwrapped, self.eval_set, self.accelerator)
+        clock.eval_s += clock.elapsed() - eval_start
+        # Time to an evaluation counts up to its end (MLPerf: the clock stops once quality is known);
+        # train_time_s is the same moment with every evaluation's time taken out.
+        record = {
+            "step": self.step, "samples": self.step * self.plan.global_bs, "epoch": self.step / self.steps_per_epoch,
+            "time_s": clock.elapsed(), "train_time_s": clock.train_elapsed(),
+            "accuracy": accuracy, "loss": finite_or_none(eval_loss),
+        }
+        self.outcome.history.append(record)
+        self.metrics.write({"type": "eval", **record})
+        self.metrics.flush()
+        self.windows.restart()
+        return accuracy
 
-    progress.close()
-    synchronize(accelerator.device)
-    outcome.elapsed_s = clock.elapsed()
-    outcome.train_elapsed_s = clock.train_elapsed()
-    if outcome.status == "running":
-        outcome.status = "not_reached" if cfg.target_accuracy is not None else "completed"
-    outcome.throughput_samples_per_s = windows.median_after_warmup()
-    outcome.window_rates = windows.rates
-    return outcome
+    def finish(self) -> TrainOutcome:
+        outcome, accelerator = self.outcome, self.accelerator
+        synchronize(accelerator.device)
+        outcome.elapsed_s = self.clock.elapsed()
+        outcome.train_elapsed_s = self.clock.train_elapsed()
+        if outcome.status == "running":
+            outcome.status = "not_reached" if self.cfg.target_accuracy is not None else "completed"
+        outcome.throughput_samples_per_s = self.windows.median_after_warmup()
+        outcome.window_rates = self.windows.rates
+        # Phases after warm-up (the first window holds allocator and cache warm-up, as for throughput).
+        skip = 1 if len(self.phase_windows) > 1 else 0
+        kept, durations = self.phase_windows[skip:], self.windows.durations[skip:]
+        outcome.step_time = summarize_phases(kept, accelerator.num_processes, sum(durations))
+        if self.cfg.time_phases:
+            own = torch.tensor([sum(w["step_wall"] for w in kept)], device=accelerator.device, dtype=torch.float64)
+            outcome.per_rank_step_time_s = accelerator.gather(own).tolist()
+        return outcome
+
+
+def train(cfg: RunConfig, plan: BatchPlan, accelerator: Accelerator, model: nn.Module,
+          optimizer: torch.optim.Optimizer, schedule: LRSchedule, train_data: Any, eval_data: Any,
+          metrics: MetricsWriter) -> TrainOutcome:
+    return Trainer(cfg, plan, accelerator, model, optimizer, schedule, train_data, eval_data, metrics).run()
 
 
 def _divergence_step(losses: list[float], first_loss: float, factor: float, end_step: int) -> int | None:

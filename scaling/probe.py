@@ -1,0 +1,119 @@
+"""Input and compute ceilings measured by difference, and the verdict: input-bound or compute-bound.
+
+DS-Analyzer (Mohan et al., "Analyzing and Mitigating Data Stalls in DNN Training", VLDB 2021) measures
+the input pipeline alone (the loader with no model), the compute alone (a batch already on the device,
+trained again and again) and the real run; the gaps say where the time goes. Both ceilings here are in
+global samples/s: one process's rate times the number of processes, which load and compute in parallel.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+from scaling.config import RunConfig
+from scaling.timing import synchronize
+
+WARMUP_STEPS = 3
+
+
+def input_ceiling(source: Any, device: torch.device, steps: int, world_size: int) -> float:
+    """Samples/s of the input pipeline alone: fetch and copy this process's micro-batches, no model."""
+    source.start(0)
+    samples = 0
+    for step in range(WARMUP_STEPS):
+        for inputs, _ in source.micro_batches(step):
+            inputs.to(device)
+    synchronize(device)
+    start = time.perf_counter()
+    for step in range(WARMUP_STEPS, WARMUP_STEPS + steps):
+        for inputs, labels in source.micro_batches(step):
+            inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            samples += len(labels)
+    synchronize(device)
+    return samples * world_size / (time.perf_counter() - start)
+
+
+def compute_ceiling(accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    source: Any, steps: int) -> float:
+    """Samples/s of the training step alone: one step's micro-batches are put on the device once and
+    trained on repeatedly (forward, backward, gradient sync, optimizer). Weights and optimizer state are
+    restored afterwards, so the run that follows starts from the same point."""
+    from scaling.train import optimizer_step
+
+    device = accelerator.device
+    source.start(0)
+    batches = [(x.to(device), y.to(device)) for x, y in source.micro_batches(0)]
+    model_state = copy.deepcopy(accelerator.unwrap_model(model).state_dict())
+    optimizer_state = copy.deepcopy(optimizer.optimizer.state_dict())
+    # LR 0: the same arithmetic, but the weights do not move. Training on one batch over and over would
+    # drive the loss and gradients towards zero, into subnormal floats that run many times slower on CPUs.
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0
+    try:
+        for _ in range(WARMUP_STEPS):
+            optimizer_step(accelerator, model, optimizer, batches)
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            optimizer_step(accelerator, model, optimizer, batches)
+        synchronize(device)
+        elapsed = time.perf_counter() - start
+    finally:
+        accelerator.unwrap_model(model).load_state_dict(model_state)
+        optimizer.optimizer.load_state_dict(optimizer_state)
+    per_step = sum(len(y) for _, y in batches) * accelerator.num_processes
+    return steps * per_step / elapsed
+
+
+def verdict(input_rate: float, compute_rate: float, run_rate: float | None, data_wait_fraction: float | None,
+            cfg: RunConfig, fast_path: bool, device_type: str) -> dict:
+    """Input-bound when the loader alone cannot keep up with the training step alone."""
+    bound = "input" if input_rate < compute_rate else "compute"
+    speedup = compute_rate / run_rate if run_rate else None
+    return {
+        "input_samples_per_s": input_rate,
+        "compute_samples_per_s": compute_rate,
+        "run_samples_per_s": run_rate,
+        "bound": bound,
+        "speedup_if_input_free": speedup,
+        "data_wait_fraction": data_wait_fraction,
+        "advice": advice(bound, input_rate, compute_rate, cfg, fast_path, device_type),
+    }
+
+
+def advice(bound: str, input_rate: float, compute_rate: float, cfg: RunConfig, fast_path: bool,
+           device_type: str) -> list[str]:
+    """Concrete changes, most effective first; only those that apply to this configuration."""
+    if bound == "compute":
+        tips = [f"compute-bound: the input pipeline delivers {input_rate:,.0f} samples/s, "
+                f"{input_rate / compute_rate:.1f}x what the model consumes; speed comes from the model side "
+                f"(a larger per-device batch, mixed precision, fewer micro-steps)"]
+        return tips
+    tips = [f"input-bound: the loader delivers {input_rate:,.0f} samples/s but the model could train "
+            f"{compute_rate:,.0f}/s ({compute_rate / input_rate:.1f}x faster)"]
+    if not cfg.fast_path:
+        tips.append("turn the in-memory fast path back on (--fast-path true): whole-batch indexing instead of "
+                    "collating samples one by one")
+    elif not fast_path:
+        tips.append("if the decoded dataset fits in memory, hold it as tensors (a TensorDataset) to get the "
+                    "whole-batch fast path")
+    if cfg.num_workers == 0:
+        tips.append("load in parallel: --num-workers N (up to the CPU cores per process)")
+    elif cfg.num_workers > 0:
+        tips.append(f"more loader workers than {cfg.num_workers} if cores are free (--num-workers)")
+        if cfg.prefetch_factor is None or cfg.prefetch_factor < 4:
+            tips.append("prefetch deeper: --prefetch-factor 4")
+        if not cfg.persistent_workers:
+            tips.append("keep workers alive between epochs: --persistent-workers")
+    if device_type == "cuda" and not cfg.pin_memory:
+        tips.append("pin host memory for faster, asynchronous copies: --pin-memory")
+    tips.append("decode once and cache decoded tensors in memory when the dataset fits; or move augmentation "
+                "to the device")
+    tips.append("a larger batch does not help an input-bound run: it needs more samples per second from the "
+                "same pipeline")
+    return tips

@@ -1,0 +1,110 @@
+"""Where step time goes: phase timing, ceilings by difference, and the input/compute verdict."""
+
+import pytest
+
+from conftest import SMALL, assert_ok, load_result, run_entry, run_torchrun
+from scaling.timing import summarize_phases
+
+pytestmark = pytest.mark.slow
+
+SLOW_MODULE = '''
+import time
+import torch
+from torch.utils.data import Dataset
+
+
+class Slow(Dataset):
+    """Each sample costs 1 ms to "decode": far slower than the model consumes it."""
+    def __init__(self, n, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 40, generator=g)
+        self.y = torch.randint(0, 10, (n,), generator=g)
+    def __len__(self):
+        return len(self.y)
+    def __getitem__(self, i):
+        time.sleep(0.001)
+        return self.x[i], int(self.y[i])
+
+
+def make():
+    return Slow(2000, 0), Slow(200, 1)
+'''
+
+
+def test_phase_fractions_cover_the_measured_step_time(tmp_path):
+    proc = run_entry([*SMALL, "--global-bs", "512", "--per-device-bs", "128", "--max-steps", "60",
+                      "--target-accuracy", "none", "--output-dir", str(tmp_path)])
+    assert_ok(proc)
+    result = load_result(tmp_path)
+    breakdown = result["step_time_breakdown"]
+    phases = breakdown["phases"]
+    assert set(phases) == {"data_wait", "h2d", "forward_backward", "grad_sync", "optimizer", "other"}
+    fractions = sum(p["fraction"] for p in phases.values())
+    assert fractions == pytest.approx(1.0, abs=0.01)
+    # the measured phases (everything but "other") account for the step time within a few percent
+    assert 0.95 <= breakdown["covered_fraction"] <= 1.001
+    assert phases["forward_backward"]["fraction"] > 0.5  # the default workload is compute-bound
+    assert phases["grad_sync"]["seconds"] == 0.0  # one process: nothing to synchronize
+    assert result["data_wait_fraction"] == phases["data_wait"]["fraction"]
+    assert result["straggler_ratio"] == 1.0 and len(result["per_rank_step_time_s"]) == 1
+
+
+def test_two_processes_report_per_rank_times_and_sync_estimate(tmp_path):
+    proc = run_torchrun([*SMALL, "--global-bs", "512", "--per-device-bs", "64", "--max-steps", "40",
+                         "--target-accuracy", "none", "--output-dir", str(tmp_path)])
+    assert_ok(proc)
+    result = load_result(tmp_path)
+    assert len(result["per_rank_step_time_s"]) == 2
+    assert result["straggler_ratio"] >= 1.0
+    assert result["step_time_breakdown"]["phases"]["grad_sync"]["seconds"] >= 0.0
+
+
+def test_in_memory_default_is_compute_bound(tmp_path):
+    proc = run_entry([*SMALL, "--global-bs", "256", "--probe", "--max-steps", "30", "--target-accuracy", "none",
+                      "--output-dir", str(tmp_path)])
+    assert_ok(proc)
+    ceilings = load_result(tmp_path)["ceilings"]
+    assert ceilings["bound"] == "compute"
+    assert ceilings["input_samples_per_s"] > ceilings["compute_samples_per_s"]
+    assert "compute-bound" in proc.stdout
+
+
+def test_slow_dataset_is_input_bound_with_advice(tmp_path):
+    (tmp_path / "slowdata.py").write_text(SLOW_MODULE)
+    proc = run_entry(["--dataset", "slowdata:make", "--global-bs", "64", "--probe", "--probe-steps", "5",
+                      "--max-steps", "12", "--log-every", "4", "--target-accuracy", "none", "--cpu",
+                      "--progress", "false", "--output-dir", "out"], cwd=tmp_path)
+    assert_ok(proc)
+    result = load_result(tmp_path / "out")
+    ceilings = result["ceilings"]
+    assert ceilings["bound"] == "input"
+    assert ceilings["input_samples_per_s"] < 1500  # 1 ms per sample, serial
+    assert ceilings["speedup_if_input_free"] > 2
+    assert any("--num-workers" in tip for tip in ceilings["advice"])
+    assert result["data_wait_fraction"] > 0.5  # the real run agrees: it mostly waits for data
+
+
+def test_scaling_probe_command(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO, child_env
+
+    proc = subprocess.run([sys.executable, "-m", "scaling.cli", "probe", *SMALL, "--max-steps", "20",
+                           "--output-dir", str(tmp_path)], capture_output=True, text=True, timeout=300,
+                          cwd=REPO, env=child_env())
+    assert_ok(proc)
+    assert "ceilings: input pipeline alone" in proc.stdout
+    assert load_result(tmp_path)["config"]["probe"] is True
+
+
+def test_summary_estimates_sync_by_difference():
+    window = {"data_wait": 1.0, "h2d": 0.0, "fwd_bwd_nosync": 6.0, "fwd_bwd_sync": 3.0, "optimizer": 0.5,
+              "micro_nosync": 3, "micro_sync": 1, "step_wall": 10.6}
+    summary = summarize_phases([window], world_size=2, window_wall_s=11.0)
+    phases = summary["phases"]
+    assert phases["grad_sync"]["seconds"] == pytest.approx(1.0)  # 3.0 - 6.0 / 3
+    assert phases["forward_backward"]["seconds"] == pytest.approx(8.0)
+    assert phases["other"]["seconds"] == pytest.approx(0.5)
+    no_accumulation = dict(window, fwd_bwd_nosync=0.0, micro_nosync=0)
+    assert summarize_phases([no_accumulation], 2, 11.0)["phases"]["grad_sync"]["seconds"] is None
