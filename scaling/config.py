@@ -89,6 +89,7 @@ class RunConfig:
     time_phases: bool = True  # per-step phase timing (data wait, copy, forward/backward, sync, optimizer)
 
     # machine and output
+    log_with: str | None = None  # trackers Accelerate supports, comma-separated: tensorboard, wandb, mlflow, ...
     cpu: bool = False
     mixed_precision: str = "no"
     output_dir: str = "runs/latest"
@@ -309,6 +310,13 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"--lr-step-epochs must be positive epochs, got {cfg.lr_step_epochs}")
     if cfg.momentum >= 1:
         raise ConfigError(f"--momentum must be in [0, 1), got {cfg.momentum}")
+    if cfg.log_with is not None:
+        from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+        for name in cfg.log_with.split(","):
+            if name.strip() not in (*LOGGER_TYPE_TO_CLASS, "all"):
+                raise ConfigError(f"--log-with {name.strip()!r} is not a tracker Accelerate knows; "
+                                  f"choose from {', '.join(LOGGER_TYPE_TO_CLASS)}")
     if cfg.num_workers == 0 and (cfg.prefetch_factor is not None or cfg.persistent_workers):
         raise ConfigError("--prefetch-factor and --persistent-workers need --num-workers > 0")
     if not cfg.output_dir:

@@ -120,13 +120,21 @@ def run(cfg: RunConfig) -> dict:
     if cfg.per_device_bs == "auto":
         plan, auto_batch = resolve_auto_batch(cfg, plan, model, workload.train, state.device)
 
+    output_dir = Path(cfg.output_dir)
     accelerator = Accelerator(
         cpu=cfg.cpu,
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=plan.micro_steps_per_process,
+        log_with=[name.strip() for name in cfg.log_with.split(",")] if cfg.log_with else None,
+        project_dir=str(output_dir / "trackers"),
     )
     say = accelerator.print
-    output_dir = Path(cfg.output_dir)
+    if cfg.log_with:
+        # The resolved config as hyperparameters; trackers take scalars only, so lists become text.
+        hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in cfg.to_dict().items()}
+        hparams.update(per_device_bs=plan.per_device_bs, accumulation_steps=plan.accumulation_steps,
+                       num_processes=plan.num_processes)
+        accelerator.init_trackers("scaling", config=hparams)
     optimizer = _build_optimizer(cfg, model)
     model, optimizer = accelerator.prepare(model, optimizer)
 

@@ -278,11 +278,13 @@ class Trainer:
             self.first_loss = window_losses[0]
         self.outcome.train_loss.extend(finite_or_none(v) for v in window_losses)
         self.outcome.steps = self.step
-        self.metrics.write({
+        record = {
             "type": "train", "step": self.step, "samples": self.step * self.plan.global_bs,
             "epoch": self.step / self.steps_per_epoch, "time_s": elapsed, "lr": self.outcome.lr[-1],
             "train_loss": finite_or_none(sum(window_losses) / len(window_losses)), "samples_per_s": rate,
-        })
+        }
+        self.metrics.write(record)
+        self._track("train", record)
         self.metrics.flush()
         return window_losses, elapsed
 
@@ -306,9 +308,17 @@ class Trainer:
         }
         self.outcome.history.append(record)
         self.metrics.write({"type": "eval", **record})
+        self._track("eval", record)
         self.metrics.flush()
         self.windows.restart()
         return accuracy
+
+    def _track(self, group: str, record: dict) -> None:
+        """Send a record to the trackers of --log-with (Accelerate logs on the main process only)."""
+        if self.cfg.log_with:
+            values = {f"{group}/{k}": v for k, v in record.items()
+                      if k not in ("type", "step") and isinstance(v, (int, float))}
+            self.accelerator.log(values, step=self.step)
 
     def finish(self) -> TrainOutcome:
         outcome, accelerator = self.outcome, self.accelerator
