@@ -96,6 +96,7 @@ class RunConfig:
     log_every: int = 10  # optimizer steps per logging window (throughput, metrics.jsonl)
     progress: bool = True
     save_model: bool = False  # write OUTPUT_DIR/model.pt (final weights) at the end
+    checkpoint_every: int | None = None  # also checkpoint every N optimizer steps (always on SIGTERM/SIGINT)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -108,7 +109,7 @@ _HINTS = typing.get_type_hints(RunConfig)
 _POSITIVE = {
     "global_bs", "accumulation_steps", "emulate_processes", "max_per_device_bs", "base_lr", "base_bs",
     "max_steps", "max_epochs", "max_time", "eval_every", "eval_every_epochs", "num_samples", "log_every",
-    "lr_step_gamma", "diverge_factor", "memory_cap_mb", "prefetch_factor", "probe_steps",
+    "lr_step_gamma", "diverge_factor", "memory_cap_mb", "prefetch_factor", "probe_steps", "checkpoint_every",
 }
 _NON_NEGATIVE = {"warmup_steps", "warmup_epochs", "momentum", "weight_decay", "num_workers"}
 _CHOICES = {

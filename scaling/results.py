@@ -14,7 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-FINAL_STATUSES = ("reached", "not_reached", "completed", "diverged", "failed", "oom", "interrupted")
+# A run with one of these statuses is finished; "interrupted" is not (it resumes from its checkpoint).
+FINAL_STATUSES = ("reached", "not_reached", "completed", "diverged", "failed", "oom")
 SCHEMA_VERSION = 1
 
 
@@ -53,13 +54,19 @@ def finite_or_none(value: float | None) -> float | None:
     return float(value)
 
 
-def read_result(path: str | Path) -> dict | None:
-    """The result at `path` if it is complete (parses and has a final status), else None."""
+def read_result(path: str | Path, finished_only: bool = True) -> dict | None:
+    """The result at `path` if it parses and is finished (any status with finished_only=False), else None.
+
+    A torn or half-written file, a run still "running" (or killed while running) and an "interrupted" run
+    all count as unfinished: a sweep runs (or resumes) them again.
+    """
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(data, dict) or data.get("status") not in FINAL_STATUSES:
+    if not isinstance(data, dict) or "status" not in data:
+        return None
+    if finished_only and data["status"] not in FINAL_STATUSES:
         return None
     return data
 

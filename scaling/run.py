@@ -88,7 +88,7 @@ def summary_line(result: dict, path: Path) -> str:
     return f"scaling: {status}{where}{accuracy}; {speed} -> {path}"
 
 
-def run(cfg: RunConfig) -> dict:
+def run(cfg: RunConfig, resume: bool = False) -> dict:
     """Build everything for `cfg`, train, and write the result. Returns the result document."""
     from accelerate import Accelerator, PartialState
     from accelerate.utils import set_seed
@@ -155,7 +155,7 @@ def run(cfg: RunConfig) -> dict:
             f"(accumulation and emulation are not exact; docs/emulation.md)")
 
     env = environment(accelerator.device, accelerator.num_processes, accelerator.distributed_type.value)
-    metrics = MetricsWriter(output_dir / "metrics.jsonl", enabled=accelerator.is_main_process)
+    metrics = MetricsWriter(output_dir / "metrics.jsonl", enabled=accelerator.is_main_process, append=resume)
     extra = {
         "batch_coupled_layers": coupled,
         "decomposition_exact": not coupled,
@@ -164,21 +164,31 @@ def run(cfg: RunConfig) -> dict:
         "train_samples": len(workload.train),
         "eval_samples": len(workload.eval),
     }
+    trainer = Trainer(cfg, plan, accelerator, model, optimizer, schedule, workload.train, workload.eval, metrics)
+    if resume:
+        trainer.load_checkpoint()
+        say(f"scaling: resumed from {trainer.checkpoint_dir} at step {trainer.step}")
     if accelerator.is_main_process:
         write_json_atomic(output_dir / "result.json", {"status": "running", "config": cfg.to_dict(),
                                                         "started_at": time.time()})
-    trainer = Trainer(cfg, plan, accelerator, model, optimizer, schedule, workload.train, workload.eval, metrics)
     ceilings = None
-    if cfg.probe:
-        ceilings = measure_ceilings(cfg, trainer, say)
     try:
-        outcome = trainer.run()
+        if cfg.memory_cap_mb is not None and cfg.per_device_bs != "auto":
+            check_fits(cfg, plan, model, workload.train, accelerator.device)
+        if cfg.probe:
+            ceilings = measure_ceilings(cfg, trainer, say)
+        with stop_on_signals(trainer):
+            outcome = trainer.run()
     except Exception as err:
         if accelerator.is_main_process:
+            status = "oom" if is_out_of_memory(err) else "failed"
             write_json_atomic(output_dir / "result.json", {
-                "status": "failed", "config": cfg.to_dict(), "batch": plan.to_dict(),
+                "status": status, "config": cfg.to_dict(), "batch": plan.to_dict(),
                 "error": f"{type(err).__name__}: {err}", "environment": env,
+                "suggestion": oom_suggestion(plan) if status == "oom" else None,
             })
+        if is_out_of_memory(err):
+            raise OutOfMemory(f"{plan.describe()} does not fit: {oom_suggestion(plan)}") from None
         raise
     finally:
         metrics.close()
@@ -187,6 +197,9 @@ def run(cfg: RunConfig) -> dict:
                                     _data_wait_fraction(outcome), cfg, trainer.source.fast, accelerator.device.type)
         for line in extra["ceilings"]["advice"]:
             say(f"scaling: {line}")
+    if outcome.status == "interrupted":
+        extra["checkpoint"] = str(trainer.checkpoint_dir)
+        extra["stop_signal"] = trainer.stop_signal
     result = build_result(cfg, plan, schedule, outcome, env, extra)
     if accelerator.is_main_process:
         if cfg.save_model:
@@ -221,6 +234,63 @@ def resolve_auto_batch(cfg: RunConfig, plan, model, dataset, device) -> tuple:
     plan = plan_batch(dataclasses.replace(cfg, per_device_bs=per_device), plan.world_size)
     return plan, {"largest_fitting": largest, "usable": usable, "chosen": per_device,
                   "memory_cap_mb": cfg.memory_cap_mb, "trials": trials}
+
+
+class OutOfMemory(Exception):
+    """A configuration that does not fit; its result.json says so (status "oom")."""
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    return isinstance(err, (OutOfMemory, torch.cuda.OutOfMemoryError)) or (
+        isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
+
+
+def oom_suggestion(plan) -> str:
+    if plan.per_device_bs > 1:
+        smaller = plan.per_device_bs // 2
+        return (f"try --per-device-bs {smaller} (x{plan.accumulation_steps * plan.per_device_bs // smaller} "
+                f"accumulation steps) if it divides the batch, or --per-device-bs auto")
+    return "even a micro-batch of 1 does not fit: use a smaller model or mixed precision (--mixed-precision bf16)"
+
+
+def check_fits(cfg: RunConfig, plan, model, dataset, device) -> None:
+    """With --memory-cap-mb, one trial at the planned micro-batch must stay under the cap."""
+    import copy
+
+    from scaling.memory import trial_peak_bytes
+
+    peak = trial_peak_bytes(copy.deepcopy(model).to(device), dataset, plan.per_device_bs, device)
+    if peak > cfg.memory_cap_mb * 2**20:
+        raise OutOfMemory(f"micro-batch {plan.per_device_bs} needs {peak / 2**20:.1f} MiB, over "
+                          f"--memory-cap-mb {cfg.memory_cap_mb:g}")
+
+
+class stop_on_signals:
+    """SIGTERM (schedulers' preemption) and SIGINT (Ctrl-C) ask the trainer to checkpoint and stop at the
+    next logging-window boundary instead of dying mid-step; the old handlers come back afterwards."""
+
+    SIGNALS = ("SIGTERM", "SIGINT")
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.previous = {}
+
+    def __enter__(self):
+        import signal
+
+        def request_stop(signum, frame):
+            self.trainer.stop_signal = signal.Signals(signum).name
+
+        for name in self.SIGNALS:
+            number = getattr(signal, name)
+            self.previous[number] = signal.signal(number, request_stop)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
 
 
 def measure_ceilings(cfg: RunConfig, trainer, say) -> tuple[float, float]:
@@ -277,14 +347,27 @@ def _quiet_libraries(main: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        cfg, _ = parse_args(argv)
-        result = run(cfg)
+        cfg, extras = parse_args(argv)
+        result = run(cfg, resume=extras["resume"])
     except ConfigError as err:
         if distributed.is_main_process():
             print(f"scaling: error: {err}", file=sys.stderr)
         return 2
-    # Divergence and a missed target are results, not errors: the status in result.json says which.
-    return 0 if result["status"] != "failed" else 1
+    except OutOfMemory as err:
+        if distributed.is_main_process():
+            print(f"scaling: out of memory: {err}", file=sys.stderr)
+        return 1
+    return exit_status(result)
+
+
+def exit_status(result: dict) -> int:
+    """0 for a result (a missed target or a divergence is a finding, not an error); 128 + signal number
+    for an interrupted run, as a shell reports a process stopped by that signal."""
+    if result["status"] == "interrupted":
+        import signal
+
+        return 128 + getattr(signal, result.get("stop_signal") or "SIGTERM")
+    return 0
 
 
 if __name__ == "__main__":

@@ -189,10 +189,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch_commands(study_config: StudyConfig, config_path: Path) -> list[list[str]]:
+def launch_commands(study_config: StudyConfig, config_path: Path, resume: bool = False) -> list[list[str]]:
     """The command line(s) that run one configuration: one per node when nodes are started here."""
     launcher = study_config.launcher
-    run_args = [str(RUN_PY), "--config", str(config_path)]
+    run_args = [str(RUN_PY), "--config", str(config_path), *(["--resume"] if resume else [])]
     if launcher.type == "python":
         return [[sys.executable, *run_args]]
     if launcher.type == "accelerate":
@@ -218,10 +218,13 @@ def run_config(study_config: StudyConfig) -> dict[str, Any]:
     config_path.write_text(yaml.safe_dump(study_config.config.to_dict(), sort_keys=False))
     env = dict(os.environ)
     env["PYTHONPATH"] = str(RUN_PY.parent.parent) + os.pathsep + env.get("PYTHONPATH", "")
+    # An interrupted run (preempted, Ctrl-C) continues from its checkpoint instead of starting over.
+    previous = read_result(out / "result.json", finished_only=False)
+    resume = bool(previous and previous["status"] == "interrupted" and (out / "checkpoint").is_dir())
     started = time.time()
     processes = []
     logs = []
-    for node, command in enumerate(launch_commands(study_config, config_path)):
+    for node, command in enumerate(launch_commands(study_config, config_path, resume)):
         suffix = f".node{node}" if node else ""
         stdout = open(out / f"stdout{suffix}.log", "w")  # noqa: SIM115 - closed below
         stderr = open(out / f"stderr{suffix}.log", "w")  # noqa: SIM115
@@ -242,8 +245,10 @@ def run_config(study_config: StudyConfig) -> dict[str, Any]:
                 process.wait()
         for handle in logs:
             handle.close()
-    result = read_result(out / "result.json")
-    entry = {"returncode": max(codes, key=abs), "wall_s": time.time() - started}
+    result = read_result(out / "result.json", finished_only=False)
+    if result is not None and result["status"] == "running":
+        result = None  # killed before it could write an outcome
+    entry = {"returncode": max(codes, key=abs), "wall_s": time.time() - started, "resumed": resume}
     if result is not None:
         entry["status"] = result["status"]
     else:

@@ -7,9 +7,12 @@ are checked.
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,13 +22,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from scaling.batching import BatchPlan, GlobalBatchSampler
-from scaling.config import RunConfig
+from scaling.config import ConfigError, RunConfig
 from scaling.data.tensors import TensorPair
 from scaling.lr import LRSchedule
-from scaling.results import MetricsWriter, finite_or_none
+from scaling.results import MetricsWriter, finite_or_none, write_json_atomic
 from scaling.timing import PhaseTimer, RunClock, ThroughputWindows, summarize_phases, synchronize
 
 EVAL_BATCH_SIZE = 1024
+# Keys that may differ between an interrupted run and its resumption (they do not change the training).
+RESUMABLE_CHANGES = {"progress", "max_time", "checkpoint_every", "log_with", "output_dir"}
 
 
 @dataclass
@@ -218,6 +223,10 @@ class Trainer:
         self.first_loss: float | None = None
         self.step = 0
         self.clock = RunClock()
+        self._clock_offsets = (0.0, 0.0)  # (elapsed, evaluation) seconds before a resume
+        self.stop_signal: str | None = None  # set by a signal handler; acted on at the next window boundary
+        self.checkpoint_dir = Path(cfg.output_dir) / "checkpoint"
+        self._checkpointed_at = 0
 
     # ---- the loop ----
     def run(self) -> TrainOutcome:
@@ -227,17 +236,25 @@ class Trainer:
         self.source.start(self.step)
         self.model.train()
         synchronize(accelerator.device)
-        self.clock = RunClock()  # the clock starts before the first training batch is touched
+        # The clock starts before the first training batch is touched; after a resume it continues from
+        # the checkpoint's reading, so the time the job was down does not count (docs/clock.md).
+        self.clock = RunClock(*self._clock_offsets)
         self.windows.restart()
         while self.last_step is None or self.step < self.last_step:
             self.train_step()
             eval_due = self.step % self.eval_interval == 0 or self.step == self.last_step
             if not (eval_due or self.step % cfg.log_every == 0):
                 continue
-            window_losses, elapsed = self.close_window()
+            window_losses, elapsed, stop = self.close_window()
             progress.update(self.step - progress.n)
             if self.check_divergence(window_losses):
                 break
+            if stop:  # preemption: every process saw the request at this same step
+                self.save_checkpoint()
+                self.outcome.status = "interrupted"
+                break
+            if cfg.checkpoint_every and self.step - self._checkpointed_at >= cfg.checkpoint_every:
+                self.save_checkpoint()
             time_up = cfg.max_time is not None and elapsed >= cfg.max_time
             if eval_due or time_up:
                 accuracy = self.evaluate_now()
@@ -261,9 +278,10 @@ class Trainer:
         self.step += 1
         self.windows.add_samples(self.plan.global_bs)
 
-    def close_window(self) -> tuple[list[float], float]:
+    def close_window(self) -> tuple[list[float], float, bool]:
         """Logging-window boundary: the one host sync per window. Returns the window's per-step global
-        mean losses and the elapsed wall time (max over processes, so all processes decide alike)."""
+        mean losses, the elapsed wall time and whether any process was asked to stop (both reduced with
+        max over processes, so all processes decide alike)."""
         accelerator = self.accelerator
         synchronize(accelerator.device)
         rate = self.windows.close()
@@ -272,7 +290,8 @@ class Trainer:
         # (all micro-batches have the same size).
         local = torch.stack(self.micro_losses).float().view(-1, self.plan.micro_steps_per_process).mean(dim=1)
         window_losses = accelerator.reduce(local, reduction="mean").tolist()
-        elapsed = accelerator.reduce(torch.tensor([self.clock.elapsed()], device=accelerator.device), "max").item()
+        flags = torch.tensor([self.clock.elapsed(), float(self.stop_signal is not None)], device=accelerator.device)
+        elapsed, stop = accelerator.reduce(flags, "max").tolist()
         self.micro_losses.clear()
         if self.first_loss is None:
             self.first_loss = window_losses[0]
@@ -286,7 +305,7 @@ class Trainer:
         self.metrics.write(record)
         self._track("train", record)
         self.metrics.flush()
-        return window_losses, elapsed
+        return window_losses, elapsed, stop > 0
 
     def check_divergence(self, window_losses: list[float]) -> bool:
         diverged_at = _divergence_step(window_losses, self.first_loss, self.cfg.diverge_factor, self.step)
@@ -312,6 +331,58 @@ class Trainer:
         self.metrics.flush()
         self.windows.restart()
         return accuracy
+
+    # ---- checkpoints: Accelerate's save_state plus what it does not cover ----
+    def state_dict(self) -> dict:
+        """The loop's own state. The sampler needs only the step: batches are a function of (seed, step)."""
+        return {
+            "step": self.step, "elapsed_s": self.clock.elapsed(), "eval_s": self.clock.eval_s,
+            "first_loss": self.first_loss, "history": self.outcome.history, "train_loss": self.outcome.train_loss,
+            "lr": self.outcome.lr, "window_rates": self.windows.rates, "window_durations": self.windows.durations,
+            "phase_windows": self.phase_windows, "config": self.cfg.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = state["step"]
+        self._clock_offsets = (state["elapsed_s"], state["eval_s"])
+        self.first_loss = state["first_loss"]
+        self.outcome.history, self.outcome.train_loss = state["history"], state["train_loss"]
+        self.outcome.lr, self.outcome.steps = state["lr"], state["step"]
+        self.windows.rates, self.windows.durations = state["window_rates"], state["window_durations"]
+        self.phase_windows = state["phase_windows"]
+        self._checkpointed_at = state["step"]
+
+    def save_checkpoint(self) -> None:
+        """Model, optimizer and every process's RNG states (accelerator.save_state) plus the loop state,
+        written to a temporary folder and renamed, so a kill during saving keeps the previous checkpoint."""
+        accelerator = self.accelerator
+        tmp = self.checkpoint_dir.with_name("checkpoint.tmp")
+        if accelerator.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        accelerator.wait_for_everyone()
+        self._checkpointed_at = self.step
+        accelerator.save_state(str(tmp))
+        if accelerator.is_main_process:
+            write_json_atomic(tmp / "trainer_state.json", self.state_dict())
+            old = self.checkpoint_dir.with_name("checkpoint.old")
+            if self.checkpoint_dir.exists():
+                self.checkpoint_dir.rename(old)
+            tmp.rename(self.checkpoint_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+
+    def load_checkpoint(self) -> None:
+        state_file = self.checkpoint_dir / "trainer_state.json"
+        if not state_file.is_file():
+            raise ConfigError(f"--resume: no checkpoint in {self.checkpoint_dir}")
+        state = json.loads(state_file.read_text())
+        changed = [k for k, v in self.cfg.to_dict().items()
+                   if k not in RESUMABLE_CHANGES and state["config"].get(k) != v]
+        if changed:
+            raise ConfigError(f"--resume: the checkpoint was written with a different {changed[0]} "
+                              f"({state['config'].get(changed[0])!r}, now {getattr(self.cfg, changed[0])!r})")
+        self.accelerator.load_state(str(self.checkpoint_dir))
+        self.load_state_dict(state)
 
     def _track(self, group: str, record: dict) -> None:
         """Send a record to the trackers of --log-with (Accelerate logs on the main process only)."""

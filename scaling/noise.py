@@ -1,0 +1,305 @@
+"""The gradient noise scale, measured during training (McCandlish et al. 2018, "An Empirical Model of
+Large-Batch Training", arXiv:1812.06162).
+
+The "simple" noise scale (their sec. 2.2) is
+
+    B_simple = tr(Sigma) / |G|^2
+
+with G the true (full-data) gradient and Sigma the per-example gradient covariance. It predicts the critical
+batch size: below it, doubling the batch roughly halves the steps to a target; above it, returns diminish.
+
+Both quantities come from the squared norms of two gradients taken at the same parameters on two batches
+of different sizes (appendix A.1). For a batch of B i.i.d. examples, E|G_B|^2 = |G|^2 + tr(Sigma)/B, so two
+sizes give two equations and the unbiased estimates
+
+    |G|^2     ~ (B_big |G_big|^2 - B_small |G_small|^2) / (B_big - B_small)     [two-batch]
+    tr(Sigma) ~ (|G_small|^2 - |G_big|^2) / (1/B_small - 1/B_big)               [two-batch]
+
+When the small batch is part of the big one and its gradient *vector* is at hand (not only its norm),
+the distance between the two gives a better trace estimate. For a sub-batch of b of the big batch's B
+examples, E|G_b - G_B|^2 = tr(Sigma) (1/b - 1/B), so
+
+    tr(Sigma) ~ |G_b - G_B|^2 / (1/b - 1/B),      |G|^2 ~ |G_B|^2 - tr(Sigma) / B       ("nested")
+
+With k equal sub-batches covering the big one, the mean of |G_i - G_B|^2 equals the mean of |G_i|^2 minus
+|G_B|^2, so this is the pooled form of [two-batch]. With a single sub-batch it is far less noisy than
+[two-batch] on the two norms, because the term 2 G.(noise) that G_b and G_B share cancels in their
+difference (half of a 128 batch, d=10 regression of tests/test_noise.py, EMA decay 0.99 over 600 steps:
+the final B_simple spreads by 4% over seeds, against 18% from the two norms alone).
+
+Each estimate is very noisy, and the ratio of two noisy numbers is biased, so the paper averages |G|^2
+and tr(Sigma) separately over many steps and only then divides (appendix A.1: "the ratio of the averages").
+`NoiseScaleEstimator` does that with bias-corrected exponential moving averages.
+
+Where "small" and "big" come from, by training topology (the gradients are those of the *mean* loss over
+their batch, read before gradient clipping and, with fp16 loss scaling, after unscaling):
+
+(a) Several processes (DDP, real or emulated ranks): small = a rank's local gradient, accumulated over its
+    own micro-batches, before the all-reduce (B_small = per-device batch x accumulation steps); big = the
+    all-reduced gradient the optimizer sees (B_big = global batch). Every rank has one small norm; average
+    them (one scalar all-reduce) and use `pool_small_batches` / `NoiseScaleEstimator.update_pooled` with
+    k = number of ranks, which is exactly the "k equal small batches averaged into the big one" case.
+    Under DDP `p.grad` already holds the all-reduced gradient after the synchronizing backward, so the
+    local norm must be taken earlier: either in a DDP communication hook (sum `bucket.buffer()**2`, which
+    holds the local gradient before the hook's all-reduce, over buckets), or, on measurement steps only,
+    by running every micro-step under `no_sync`, reading the local norm, then all-reducing the gradients
+    by hand (mean) and reading the big norm.
+(b) One process with gradient accumulation over n equal micro-batches: small = one micro-batch's gradient
+    (B_small = micro-batch), big = the accumulated gradient (B_big = n x micro-batch). Accelerate divides
+    each micro-step's loss by n, so after the first micro-step's backward `p.grad` is g_1 / n: use
+    `partial_accumulation_sq_norm(squared_norm(grads), done=1, total=n)` to undo the 1/n, and `update`.
+    Only the first micro-batch's norm is free: the later ones are mixed into `p.grad`. Less noisy, for one
+    gradient copy of memory on measurement steps: keep g_1 = n * p.grad (cloned) after the first micro-step
+    and use `update_nested(squared_distance(g_1, grads), micro, squared_norm(grads), n * micro)` at the end.
+    (The same helpers cover emulated ranks: after the first rank's m micro-steps out of n.)
+(c) One process without accumulation (the fallback; only one gradient exists per step): every K optimizer
+    steps (`is_measurement_step`), compute the gradient of the mean loss over the first half of the batch
+    separately, with `separate_gradients` (`torch.autograd.grad`, so `p.grad` is untouched) -- small,
+    B_small = `fallback_small_batch(B)` = B // 2 -- then run the regular step; its gradient on the whole
+    batch is big (B_big = B). Feed `update_nested(squared_distance(half_grads, [p.grad ...]), B // 2,
+    squared_norm([p.grad ...]), B)`, after the backward and before clipping and the optimizer step.
+    Cost: one extra forward and backward on half a batch every K steps (about 0.5/K of the training
+    compute, e.g. +5% at K = 10), and the half-batch gradients held through that step's backward (one
+    gradient's memory). Caveats: the extra forward updates BatchNorm running statistics and draws from the
+    dropout RNG; run it in train mode to measure the gradient actually used, and accept (or save and
+    restore) those side effects.
+
+Hot-loop rule: `squared_norm` returns a device tensor; read it (`float(...)`) only at a logging window.
+The estimator depends only on the order of its updates, so measurements can be buffered and fed later.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import torch
+
+
+def squared_norm(tensors: Iterable[torch.Tensor | None]) -> torch.Tensor:
+    """Sum of squares of all entries of `tensors` (e.g. `[p.grad for p in model.parameters()]`).
+
+    Returns a 0-dim tensor on the tensors' device (no host sync), float32 (float64 for double gradients);
+    None entries (parameters without a gradient) are skipped. Low-precision gradients are accumulated in
+    float32.
+    """
+    norms = [
+        torch.linalg.vector_norm(t, dtype=torch.promote_types(t.dtype, torch.float32))
+        for t in tensors
+        if t is not None
+    ]
+    if not norms:
+        return torch.zeros((), dtype=torch.float32)
+    return torch.stack([n.to(norms[0].device) for n in norms]).square().sum()
+
+
+def squared_distance(
+    first: Iterable[torch.Tensor | None], second: Iterable[torch.Tensor | None]
+) -> torch.Tensor:
+    """|first - second|^2 over two matching lists of gradient tensors, as a 0-dim device tensor.
+
+    A None entry counts as zeros (a parameter that one of the two losses did not reach).
+    """
+    diffs = []
+    for a, b in zip(first, second, strict=True):
+        if a is None and b is None:
+            continue
+        diffs.append(b if a is None else a if b is None else a - b)
+    return squared_norm(diffs)
+
+
+def separate_gradients(
+    loss: torch.Tensor, params: Sequence[torch.Tensor], retain_graph: bool = False
+) -> tuple[torch.Tensor | None, ...]:
+    """d loss / d params without touching `p.grad` (None for parameters the loss does not reach).
+
+    For the topology (c) fallback: `loss` is the mean loss over the first half of the batch.
+    """
+    return torch.autograd.grad(loss, list(params), retain_graph=retain_graph, allow_unused=True)
+
+
+def fallback_small_batch(batch_size: int) -> int:
+    """B_small for topology (c): the first half of the batch (rounded down), measured separately."""
+    if batch_size < 2:
+        raise ValueError(f"the half-batch noise measurement needs a batch of at least 2, got {batch_size}")
+    return batch_size // 2
+
+
+def is_measurement_step(step: int, every: int) -> bool:
+    """True on the optimizer steps (0-based) where the (c) fallback measures: 0, every, 2*every, ..."""
+    if every < 1:
+        raise ValueError(f"measurement interval must be >= 1, got {every}")
+    return step % every == 0
+
+
+def partial_accumulation_sq_norm(
+    sq_norm: float | torch.Tensor, done: int, total: int
+) -> float | torch.Tensor:
+    """Squared norm of the mean gradient of the first `done` of `total` equal micro-batches.
+
+    With Accelerate each micro-step's loss is divided by `total`, so after `done` backward passes `p.grad`
+    holds (done / total) x (mean gradient of those micro-batches): its squared norm is scaled back by
+    (total / done)^2. Topology (b) uses done = 1.
+    """
+    if not 1 <= done <= total:
+        raise ValueError(f"need 1 <= done <= total, got done={done}, total={total}")
+    return sq_norm * (total / done) ** 2
+
+
+def unbiased_estimates(
+    small_sq_norm: float, small_batch: int, big_sq_norm: float, big_batch: int
+) -> tuple[float, float]:
+    """(|G|^2, tr(Sigma)) from one pair of gradient squared norms (McCandlish et al., appendix A.1).
+
+    Each is unbiased but noisy (either can be negative); average many before taking their ratio.
+    """
+    small_sq_norm, big_sq_norm = float(small_sq_norm), float(big_sq_norm)
+    _check_batches(small_batch, big_batch)
+    grad_sq = (big_batch * big_sq_norm - small_batch * small_sq_norm) / (big_batch - small_batch)
+    trace = (small_sq_norm - big_sq_norm) / (1.0 / small_batch - 1.0 / big_batch)
+    return grad_sq, trace
+
+
+def nested_estimates(
+    diff_sq_norm: float, part_batch: int, big_sq_norm: float, big_batch: int
+) -> tuple[float, float]:
+    """(|G|^2, tr(Sigma)) from |G_part - G_big|^2, for a sub-batch of part_batch of the big batch's examples.
+
+    tr(Sigma) = |G_part - G_big|^2 / (1/b - 1/B) and |G|^2 = |G_big|^2 - tr(Sigma) / B (see the module
+    docstring, "nested"). Both unbiased; the part must be drawn from within the big batch.
+    """
+    diff_sq_norm, big_sq_norm = float(diff_sq_norm), float(big_sq_norm)
+    _check_batches(part_batch, big_batch)
+    if part_batch > big_batch:
+        raise ValueError(
+            f"the nested estimate needs a sub-batch of the big batch, got {part_batch} > {big_batch}"
+        )
+    trace = diff_sq_norm / (1.0 / part_batch - 1.0 / big_batch)
+    return big_sq_norm - trace / big_batch, trace
+
+
+def pool_small_batches(small_sq_norms: Sequence[float], small_batch: int) -> tuple[float, int, int]:
+    """k equal small batches whose mean gradient is the big one: (mean small sq norm, B_small, k B_small).
+
+    Each small squared norm has expectation |G|^2 + tr(Sigma)/B_small, so their mean does too, with less
+    variance than any one of them; the big gradient is the mean of the k small ones (topology (a)).
+    """
+    if len(small_sq_norms) < 2:
+        raise ValueError(f"pooling needs at least 2 small batches, got {len(small_sq_norms)}")
+    mean = sum(float(x) for x in small_sq_norms) / len(small_sq_norms)
+    return mean, small_batch, len(small_sq_norms) * small_batch
+
+
+def _check_batches(small_batch: int, big_batch: int) -> None:
+    if small_batch <= 0 or big_batch <= 0:
+        raise ValueError(f"batch sizes must be positive, got small={small_batch}, big={big_batch}")
+    if small_batch == big_batch:
+        raise ValueError(f"the two-batch estimator needs two different batch sizes, got {small_batch} twice")
+
+
+class NoiseScaleEstimator:
+    """Running B_simple = tr(Sigma) / |G|^2 from measurements taken at the current parameters.
+
+    Feed one measurement per measuring step with `update` (two batch sizes, [two-batch]), `update_pooled`
+    (k equal small batches averaged into the big one), `update_nested` (a sub-batch's distance to the big
+    batch) or `update_estimates` (raw estimates). |G|^2 and tr(Sigma) are each smoothed by an exponential
+    moving average with Adam's bias correction (Kingma & Ba 2015, sec. 3):
+    ema_t = decay * ema_{t-1} + (1 - decay) * x_t, reported as ema_t / (1 - decay^t), so the first value is
+    the first measurement instead of a value pulled towards 0.
+    The ratio is taken of the smoothed values (McCandlish et al., appendix A.1), never averaged itself.
+
+    Updates with a non-finite input (a diverged step) are skipped and counted in `skipped`.
+    """
+
+    def __init__(self, ema_decay: float = 0.95):
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+        self.ema_decay = float(ema_decay)
+        self.count = 0  # measurements averaged so far
+        self.skipped = 0  # measurements dropped for being non-finite
+        self._grad_sq_ema = 0.0
+        self._trace_ema = 0.0
+
+    def update(
+        self, small_sq_norm: float, small_batch: int, big_sq_norm: float, big_batch: int
+    ) -> float | None:
+        """Add one measurement at the current parameters; returns the current B_simple (see `noise_scale`)."""
+        return self.update_estimates(*unbiased_estimates(small_sq_norm, small_batch, big_sq_norm, big_batch))
+
+    def update_nested(
+        self, diff_sq_norm: float, part_batch: int, big_sq_norm: float, big_batch: int
+    ) -> float | None:
+        """`update` from |G_part - G_big|^2 for a sub-batch of the big batch (`nested_estimates`)."""
+        return self.update_estimates(*nested_estimates(diff_sq_norm, part_batch, big_sq_norm, big_batch))
+
+    def update_estimates(self, grad_sq: float, trace: float) -> float | None:
+        """Add one pair of unbiased (|G|^2, tr(Sigma)) estimates, however obtained; returns B_simple."""
+        grad_sq, trace = float(grad_sq), float(trace)
+        if not (math.isfinite(grad_sq) and math.isfinite(trace)):
+            self.skipped += 1
+            return self.noise_scale
+        decay = self.ema_decay
+        self._grad_sq_ema = decay * self._grad_sq_ema + (1.0 - decay) * grad_sq
+        self._trace_ema = decay * self._trace_ema + (1.0 - decay) * trace
+        self.count += 1
+        return self.noise_scale
+
+    def update_pooled(
+        self, small_sq_norms: Sequence[float], small_batch: int, big_sq_norm: float
+    ) -> float | None:
+        """`update` for k equal small batches averaged into the big one (B_big = k * small_batch)."""
+        small_mean, small_batch, big_batch = pool_small_batches(small_sq_norms, small_batch)
+        return self.update(small_mean, small_batch, big_sq_norm, big_batch)
+
+    def _corrected(self, ema: float) -> float | None:
+        if self.count == 0:
+            return None
+        return ema / (1.0 - self.ema_decay**self.count)
+
+    @property
+    def grad_sq(self) -> float | None:
+        """Smoothed, bias-corrected estimate of |G|^2 (None before the first measurement)."""
+        return self._corrected(self._grad_sq_ema)
+
+    @property
+    def trace(self) -> float | None:
+        """Smoothed, bias-corrected estimate of tr(Sigma) (None before the first measurement)."""
+        return self._corrected(self._trace_ema)
+
+    @property
+    def noise_scale(self) -> float | None:
+        """B_simple = tr(Sigma) / |G|^2 from the smoothed estimates.
+
+        None while either smoothed estimate is not positive (too few measurements for the signal to rise
+        above the noise, or a gradient too small to measure): a non-positive ratio has no meaning.
+        """
+        grad_sq, trace = self.grad_sq, self.trace
+        if grad_sq is None or trace is None or grad_sq <= 0.0 or trace <= 0.0:
+            return None
+        return trace / grad_sq
+
+    def state_dict(self) -> dict[str, float]:
+        """Plain numbers, for checkpoints and JSON."""
+        return {
+            "ema_decay": self.ema_decay,
+            "count": self.count,
+            "skipped": self.skipped,
+            "grad_sq_ema": self._grad_sq_ema,
+            "trace_ema": self._trace_ema,
+        }
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.ema_decay = float(state["ema_decay"])
+        self.count = int(state["count"])
+        self.skipped = int(state.get("skipped", 0))
+        self._grad_sq_ema = float(state["grad_sq_ema"])
+        self._trace_ema = float(state["trace_ema"])
+
+    def to_dict(self) -> dict[str, float | None]:
+        """The current estimates, for metrics logs."""
+        return {
+            "noise_scale": self.noise_scale,
+            "grad_sq": self.grad_sq,
+            "trace": self.trace,
+            "count": self.count,
+        }

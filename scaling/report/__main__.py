@@ -1,0 +1,5 @@
+import sys
+
+from scaling.report.command import main
+
+sys.exit(main())

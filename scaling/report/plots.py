@@ -1,0 +1,237 @@
+"""One function per plot. Each writes OUT_DIR/<name>.png, records it in `study.figures` and returns its path,
+or returns None when the study has no data for it.
+
+Figures are drawn with matplotlib's object API on an Agg canvas: no pyplot, no global backend switch, so the
+report neither needs a display nor disturbs a caller's own matplotlib session.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from scaling.config import ConfigError
+from scaling.report import analysis
+from scaling.report.study import Study
+
+REGIME_COLORS = {
+    analysis.REGIME_PERFECT: "#2ca02c",
+    analysis.REGIME_DIMINISHING: "#ff7f0e",
+    analysis.REGIME_NO_GAIN: "#d62728",
+}
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def _figure(width: float = 7.0, height: float = 4.5):
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ConfigError("the report draws its plots with matplotlib: pip install 'scaling[report]'") from None
+    figure = Figure(figsize=(width, height))
+    FigureCanvasAgg(figure)
+    return figure, figure.add_subplot()
+
+
+def _save(study: Study, figure, name: str) -> Path:
+    path = study.out_dir / f"{name}.png"
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    study.figures[name] = path
+    return path
+
+
+def _batch_axis(ax) -> None:
+    """Global batch on a log2 axis, labelled with plain integers."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(LogLocator(base=2))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("global batch size")
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def _log_y(ax) -> None:
+    """Log y axis labelled with plain numbers (1.5, 2, 3...) rather than powers of ten."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:,.4g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="y", which="minor", labelsize=7)
+
+
+def _series_colors(study: Study) -> dict[str, str]:
+    palette = ("#1f77b4", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#ff7f0e")
+    return {name: palette[i % len(palette)] for i, name in enumerate(sorted(study.series))}
+
+
+def _target_points(points: list[analysis.Point]) -> list[analysis.Point]:
+    """Points whose runs chase a target (throughput probes without one have no time to target)."""
+    return [p for p in points if any(run.target is not None for run in p.runs)]
+
+
+def _mark_missed(ax, points: list[analysis.Point], color: str, labelled: list[bool]) -> None:
+    """An x along the top edge at each batch where no run reached the target (diverged, failed...)."""
+    missed = [p.batch for p in points if not p.any_reached]
+    if missed:
+        label = None if labelled[0] else "did not reach the target"
+        labelled[0] = True
+        ax.plot(missed, [0.96] * len(missed), "x", color=color, markersize=9, mew=2,
+                transform=ax.get_xaxis_transform(), label=label, clip_on=False)
+
+
+def plot_time_to_target(study: Study) -> Path | None:
+    colors = _series_colors(study)
+    figure, ax = _figure()
+    drawn, labelled = False, [False]
+    for name, points in study.series.items():
+        points = _target_points(points)
+        timed = [p for p in points if p.train_time.mean is not None]
+        if timed:
+            drawn = True
+            ax.errorbar([p.batch for p in timed], [p.train_time.mean for p in timed],
+                        yerr=[p.train_time.std or 0 for p in timed], marker="o", capsize=3, color=colors[name],
+                        label=name)
+        _mark_missed(ax, points, colors[name], labelled)
+    if not drawn:
+        return None
+    _batch_axis(ax)
+    _log_y(ax)
+    ax.set_ylabel(f"train time to {study.target_text()} (s)")
+    ax.set_title("Time to target against global batch (mean ± std over seeds)")
+    ax.legend(fontsize=8)
+    return _save(study, figure, "time_to_target")
+
+
+def plot_steps_to_target(study: Study) -> Path | None:
+    """Steps to target, log-log, with the perfect-scaling line (slope -1 through the smallest batch) and each
+    doubling shaded by its regime (Shallue et al. 2018)."""
+    from matplotlib.lines import Line2D
+
+    colors = _series_colors(study)
+    figure, ax = _figure()
+    drawn, labelled = False, [False]
+    for name, points in study.series.items():
+        points = _target_points(points)
+        reached = [p for p in points if p.steps.mean is not None]
+        _mark_missed(ax, points, colors[name], labelled)
+        if not reached:
+            continue
+        drawn = True
+        batches = [p.batch for p in reached]
+        ax.errorbar(batches, [p.steps.mean for p in reached], yerr=[p.steps.std or 0 for p in reached],
+                    marker="o", capsize=3, color=colors[name], label=name, zorder=3)
+        first = reached[0]
+        ax.plot(batches, [first.steps.mean * first.batch / b for b in batches], ":", color=colors[name],
+                alpha=0.7, zorder=2)
+        for doubling in study.doublings[name]:
+            ax.plot([doubling.small, doubling.large], [doubling.steps_small, doubling.steps_large],
+                    color=REGIME_COLORS[doubling.regime], lw=9, alpha=0.3, solid_capstyle="butt", zorder=1)
+    if not drawn:
+        return None
+    _batch_axis(ax)
+    _log_y(ax)
+    ax.set_ylabel(f"optimizer steps to {study.target_text()}")
+    ax.set_title("Steps to target: measured, perfect scaling (dotted) and regimes")
+    handles, _ = ax.get_legend_handles_labels()
+    handles.append(Line2D([], [], color="#555", ls=":", label="perfect scaling (slope −1)"))
+    handles += [Line2D([], [], color=color, lw=8, alpha=0.3, label=regime)
+                for regime, color in REGIME_COLORS.items()]
+    ax.legend(handles=handles, fontsize=8)
+    return _save(study, figure, "steps_to_target")
+
+
+def plot_throughput(study: Study) -> Path | None:
+    colors = _series_colors(study)
+    figure, ax = _figure()
+    drawn = False
+    for name, points in study.series.items():
+        rated = [p for p in points if p.throughput.mean is not None]
+        if not rated:
+            continue
+        drawn = True
+        ax.errorbar([p.batch for p in rated], [p.throughput.mean for p in rated],
+                    yerr=[p.throughput.std or 0 for p in rated], marker="o", capsize=3, color=colors[name],
+                    label=name)
+    if not drawn:
+        return None
+    _batch_axis(ax)
+    _log_y(ax)
+    ax.set_ylabel("throughput (samples/s, median window)")
+    ax.set_title("Throughput against global batch (mean ± std over seeds)")
+    ax.legend(fontsize=8)
+    return _save(study, figure, "throughput")
+
+
+def plot_data_wait(study: Study) -> Path | None:
+    colors = _series_colors(study)
+    figure, ax = _figure()
+    drawn = False
+    for name, points in study.series.items():
+        waited = [p for p in points if p.data_wait.mean is not None]
+        if not waited:
+            continue
+        drawn = True
+        ax.errorbar([p.batch for p in waited], [100 * p.data_wait.mean for p in waited],
+                    yerr=[100 * (p.data_wait.std or 0) for p in waited], marker="o", capsize=3,
+                    color=colors[name], label=name)
+    if not drawn:
+        return None
+    ax.axhline(100 * analysis.DATA_WAIT_LIMIT, color="#d62728", ls="--", lw=1,
+               label=f"{analysis.DATA_WAIT_LIMIT:.0%}: input pipeline is the limit")
+    _batch_axis(ax)
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("time waiting for data (% of training time)")
+    ax.set_title("Data-wait share against global batch")
+    ax.legend(fontsize=8)
+    return _save(study, figure, "data_wait")
+
+
+def _plot_accuracy(study: Study, x_field: str, x_label: str, title: str):
+    """Accuracy curves from result["history"] (a Figure, or None without history): colour by global batch,
+    line style by series, one thin line per seed."""
+    from matplotlib import colormaps
+
+    curves = [c for c in study.ladder if any(run.history for run in c.runs)]
+    if not curves:
+        return None
+    batches = sorted({c.global_bs for c in curves if c.global_bs})
+    span = max(1.0, math.log2(batches[-1] / batches[0])) if batches else 1.0
+    cmap = colormaps["viridis"]
+    styles = {series: LINESTYLES[i % len(LINESTYLES)] for i, series in enumerate(sorted(study.series))}
+    figure, ax = _figure(9.0, 5.0)
+    for configuration in curves:
+        shade = math.log2(configuration.global_bs / batches[0]) / span if configuration.global_bs else 0.0
+        label = configuration.label
+        for run in configuration.runs:
+            history = [h for h in run.history if h.get(x_field) and h.get("accuracy") is not None]
+            if not history:
+                continue
+            ax.plot([h[x_field] for h in history], [h["accuracy"] for h in history], lw=1.2, alpha=0.8,
+                    color=cmap(0.9 * shade), ls=styles.get(configuration.series, "-"), label=label)
+            label = None
+    if study.target is not None:
+        ax.axhline(study.target, color="#d62728", lw=1, ls="--", label=f"target {study.target_text()}")
+    ax.set_xscale("log")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("eval accuracy")
+    ax.grid(True, alpha=0.3)
+    entries = len(ax.get_legend_handles_labels()[1])
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=2 if entries > 18 else 1)
+    ax.set_title(title)
+    return figure
+
+
+def plot_accuracy_vs_time(study: Study) -> Path | None:
+    figure = _plot_accuracy(study, "train_time_s", "train time (s, evaluation excluded)",
+                            "Accuracy against train time, per configuration")
+    return None if figure is None else _save(study, figure, "accuracy_vs_time")
+
+
+def plot_accuracy_vs_samples(study: Study) -> Path | None:
+    figure = _plot_accuracy(study, "samples", "training samples seen",
+                            "Accuracy against samples, per configuration")
+    return None if figure is None else _save(study, figure, "accuracy_vs_samples")

@@ -1,0 +1,295 @@
+"""Find the runs of a study and group them into configurations.
+
+A study folder holds an optional `study.json` (written by the sweep runner) and one `result.json` per run
+(docs/results.md), at any depth. A *run* is one training process (one seed); a *configuration* is a run's
+config without `seed` and `output_dir`, so the seeds of one configuration group together.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scaling.config import ConfigError
+from scaling.results import FINAL_STATUSES, read_result
+
+# Keys that differ between the seeds of one configuration and say nothing about the configuration itself.
+RUN_ONLY_KEYS = ("seed", "output_dir")
+# Keys that set the batch and its decomposition: the x axis of every plot rather than a series of its own.
+BATCH_KEYS = ("global_bs", "per_device_bs", "accumulation_steps", "emulate_processes", "max_per_device_bs",
+              "memory_cap_mb")
+
+
+@dataclass
+class Run:
+    """One training run: its result document (empty when the run left none) and its config."""
+
+    id: str
+    status: str
+    result: dict[str, Any]
+    config: dict[str, Any]
+    error: str | None = None
+    folder: Path | None = None
+    partial_config: bool = False  # config rebuilt from the sweep's overrides (the run wrote no result)
+
+    def get(self, name: str) -> Any:
+        """A top-level field of result.json, None when absent."""
+        return self.result.get(name)
+
+    @property
+    def reached(self) -> bool:
+        return self.status == "reached" and self.get("steps_to_target") is not None
+
+    @property
+    def seed(self) -> Any:
+        return self.config.get("seed")
+
+    @property
+    def batch(self) -> dict[str, Any]:
+        return self.result.get("batch") or {}
+
+    @property
+    def global_bs(self) -> int | None:
+        return self.batch.get("global", self.config.get("global_bs"))
+
+    @property
+    def per_device_bs(self) -> int | None:
+        value = self.batch.get("per_device", self.config.get("per_device_bs"))
+        return value if isinstance(value, int) else None
+
+    @property
+    def decomposition(self) -> str | None:
+        """`per_device × num_processes × accumulation_steps`, as the runner resolved it."""
+        batch = self.batch
+        if not {"per_device", "num_processes", "accumulation_steps"} <= batch.keys():
+            return None
+        return f"{batch['per_device']} × {batch['num_processes']} × {batch['accumulation_steps']}"
+
+    @property
+    def lr_rule(self) -> str | None:
+        return (self.result.get("lr") or {}).get("rule", self.config.get("lr_scaling"))
+
+    @property
+    def lr_scaled(self) -> float | None:
+        return (self.result.get("lr") or {}).get("scaled")
+
+    @property
+    def target(self) -> float | None:
+        target = self.result.get("target")
+        if isinstance(target, dict):
+            return target.get("value")
+        return self.config.get("target_accuracy")
+
+    @property
+    def train_time(self) -> float | None:
+        """Train time to target (evaluation excluded): the fair clock across batch sizes (docs/clock.md)."""
+        return self.get("train_time_to_target_s") if self.reached else None
+
+    @property
+    def wall_time(self) -> float | None:
+        return self.get("time_to_target_s") if self.reached else None
+
+    @property
+    def steps_to_target(self) -> int | None:
+        return self.get("steps_to_target") if self.reached else None
+
+    @property
+    def throughput(self) -> float | None:
+        return self.get("throughput_samples_per_s")
+
+    @property
+    def data_wait(self) -> float | None:
+        return self.get("data_wait_fraction")
+
+    @property
+    def peak_memory(self) -> float | None:
+        return (self.get("peak_memory") or {}).get("allocated_bytes")
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return self.get("history") or []
+
+    @property
+    def windows(self) -> list[float]:
+        return [w for w in self.get("throughput_windows") or [] if w is not None]
+
+
+@dataclass
+class Configuration:
+    """The seeds of one configuration. `series` names the non-batch settings that vary in the study
+    (e.g. the LR rule): one line per series in the plots."""
+
+    settings: dict[str, Any]
+    runs: list[Run] = field(default_factory=list)
+    series: str = "all"
+    label: str = ""
+
+    @property
+    def global_bs(self) -> int | None:
+        return self.runs[0].global_bs
+
+    @property
+    def per_device_bs(self) -> int | None:
+        return self.runs[0].per_device_bs
+
+    @property
+    def lr_rule(self) -> str | None:
+        return self.runs[0].lr_rule
+
+    @property
+    def reached(self) -> list[Run]:
+        return [run for run in self.runs if run.reached]
+
+    @property
+    def all_reached(self) -> bool:
+        return len(self.reached) == len(self.runs)
+
+
+def read_study_file(study_dir: Path) -> dict[str, Any]:
+    """`study.json` when present and valid, else an empty mapping (the report also reads bare folders)."""
+    path = study_dir / "study.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path} is not valid JSON ({err}); fix or remove it") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object with 'name' and 'configs'")
+    return data
+
+
+def load_runs(study_dir: str | Path) -> list[Run]:
+    """Every run of the study: the entries of study.json first (in its order), then any other
+    `**/result.json` below the folder. Raises ConfigError when nothing has finished."""
+    study_dir = Path(study_dir)
+    if not study_dir.is_dir():
+        raise ConfigError(f"study folder {study_dir} does not exist")
+    entries = read_study_file(study_dir).get("configs") or []
+    runs: list[Run] = []
+    seen: set[Path] = set()
+    for entry in entries:
+        run = _run_from_entry(study_dir, entry)
+        runs.append(run)
+        if run.folder is not None:
+            seen.add((run.folder / "result.json").resolve())
+    for path in sorted(study_dir.glob("**/result.json")):
+        if path.resolve() not in seen:
+            runs.append(_run_from_file(study_dir, path))
+    if not any(run.status in FINAL_STATUSES for run in runs):
+        raise ConfigError(
+            f"no finished runs under {study_dir}: expected study.json or result.json files "
+            f"(docs/results.md); run the sweep first or point at the folder that holds its runs"
+        )
+    _complete_partial_configs(runs)
+    return runs
+
+
+def _run_from_entry(study_dir: Path, entry: dict[str, Any]) -> Run:
+    run_id = str(entry.get("id"))
+    folder = study_dir / (entry.get("output_dir") or f"runs/{run_id}")
+    result = read_result(folder / "result.json") or {}
+    if "config" in result:
+        config, partial = dict(result["config"]), False
+    else:  # the run left no result: its overrides are all that is known of its config
+        config, partial = dict(entry.get("overrides") or {}), True
+    status = result.get("status") or entry.get("status") or "missing"
+    error = result.get("error") or entry.get("error_tail")
+    return Run(run_id, status, result, config, error, folder, partial)
+
+
+def _run_from_file(study_dir: Path, path: Path) -> Run:
+    folder = path.parent
+    run_id = folder.relative_to(study_dir).as_posix() if folder != study_dir else study_dir.resolve().name
+    result = read_result(path)
+    if result is None:  # running, or torn: it still gets a row, without numbers
+        return Run(run_id, "incomplete", {}, {}, None, folder, True)
+    return Run(run_id, result["status"], result, dict(result.get("config") or {}), result.get("error"), folder)
+
+
+def _complete_partial_configs(runs: list[Run]) -> None:
+    """A run known only by its sweep overrides takes every other setting from the study's most common
+    value, so that it joins its series (e.g. its LR rule) instead of standing alone."""
+    full = [run.config for run in runs if not run.partial_config]
+    if not full:
+        return
+    keys = {key for config in full for key in config}
+    common = {}
+    for key in keys:
+        values = Counter(json.dumps(config.get(key), sort_keys=True) for config in full)
+        common[key] = json.loads(values.most_common(1)[0][0])
+    for run in runs:
+        if run.partial_config and run.config:
+            run.config = {**common, **run.config}
+
+
+def configuration_key(config: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in config.items() if k not in RUN_ONLY_KEYS}, sort_keys=True, default=str)
+
+
+def varying_keys(configs: list[dict[str, Any]]) -> list[str]:
+    """Config keys whose value differs between configurations (seed and output_dir aside)."""
+    keys = sorted({key for config in configs for key in config} - set(RUN_ONLY_KEYS))
+    varying = []
+    for key in keys:
+        values = {json.dumps(config.get(key), sort_keys=True, default=str) for config in configs if key in config}
+        if len(values) > 1:
+            varying.append(key)
+    return varying
+
+
+def group_configurations(runs: list[Run]) -> list[Configuration]:
+    """Runs grouped by config without seed/output_dir, each with a series name and a readable label,
+    sorted by series then global batch."""
+    groups: dict[str, Configuration] = {}
+    for run in runs:
+        key = configuration_key(run.config) if run.config else f"run:{run.id}"
+        groups.setdefault(key, Configuration({k: v for k, v in run.config.items() if k not in RUN_ONLY_KEYS}))
+        groups[key].runs.append(run)
+    configurations = list(groups.values())
+    series_keys = [key for key in varying_keys([c.settings for c in configurations]) if key not in BATCH_KEYS]
+    usual = {key: Counter(_text(c.settings.get(key)) for c in configurations).most_common(1)[0][0]
+             for key in series_keys}
+    for configuration in configurations:
+        configuration.series = series_name(configuration.settings, series_keys, usual)
+    _label(configurations)
+    configurations.sort(key=lambda c: (c.series, c.global_bs or 0, c.per_device_bs or 0, c.label))
+    return configurations
+
+
+def series_name(settings: dict[str, Any], series_keys: list[str], usual: dict[str, str]) -> str:
+    """`linear`; a setting other than the LR rule is named only where it departs from its most common value
+    (`sqrt, max_steps=50` for a throughput probe), so the main series keep short names."""
+    parts = []
+    for key in series_keys:
+        if key not in settings:
+            continue
+        value = settings[key]
+        if key == "lr_scaling":
+            parts.append(str(value))
+        elif _text(value) != usual[key]:
+            parts.append(f"{key}={value}")
+    return ", ".join(parts) or "all"
+
+
+def _text(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _label(configurations: list[Configuration]) -> None:
+    """`batch 256 (linear)`; the decomposition is added only where it tells two configurations apart."""
+    for configuration in configurations:
+        series = "" if configuration.series == "all" else f" ({configuration.series})"
+        configuration.label = f"batch {configuration.global_bs}{series}"
+    _disambiguate(configurations, lambda c: c.runs[0].decomposition)
+    _disambiguate(configurations, lambda c: c.runs[0].id)
+
+
+def _disambiguate(configurations: list[Configuration], detail) -> None:
+    counts = Counter(c.label for c in configurations)
+    for configuration in configurations:
+        if counts[configuration.label] > 1 and detail(configuration):
+            configuration.label += f" [{detail(configuration)}]"

@@ -1,0 +1,73 @@
+"""The study as the sections see it: runs, configurations and the analyses they share, computed once."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from scaling.report import analysis
+from scaling.report.runs import Configuration, Run, group_configurations, load_runs, read_study_file
+
+
+@dataclass
+class Study:
+    name: str
+    root: Path
+    out_dir: Path
+    runs: list[Run]
+    configurations: list[Configuration]
+    figures: dict[str, Path] = field(default_factory=dict)  # plot name -> PNG written by a section
+
+    @classmethod
+    def load(cls, study_dir: Path, out_dir: Path) -> Study:
+        runs = load_runs(study_dir)
+        name = read_study_file(study_dir).get("name") or study_dir.resolve().name
+        return cls(str(name), study_dir, out_dir, runs, group_configurations(runs))
+
+    @cached_property
+    def series(self) -> dict[str, list[analysis.Point]]:
+        return analysis.series_points(self.configurations)
+
+    @cached_property
+    def doublings(self) -> dict[str, list[analysis.Doubling]]:
+        return {name: analysis.doublings(name, points) for name, points in self.series.items()}
+
+    @cached_property
+    def best(self) -> Configuration | None:
+        return analysis.best_configuration(self.configurations)
+
+    @cached_property
+    def power_comparisons(self) -> list[analysis.PowerComparison]:
+        return analysis.power_of_two_comparisons(self.configurations)
+
+    @cached_property
+    def target(self) -> float | None:
+        """The most common accuracy target among runs that have one."""
+        targets = Counter(run.target for run in self.runs if run.target is not None)
+        return targets.most_common(1)[0][0] if targets else None
+
+    @property
+    def seeded(self) -> list[Configuration]:
+        """Configurations run with several seeds."""
+        return [c for c in self.configurations if len(c.runs) >= 2]
+
+    @property
+    def ladder(self) -> list[Configuration]:
+        """Configurations that chase a target: the batch ladder. Throughput probes without a target (e.g.
+        127/128/129) are left out so that they do not skew the per-batch throughput or data-wait figures."""
+        chasing = [c for c in self.configurations if any(run.target is not None for run in c.runs)]
+        return chasing or self.configurations
+
+    @property
+    def lr_rules(self) -> list[str]:
+        return sorted({run.lr_rule for run in self.target_runs if run.lr_rule is not None})
+
+    @property
+    def target_runs(self) -> list[Run]:
+        """Runs that chase a target (throughput-only probes, without one, are left out of target questions)."""
+        return [run for run in self.runs if run.target is not None]
+
+    def target_text(self) -> str:
+        return f"{self.target * 100:g}% accuracy" if self.target is not None else "the target"

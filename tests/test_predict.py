@@ -1,0 +1,168 @@
+"""Fitting S(B) = S_min (1 + B_noise / B) and E(B) = E_min (1 + B / B_noise) (McCandlish et al. 2018,
+sec. 2.3) and predicting steps and time at batch sizes not run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from scaling.predict import (
+    Estimate,
+    ScalingFit,
+    best_batch,
+    fit_samples,
+    fit_steps,
+    fit_tradeoff,
+    predict_samples,
+    predict_steps,
+    predict_time,
+    throughput_at,
+)
+
+S_MIN, B_NOISE = 400.0, 512.0
+BATCHES = [16, 32, 64, 128, 256, 512, 1024, 2048, 4096]
+
+
+def true_steps(batch) -> np.ndarray:
+    return S_MIN * (1 + B_NOISE / np.asarray(batch, dtype=float))
+
+
+def noisy_steps(seed: int, rel: float = 0.05) -> np.ndarray:
+    """5% multiplicative noise, as run-to-run spread of steps-to-target."""
+    rng = np.random.default_rng(seed)
+    return true_steps(BATCHES) * np.exp(rel * rng.standard_normal(len(BATCHES)))
+
+
+@pytest.mark.parametrize("relative", [True, False])
+def test_exact_data_is_recovered(relative):
+    fit = fit_steps(BATCHES, true_steps(BATCHES), relative=relative)
+    assert fit.s_min == pytest.approx(S_MIN, rel=1e-9)
+    assert fit.b_noise == pytest.approx(B_NOISE, rel=1e-9)
+    assert fit.e_min == pytest.approx(S_MIN * B_NOISE, rel=1e-9)
+    samples = fit_samples(BATCHES, true_steps(BATCHES) * np.array(BATCHES), relative=relative)
+    assert samples.e_min == pytest.approx(S_MIN * B_NOISE, rel=1e-9)
+    assert samples.b_noise == pytest.approx(B_NOISE, rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_noisy_data_is_recovered_within_10_percent(seed):
+    steps = noisy_steps(seed)
+    fit = fit_steps(BATCHES, steps)
+    assert fit.s_min == pytest.approx(S_MIN, rel=0.1)
+    assert fit.b_noise == pytest.approx(B_NOISE, rel=0.1)
+    # Samples E = S B carry the same multiplicative noise; with relative residuals it is the same fit.
+    samples = fit_samples(BATCHES, steps * np.array(BATCHES))
+    assert samples.s_min == pytest.approx(fit.s_min, rel=1e-9)
+    assert samples.e_min == pytest.approx(fit.e_min, rel=1e-9)
+
+
+def test_tradeoff_reports_b_crit_as_e_min_over_s_min_with_uncertainty():
+    steps = noisy_steps(seed=11)
+    result = fit_tradeoff(BATCHES, steps)
+    assert result.b_crit.value == pytest.approx(result.e_min.value / result.s_min.value)
+    assert result.b_crit.value == pytest.approx(result.fit.b_noise)
+    assert result.s_min.value == pytest.approx(S_MIN, rel=0.1)
+    assert result.b_crit.value == pytest.approx(B_NOISE, rel=0.1)
+    assert result.resamples > 450  # 500 drawn; the few with a single distinct batch size are skipped
+    for estimate, truth in ((result.s_min, S_MIN), (result.e_min, S_MIN * B_NOISE), (result.b_crit, B_NOISE)):
+        assert 0 < estimate.std < 0.1 * estimate.value  # 5% noise on 9 points: a few percent
+        assert estimate.low < estimate.value < estimate.high
+        assert estimate.low - 3 * estimate.std < truth < estimate.high + 3 * estimate.std
+    # Fixed seed: the same numbers every time; JSON-ready.
+    assert fit_tradeoff(BATCHES, steps).to_dict() == result.to_dict()
+    json.dumps(result.to_dict())
+
+
+def test_tradeoff_with_samples_fits_both_curves():
+    steps = true_steps(BATCHES)
+    result = fit_tradeoff(BATCHES, steps, samples=steps * np.array(BATCHES))
+    assert result.fit.fitted_to == "steps+samples"
+    assert result.s_min.value == pytest.approx(S_MIN, rel=1e-9)
+    assert result.b_crit.value == pytest.approx(B_NOISE, rel=1e-9)
+    assert result.b_crit.std == pytest.approx(0.0, abs=1e-6)  # exact data: every resample agrees
+
+
+def test_two_points_give_an_exact_fit_without_uncertainty():
+    result = fit_tradeoff([64, 1024], true_steps([64, 1024]))
+    assert result.s_min == Estimate(pytest.approx(S_MIN))
+    assert result.b_crit.value == pytest.approx(B_NOISE)
+    assert result.b_crit.std is None and result.b_crit.low is None and result.resamples == 0
+
+
+@pytest.mark.parametrize("batches", [[], [256], [256, 256, 256]])
+def test_too_few_points_raise(batches):
+    with pytest.raises(ValueError, match="at least 2"):
+        fit_steps(batches, [100.0] * len(batches))
+    with pytest.raises(ValueError, match="at least 2"):
+        fit_tradeoff(batches, [100.0] * len(batches))
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(ValueError, match="positive"):
+        fit_steps([64, 128], [100.0, -1.0])
+    with pytest.raises(ValueError, match="one per batch size"):
+        fit_steps([64, 128], [100.0])
+    with pytest.raises(ValueError, match="positive"):
+        fit_steps([0, 128], [100.0, 50.0])
+
+
+def test_predictions_at_unseen_batch_sizes():
+    fit = fit_steps([32, 256, 2048], true_steps([32, 256, 2048]))
+    for batch in (8, 100, 512, 8192, 1 << 20):
+        assert predict_steps(fit, batch) == pytest.approx(float(true_steps(batch)), rel=1e-9)
+        assert predict_samples(fit, batch) == pytest.approx(float(true_steps(batch)) * batch, rel=1e-9)
+    # Far above B_noise the steps approach S_min; far below, the samples approach E_min.
+    assert predict_steps(fit, 1 << 24) == pytest.approx(S_MIN, rel=1e-3)
+    assert predict_samples(fit, 1) == pytest.approx(S_MIN * B_NOISE, rel=1e-2)
+    assert np.allclose(fit.steps(np.array([64.0, 128.0])), true_steps([64, 128]))
+    assert ScalingFit.from_dict(fit.to_dict()) == fit
+    assert fit.physical
+    # Steps that grow with the batch do not bend the right way: S_min > 0 but E_min < 0.
+    assert not fit_steps([64, 256, 1024], [100.0, 120.0, 150.0]).physical
+
+
+def test_throughput_interpolates_log_log_and_is_constant_outside():
+    points = {64: 1000.0, 256: 4000.0, 1024: 8000.0}
+    assert throughput_at(points, 128) == pytest.approx(2000.0)  # a power law between 64 and 256
+    assert throughput_at(points, 512) == pytest.approx(8000.0 / np.sqrt(2))
+    assert throughput_at(points, 16) == pytest.approx(1000.0)
+    assert throughput_at(points, 1 << 16) == pytest.approx(8000.0)
+    assert throughput_at([(256, 4000.0), (64, 1000.0)], 128) == pytest.approx(2000.0)  # pairs, any order
+
+
+def test_predict_time_is_samples_over_throughput():
+    fit = fit_steps(BATCHES, true_steps(BATCHES))
+    points = {64: 1000.0, 1024: 16000.0}
+    assert predict_time(fit, 256, points) == pytest.approx(float(true_steps(256)) * 256 / 4000.0)
+    # Per-device points on 4 devices: B = 1024 is 256 per device, 4 x 4000 samples/s.
+    assert predict_time(fit, 1024, points, devices=4) == pytest.approx(
+        float(true_steps(1024)) * 1024 / 16000.0
+    )
+
+
+def test_best_batch_on_a_constructed_example():
+    """Throughput grows linearly (perfect scaling) up to 256 and saturates: past 256 a bigger batch only
+    costs samples, while below it fewer steps are won for free. So 256 is fastest, whatever B_noise."""
+    fit = fit_steps(BATCHES, true_steps(BATCHES))
+    points = {32: 320.0, 256: 2560.0}
+    choice = best_batch(fit, points, [32, 64, 128, 256, 512, 1024])
+    assert choice.batch == 256
+    assert choice.time_s == pytest.approx(min(choice.times_s.values()))
+    assert choice.steps == pytest.approx(float(true_steps(256)))
+    # T(B) = S(B) B / throughput(B) = S_min (1 + B_noise / B) / 10 up to 256 (decreasing), then
+    # S_min (B + B_noise) / 2560 (increasing).
+    assert choice.times_s[128] > choice.times_s[256] < choice.times_s[512]
+    json.dumps(choice.to_dict())
+
+
+def test_best_batch_with_devices_uses_per_device_throughput():
+    """Per-device throughput saturates at 128 per device: on 8 devices the best global batch is 1024."""
+    fit = fit_steps(BATCHES, true_steps(BATCHES))
+    per_device = {16: 160.0, 128: 1280.0}
+    choice = best_batch(fit, per_device, [256, 512, 1024, 2048, 4096], devices=8)
+    assert choice.batch == 1024
+    assert choice.devices == 8
+    with pytest.raises(ValueError, match="evenly"):
+        best_batch(fit, per_device, [100], devices=8)
