@@ -87,6 +87,8 @@ class RunConfig:
     probe_steps: int = 30  # optimizer steps timed for each ceiling
     profile_sync: bool = False  # synchronize the device at every phase boundary (exact GPU phases, slower)
     time_phases: bool = True  # per-step phase timing (data wait, copy, forward/backward, sync, optimizer)
+    noise_scale: bool = True  # measure the gradient noise scale B_simple (McCandlish et al. 2018)
+    noise_every: int = 25  # optimizer steps between noise-scale measurements
 
     # machine and output
     log_with: str | None = None  # trackers Accelerate supports, comma-separated: tensorboard, wandb, mlflow, ...
@@ -110,6 +112,7 @@ _POSITIVE = {
     "global_bs", "accumulation_steps", "emulate_processes", "max_per_device_bs", "base_lr", "base_bs",
     "max_steps", "max_epochs", "max_time", "eval_every", "eval_every_epochs", "num_samples", "log_every",
     "lr_step_gamma", "diverge_factor", "memory_cap_mb", "prefetch_factor", "probe_steps", "checkpoint_every",
+    "noise_every",
 }
 _NON_NEGATIVE = {"warmup_steps", "warmup_epochs", "momentum", "weight_decay", "num_workers"}
 _CHOICES = {

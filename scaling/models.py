@@ -68,7 +68,14 @@ BUILTIN_MODELS: dict[str, Callable[[tuple[int, ...], int], nn.Module]] = {
     "cnn1d": lambda shape, classes: CNN1D(shape[-1], num_classes=classes),
     "cnn1d_bn": lambda shape, classes: CNN1DBatchNorm(shape[-1], num_classes=classes),
     "mlp": lambda shape, classes: MLP(math.prod(shape), num_classes=classes),
+    "cnn2d": lambda shape, classes: _small_cnn2d(shape, classes),
 }
+
+
+def _small_cnn2d(shape: tuple[int, ...], classes: int) -> nn.Module:
+    from scaling.data.images import SmallCNN2D
+
+    return SmallCNN2D(shape[0] if len(shape) == 3 else 1, num_classes=classes)
 
 
 def load_callable(spec: str, what: str) -> Callable[[], Any]:

@@ -67,6 +67,7 @@ def build_result(cfg: RunConfig, plan, schedule, outcome, environment: dict, ext
         "data_wait_fraction": _data_wait_fraction(outcome),
         "per_rank_step_time_s": outcome.per_rank_step_time_s,
         "straggler_ratio": _straggler(outcome.per_rank_step_time_s),
+        "noise_scale": outcome.noise_scale,
         "environment": environment,
         **extra,
     }

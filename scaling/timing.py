@@ -68,7 +68,7 @@ class ThroughputWindows:
         return statistics.median(rates) if rates else None
 
 
-PHASES = ("data_wait", "h2d", "forward_backward", "grad_sync", "optimizer", "other")
+PHASES = ("data_wait", "h2d", "forward_backward", "grad_sync", "optimizer", "noise_scale", "other")
 
 
 class PhaseTimer:
@@ -98,7 +98,7 @@ class PhaseTimer:
 
     def _reset_window(self) -> None:
         self.window: dict[str, float] = {"data_wait": 0.0, "h2d": 0.0, "fwd_bwd_nosync": 0.0,
-                                         "fwd_bwd_sync": 0.0, "optimizer": 0.0}
+                                         "fwd_bwd_sync": 0.0, "optimizer": 0.0, "noise_scale": 0.0}
         self.counts = {"nosync": 0, "sync": 0}
         self._event_pairs: list[tuple[str, object, object]] = []
         self._step_start = 0.0
@@ -177,6 +177,7 @@ def summarize_phases(windows: list[dict[str, float]], world_size: int, window_wa
         "forward_backward": nosync + synced - (grad_sync or 0.0),
         "grad_sync": grad_sync,
         "optimizer": total["optimizer"],
+        "noise_scale": total.get("noise_scale", 0.0),
     }
     covered = sum(v for v in phases.values() if v is not None)
     phases["other"] = max(0.0, window_wall_s - covered)

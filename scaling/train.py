@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from scaling.batching import BatchPlan, GlobalBatchSampler
 from scaling.config import ConfigError, RunConfig
 from scaling.data.tensors import TensorPair
+from scaling.gns import NoiseMonitor
 from scaling.lr import LRSchedule
 from scaling.results import MetricsWriter, finite_or_none, write_json_atomic
 from scaling.timing import PhaseTimer, RunClock, ThroughputWindows, summarize_phases, synchronize
@@ -47,6 +48,7 @@ class TrainOutcome:
     elapsed_s: float = 0.0
     train_elapsed_s: float = 0.0
     step_time: dict | None = None
+    noise_scale: dict | None = None
     per_rank_step_time_s: list[float] = field(default_factory=list)
 
 
@@ -118,6 +120,7 @@ def optimizer_step(
     micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     timer: PhaseTimer | None = None,
     after_backward: Callable[[int], None] | None = None,
+    noise: NoiseMonitor | None = None,
 ) -> list[torch.Tensor]:
     """One optimizer step over this process's micro-batches; returns their (device) losses.
 
@@ -142,6 +145,9 @@ def optimizer_step(
                 after_backward(index)
             timer.mark("fwd_bwd_sync" if synced else "fwd_bwd_nosync")
             timer.count_micro_step(synced)
+            if noise is not None and noise.measuring:
+                noise.after_backward(index, inputs, labels)
+                timer.mark("noise_scale")
             optimizer.step()
         losses.append(loss.detach())  # no host sync here: losses are read once per logging window
     # Zero once per optimizer step, on the wrapped optimizer: AcceleratedOptimizer.zero_grad calls
@@ -226,6 +232,10 @@ class Trainer:
         self._clock_offsets = (0.0, 0.0)  # (elapsed, evaluation) seconds before a resume
         self.stop_signal: str | None = None  # set by a signal handler; acted on at the next window boundary
         self.checkpoint_dir = Path(cfg.output_dir) / "checkpoint"
+        self.noise = None
+        if cfg.noise_scale and (accelerator.num_processes > 1 or plan.micro_steps_per_process > 1
+                                or plan.per_device_bs >= 2):
+            self.noise = NoiseMonitor(accelerator, model, plan, cfg.noise_every)
         self._checkpointed_at = 0
 
     # ---- the loop ----
@@ -273,8 +283,10 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.outcome.lr.append(lr)
+        if self.noise is not None:
+            self.noise.begin_step(self.step)
         self.micro_losses.extend(optimizer_step(self.accelerator, self.model, self.optimizer,
-                                                self.source.micro_batches(self.step), self.timer))
+                                                self.source.micro_batches(self.step), self.timer, noise=self.noise))
         self.step += 1
         self.windows.add_samples(self.plan.global_bs)
 
@@ -286,6 +298,11 @@ class Trainer:
         synchronize(accelerator.device)
         rate = self.windows.close()
         self.phase_windows.append(self.timer.close_window())
+        if self.noise is not None:
+            before = len(self.noise.series)
+            self.noise.flush()
+            for point in self.noise.series[before:]:
+                self.metrics.write({"type": "noise", **point})
         # Mean over this process's micro-batches, then over processes: the global-batch mean loss per step
         # (all micro-batches have the same size).
         local = torch.stack(self.micro_losses).float().view(-1, self.plan.micro_steps_per_process).mean(dim=1)
@@ -340,6 +357,7 @@ class Trainer:
             "first_loss": self.first_loss, "history": self.outcome.history, "train_loss": self.outcome.train_loss,
             "lr": self.outcome.lr, "window_rates": self.windows.rates, "window_durations": self.windows.durations,
             "phase_windows": self.phase_windows, "config": self.cfg.to_dict(),
+            "noise": self.noise.state_dict() if self.noise is not None else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -351,6 +369,8 @@ class Trainer:
         self.windows.rates, self.windows.durations = state["window_rates"], state["window_durations"]
         self.phase_windows = state["phase_windows"]
         self._checkpointed_at = state["step"]
+        if self.noise is not None and state.get("noise"):
+            self.noise.load_state_dict(state["noise"])
 
     def save_checkpoint(self) -> None:
         """Model, optimizer and every process's RNG states (accelerator.save_state) plus the loop state,
@@ -404,6 +424,9 @@ class Trainer:
         skip = 1 if len(self.phase_windows) > 1 else 0
         kept, durations = self.phase_windows[skip:], self.windows.durations[skip:]
         outcome.step_time = summarize_phases(kept, accelerator.num_processes, sum(durations))
+        if self.noise is not None:
+            target_step = outcome.target_eval["step"] if outcome.target_eval else None
+            outcome.noise_scale = self.noise.summary(target_step)
         if self.cfg.time_phases:
             own = torch.tensor([sum(w["step_wall"] for w in kept)], device=accelerator.device, dtype=torch.float64)
             outcome.per_rank_step_time_s = accelerator.gather(own).tolist()

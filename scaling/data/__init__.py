@@ -12,7 +12,7 @@ from typing import Any
 from scaling.config import ConfigError, RunConfig
 from scaling.data.tensors import TensorPair
 
-BUILTIN_DATASETS = ("mnist1d",)
+BUILTIN_DATASETS = ("mnist1d", "mnist1d_images")
 
 
 @dataclass
@@ -30,6 +30,12 @@ def load_workload(cfg: RunConfig) -> Workload:
         from scaling.data.mnist1d import load_mnist1d
 
         train, eval_ = load_mnist1d(cfg.num_samples)
+        source = "builtin"
+    elif name == "mnist1d_images":
+        # MNIST-1D rendered to PNG images, decoded by PIL per sample with crop/flip: a real input pipeline.
+        from scaling.data.images import load_builtin
+
+        train, eval_ = load_builtin(cfg.num_samples)
         source = "builtin"
     elif ":" in name and not _looks_like_path(name):
         train, eval_ = _load_from_callable(name)
@@ -54,8 +60,8 @@ def _looks_like_path(name: str) -> bool:
 
 
 def _num_classes(train: Any, eval_: Any) -> int:
-    if isinstance(train, TensorPair) and isinstance(eval_, TensorPair):
-        return int(max(train.labels.max(), eval_.labels.max())) + 1
+    if hasattr(train, "labels") and hasattr(eval_, "labels"):  # without decoding every sample
+        return int(max(max(train.labels), max(eval_.labels))) + 1
     return int(max(int(train[i][1]) for i in range(min(len(train), 10_000)))) + 1
 
 

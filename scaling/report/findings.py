@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from scaling.report import analysis
 from scaling.report import formatting as fmt
+from scaling.report.noise_section import noise_findings
 from scaling.report.runs import Configuration, Run
 from scaling.report.study import Study
 
@@ -269,8 +270,8 @@ def decompositions(study: Study) -> list[str]:
 
 
 # The order of the Conclusions list. Append a function to add a conclusion.
-FINDINGS: list[Finding] = [fastest, time_trend, steps_scaling, lr_rules, power_of_two, data_wait, throughput,
-                           decompositions, seeds, failures]
+FINDINGS: list[Finding] = [fastest, time_trend, steps_scaling, noise_findings, lr_rules, power_of_two, data_wait,
+                           throughput, decompositions, seeds, failures]
 
 
 def conclusions(study: Study) -> list[str]:

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from scaling.report import analysis, findings, plots
+from scaling.report import analysis, findings, noise_section, plots
 from scaling.report import formatting as fmt
 from scaling.report.render import Block, Bullets, Figure, Heading, Note, Paragraph, Table
 from scaling.report.runs import Configuration, Run
@@ -255,4 +255,4 @@ def _seed_row(configuration: Configuration, score: float | None, show_score: boo
 
 # The report, in order. Insert a function here to add a section.
 SECTIONS: list[Section] = [title, conclusions, configurations_table, bigger_batch_faster, largest_useful_batch,
-                           lr_rules, power_of_two, data_loading, seed_variation]
+                           noise_section.section, lr_rules, power_of_two, data_loading, seed_variation]

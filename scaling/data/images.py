@@ -1,0 +1,283 @@
+"""MNIST-1D drawn as small images and stored encoded (PNG by default), decoded per sample on load.
+
+A real image input pipeline: Arrow holds compressed bytes, and every `__getitem__` decodes one image with
+PIL and augments it, as an ImageNet-style loader does. It exists to show and test "is data loading the
+bottleneck" diagnoses (DataLoader workers, decode cost), so decoding is deliberately not batched or cached.
+
+Images are made offline from the in-package MNIST-1D signals (no download): each 1-D signal is drawn as a
+filled curve across an image_size x image_size grayscale image with numpy, then encoded with PIL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from scaling.data.mnist1d import cache_root, generation_args, load_mnist1d
+
+# Bump when the drawing changes, so caches made by an older renderer are not reused.
+RENDER_VERSION = 1
+FORMATS = ("PNG", "JPEG")
+JPEG_QUALITY = 90
+# MNIST-1D signals are standardized (std ~1, extremes ~ +-4); +-3 spans the image height, rarer peaks clip.
+SIGNAL_RANGE = 3.0
+CURVE_LEVEL, FILL_LEVEL = 255, 110
+RENDER_CHUNK = 4096  # samples drawn at once: bounds the float scratch array (chunk x size x size)
+STATS_SAMPLES = 512  # images decoded to estimate the normalization mean/std
+
+
+# ---------------------------------------------------------------- building the encoded dataset
+
+
+def render_signals(signals: np.ndarray, image_size: int) -> np.ndarray:
+    """[N, L] float signals -> [N, S, S] uint8 images: the curve bright, the area to the midline grey.
+
+    Vectorized over the batch: per-sample Python loops (or matplotlib) would make generation 100x slower.
+    """
+    n, length = signals.shape
+    # Linear resampling to one value per image column.
+    pos = np.linspace(0.0, length - 1, image_size)
+    left = np.floor(pos).astype(np.int64)
+    right = np.minimum(left + 1, length - 1)
+    frac = (pos - left).astype(np.float32)
+    values = signals[:, left] * (1 - frac) + signals[:, right] * frac  # [N, S]
+    mid = (image_size - 1) / 2
+    curve_row = np.clip(mid - values * (mid / SIGNAL_RANGE), 0, image_size - 1)[:, None, :]  # [N, 1, S]
+    rows = np.arange(image_size, dtype=np.float32)[None, :, None]  # [1, S, 1]
+    # Anti-aliased line: full intensity on the curve, fading out over one pixel.
+    curve = CURVE_LEVEL * np.clip(1.0 - np.abs(rows - curve_row), 0.0, 1.0)
+    fill = FILL_LEVEL * ((rows >= np.minimum(curve_row, mid)) & (rows <= np.maximum(curve_row, mid)))
+    return np.maximum(curve, fill).round().astype(np.uint8)
+
+
+def encode_images(images: np.ndarray, fmt: str = "PNG") -> list[bytes]:
+    """Encode each [S, S] uint8 array as one grayscale image file in memory."""
+    from PIL import Image
+
+    options = {"quality": JPEG_QUALITY} if fmt == "JPEG" else {}
+    encoded = []
+    for array in images:
+        buffer = io.BytesIO()
+        Image.fromarray(array, mode="L").save(buffer, format=fmt, **options)
+        encoded.append(buffer.getvalue())
+    return encoded
+
+
+def _split_to_dataset(signals: torch.Tensor, labels: torch.Tensor, image_size: int, fmt: str):
+    import datasets
+
+    signals_np = signals.numpy().astype(np.float32)
+    encoded: list[bytes] = []
+    for start in range(0, len(signals_np), RENDER_CHUNK):
+        encoded += encode_images(render_signals(signals_np[start : start + RENDER_CHUNK], image_size), fmt)
+    features = datasets.Features(image=datasets.Image(), label=datasets.Value("int64"))
+    return datasets.Dataset.from_dict(
+        {"image": [{"bytes": b, "path": None} for b in encoded], "label": labels.long().tolist()},
+        features=features,
+    )
+
+
+def build_image_dataset(num_samples: int, image_size: int = 32, fmt: str = "PNG"):
+    """MNIST-1D as encoded images: a `datasets.DatasetDict` with train/test splits, columns image, label."""
+    import datasets
+
+    fmt = _check_format(fmt)
+    if image_size < 8:
+        raise ValueError(f"image_size must be at least 8, got {image_size}")
+    train, test = load_mnist1d(num_samples)
+    return datasets.DatasetDict(
+        train=_split_to_dataset(train.inputs, train.labels, image_size, fmt),
+        test=_split_to_dataset(test.inputs, test.labels, image_size, fmt),
+    )
+
+
+def _check_format(fmt: str) -> str:
+    fmt = fmt.upper().replace("JPG", "JPEG")
+    if fmt not in FORMATS:
+        raise ValueError(f"image format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    return fmt
+
+
+# ---------------------------------------------------------------- cache
+
+
+def image_cache_dir(num_samples: int, image_size: int = 32, fmt: str = "PNG") -> Path:
+    """Keyed by everything that changes the bytes: the MNIST-1D generation args, size, format, renderer."""
+    fmt = _check_format(fmt)
+    args = {
+        "mnist1d": generation_args(num_samples), "image_size": image_size, "fmt": fmt,
+        "jpeg_quality": JPEG_QUALITY if fmt == "JPEG" else None, "render_version": RENDER_VERSION,
+    }
+    key = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_root() / f"mnist1d_images-{num_samples}-{image_size}-{fmt.lower()}-{key}"
+
+
+def ensure_image_cache(num_samples: int, image_size: int = 32, fmt: str = "PNG") -> Path:
+    """The cache folder, built first if missing.
+
+    Written to a temporary folder and renamed, so a killed build never leaves a half-written cache; if
+    another process renamed first, its copy is kept and ours dropped. Callers on several ranks should run
+    this on the local main process first (as `load_workload` is), so the others only read.
+    """
+    target = image_cache_dir(num_samples, image_size, fmt)
+    if not (target / "dataset_dict.json").is_file():
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+        build_image_dataset(num_samples, image_size, fmt).save_to_disk(str(tmp))
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_image_dataset(
+    num_samples: int, image_size: int = 32, fmt: str = "PNG", pad: int = 4, flip: bool = True
+) -> tuple[DecodedImages, DecodedImages]:
+    """(train, eval) map-style datasets that decode and (train only) augment each image on access."""
+    import datasets
+
+    splits = datasets.load_from_disk(str(ensure_image_cache(num_samples, image_size, fmt)))
+    train = DecodedImages(splits["train"], train=True, pad=pad, flip=flip)
+    # The eval split is normalized with the train statistics, as a real pipeline would be.
+    eval_ = DecodedImages(splits["test"], train=False, mean=train.mean, std=train.std)
+    return train, eval_
+
+
+def load_builtin(num_samples: int) -> tuple[DecodedImages, DecodedImages]:
+    """The built-in dataset `mnist1d_images`: 32x32 grayscale PNGs, crop + flip augmentation."""
+    return load_image_dataset(num_samples)
+
+
+# ---------------------------------------------------------------- per-sample decoding
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Encoded bytes -> [H, W] uint8 (grayscale) array."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        if image.mode != "L":
+            image = image.convert("L")
+        return np.array(image)  # a writable copy: torch.from_numpy warns on read-only arrays
+
+
+class DecodedImages(torch.utils.data.Dataset):
+    """An Arrow split of encoded images; each item is decoded with PIL, augmented if `train`, normalized.
+
+    Items are (float tensor [1, H, W], int label). Train augmentation: random crop after zero-padding by
+    `pad` pixels, and a random horizontal flip. Picklable for DataLoader workers: the Arrow split pickles
+    as a reference to its memory-mapped files, and the RNG is rebuilt in each worker.
+    """
+
+    def __init__(
+        self, split, train: bool, pad: int = 4, flip: bool = True, seed: int = 0,
+        mean: float | None = None, std: float | None = None,
+    ):
+        import datasets
+
+        # decode=False: rows give the raw {"bytes", "path"}; decoding is ours, per sample.
+        self.split = split.cast_column("image", datasets.Image(decode=False))
+        self.train = train
+        self.pad = pad if train else 0
+        self.flip = flip and train
+        self.seed = seed
+        self._rng: torch.Generator | None = None
+        self._rng_owner: tuple[int, int | None] | None = None
+        if mean is None or std is None:
+            mean, std = self._pixel_stats()
+        self.mean, self.std = float(mean), float(std)
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        row = self.split[int(index)]
+        pixels = decode_image(row["image"]["bytes"])
+        if self.train:
+            pixels = self._augment(pixels)
+        image = torch.from_numpy(np.ascontiguousarray(pixels)).unsqueeze(0).float()
+        return image.div_(255.0).sub_(self.mean).div_(self.std), int(row["label"])
+
+    @property
+    def labels(self) -> list[int]:
+        """All labels without decoding any image (for class counts)."""
+        return self.split["label"][:]  # a list in every datasets version
+
+    @property
+    def num_classes(self) -> int:
+        return int(max(self.labels)) + 1
+
+    def _augment(self, pixels: np.ndarray) -> np.ndarray:
+        rng = self._generator()
+        if self.pad:
+            height, width = pixels.shape
+            top, left = torch.randint(0, 2 * self.pad + 1, (2,), generator=rng).tolist()
+            padded = np.pad(pixels, self.pad)  # zeros: the background colour
+            pixels = padded[top : top + height, left : left + width]
+        if self.flip and torch.rand((), generator=rng).item() < 0.5:
+            pixels = pixels[:, ::-1]
+        return pixels
+
+    def _generator(self) -> torch.Generator:
+        """A generator owned by this process (or DataLoader worker).
+
+        In a worker it is seeded from the worker's own seed (distinct per worker and per epoch's iterator,
+        and derived from the main process seed, so runs repeat); otherwise from `seed`. Rebuilt whenever the
+        owner changes, so forked workers never replay the parent's stream.
+        """
+        info = torch.utils.data.get_worker_info()
+        owner = (os.getpid(), info.id if info is not None else None)
+        if self._rng is None or self._rng_owner != owner:
+            seed = info.seed if info is not None else self.seed
+            self._rng = torch.Generator().manual_seed(seed % 2**63)
+            self._rng_owner = owner
+        return self._rng
+
+    def _pixel_stats(self) -> tuple[float, float]:
+        # A fixed prefix keeps the statistics (and hence the inputs) identical on every rank and run.
+        count = min(len(self.split), STATS_SAMPLES)
+        if count == 0:
+            return 0.0, 1.0
+        pixels = np.stack([decode_image(self.split[i]["image"]["bytes"]) for i in range(count)])
+        pixels = pixels.astype(np.float64) / 255.0
+        return float(pixels.mean()), float(max(pixels.std(), 1e-6))
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_rng"] = state["_rng_owner"] = None  # each worker builds its own
+        return state
+
+
+# ---------------------------------------------------------------- model
+
+
+class SmallCNN2D(nn.Module):
+    """Three 3x3 conv + max-pool stages and a linear head; about 26k parameters at the default width.
+
+    Stride-1 convolutions with pooling, not strided convolutions: the curves are one pixel thin, and
+    a stride-2 first layer lost about 15 points of accuracy for a 2x saving in compute. No BatchNorm
+    (no batch-coupled layers), so gradient accumulation and batch emulation stay exact. The final
+    adaptive pooling to 4x4 accepts any image size of 8 pixels or more.
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 3 * width, 3, padding=1), nn.ReLU(), nn.AdaptiveMaxPool2d(4),
+        )
+        self.head = nn.Linear(3 * width * 16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:  # [N, H, W] grayscale without a channel axis
+            x = x.unsqueeze(1)
+        return self.head(self.features(x).flatten(1))

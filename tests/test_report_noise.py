@@ -1,0 +1,205 @@
+"""The critical-batch-size section of the report (gradient noise scale, McCandlish et al. 2018) on fabricated
+results that follow S(B) = S_min (1 + B_noise / B) exactly: fit, B_simple comparison, predictions, plots."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import pytest
+from test_report import fabricate_result, throughput_at
+
+from scaling.report import noise_section, write_report
+from scaling.report.study import Study
+
+BATCHES = [32, 64, 128, 256, 512, 1024, 2048]
+# Per LR rule: S_min, B_noise and the B_simple measured at the target. linear: B_simple close to B_crit;
+# sqrt: 20x below it, more than an order of magnitude apart.
+MODEL = {"linear": (100.0, 500.0, 400.0), "sqrt": (150.0, 2000.0, 100.0)}
+PLOTS = {"critical_batch_steps", "critical_batch_samples", "noise_scale_over_training", "predicted_time_to_target"}
+
+
+def steps_at(rule: str, batch: int) -> float:
+    s_min, b_noise, _ = MODEL[rule]
+    return s_min * (1 + b_noise / batch)
+
+
+def noise_scale(b_at_target: float, steps: int, batch: int) -> dict:
+    """A noise_scale record as scaling/gns.py writes it: B_simple rising to `b_at_target` at the target step."""
+    every = max(1, steps // 20)
+    series = [{"step": step, "b_simple": b_at_target * (0.3 + 0.7 * step / steps), "grad_sq": 1.0, "trace": 1.0}
+              for step in [*range(every, steps, every), steps]]
+    series[0]["b_simple"] = None  # first estimates can be missing
+    return {"method": "half_batch", "every": every, "small_batch": batch // 2, "big_batch": batch,
+            "b_simple": series[-1]["b_simple"], "b_simple_at_target": series[-1]["b_simple"], "series": series}
+
+
+def write_run(root: Path, run_id: str, overrides: dict, status: str, steps: int | None, noise: dict | None):
+    result = fabricate_result(overrides, status, steps, throughput_at(overrides["global_bs"]))
+    result["noise_scale"] = noise
+    folder = root / "runs" / run_id
+    folder.mkdir(parents=True)
+    (folder / "result.json").write_text(json.dumps(result))
+
+
+def fabricate_study(root: Path, rules=tuple(MODEL), batches=BATCHES, seeds: int = 2, noise: bool = True,
+                    reached=None) -> Path:
+    """Two seeds per (rule, batch), steps +-2% around S(B) (their mean is S(B)); `reached(rule, batch)` False
+    makes those runs not_reached."""
+    for rule in rules:
+        for batch in batches:
+            for seed in range(seeds):
+                ok = reached is None or reached(rule, batch)
+                jitter = 1 + 0.02 * (2 * seed - (seeds - 1)) / max(1, seeds - 1)
+                steps = round(steps_at(rule, batch) * jitter)
+                record = noise_scale(MODEL[rule][2] * (1 + 0.05 * seed), steps, batch) if noise else None
+                if not ok and record:
+                    record["b_simple_at_target"] = None
+                write_run(root, f"bs{batch}-{rule}-s{seed}", {"global_bs": batch, "lr_scaling": rule, "seed": seed},
+                          "reached" if ok else "not_reached", steps if ok else None, record)
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = fabricate_study(tmp_path_factory.mktemp("noise"))
+    paths = write_report(root)
+    return root, paths, paths["report.md"].read_text(), paths["report.html"].read_text()
+
+
+def _section(md: str) -> str:
+    return md.split(f"## {noise_section.QUESTION_CRITICAL}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _conclusions(md: str) -> list[str]:
+    section = md.split("## Conclusions", 1)[1].split("\n## ", 1)[0]
+    return [line[2:] for line in section.splitlines() if line.startswith("- ")]
+
+
+def _number(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+def test_b_crit_is_recovered_per_series(report):
+    _, _, md, _ = report
+    lines = _conclusions(md)
+    for rule, (s_min, b_noise, _) in MODEL.items():
+        (line,) = [line for line in lines if line.startswith(f"{rule}: critical batch size B_crit ≈ ")]
+        b_crit = _number(re.search(r"B_crit ≈ ([\d,.]+)", line).group(1))
+        assert b_crit == pytest.approx(b_noise, rel=0.05), line
+        row = next(r for r in _section(md).splitlines() if r.startswith(f"| {rule} | 7 (32–2048) |"))
+        cells = [cell.strip() for cell in row.split("|")[1:-1]]
+        assert _number(cells[2].split()[0]) == pytest.approx(s_min, rel=0.05)  # S_min
+        assert _number(cells[3].split()[0]) == pytest.approx(s_min * b_noise, rel=0.05)  # E_min
+        assert _number(cells[4].split()[0]) == pytest.approx(b_noise, rel=0.05)  # B_crit
+        assert "± " in cells[4] and "(68%: " in cells[4]
+        assert float(cells[5].split("%")[0]) < 1.0  # max relative residual: rounding only
+
+
+def test_b_simple_comparison_sentence(report):
+    _, _, md, _ = report
+    lines = _conclusions(md)
+    (linear,) = [line for line in lines if line.startswith("linear: critical batch size")]
+    assert "measured B_simple at the target ≈ 410 (median of 14 runs, 400–420)" in linear
+    assert "within an order of magnitude, as McCandlish et al. 2018 found" in linear
+    (sqrt,) = [line for line in lines if line.startswith("sqrt: critical batch size")]
+    assert "more than an order of magnitude apart" in sqrt
+    assert "B_crit / B_simple = 20" in sqrt or "B_crit / B_simple = 19" in sqrt
+    assert sum(line in _section(md) for line in lines if "critical batch size" in line) == 2
+
+
+def test_predictions_name_batches_not_run(report):
+    _, _, md, _ = report
+    section = _section(md)
+    assert "### Predictions at batch sizes not run" in section
+    predicted = {int(m) for m in re.findall(r"^\| linear \| (\d+) \| ", section, re.M)}
+    assert predicted == {16, 4096, 8192}  # powers of two from 32 / 2 to 2048 x 4 that were not run
+    row = next(r for r in section.splitlines() if r.startswith("| linear | 8192 |"))
+    cells = [cell.strip() for cell in row.split("|")[1:-1]]
+    assert _number(cells[2]) == pytest.approx(steps_at("linear", 8192), rel=0.05)
+    assert _number(cells[3]) == pytest.approx(steps_at("linear", 8192) * 8192, rel=0.05)
+    # Time from the throughput held at batch 2048's (the largest measured).
+    assert _number(cells[4]) == pytest.approx(steps_at("linear", 8192) * 8192 / throughput_at(2048), rel=0.05)
+    assert "pessimistic" in cells[5]
+    assert "optimistic" in next(r for r in section.splitlines() if r.startswith("| linear | 16 |"))
+    assert "throughput(B) = n × tp(B/n)" in section and "no communication cost" in section
+
+
+def test_fastest_batch_per_device_count(report):
+    _, _, md, _ = report
+    # T_8(B) is proportional to (B + 500)(B/8 + 256)/B for linear: lowest at 1024 among powers of two.
+    (line,) = [line for line in _conclusions(md) if line.startswith("linear: predicted fastest global batch")]
+    assert "on 8 devices: 1024 (" in line and "on 1 device: " in line and "on 64 devices: " in line
+    assert re.search(r"^\| linear \| 8 devices \| 1024 \| 128 \| ", _section(md), re.M)
+
+
+def test_four_plots_exist_and_are_embedded(report):
+    _, paths, md, html = report
+    assert PLOTS <= set(paths)
+    for name in PLOTS:
+        data = paths[name].read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 1000
+        assert f"data:image/png;base64,{base64.b64encode(data).decode()}" in html
+        assert f"]({name}.png)" in _section(md)
+
+
+def test_noise_plot_spreads_at_most_twelve_runs_across_batches(report):
+    root, _, _, _ = report
+    study = Study.load(root, root)
+    runs = noise_section.noise_runs(study)
+    assert len(runs) == noise_section.MAX_NOISE_LINES  # 2 rules x 7 batches = 14 candidates
+    assert {run.global_bs for run in runs} == set(BATCHES)
+    assert len({(run.global_bs, run.lr_rule) for run in runs}) == len(runs)
+
+
+def test_one_reached_batch_gets_the_skip_note(tmp_path):
+    fabricate_study(tmp_path, rules=("linear",), batches=[64, 128, 256], reached=lambda _, batch: batch == 128)
+    paths = write_report(tmp_path)
+    section = _section(paths["report.md"].read_text())
+    assert "Fewer than 2 distinct batch sizes reached the target in every series (all: 1): no fit" in section
+    assert "critical_batch_steps" not in paths and "predicted_time_to_target" not in paths
+    assert "noise_scale_over_training" in paths  # B_simple was still measured
+    assert "critical batch size B_crit" not in paths["report.md"].read_text()
+
+
+def test_results_without_noise_scale_skip_the_section(tmp_path):
+    fabricate_study(tmp_path, rules=("linear",), batches=[64, 128, 256], noise=False)
+    paths = write_report(tmp_path)
+    md = paths["report.md"].read_text()
+    assert "No run recorded a gradient noise scale" in _section(md)
+    assert not PLOTS & set(paths)
+
+
+def test_two_batch_sizes_fit_exactly_without_uncertainty(tmp_path):
+    fabricate_study(tmp_path, rules=("linear",), batches=[128, 512], seeds=1)
+    md = write_report(tmp_path)["report.md"].read_text()
+    assert "Exact fit through 2 batch sizes, no uncertainty: all." in md
+    (line,) = [line for line in _conclusions(md) if line.startswith("Critical batch size B_crit ≈ ")]
+    assert "(exact through 2 points, no uncertainty)" in line
+
+
+@pytest.mark.parametrize(("low", "high", "expected"), [(16, 8192, [2**k for k in range(4, 14)]),
+                                                       (48, 4000, [32, 64, 128, 256, 512, 1024, 2048, 4096]),
+                                                       (0.5, 2, [1, 2])])
+def test_powers_of_two(low, high, expected):
+    assert noise_section.powers_of_two(low, high) == expected
+
+
+@pytest.mark.parametrize(("value", "text"), [(1123.4, "1,120"), (500.2, "500"), (2.345, "2.35"), (0.0123, "0.0123"),
+                                             (123_456, "123,000")])
+def test_significant_figures(value, text):
+    assert noise_section.sig(value) == text
+
+
+def test_steps_that_do_not_bend_give_no_critical_batch(tmp_path):
+    """Steps that grow with the batch fit E_min < 0: no B_crit, no predictions, no crash."""
+    for batch, steps in ((64, 100), (128, 110), (256, 125)):
+        overrides = {"global_bs": batch, "seed": 0}
+        write_run(tmp_path, f"bs{batch}", overrides, "reached", steps, noise_scale(300.0, steps, batch))
+    paths = write_report(tmp_path)
+    md = paths["report.md"].read_text()
+    assert "not both positive: the steps do not bend as the model expects" in md
+    assert "No series has a physical fit (S_min and E_min positive): no predictions." in md
+    assert "critical_batch_steps" not in paths and "noise_scale_over_training" in paths
