@@ -34,7 +34,7 @@ class NothingFits(Exception):
     """Not even a micro-batch of one sample fits."""
 
 
-def _sample_batch(dataset: Any, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_batch(dataset: Any, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     indices = torch.arange(size) % len(dataset)
     if isinstance(dataset, TensorPair):
         return dataset.batch(indices)
@@ -49,7 +49,7 @@ def _is_oom(err: BaseException) -> bool:
 def trial_peak_bytes(model: nn.Module, dataset: Any, size: int, device: torch.device,
                      autocast_dtype: torch.dtype | None = None) -> int:
     """Run one forward/backward at micro-batch `size` and return its peak memory in bytes."""
-    inputs, labels = _sample_batch(dataset, size)
+    inputs, labels = sample_batch(dataset, size)
     inputs, labels = inputs.to(device), labels.to(device)
     saved: dict[int, int] = {}
 

@@ -124,3 +124,50 @@ def has_batch_coupled_layers(model: nn.Module) -> list[str]:
     """Names of layers whose output depends on other samples of the micro-batch (BatchNorm-style)."""
     coupled = (nn.modules.batchnorm._BatchNorm,)
     return [name for name, module in model.named_modules() if isinstance(module, coupled)]
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block (He et al. 2016): two 3x3 convolutions with BatchNorm and a shortcut."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                                          nn.BatchNorm2d(out_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNetCIFAR(nn.Module):
+    """ResNet-18 for 32x32 images, as used for CIFAR-10 (3x3 stem, no max-pool); about 11M parameters.
+
+    It has BatchNorm, so accumulation and emulation are not exact for it (docs/emulation.md).
+    """
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, width: int = 64, blocks=(2, 2, 2, 2)):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
+                                  nn.ReLU())
+        layers, channels = [], width
+        for stage, count in enumerate(blocks):
+            out = width * 2**stage
+            for index in range(count):
+                layers.append(BasicBlock(channels, out, stride=2 if stage and index == 0 else 1))
+                channels = out
+        self.layers = nn.Sequential(*layers)
+        self.head = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layers(self.stem(x))
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+BUILTIN_MODELS["resnet_cifar"] = lambda shape, classes: ResNetCIFAR(shape[0] if len(shape) == 3 else 1,
+                                                                    num_classes=classes)

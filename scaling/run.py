@@ -97,6 +97,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
     from scaling.batching import GlobalBatchSampler, plan_batch
     from scaling.compat import cache_accelerate_import_probes
     from scaling.data import load_workload
+    from scaling.hardware import compute_efficiency, peak_memory, reset_peak_memory
     from scaling.lr import build_schedule
     from scaling.models import build_model, has_batch_coupled_layers
     from scaling.probe import verdict
@@ -173,6 +174,9 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
         write_json_atomic(output_dir / "result.json", {"status": "running", "config": cfg.to_dict(),
                                                         "started_at": time.time()})
     ceilings = None
+    flops_per_sample = count_flops_per_sample(accelerator.unwrap_model(model), workload.train, plan,
+                                              accelerator.device)
+    reset_peak_memory(accelerator.device)
     try:
         if cfg.memory_cap_mb is not None and cfg.per_device_bs != "auto":
             check_fits(cfg, plan, model, workload.train, accelerator.device)
@@ -198,6 +202,9 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
                                     _data_wait_fraction(outcome), cfg, trainer.source.fast, accelerator.device.type)
         for line in extra["ceilings"]["advice"]:
             say(f"scaling: {line}")
+    extra["peak_memory"] = peak_memory(accelerator.device)
+    extra["compute"] = compute_efficiency(flops_per_sample, outcome.throughput_samples_per_s,
+                                          accelerator.num_processes, accelerator.device, cfg.mixed_precision)
     if outcome.status == "interrupted":
         extra["checkpoint"] = str(trainer.checkpoint_dir)
         extra["stop_signal"] = trainer.stop_signal
@@ -252,6 +259,18 @@ def oom_suggestion(plan) -> str:
         return (f"try --per-device-bs {smaller} (x{plan.accumulation_steps * plan.per_device_bs // smaller} "
                 f"accumulation steps) if it divides the batch, or --per-device-bs auto")
     return "even a micro-batch of 1 does not fit: use a smaller model or mixed precision (--mixed-precision bf16)"
+
+
+def count_flops_per_sample(model, dataset, plan, device) -> float | None:
+    """Counted FLOPs of one training step per sample (forward + backward, torch's FLOP counter)."""
+    from scaling.hardware import count_train_flops
+    from scaling.memory import sample_batch
+
+    inputs, labels = sample_batch(dataset, min(plan.per_device_bs, 64))
+    try:
+        return count_train_flops(model, inputs.to(device), labels.to(device)) / len(labels)
+    except (RuntimeError, NotImplementedError, TypeError):  # an op the counter cannot trace: no MFU
+        return None
 
 
 def check_fits(cfg: RunConfig, plan, model, dataset, device) -> None:

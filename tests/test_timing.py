@@ -108,3 +108,21 @@ def test_summary_estimates_sync_by_difference():
     assert phases["other"]["seconds"] == pytest.approx(0.5)
     no_accumulation = dict(window, fwd_bwd_nosync=0.0, micro_nosync=0)
     assert summarize_phases([no_accumulation], 2, 11.0)["phases"]["grad_sync"]["seconds"] is None
+
+
+def test_loader_workers_change_the_input_ceiling_of_the_decoding_pipeline(tmp_path):
+    """The encoded-image pipeline (PNG decoded by PIL per sample, random crop/flip) through a DataLoader:
+    the input ceiling is measured for each worker count and the result says which knobs ran."""
+    ceilings = {}
+    for workers in (0, 2):
+        out = tmp_path / f"w{workers}"
+        proc = run_entry(["--dataset", "mnist1d_images", "--model", "cnn2d", "--num-samples", "4000",
+                          "--global-bs", "64", "--num-workers", str(workers), "--probe", "--probe-steps", "15",
+                          "--max-steps", "4", "--log-every", "2", "--target-accuracy", "none", "--cpu",
+                          "--progress", "false", "--output-dir", str(out)])
+        assert_ok(proc)
+        assert f"num_workers={workers}" in proc.stdout
+        ceilings[workers] = load_result(out)["ceilings"]["input_samples_per_s"]
+    change = ceilings[2] / ceilings[0]
+    print(f"input ceiling: 0 workers {ceilings[0]:,.0f}/s, 2 workers {ceilings[2]:,.0f}/s ({change:.2f}x)")
+    assert abs(change - 1) > 0.05  # the workers change what the pipeline can deliver

@@ -12,7 +12,7 @@ from typing import Any
 from scaling.config import ConfigError, RunConfig
 from scaling.data.tensors import TensorPair
 
-BUILTIN_DATASETS = ("mnist1d", "mnist1d_images")
+BUILTIN_DATASETS = ("mnist1d", "mnist1d_images", "synthetic_images")
 
 
 @dataclass
@@ -36,6 +36,11 @@ def load_workload(cfg: RunConfig) -> Workload:
         from scaling.data.images import load_builtin
 
         train, eval_ = load_builtin(cfg.num_samples)
+        source = "builtin"
+    elif name == "synthetic_images":
+        from scaling.data.synthetic import load_synthetic_images
+
+        train, eval_ = load_synthetic_images(cfg.num_samples)
         source = "builtin"
     elif ":" in name and not _looks_like_path(name):
         train, eval_ = _load_from_callable(name)

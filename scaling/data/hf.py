@@ -53,7 +53,30 @@ def _split(dataset_dict, split: str, name: str):
     return dataset_dict[split]
 
 
+def _decode_images(split, column: str) -> torch.Tensor:
+    """An Image column (e.g. CIFAR-10's `img` on the hub) decoded once into a float tensor [N, C, H, W] in
+    [0, 1], held in memory so training takes the whole-batch fast path."""
+    import numpy as np
+
+    arrays = [np.asarray(image) for image in split[column]]
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1:
+        raise ConfigError(f"image column {column!r} holds images of different sizes {sorted(shapes)[:3]}; "
+                          f"resize them to one size first")
+    stacked = torch.from_numpy(np.stack(arrays))
+    stacked = stacked.unsqueeze(1) if stacked.dim() == 3 else stacked.permute(0, 3, 1, 2)  # to N, C, H, W
+    return stacked.float().div_(255.0)
+
+
 def _to_tensor_pair(split, input_columns: list[str], label_column: str) -> TensorPair:
+    import datasets
+
+    images = [c for c in input_columns if isinstance(split.features.get(c), datasets.Image)]
+    if images:
+        if len(input_columns) != 1:
+            raise ConfigError(f"an image column ({images[0]!r}) must be the only input column")
+        labels = split.with_format("torch", columns=[label_column])[:][label_column]
+        return TensorPair(_decode_images(split, images[0]), labels)
     table = split.with_format("torch", columns=[*input_columns, label_column])[:]  # dict of whole columns
     columns = [table[c] for c in input_columns]
     for column, values in zip(input_columns, columns, strict=True):
