@@ -127,9 +127,11 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _suggest(name: str) -> str:
+def _suggest(name: str, as_flag: bool = False) -> str:
     close = difflib.get_close_matches(name, FIELDS, n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    if not close:
+        return ""
+    return f" (did you mean {_flag(close[0])}?)" if as_flag else f" (did you mean '{close[0]}'?)"
 
 
 def _allowed_types(hint: Any) -> tuple[type, ...]:
@@ -222,7 +224,7 @@ def apply_overrides(base: dict[str, Any], overrides: dict[str, Any], from_cli: b
     for key, value in overrides.items():
         if not isinstance(key, str) or key not in FIELDS:
             shown = _flag(str(key)) if from_cli else f"'{key}'"
-            raise ConfigError(f"unknown key {shown} in {source}{_suggest(str(key))}")
+            raise ConfigError(f"unknown key {shown} in {source}{_suggest(str(key), as_flag=from_cli)}")
         merged[key] = coerce_value(key, value, from_cli)
     return merged
 
@@ -260,7 +262,7 @@ def parse_args(argv: list[str] | None) -> tuple[RunConfig, dict[str, Any]]:
         flag = next((u for u in unknown if u.startswith("-")), unknown[0])
         key = flag.lstrip("-").split("=")[0].replace("-", "_")
         what = f"unknown flag {flag.split('=')[0]}" if flag.startswith("-") else f"unexpected argument {flag!r}"
-        raise ConfigError(f"{what}{_suggest(key) if flag.startswith('-') else ''}")
+        raise ConfigError(f"{what}{_suggest(key, as_flag=True) if flag.startswith('-') else ''}")
     namespace = vars(parsed)
     extras = {"resume": namespace.pop("resume", False)}
     config_path = namespace.pop("config", None)

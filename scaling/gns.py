@@ -85,6 +85,12 @@ class NoiseMonitor:
             with self.accelerator.autocast():
                 loss = F.cross_entropy(self.model(inputs[:half]), labels[:half])
             small = squared_distance(separate_gradients(loss, self.params), grads)
+        if self.accelerator.scaler is not None:
+            # fp16 loss scaling multiplies every gradient by the current scale S: undo it (S^2 on squared
+            # norms) so that measurements taken under different scales average correctly. Host read of S
+            # on measurement steps only.
+            inverse = 1.0 / self.accelerator.scaler.get_scale() ** 2
+            small, big = small * inverse, big * inverse
         self._pending.append((self.step, small.detach().float(), big.detach().float()))
 
     def _register_comm_hook(self) -> None:

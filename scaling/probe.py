@@ -108,8 +108,6 @@ def advice(bound: str, input_rate: float, compute_rate: float, cfg: RunConfig, f
         tips.append(f"more loader workers than {cfg.num_workers} if cores are free (--num-workers)")
         if cfg.prefetch_factor is None or cfg.prefetch_factor < 4:
             tips.append("prefetch deeper: --prefetch-factor 4")
-        if not cfg.persistent_workers:
-            tips.append("keep workers alive between epochs: --persistent-workers")
     if device_type == "cuda" and not cfg.pin_memory:
         tips.append("pin host memory for faster, asynchronous copies: --pin-memory")
     tips.append("decode once and cache decoded tensors in memory when the dataset fits; or move augmentation "

@@ -101,7 +101,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
     from scaling.lr import build_schedule
     from scaling.models import build_model, has_batch_coupled_layers
     from scaling.probe import verdict
-    from scaling.results import MetricsWriter, environment, write_json_atomic
+    from scaling.results import SCHEMA_VERSION, MetricsWriter, environment, write_json_atomic
     from scaling.train import Trainer, total_steps
 
     plan = plan_batch(cfg, distributed.world_size())  # every batch error, before any process group exists
@@ -174,6 +174,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
         write_json_atomic(output_dir / "result.json", {"status": "running", "config": cfg.to_dict(),
                                                         "started_at": time.time()})
     ceilings = None
+    signals = stop_on_signals(trainer)
     flops_per_sample = count_flops_per_sample(accelerator.unwrap_model(model), workload.train, plan,
                                               accelerator.device)
     reset_peak_memory(accelerator.device)
@@ -182,13 +183,14 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
             check_fits(cfg, plan, model, workload.train, accelerator.device)
         if cfg.probe:
             ceilings = measure_ceilings(cfg, trainer, say)
-        with stop_on_signals(trainer):
-            outcome = trainer.run()
+        signals = stop_on_signals(trainer).__enter__()  # held until the final result is written
+        outcome = trainer.run()
     except Exception as err:
+        signals.__exit__()
         if accelerator.is_main_process:
             status = "oom" if is_out_of_memory(err) else "failed"
             write_json_atomic(output_dir / "result.json", {
-                "status": status, "config": cfg.to_dict(), "batch": plan.to_dict(),
+                "schema_version": SCHEMA_VERSION, "status": status, "config": cfg.to_dict(), "batch": plan.to_dict(),
                 "error": f"{type(err).__name__}: {err}", "environment": env,
                 "suggestion": oom_suggestion(plan) if status == "oom" else None,
             })
@@ -213,6 +215,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
         if cfg.save_model:
             _save_weights(accelerator.unwrap_model(model), output_dir / "model.pt")
         write_json_atomic(output_dir / "result.json", result)
+    signals.__exit__()  # a signal that came after training changed nothing: the result above is whole
     say(summary_line(result, output_dir / "result.json"))
     accelerator.end_training()
     return result
@@ -311,6 +314,7 @@ class stop_on_signals:
 
         for number, handler in self.previous.items():
             signal.signal(number, handler)
+        self.previous = {}
 
 
 def measure_ceilings(cfg: RunConfig, trainer, say) -> tuple[float, float]:
@@ -377,7 +381,20 @@ def main(argv: list[str] | None = None) -> int:
         if distributed.is_main_process():
             print(f"scaling: out of memory: {err}", file=sys.stderr)
         return 1
+    finally:
+        _close_process_group()
     return exit_status(result)
+
+
+def _close_process_group() -> None:
+    """Destroy the gloo/NCCL process group before the interpreter exits: left to interpreter shutdown, its
+    threads can abort the process ("terminate called without an active exception", SIGABRT), which
+    torchrun then reports as a failed run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # no rank tears its connections down while a peer still uses them
+        dist.destroy_process_group()
 
 
 def exit_status(result: dict) -> int:

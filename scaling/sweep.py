@@ -124,11 +124,16 @@ def _launcher(section: Any) -> Launcher:
     return launcher
 
 
+_DEFAULTS = dataclasses.asdict(RunConfig())
+
+
 def config_id(config: RunConfig, launcher: Launcher) -> str:
-    """Stable id: the resolved config (without its output folder) and the process topology."""
-    resolved = {k: v for k, v in dataclasses.asdict(config).items() if k != "output_dir"}
-    resolved["_processes"] = [launcher.type, launcher.nproc, launcher.nnodes]
-    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:12]
+    """Stable id: the settings that differ from the defaults (so a new field with a default does not
+    change existing ids) and the process topology. The output folder and progress bar are not settings."""
+    settings = {k: v for k, v in dataclasses.asdict(config).items()
+                if k not in ("output_dir", "progress") and v != _DEFAULTS[k]}
+    settings["_processes"] = [launcher.type, launcher.nproc, launcher.nnodes]
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def load_study(path: str | Path, study_dir: str | Path) -> Study:
@@ -168,6 +173,9 @@ def load_study(path: str | Path, study_dir: str | Path) -> Study:
 def _make_config(base: dict, overrides: dict, launcher: Launcher, study_dir: Path, path: Any) -> StudyConfig:
     run_keys = {k: v for k, v in overrides.items() if k not in LAUNCH_AXES}
     this_launcher = dataclasses.replace(launcher, **{k: v for k, v in overrides.items() if k in LAUNCH_AXES})
+    if this_launcher.type == "python" and this_launcher.nproc != 1:
+        raise ConfigError("study spec: the python launcher runs one process; an 'nproc' axis needs torchrun "
+                          "or accelerate")
     values = {**base, **run_keys, "progress": False}
     try:
         config = make_config(values, source=f"study spec {path}")
@@ -277,9 +285,21 @@ def study_record(study: Study, entries: dict[str, dict]) -> dict:
     }
 
 
+def check_runnable_here(study: Study) -> None:
+    """Multi-node configurations started from this machine need one rendezvous address for all nodes."""
+    for study_config in study.configs:
+        launcher = study_config.launcher
+        if launcher.nnodes > 1 and not launcher.local_nodes and launcher.master_port is None:
+            raise ConfigError("study spec: running a multi-node launcher from here needs 'master_port' (and "
+                              "'master_addr', the head node) so every node meets at the same address; or use "
+                              "--slurm, whose scripts rendezvous on the allocation's first node")
+
+
 def run_study(study: Study, study_dir: Path, progress: bool = True, say=print) -> dict:
     """Run every configuration not yet complete, one after another; failures are recorded, not fatal."""
     from tqdm.auto import tqdm
+
+    check_runnable_here(study)
 
     study_dir.mkdir(parents=True, exist_ok=True)
     previous = _previous_entries(study_dir / "study.json")

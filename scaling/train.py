@@ -259,14 +259,8 @@ class Trainer:
             progress.update(self.step - progress.n)
             if self.check_divergence(window_losses):
                 break
-            if stop:  # preemption: every process saw the request at this same step
-                self.save_checkpoint()
-                self.outcome.status = "interrupted"
-                break
-            if cfg.checkpoint_every and self.step - self._checkpointed_at >= cfg.checkpoint_every:
-                self.save_checkpoint()
             time_up = cfg.max_time is not None and elapsed >= cfg.max_time
-            if eval_due or time_up:
+            if eval_due or time_up:  # before acting on a stop request, so a resume misses no evaluation
                 accuracy = self.evaluate_now()
                 progress.set_postfix(acc=f"{accuracy:.3f}", loss=f"{window_losses[-1]:.3f}", refresh=False)
                 if cfg.target_accuracy is not None and accuracy >= cfg.target_accuracy:
@@ -274,6 +268,12 @@ class Trainer:
                     break
             if time_up:
                 break
+            if stop:  # preemption: every process saw the request at this same step
+                self.save_checkpoint()
+                self.outcome.status = "interrupted"
+                break
+            if cfg.checkpoint_every and self.step - self._checkpointed_at >= cfg.checkpoint_every:
+                self.save_checkpoint()
         progress.close()
         self.metrics.flush()
         return self.finish()

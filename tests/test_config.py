@@ -52,7 +52,7 @@ def test_per_device_bs_accepts_auto():
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--global-bz", "64"], "unknown flag --global-bz (did you mean 'global_bs'?)"),
+        (["--global-bz", "64"], "unknown flag --global-bz (did you mean --global-bs?)"),
         (["--global-bs", "abc"], "--global-bs expects int, got 'abc'"),
         (["--global-bs", "0"], "--global-bs must be > 0"),
         (["--global-bs", "-8"], "--global-bs must be > 0"),

@@ -20,7 +20,7 @@ def test_default_workload_reaches_its_default_target(tmp_path):
     result = load_result(tmp_path)
     assert result["status"] == "reached"
     assert result["batch"] == {"global": 4096, "per_device": 512, "num_processes": 1, "accumulation_steps": 8,
-                               "world_size": 1}
+                               "world_size": 1, "emulated": False, "micro_steps_per_process": 8}
     assert "global batch 4096 = per-device 512 x 1 process x 8 accumulation steps" in proc.stdout
     assert result["target"] == {"metric": "accuracy", "value": RunConfig().target_accuracy}
     assert result["final"]["accuracy"] >= result["target"]["value"]
@@ -34,7 +34,7 @@ def test_default_workload_reaches_its_default_target(tmp_path):
     assert result["throughput_samples_per_s"] > 0
     assert result["environment"]["world_size"] == 1 and result["environment"]["torch"]
     metrics = read_metrics(tmp_path / "metrics.jsonl")
-    assert {m["type"] for m in metrics} == {"train", "eval"}
+    assert {m["type"] for m in metrics} == {"train", "eval", "noise"}
     assert "scaling: reached" in proc.stdout.splitlines()[-1]
 
 

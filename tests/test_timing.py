@@ -38,7 +38,7 @@ def test_phase_fractions_cover_the_measured_step_time(tmp_path):
     result = load_result(tmp_path)
     breakdown = result["step_time_breakdown"]
     phases = breakdown["phases"]
-    assert set(phases) == {"data_wait", "h2d", "forward_backward", "grad_sync", "optimizer", "other"}
+    assert set(phases) == {"data_wait", "h2d", "forward_backward", "grad_sync", "optimizer", "noise_scale", "other"}
     fractions = sum(p["fraction"] for p in phases.values())
     assert fractions == pytest.approx(1.0, abs=0.01)
     # the measured phases (everything but "other") account for the step time within a few percent
@@ -112,12 +112,12 @@ def test_summary_estimates_sync_by_difference():
 
 def test_loader_workers_change_the_input_ceiling_of_the_decoding_pipeline(tmp_path):
     """The encoded-image pipeline (PNG decoded by PIL per sample, random crop/flip) through a DataLoader:
-    the input ceiling is measured for each worker count and the result says which knobs ran."""
+    more workers raise the measured input ceiling."""
     ceilings = {}
     for workers in (0, 2):
         out = tmp_path / f"w{workers}"
         proc = run_entry(["--dataset", "mnist1d_images", "--model", "cnn2d", "--num-samples", "4000",
-                          "--global-bs", "64", "--num-workers", str(workers), "--probe", "--probe-steps", "15",
+                          "--global-bs", "64", "--num-workers", str(workers), "--probe", "--probe-steps", "100",
                           "--max-steps", "4", "--log-every", "2", "--target-accuracy", "none", "--cpu",
                           "--progress", "false", "--output-dir", str(out)])
         assert_ok(proc)
@@ -125,4 +125,5 @@ def test_loader_workers_change_the_input_ceiling_of_the_decoding_pipeline(tmp_pa
         ceilings[workers] = load_result(out)["ceilings"]["input_samples_per_s"]
     change = ceilings[2] / ceilings[0]
     print(f"input ceiling: 0 workers {ceilings[0]:,.0f}/s, 2 workers {ceilings[2]:,.0f}/s ({change:.2f}x)")
-    assert abs(change - 1) > 0.05  # the workers change what the pipeline can deliver
+    # Two workers decode in parallel with each other (measured here: 10.3k -> 15.2k samples/s on 2 cores).
+    assert change > 1.15

@@ -3,6 +3,7 @@
 import json
 import sys
 
+import torch
 from accelerate import PartialState
 
 from scaling.memory import agree_on_minimum
@@ -12,3 +13,6 @@ found = [700, 300][state.process_index]  # as if rank 1 had less free memory
 agreed = agree_on_minimum(found, state.device)
 with open(f"{sys.argv[1]}.{state.process_index}", "w") as handle:
     json.dump({"found": found, "agreed": agreed}, handle)
+
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()  # before exit: gloo threads must not outlive it

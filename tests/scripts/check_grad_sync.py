@@ -47,3 +47,6 @@ if accelerator.is_main_process:
     records.append({"params_equal": bool(torch.equal(gathered[0], gathered[1]))})
     with open(sys.argv[1], "w") as handle:
         json.dump(records, handle)
+
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()  # before exit: gloo threads must not outlive it
