@@ -144,19 +144,24 @@ def plot_steps_to_target(study: Study) -> Path | None:
     return _save(study, figure, "steps_to_target")
 
 
-def plot_throughput(study: Study) -> Path | None:
+def _errorbar_series(study: Study, ax, stat: str, scale: float = 1.0) -> bool:
+    """One mean ± std line per series for a per-batch statistic; False when no series has it."""
     colors = _series_colors(study)
-    figure, ax = _figure()
     drawn = False
     for name, points in study.series.items():
-        rated = [p for p in points if p.throughput.mean is not None]
-        if not rated:
+        measured = [p for p in points if getattr(p, stat).mean is not None]
+        if not measured:
             continue
         drawn = True
-        ax.errorbar([p.batch for p in rated], [p.throughput.mean for p in rated],
-                    yerr=[p.throughput.std or 0 for p in rated], marker="o", capsize=3, color=colors[name],
-                    label=name)
-    if not drawn:
+        ax.errorbar([p.batch for p in measured], [scale * getattr(p, stat).mean for p in measured],
+                    yerr=[scale * (getattr(p, stat).std or 0) for p in measured], marker="o", capsize=3,
+                    color=colors[name], label=name)
+    return drawn
+
+
+def plot_throughput(study: Study) -> Path | None:
+    figure, ax = _figure()
+    if not _errorbar_series(study, ax, "throughput"):
         return None
     _batch_axis(ax)
     _log_y(ax)
@@ -167,18 +172,8 @@ def plot_throughput(study: Study) -> Path | None:
 
 
 def plot_data_wait(study: Study) -> Path | None:
-    colors = _series_colors(study)
     figure, ax = _figure()
-    drawn = False
-    for name, points in study.series.items():
-        waited = [p for p in points if p.data_wait.mean is not None]
-        if not waited:
-            continue
-        drawn = True
-        ax.errorbar([p.batch for p in waited], [100 * p.data_wait.mean for p in waited],
-                    yerr=[100 * (p.data_wait.std or 0) for p in waited], marker="o", capsize=3,
-                    color=colors[name], label=name)
-    if not drawn:
+    if not _errorbar_series(study, ax, "data_wait", scale=100):
         return None
     ax.axhline(100 * analysis.DATA_WAIT_LIMIT, color="#d62728", ls="--", lw=1,
                label=f"{analysis.DATA_WAIT_LIMIT:.0%}: input pipeline is the limit")
