@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from scaling.config import ConfigError, RunConfig
 from scaling.data.tensors import TensorPair
 
@@ -66,7 +68,7 @@ def _looks_like_path(name: str) -> bool:
 
 def _num_classes(train: Any, eval_: Any) -> int:
     if hasattr(train, "labels") and hasattr(eval_, "labels"):  # without decoding every sample
-        return int(max(max(train.labels), max(eval_.labels))) + 1
+        return int(max(torch.as_tensor(train.labels).max(), torch.as_tensor(eval_.labels).max())) + 1
     return int(max(int(train[i][1]) for i in range(min(len(train), 10_000)))) + 1
 
 
