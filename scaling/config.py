@@ -88,7 +88,8 @@ class RunConfig:
     profile_sync: bool = False  # synchronize the device at every phase boundary (exact GPU phases, slower)
     time_phases: bool = True  # per-step phase timing (data wait, copy, forward/backward, sync, optimizer)
     noise_scale: bool = True  # measure the gradient noise scale B_simple (McCandlish et al. 2018)
-    noise_every: int = 25  # optimizer steps between noise-scale measurements
+    noise_every: int | None = None  # steps between noise-scale measurements (default: 10, or 50 for the
+    # half-batch fallback, which costs an extra half forward/backward per measurement)
 
     # machine and output
     log_with: str | None = None  # trackers Accelerate supports, comma-separated: tensorboard, wandb, mlflow, ...
