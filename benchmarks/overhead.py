@@ -8,8 +8,8 @@ costs (the issue targets: timing <= 2%, noise scale <= 3% of throughput).
 
 Both loops train the default CNN on the default MNIST-1D tensors with SGD+momentum for the same number of
 optimizer steps; each is timed from its first batch to its last step (evaluation disabled in the tool run:
-only the training loop is compared). The two are run alternately `repeats` times and the medians compared,
-so a slow moment of a shared machine hits both.
+only the training loop is compared). The loops are run in turn, in an order rotated every repeat, `repeats`
+times, and the medians compared, so a slow moment of a shared machine hits all of them.
 """
 
 from __future__ import annotations
@@ -86,11 +86,16 @@ def main() -> None:
         steps = args.steps or max(100, int(400_000 / batch_size))
         bare_loop(train, batch_size, min(steps, 20))  # warm-up: allocator, thread pool
         rates: dict[str, list[float]] = {"bare": [], **{name: [] for name in VARIANTS}}
-        for _ in range(args.repeats):
-            rates["bare"].append(bare_loop(train, batch_size, steps))
-            for name, overrides in VARIANTS.items():
-                rates[name].append(tool_loop(batch_size, steps, args.output_dir, per_device_bs=batch_size,
-                                             **overrides))
+        order = ["bare", *VARIANTS]
+        for repeat in range(args.repeats):
+            # Rotate the order each repeat: whichever loop runs first after another is systematically
+            # slower here (allocator and cache state), which a fixed order would charge to one variant.
+            for name in order[repeat % len(order):] + order[: repeat % len(order)]:
+                if name == "bare":
+                    rates[name].append(bare_loop(train, batch_size, steps))
+                else:
+                    rates[name].append(tool_loop(batch_size, steps, args.output_dir, per_device_bs=batch_size,
+                                                 **VARIANTS[name]))
         median = {name: statistics.median(values) for name, values in rates.items()}
         # Cost of a feature: throughput without it over throughput with everything on, minus 1.
         timing_cost = median["no_timing"] / median["tool"] - 1
