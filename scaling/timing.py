@@ -68,9 +68,6 @@ class ThroughputWindows:
         return statistics.median(rates) if rates else None
 
 
-PHASES = ("data_wait", "h2d", "forward_backward", "grad_sync", "optimizer", "noise_scale", "other")
-
-
 class PhaseTimer:
     """Where each optimizer step's time goes, per rank, summed per logging window.
 

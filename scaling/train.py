@@ -433,12 +433,6 @@ class Trainer:
         return outcome
 
 
-def train(cfg: RunConfig, plan: BatchPlan, accelerator: Accelerator, model: nn.Module,
-          optimizer: torch.optim.Optimizer, schedule: LRSchedule, train_data: Any, eval_data: Any,
-          metrics: MetricsWriter) -> TrainOutcome:
-    return Trainer(cfg, plan, accelerator, model, optimizer, schedule, train_data, eval_data, metrics).run()
-
-
 def _divergence_step(losses: list[float], first_loss: float, factor: float, end_step: int) -> int | None:
     """The first step in the window whose loss is NaN/inf or above factor x the first loss."""
     limit = factor * first_loss if math.isfinite(first_loss) else -math.inf
