@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from test_report import fabricate_result, throughput_at
 
-from scaling.report import noise_section, write_report
+from scaling.report import formatting, plots, sections, write_report
+from scaling.report.critical_batch import powers_of_two
 from scaling.report.study import Study
 
 BATCHES = [32, 64, 128, 256, 512, 1024, 2048]
@@ -70,7 +71,7 @@ def report(tmp_path_factory):
 
 
 def _section(md: str) -> str:
-    return md.split(f"## {noise_section.QUESTION_CRITICAL}\n", 1)[1].split("\n## ", 1)[0]
+    return md.split(f"## {sections.QUESTION_CRITICAL}\n", 1)[1].split("\n## ", 1)[0]
 
 
 def _conclusions(md: str) -> list[str]:
@@ -148,8 +149,8 @@ def test_four_plots_exist_and_are_embedded(report):
 def test_noise_plot_spreads_at_most_twelve_runs_across_batches(report):
     root, _, _, _ = report
     study = Study.load(root, root)
-    runs = noise_section.noise_runs(study)
-    assert len(runs) == noise_section.MAX_NOISE_LINES  # 2 rules x 7 batches = 14 candidates
+    runs = plots.noise_runs(study)
+    assert len(runs) == plots.MAX_NOISE_LINES  # 2 rules x 7 batches = 14 candidates
     assert {run.global_bs for run in runs} == set(BATCHES)
     assert len({(run.global_bs, run.lr_rule) for run in runs}) == len(runs)
 
@@ -184,13 +185,13 @@ def test_two_batch_sizes_fit_exactly_without_uncertainty(tmp_path):
                                                        (48, 4000, [32, 64, 128, 256, 512, 1024, 2048, 4096]),
                                                        (0.5, 2, [1, 2])])
 def test_powers_of_two(low, high, expected):
-    assert noise_section.powers_of_two(low, high) == expected
+    assert powers_of_two(low, high) == expected
 
 
 @pytest.mark.parametrize(("value", "text"), [(1123.4, "1,120"), (500.2, "500"), (2.345, "2.35"), (0.0123, "0.0123"),
                                              (123_456, "123,000")])
 def test_significant_figures(value, text):
-    assert noise_section.sig(value) == text
+    assert formatting.sig(value) == text
 
 
 def test_steps_that_do_not_bend_give_no_critical_batch(tmp_path):

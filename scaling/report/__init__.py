@@ -2,16 +2,26 @@
 
     from scaling.report import write_report
     paths = write_report(Path("studies/mnist1d"))          # report.md, report.html, *.png in that folder
-    python -m scaling.report STUDY_DIR [--out DIR]
+    scaling report STUDY_DIR [--out DIR]                   # or python -m scaling.report (command.py)
 
 Reads `STUDY_DIR/study.json` (optional) and every `result.json` below STUDY_DIR (docs/results.md), groups
 runs into configurations (config without seed and output_dir), and answers the practitioner's questions:
-is a bigger batch faster, what is the largest useful batch (Shallue et al. 2018 regimes), how should the LR
-scale, does a power of two matter, when does data loading become the limit, how much do seeds vary.
+is a bigger batch faster, what is the largest useful batch (Shallue et al. 2018 regimes), what is the
+critical batch size (McCandlish et al. 2018), how should the LR scale, does a power of two matter, when does
+data loading become the limit, how much do seeds vary.
 
-Layout: runs.py (loading, grouping) -> analysis.py (numbers) -> study.py (shared context) -> plots.py,
-findings.py (sentences) -> sections.py (SECTIONS, the extension point) -> render.py (Markdown, HTML) ->
-writer.py (write_report).
+Layout, each layer importing only from those before it:
+    runs.py            loading result.json / study.json, grouping runs into configurations
+    analysis.py        numbers: aggregates over seeds, regimes, MLPerf scores, powers of two, data wait
+    critical_batch.py  numbers: the gradient-noise-scale fits (B_crit, B_simple, predictions)
+    study.py           the shared context (Study), each analysis computed once (cached properties)
+    formatting.py      number formatting for tables, sentences and plot labels
+    plots.py           one function per PNG
+    findings.py        sentences (FINDINGS, the Conclusions)
+    render.py          blocks (Heading, Table, Figure...) and their Markdown and HTML
+    sections.py        SECTIONS, the extension point: each section's blocks
+    writer.py          write_report
+    command.py         the `scaling report` command (also `python -m scaling.report`, __main__.py)
 """
 
 from scaling.report.findings import FINDINGS, conclusions

@@ -244,8 +244,6 @@ class PowerComparison:
     key: str  # "global", "per-device", or "global (= per-device)" when both are the same number
     power: int
     neighbour: int
-    power_config: Configuration
-    neighbour_config: Configuration
     power_rate: Throughput
     neighbour_rate: Throughput
 
@@ -293,7 +291,7 @@ def power_of_two_comparisons(configurations: list[Configuration]) -> list[PowerC
                 seen.add((id(power), id(other)))
                 same = power.global_bs == power.per_device_bs and other.global_bs == other.per_device_bs
                 comparisons.append(PowerComparison("global (= per-device)" if same else key, size(power), value,
-                                                   power, other, power_rate, other_rate))
+                                                   power_rate, other_rate))
     return comparisons
 
 

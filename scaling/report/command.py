@@ -1,25 +1,25 @@
-"""`python -m scaling.report STUDY_DIR [--out DIR]`: write the report and print where it went."""
+"""`scaling report DIR [--out OUT]` (and `python -m scaling.report`): write the report and say where it went."""
 
 from __future__ import annotations
 
-import argparse
 import sys
+from pathlib import Path
 
-from scaling.config import ConfigError
+from scaling.config import ArgumentParser, ConfigError
+from scaling.report.writer import write_report
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="scaling report",
-                                     description="Write report.md, report.html and plots for a study folder.")
-    parser.add_argument("study_dir", help="folder with study.json and/or result.json files at any depth")
-    parser.add_argument("--out", default=None, help="output folder (default: the study folder)")
-    args = parser.parse_args(argv)
-    from scaling.report.writer import write_report
-
+    """Write report.md, report.html and the plots for a folder of results; 2 on a usage or data error."""
+    parser = ArgumentParser(prog="scaling report",
+                            description="Write report.md, report.html and plots for a folder of results.")
+    parser.add_argument("dir", help="a study folder, or any folder holding result.json files")
+    parser.add_argument("--out", help="where to write the report (default: DIR)")
     try:
-        paths = write_report(args.study_dir, args.out)
+        args = parser.parse_args(argv)
+        paths = write_report(Path(args.dir), Path(args.out) if args.out else None)
     except ConfigError as err:
         print(f"scaling: error: {err}", file=sys.stderr)
         return 2
-    print(f"scaling: report -> {paths['report.html']} ({len(paths) - 2} plots, {paths['report.md'].name})")
+    print(f"scaling: report -> {paths['report.md']} and {paths['report.html']}")
     return 0

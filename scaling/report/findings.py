@@ -10,16 +10,15 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
-from scaling.report import analysis
+from scaling.report import analysis, critical_batch
 from scaling.report import formatting as fmt
-from scaling.report.noise_section import noise_findings
 from scaling.report.runs import Configuration, Run
 from scaling.report.study import Study
 
 Finding = Callable[[Study], list[str]]
 
 
-def _prefix(study: Study, series: str, count: int) -> str:
+def _prefix(series: str, count: int) -> str:
     """`linear: ` when sentences are per series and there are several of them."""
     return f"{series}: " if count > 1 and series != "all" else ""
 
@@ -63,7 +62,7 @@ def time_trend(study: Study) -> list[str]:
             text = (f"{lead} falls from {t[first.batch]} s at batch {first.batch} to {t[low.batch]} s at batch "
                     f"{low.batch}, then rises to {t[last.batch]} s at batch {last.batch}: beyond batch {low.batch} "
                     f"a bigger batch is not faster")
-        sentences.append(_sentence(_prefix(study, name, len(trends)), text))
+        sentences.append(_sentence(_prefix(name, len(trends)), text))
     return sentences
 
 
@@ -98,7 +97,59 @@ def steps_scaling(study: Study) -> list[str]:
         if missed:
             parts.append("larger batches did not reach the target ("
                          + ", ".join(f"{p.batch} {p.outcome}" for p in missed) + ")")
-        sentences.append(_sentence(_prefix(study, name, len(ladders)), "; ".join(parts)))
+        sentences.append(_sentence(_prefix(name, len(ladders)), "; ".join(parts)))
+    return sentences
+
+
+def comparison_sentence(fit: critical_batch.SeriesFit, count: int) -> str:
+    """B_crit from the fit next to the measured B_simple, and whether they agree within an order of magnitude."""
+    prefix = _prefix(fit.series, count)
+    if not fit.physical:
+        s_min, e_min = fit.tradeoff.fit.s_min, fit.tradeoff.fit.e_min
+        return _sentence(prefix, f"the fit of S(B) = S_min (1 + B_noise/B) gives S_min = {fmt.sig(s_min)} and "
+                                 f"E_min = {fmt.sig(e_min)}, not both positive: the steps do not bend as the model "
+                                 f"expects over batches {fit.batches[0]}–{fit.batches[-1]}, so there is no critical "
+                                 f"batch size")
+    b = fit.b_crit
+    spread = f" (±{fmt.sig(b.std, 2)})" if b.std is not None else " (exact through 2 points, no uncertainty)"
+    text = f"critical batch size B_crit ≈ {fmt.sig(b.value)}{spread} from the fit"
+    if not fit.batches[0] / 2 <= b.value <= fit.batches[-1] * 2:
+        text += f", outside the batches fitted ({fit.batches[0]}–{fit.batches[-1]}): an extrapolation"
+    median = fit.b_simple_median
+    if median is None:
+        return _sentence(prefix, text + "; no B_simple at the target was measured in this series")
+    ratio = fit.ratio
+    text += f"; measured B_simple at the target ≈ {fmt.sig(median)}"
+    if len(fit.b_simple) > 1:
+        text += (f" (median of {len(fit.b_simple)} runs, {fmt.sig(min(fit.b_simple))}–"
+                 f"{fmt.sig(max(fit.b_simple))})")
+    if 1 / critical_batch.ORDER_OF_MAGNITUDE <= ratio <= critical_batch.ORDER_OF_MAGNITUDE:
+        verdict = (f"B_crit / B_simple = {ratio:.2g}: within an order of magnitude, as McCandlish et al. 2018 "
+                   f"found")
+    else:
+        verdict = (f"B_crit / B_simple = {ratio:.2g}: more than an order of magnitude apart, unlike McCandlish et "
+                   f"al. 2018, who found B_simple within an order of magnitude of B_crit")
+    return _sentence(prefix, f"{text}; {verdict}")
+
+
+def fastest_sentence(fit: critical_batch.SeriesFit, count: int) -> str | None:
+    if not fit.physical or not fit.fastest:
+        return None
+    parts = [f"on {fmt.devices(c.devices)}: {c.choice.batch} ({fmt.seconds(c.choice.time_s)} s)"
+             for c in fit.fastest]
+    return _sentence(_prefix(fit.series, count), "predicted fastest global batch " + "; ".join(parts)
+                     + " (throughput(B) = n × tp(B/n), no communication cost)")
+
+
+def noise_findings(study: Study) -> list[str]:
+    """The critical batch size: B_crit against B_simple, and the predicted fastest batch, per series."""
+    fits = study.noise.fits
+    sentences = []
+    for fit in fits:
+        sentences.append(comparison_sentence(fit, len(fits)))
+        fastest = fastest_sentence(fit, len(fits))
+        if fastest:
+            sentences.append(fastest)
     return sentences
 
 
@@ -202,7 +253,7 @@ def throughput(study: Study) -> list[str]:
     if len(pairs) < 2:
         return []
     (b0, r0), (bl, rl) = pairs[0], pairs[-1]
-    text = (f"Throughput goes from {fmt.rate(r0.mean)} samples/s at batch {b0} to {fmt.rate(rl.mean)} at batch "
+    text = (f"Throughput goes from {fmt.integer(r0.mean)} samples/s at batch {b0} to {fmt.integer(rl.mean)} at batch "
             f"{bl} ({rl.mean / r0.mean:.1f}×)")
     plateau = analysis.throughput_plateau(pairs)
     if plateau is not None:
@@ -264,8 +315,8 @@ def decompositions(study: Study) -> list[str]:
         (fast, top), (slow, low) = max(rated, key=lambda p: p[1]), min(rated, key=lambda p: p[1])
         where = "" if series == "all" else f" ({series})"
         sentences.append(f"At global batch {batch}{where}, the decomposition {fast.runs[0].decomposition} is the "
-                         f"fastest ({fmt.rate(top)} samples/s), {top / low:.2f}× the slowest, "
-                         f"{slow.runs[0].decomposition} ({fmt.rate(low)} samples/s).")
+                         f"fastest ({fmt.integer(top)} samples/s), {top / low:.2f}× the slowest, "
+                         f"{slow.runs[0].decomposition} ({fmt.integer(low)} samples/s).")
     return sentences
 
 

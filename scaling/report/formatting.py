@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import math
+import statistics
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from scaling.predict import Estimate
+
 DASH = "—"
 
 
@@ -16,11 +23,6 @@ def seconds(value: float | None) -> str:
 
 def integer(value: float | None) -> str:
     return DASH if value is None else f"{value:,.0f}"
-
-
-def rate(value: float | None) -> str:
-    """Samples per second: whole numbers with thousands separators."""
-    return integer(value)
 
 
 def percent(fraction: float | None, digits: int = 1) -> str:
@@ -51,3 +53,50 @@ def batch_list(batches: list[int]) -> str:
     """`32, 64 and 128`."""
     names = [str(b) for b in batches]
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def devices(n: int) -> str:
+    """`1 device`, `8 devices`."""
+    return f"{n} device{'s' * (n != 1)}"
+
+
+# --- significant figures (the critical-batch-size fits) -------------------------------------------------------
+
+
+def _decimals(value: float, digits: int) -> int:
+    """Decimal places that show `value` to `digits` significant figures (negative: round to tens...)."""
+    rounded = float(f"{value:.{digits}g}")
+    return digits - 1 - math.floor(math.log10(abs(rounded)))
+
+
+def _fixed(value: float, decimals: int) -> str:
+    return f"{round(value, decimals):,.0f}" if decimals <= 0 else f"{value:,.{decimals}f}"
+
+
+def sig(value: float | None, digits: int = 3) -> str:
+    """`1,120`, `2.35`: `digits` significant figures, thousands separated."""
+    if value is None or not math.isfinite(value):
+        return DASH
+    return "0" if value == 0 else _fixed(value, _decimals(value, digits))
+
+
+def estimate_text(estimate: Estimate) -> str:
+    """`1,120 ± 210 (68%: 950–1,330)`: value, std and interval at the finer of two resolutions, the std's second
+    significant figure and the value's third; the value alone without an uncertainty."""
+    if estimate.std is None or not estimate.std > 0 or not math.isfinite(estimate.std):
+        return sig(estimate.value)
+    decimals = max(_decimals(estimate.std, 2), _decimals(estimate.value, 3) if estimate.value else 0)
+    text = f"{_fixed(estimate.value, decimals)} ± {_fixed(estimate.std, decimals)}"
+    if estimate.low is not None and estimate.high is not None:
+        text += f" (68%: {_fixed(estimate.low, decimals)}–{_fixed(estimate.high, decimals)})"
+    return text
+
+
+def b_simple_text(values: list[float]) -> str:
+    """`410 (400–420, 14 runs)`: the median of measured B_simple values, their range and count."""
+    if not values:
+        return DASH
+    median = statistics.median(values)
+    if len(values) == 1:
+        return f"{sig(median)} (1 run)"
+    return f"{sig(median)} ({sig(min(values))}–{sig(max(values))}, {len(values)} runs)"

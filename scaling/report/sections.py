@@ -1,9 +1,10 @@
 """The report's sections, in order. Each takes the Study and returns blocks (render.py); a section whose data
 is absent returns its heading and a one-line Note saying why.
 
-Extension point: to add a section (gradient noise scale, predictions...), write
-`def my_section(study: Study) -> list[Block]` and insert it into SECTIONS; plots go in plots.py, numbers in
-analysis.py and sentences in findings.py (FINDINGS) so that they also reach the Conclusions.
+Extension point: to add a section, write `def my_section(study: Study) -> list[Block]` and insert it into
+SECTIONS; plots go in plots.py, numbers in analysis.py (or a numbers-only module such as critical_batch.py),
+computed once as a cached property of the Study, number formatting in formatting.py, and sentences in
+findings.py (FINDINGS) so that they also reach the Conclusions.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from scaling.report import analysis, findings, noise_section, plots
+from scaling.report import analysis, critical_batch, findings, plots
 from scaling.report import formatting as fmt
 from scaling.report.render import Block, Bullets, Figure, Heading, Note, Paragraph, Table
 from scaling.report.runs import Configuration, Run
@@ -26,11 +27,13 @@ QUESTION_FASTER = "Is a bigger batch faster to the target?"
 QUESTION_LARGEST = "What is the largest useful batch?"
 QUESTION_LR = "How should the learning rate scale?"
 QUESTION_POWER = "Does a power of two matter?"
+QUESTION_CRITICAL = "What is the critical batch size? (gradient noise scale)"
 QUESTION_DATA = "When does data loading become the limit?"
 QUESTION_SEEDS = "How much do results vary between seeds?"
 
 
-def _figure(path: Path | None, caption: str, missing: str) -> list[Block]:
+def figure_or_note(path: Path | None, caption: str, missing: str) -> list[Block]:
+    """The plot with its caption, or a Note saying why there is none."""
     return [Figure(path, caption)] if path is not None else [Note(missing)]
 
 
@@ -81,7 +84,7 @@ def configurations_table(study: Study) -> list[Block]:
                fmt.lr(run.lr_scaled)]
         row += [str(run.seed)] * show_seed
         row += [run.status, fmt.seconds(run.wall_time), fmt.seconds(run.train_time), fmt.integer(run.steps_to_target),
-                fmt.integer(run.get("samples_to_target") if run.reached else None), fmt.rate(run.throughput)]
+                fmt.integer(run.get("samples_to_target") if run.reached else None), fmt.integer(run.throughput)]
         row += [fmt.percent(run.data_wait)] * show_wait + [fmt.nbytes(run.peak_memory)] * show_memory
         row.append(_note(run, id(run) in best_runs))
         rows.append(row)
@@ -118,13 +121,16 @@ def _note(run: Run, best: bool) -> str:
 
 def bigger_batch_faster(study: Study) -> list[Block]:
     blocks: list[Block] = [Heading(QUESTION_FASTER)]
-    blocks += _figure(plots.plot_time_to_target(study),
-                      "Train time to target against global batch, one line per series; x: no run reached it.",
-                      "No run reached its target: no time-to-target plot.")
-    blocks += _figure(plots.plot_accuracy_vs_time(study), "Eval accuracy against train time, per configuration.",
-                      "No run recorded an evaluation history: no accuracy curves.")
-    blocks += _figure(plots.plot_accuracy_vs_samples(study), "Eval accuracy against samples seen, per configuration.",
-                      "No run recorded an evaluation history: no accuracy-against-samples curves.")
+    blocks += figure_or_note(plots.plot_time_to_target(study),
+                             "Train time to target against global batch, one line per series; x: no run reached "
+                             "it.",
+                             "No run reached its target: no time-to-target plot.")
+    blocks += figure_or_note(plots.plot_accuracy_vs_time(study),
+                             "Eval accuracy against train time, per configuration.",
+                             "No run recorded an evaluation history: no accuracy curves.")
+    blocks += figure_or_note(plots.plot_accuracy_vs_samples(study),
+                             "Eval accuracy against samples seen, per configuration.",
+                             "No run recorded an evaluation history: no accuracy-against-samples curves.")
     return blocks + _answers(findings.fastest(study) + findings.time_trend(study),
                              "Too few configurations reached the target to tell.")
 
@@ -138,10 +144,10 @@ def largest_useful_batch(study: Study) -> list[Block]:
         f"r ≥ {analysis.NO_GAIN_MIN_RATIO}: {analysis.REGIME_NO_GAIN}. Uneven steps between batch sizes use r "
         f"per doubling, (S(B2)/S(B1))^(1/log2(B2/B1))."
     )]
-    blocks += _figure(plots.plot_steps_to_target(study),
-                      "Steps to target against global batch (log-log); dotted: perfect scaling (slope −1 through "
-                      "the smallest batch); shading: regime of each doubling.",
-                      "No run reached its target: no steps-to-target plot.")
+    blocks += figure_or_note(plots.plot_steps_to_target(study),
+                             "Steps to target against global batch (log-log); dotted: perfect scaling (slope −1 "
+                             "through the smallest batch); shading: regime of each doubling.",
+                             "No run reached its target: no steps-to-target plot.")
     rows = [[name, f"{d.small} → {d.large}", fmt.integer(d.steps_small), fmt.integer(d.steps_large),
              f"{d.ratio:.2f}", d.regime] for name, steps in study.doublings.items() for d in steps]
     if rows:
@@ -149,6 +155,123 @@ def largest_useful_batch(study: Study) -> list[Block]:
     else:
         blocks.append(Note("Fewer than two batch sizes reached the target in any series: no regimes."))
     return blocks + _answers(findings.steps_scaling(study), "Not enough batch sizes reached the target to tell.")
+
+
+def _method_note(result: critical_batch.NoiseAnalysis) -> str:
+    methods = ", ".join(f"{method} ({n} run{'s' * (n != 1)})" for method, n in result.methods.most_common()
+                        if method)
+    return (f"B_simple = tr(Σ)/|G|² is measured during training (McCandlish et al. 2018, sec. 2.2, appendix A.1) "
+            f"from the gradients of a small and a big batch at the same parameters, averaged over steps before "
+            f"dividing{f'; method: {methods}' if methods else ''}. The value at the target is the latest "
+            f"estimate at or before the step that reached it.")
+
+
+def critical_batch_size(study: Study) -> list[Block]:
+    """McCandlish et al. 2018's model fitted per series (critical_batch.py): B_crit, B_simple, predictions."""
+    blocks: list[Block] = [Heading(QUESTION_CRITICAL)]
+    result = study.noise
+    if not result.present:
+        return blocks + [Note("No run recorded a gradient noise scale (result.json field noise_scale; older "
+                              "results lack it): section skipped.")]
+    blocks.append(Paragraph(
+        "McCandlish et al. 2018 (An Empirical Model of Large-Batch Training) model the steps S and samples E "
+        "to a target as S(B) = S_min (1 + B_noise/B) and E(B) = E_min (1 + B/B_noise); the critical batch "
+        "B_crit = E_min/S_min is where both are twice their minimum, the turn from perfect scaling to "
+        "diminishing returns. Both curves are fitted together per series to the mean over seeds of the runs "
+        "that reached the target (relative residuals); ± is the standard deviation and 68% the central "
+        "interval of bootstrap refits over the batch sizes."))
+    if not result.fits:
+        detail = ", ".join(f"{name}: {n}" for name, n in result.too_few.items()) or "none"
+        blocks.append(Note(f"Fewer than 2 distinct batch sizes reached the target in every series ({detail}): no "
+                           f"fit of S(B), no B_crit and no predictions."))
+        if result.b_simple_all:
+            blocks.append(Paragraph(f"Measured B_simple at the target: {fmt.b_simple_text(result.b_simple_all)}."))
+        blocks += figure_or_note(plots.plot_noise_over_training(study), "B_simple over training, per run.",
+                                 "No run recorded a B_simple series over training.")
+        return blocks
+    blocks += _fit_blocks(result)
+    blocks.append(Note(_method_note(result)))
+    blocks += figure_or_note(plots.plot_fit(study, "steps"),
+                             "Steps to target against global batch (log-log): measured means (dots), fitted "
+                             "S(B) (line), B_crit (dashed, diamond on the curve, shaded: 68% interval), S_min "
+                             "(dotted).",
+                             "No physical fit (S_min and E_min positive): no steps plot.")
+    blocks += figure_or_note(plots.plot_fit(study, "samples"),
+                             "Samples to target against global batch (log-log): measured means, fitted E(B), "
+                             "B_crit (dashed), E_min (dotted).",
+                             "No physical fit: no samples plot.")
+    blocks += figure_or_note(plots.plot_noise_over_training(study),
+                             f"B_simple over training (at most {plots.MAX_NOISE_LINES} runs, spread across batch "
+                             f"sizes; colour: batch), with B_crit from the fit (red).",
+                             "No run recorded a B_simple series over training.")
+    blocks += _prediction_blocks(study, result)
+    return blocks + _answers(findings.noise_findings(study), "No conclusion: too little data.")
+
+
+def _fit_blocks(result: critical_batch.NoiseAnalysis) -> list[Block]:
+    rows = []
+    for fit in result.fits:
+        batch, residual = fit.worst_residual
+        rows.append([fit.series, f"{len(fit.batches)} ({fit.batches[0]}–{fit.batches[-1]})",
+                     fmt.estimate_text(fit.tradeoff.s_min), fmt.estimate_text(fit.tradeoff.e_min),
+                     fmt.estimate_text(fit.b_crit) if fit.physical else "— (not physical)",
+                     f"{residual:.1%} (batch {batch})", fmt.b_simple_text(fit.b_simple),
+                     f"{fit.ratio:.2g}" if fit.ratio is not None else fmt.DASH])
+    blocks: list[Block] = [Table(["series", "batch sizes fitted", "S_min (steps)", "E_min (samples)", "B_crit",
+                                  "max |relative residual|", "measured B_simple at target (median, range)",
+                                  "B_crit / B_simple"], rows)]
+    loose = [f"{fit.series} ({fit.worst_residual[1]:.0%} at batch {fit.worst_residual[0]})"
+             for fit in result.fits if fit.worst_residual[1] > critical_batch.LOOSE_FIT]
+    if loose:
+        blocks.append(Note(f"The model fits loosely (a point off by more than {critical_batch.LOOSE_FIT:.0%}): "
+                           f"{', '.join(loose)}; treat B_crit and the predictions with care."))
+    if result.too_few:
+        blocks.append(Note("Not fitted, fewer than 2 batch sizes reached the target: "
+                           + ", ".join(f"{name} ({n})" for name, n in result.too_few.items()) + "."))
+    exact = [fit.series for fit in result.fits if fit.tradeoff.resamples == 0]
+    if exact:
+        blocks.append(Note(f"Exact fit through 2 batch sizes, no uncertainty: {', '.join(exact)}."))
+    return blocks
+
+
+def _prediction_blocks(study: Study, result: critical_batch.NoiseAnalysis) -> list[Block]:
+    fits = [fit for fit in result.fits if fit.physical]
+    blocks: list[Block] = [Heading("Predictions at batch sizes not run", 3)]
+    if not fits:
+        return blocks + [Note("No series has a physical fit (S_min and E_min positive): no predictions.")]
+    rows = [[fit.series, str(p.batch), fmt.integer(p.steps), fmt.integer(p.samples), fmt.seconds(p.time_s),
+             p.note] for fit in fits for p in fit.predictions]
+    if rows:
+        blocks.append(Table(["series", "global batch", "predicted steps", "predicted samples",
+                             "predicted train time (s)", "note"], rows))
+    else:
+        blocks.append(Note("Every power of two in the range was run."))
+    blocks.append(Note(
+        "Powers of two from half the smallest batch run to four times the largest. Time = S(B) B / "
+        "throughput(B), throughput interpolated log-log between the measured batch sizes (train time, evaluation "
+        "excluded, in the set-up the runs were measured in). Beyond the measured range the throughput is held "
+        "constant at the nearest measured value: below it the predicted times are optimistic (a smaller batch "
+        "usually runs slower), above it pessimistic where throughput still grows."))
+    choice_rows = [[fit.series, fmt.devices(c.devices), str(c.choice.batch), f"{c.choice.batch // c.devices}",
+                    fmt.integer(c.choice.steps), fmt.seconds(c.choice.time_s), c.note or fmt.DASH]
+                   for fit in fits for c in fit.fastest]
+    if choice_rows:
+        blocks.append(Table(["series", "devices", "fastest global batch", "per-device batch", "predicted steps",
+                             "predicted train time (s)", "note"], choice_rows))
+        blocks.append(Note(
+            "n devices: throughput(B) = n × tp(B/n), tp the measured per-device throughput against the per-device "
+            "batch (runs on several real processes divided by their count), i.e. perfect data parallelism with no "
+            "communication cost: a lower bound on the time, and the larger the n, the more optimistic. Candidates: "
+            "the powers of two above that divide evenly over the devices and give a per-device batch no smaller "
+            "than the smallest measured (below it the throughput held constant would flatter them)."))
+    else:
+        blocks.append(Note("No run recorded throughput: no time predictions."))
+    blocks += figure_or_note(plots.plot_predicted_time(study),
+                             "Predicted train time to target against global batch: solid, in the measured set-up; "
+                             "dashed, 8 devices; dotted, 64 devices (n × tp(B/n), no communication cost; per-device "
+                             "batches within or above the measured ones); dots: measured; ★: predicted fastest.",
+                             "No throughput measurements: no time prediction plot.")
+    return blocks
 
 
 def lr_rules(study: Study) -> list[Block]:
@@ -193,8 +316,8 @@ def power_of_two(study: Study) -> list[Block]:
     rows = []
     for c in comparisons:
         verdict = {True: "yes", False: "no (within noise)", None: "unknown"}[c.exceeds_noise]
-        rows.append([c.key, str(c.power), str(c.neighbour), fmt.rate(c.power_rate.value),
-                     fmt.rate(c.neighbour_rate.value), f"{c.difference:+.1%}",
+        rows.append([c.key, str(c.power), str(c.neighbour), fmt.integer(c.power_rate.value),
+                     fmt.integer(c.neighbour_rate.value), f"{c.difference:+.1%}",
                      fmt.percent(c.noise) if c.noise is not None else fmt.DASH, verdict,
                      f"{c.power_rate.source} / {c.neighbour_rate.source}"])
     blocks.append(Table(["batch", "power of two", "neighbour", "throughput (samples/s)", "neighbour throughput",
@@ -211,11 +334,13 @@ def power_of_two(study: Study) -> list[Block]:
 
 def data_loading(study: Study) -> list[Block]:
     blocks: list[Block] = [Heading(QUESTION_DATA)]
-    blocks += _figure(plots.plot_throughput(study), "Throughput (median logging window) against global batch.",
-                      "No run recorded throughput: no throughput plot.")
-    blocks += _figure(plots.plot_data_wait(study),
-                      f"Share of training time spent waiting for data; dashed: {analysis.DATA_WAIT_LIMIT:.0%}.",
-                      "These runs did not record data_wait_fraction: no data-wait plot.")
+    blocks += figure_or_note(plots.plot_throughput(study),
+                             "Throughput (median logging window) against global batch.",
+                             "No run recorded throughput: no throughput plot.")
+    blocks += figure_or_note(plots.plot_data_wait(study),
+                             f"Share of training time spent waiting for data; dashed: "
+                             f"{analysis.DATA_WAIT_LIMIT:.0%}.",
+                             "These runs did not record data_wait_fraction: no data-wait plot.")
     return blocks + _answers(findings.throughput(study) + findings.decompositions(study) + findings.data_wait(study),
                              "No throughput or data-wait measurements to judge from.")
 
@@ -249,10 +374,10 @@ def _seed_row(configuration: Configuration, score: float | None, show_score: boo
     rate = analysis.stat(run.throughput for run in runs)
     row = [configuration.label, str(len(runs)), f"{len(configuration.reached)}/{len(runs)}",
            fmt.mean_std(train.mean, train.std), fmt.mean_std(wall.mean, wall.std),
-           fmt.mean_std(steps.mean, steps.std, fmt.integer), fmt.mean_std(rate.mean, rate.std, fmt.rate)]
+           fmt.mean_std(steps.mean, steps.std, fmt.integer), fmt.mean_std(rate.mean, rate.std, fmt.integer)]
     return row + [fmt.seconds(score)] * show_score
 
 
 # The report, in order. Insert a function here to add a section.
 SECTIONS: list[Section] = [title, conclusions, configurations_table, bigger_batch_faster, largest_useful_batch,
-                           noise_section.section, lr_rules, power_of_two, data_loading, seed_variation]
+                           critical_batch_size, lr_rules, power_of_two, data_loading, seed_variation]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from scaling.report import analysis
+from scaling.report import analysis, critical_batch
 from scaling.report.runs import Configuration, Run, group_configurations, load_runs, read_study_file
 
 
@@ -37,6 +37,11 @@ class Study:
     @cached_property
     def best(self) -> Configuration | None:
         return analysis.best_configuration(self.configurations)
+
+    @cached_property
+    def noise(self) -> critical_batch.NoiseAnalysis:
+        """The gradient-noise-scale fits (critical batch size) of every series."""
+        return critical_batch.analyse(self.runs, self.series)
 
     @cached_property
     def power_comparisons(self) -> list[analysis.PowerComparison]:

@@ -1,0 +1,280 @@
+"""The numbers of the critical-batch-size question: the gradient noise scale (McCandlish et al. 2018, "An
+Empirical Model of Large-Batch Training", arXiv:1812.06162). No formatting, no plotting.
+
+Per series (the report's grouping of configurations, e.g. per LR rule), from the runs that reached the
+target (mean over seeds at each global batch), fit
+
+    S(B) = S_min (1 + B_noise / B)   to steps-to-target,    E(B) = E_min (1 + B / B_noise)   to samples,
+
+(scaling.predict.fit_tradeoff: both curves share S_min and E_min, relative residuals, bootstrap over the
+batch sizes), next to the B_simple measured during training (result["noise_scale"]["b_simple_at_target"]),
+and predict steps, samples and time to target at batch sizes not run, and the fastest global batch for a few
+device counts.
+
+`analyse` computes them once per study (Study.noise); sections.critical_batch_size renders them, plots.py draws
+them and findings.noise_findings turns them into sentences.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from scaling.predict import (
+    BatchChoice,
+    Estimate,
+    TradeoffFit,
+    best_batch,
+    fit_tradeoff,
+    predict_samples,
+    predict_steps,
+    predict_time,
+)
+from scaling.report import analysis
+from scaling.report.runs import Run
+
+# Device counts for which the fastest global batch is predicted (throughput(B) = n x tp(B / n)).
+DEVICE_COUNTS = (1, 8, 64)
+# McCandlish et al. 2018 found B_simple within an order of magnitude of B_crit.
+ORDER_OF_MAGNITUDE = 10.0
+# Above this largest relative residual of the steps fit, the report says the model fits loosely.
+LOOSE_FIT = 0.2
+
+
+def noise_scale(run: Run) -> dict:
+    """result["noise_scale"], an empty mapping when absent or null (older results)."""
+    value = run.get("noise_scale")
+    return value if isinstance(value, dict) else {}
+
+
+def b_simple_at_target(run: Run) -> float | None:
+    value = noise_scale(run).get("b_simple_at_target")
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) and value > 0 else None
+
+
+def b_simple_series(run: Run) -> list[tuple[int, float]]:
+    """(step, B_simple) over training, positive finite values only (early estimates can be noise)."""
+    points = []
+    for point in noise_scale(run).get("series") or []:
+        if not isinstance(point, dict):
+            continue
+        step, value = point.get("step"), point.get("b_simple")
+        if isinstance(step, int | float) and isinstance(value, int | float) and math.isfinite(value) and value > 0:
+            points.append((step, float(value)))
+    return points
+
+
+def has_noise_data(run: Run) -> bool:
+    data = noise_scale(run)
+    return data.get("b_simple") is not None or b_simple_at_target(run) is not None or bool(b_simple_series(run))
+
+
+def powers_of_two(low: float, high: float) -> list[int]:
+    """Powers of two covering [low, high]: from the one at or below `low` to the one at or above `high`."""
+    first = 2 ** max(0, math.floor(math.log2(max(1.0, low))))
+    last = 2 ** max(0, math.ceil(math.log2(max(1.0, high))))
+    out, value = [], first
+    while value <= last:
+        out.append(value)
+        value *= 2
+    return out
+
+
+def _world_size(run: Run) -> int:
+    """Real processes the run's throughput was measured over (emulated processes share one device)."""
+    size = run.batch.get("world_size") or (run.get("environment") or {}).get("world_size") or 1
+    return size if isinstance(size, int) and size >= 1 else 1
+
+
+@dataclass
+class Prediction:
+    batch: int
+    steps: float
+    samples: float
+    time_s: float | None
+    note: str
+
+
+@dataclass
+class DeviceChoice:
+    devices: int
+    choice: BatchChoice
+    note: str
+
+
+@dataclass
+class SeriesFit:
+    """The fit of one series and what it predicts."""
+
+    series: str
+    batches: list[int]  # global batches that reached the target, fitted
+    steps: list[float]  # mean steps to target over seeds, per batch
+    samples: list[float]  # mean samples to target over seeds, per batch
+    tradeoff: TradeoffFit
+    b_simple: list[float]  # b_simple_at_target of the series' runs
+    throughput: dict[int, float]  # global batch -> mean samples/s, as measured
+    per_device: dict[float, float]  # per-device batch -> per-device samples/s
+    train_time: dict[int, float]  # global batch -> mean measured train time to target
+    run_batches: dict[int, str]  # every global batch run in the series (with a target) -> its outcome
+    candidates: list[int] = field(default_factory=list)  # powers of two from smallest/2 to largest x 4
+
+    @property
+    def b_crit(self) -> Estimate:
+        return self.tradeoff.b_crit
+
+    @property
+    def physical(self) -> bool:
+        return self.tradeoff.fit.physical
+
+    @cached_property
+    def residuals(self) -> list[float]:
+        """Relative residuals of the steps fit, (S_i - S(B_i)) / S_i."""
+        return [(s - predict_steps(self.tradeoff, b)) / s for b, s in zip(self.batches, self.steps, strict=True)]
+
+    @property
+    def worst_residual(self) -> tuple[int, float]:
+        """(batch, |relative residual|) of the point the fit misses most."""
+        index = max(range(len(self.residuals)), key=lambda i: abs(self.residuals[i]))
+        return self.batches[index], abs(self.residuals[index])
+
+    @property
+    def b_simple_median(self) -> float | None:
+        return statistics.median(self.b_simple) if self.b_simple else None
+
+    @property
+    def ratio(self) -> float | None:
+        """B_crit / B_simple (median at the target)."""
+        median = self.b_simple_median
+        return self.b_crit.value / median if median and self.physical else None
+
+    def time(self, batch: int, devices: int | None = None) -> float | None:
+        points = self.throughput if devices is None else self.per_device
+        if not points:
+            return None
+        return predict_time(self.tradeoff, batch, points, devices)
+
+    def _range_note(self, batch: int, devices: int | None = None) -> str:
+        """Where the throughput at `batch` lies outside the measured curve: held constant there."""
+        points = self.throughput if devices is None else self.per_device
+        if not points:
+            return ""
+        at = batch if devices is None else batch / devices
+        low, high = min(points), max(points)
+        unit = "batch" if devices is None else "per-device batch"
+        if at < low:
+            return (f"{unit} {at:g} below the measured {low:g}: throughput held at its value, so the time is "
+                    f"optimistic")
+        if at > high:
+            return (f"{unit} {at:g} above the measured {high:g}: throughput held at its value, so the time is "
+                    f"pessimistic if throughput still grows")
+        return ""
+
+    @cached_property
+    def predictions(self) -> list[Prediction]:
+        """Candidates not reached in the series: not run at all, or run without reaching the target."""
+        rows = []
+        for batch in self.candidates:
+            if batch in self.batches:
+                continue
+            notes = []
+            if batch in self.run_batches:
+                notes.append(f"run, {self.run_batches[batch]}: the fit assumes it trains as the others do")
+            missed = [b for b, outcome in self.run_batches.items() if b < batch and b not in self.batches]
+            if missed and batch not in self.run_batches:
+                notes.append(f"beyond batch {min(missed)}, which did not reach the target")
+            range_note = self._range_note(batch)
+            if range_note:
+                notes.append(range_note)
+            rows.append(Prediction(batch, predict_steps(self.tradeoff, batch),
+                                   predict_samples(self.tradeoff, batch), self.time(batch), "; ".join(notes)))
+        return rows
+
+    def eligible(self, devices: int | None = None) -> list[int]:
+        """Candidates for the fastest batch: divisible over the devices, with a (per-device) batch no smaller
+        than the smallest measured one, since below it the throughput held constant would flatter small
+        batches (all divisible candidates when none is that large)."""
+        points = self.throughput if devices is None else self.per_device
+        count = devices or 1
+        divisible = [b for b in self.candidates if b % count == 0]
+        return [b for b in divisible if points and b / count >= min(points)] or divisible
+
+    @cached_property
+    def fastest_as_measured(self) -> BatchChoice | None:
+        """The fastest candidate in the set-up the runs were measured in (global-batch throughput curve)."""
+        return best_batch(self.tradeoff, self.throughput, self.eligible()) if self.throughput else None
+
+    @cached_property
+    def fastest(self) -> list[DeviceChoice]:
+        """Per device count, the candidate global batch (divisible by it) predicted to reach the target soonest."""
+        if not self.per_device:
+            return []
+        out = []
+        for devices in DEVICE_COUNTS:
+            candidates = self.eligible(devices)
+            if not candidates:
+                continue
+            choice = best_batch(self.tradeoff, self.per_device, candidates, devices)
+            out.append(DeviceChoice(devices, choice, self._range_note(choice.batch, devices)))
+        return out
+
+
+@dataclass
+class NoiseAnalysis:
+    present: bool  # any run recorded a noise scale
+    fits: list[SeriesFit]
+    too_few: dict[str, int]  # series without a fit -> distinct batch sizes that reached the target
+    b_simple_all: list[float]  # b_simple_at_target of every run
+    methods: Counter
+
+
+def analyse(runs: list[Run], series: dict[str, list[analysis.Point]]) -> NoiseAnalysis:
+    """The fits of every series (Study.series) with enough batch sizes that reached the target."""
+    present = any(has_noise_data(run) for run in runs)
+    methods = Counter(noise_scale(run).get("method") for run in runs if has_noise_data(run))
+    b_all = [value for run in runs if (value := b_simple_at_target(run)) is not None]
+    fits, too_few = [], {}
+    if present:
+        for name, points in series.items():
+            points = [p for p in points if any(run.target is not None for run in p.runs)]
+            if not points:
+                continue
+            fit = _fit_series(name, points)
+            if fit is None:
+                too_few[name] = sum(1 for p in points if p.steps.mean is not None)
+            else:
+                fits.append(fit)
+    return NoiseAnalysis(present, fits, too_few, b_all, methods)
+
+
+def _fit_series(name: str, points: list[analysis.Point]) -> SeriesFit | None:
+    reached = [p for p in points if p.steps.mean is not None]
+    if len(reached) < 2:
+        return None
+    batches = [p.batch for p in reached]
+    steps = [p.steps.mean for p in reached]
+    samples = []
+    for p in reached:
+        measured = analysis.stat(run.get("samples_to_target") for run in p.runs if run.reached).mean
+        samples.append(measured if measured else p.steps.mean * p.batch)
+    tradeoff = fit_tradeoff(batches, steps, samples)
+    runs = [run for p in points for run in p.runs]
+    per_device: dict[float, list[float]] = {}
+    for run in runs:
+        if run.throughput and run.global_bs:
+            size = _world_size(run)
+            per_device.setdefault(run.global_bs / size, []).append(run.throughput / size)
+    fit = SeriesFit(
+        series=name, batches=batches, steps=steps, samples=samples, tradeoff=tradeoff,
+        b_simple=[value for run in runs if (value := b_simple_at_target(run)) is not None],
+        throughput={p.batch: p.throughput.mean for p in points if p.throughput.mean},
+        per_device={b: statistics.fmean(rates) for b, rates in sorted(per_device.items())},
+        train_time={p.batch: p.train_time.mean for p in reached if p.train_time.mean is not None},
+        run_batches={p.batch: "reached" if p.any_reached else p.outcome for p in points},
+    )
+    run_batches = list(fit.run_batches)
+    fit.candidates = powers_of_two(min(run_batches) / 2, max(run_batches) * 4)
+    return fit
+
