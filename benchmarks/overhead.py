@@ -22,13 +22,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-from scaling.config import RunConfig  # noqa: E402
-from scaling.data.mnist1d import load_mnist1d  # noqa: E402
-from scaling.models import CNN1D  # noqa: E402
-from scaling.run import run  # noqa: E402
+from scaling.config import RunConfig
+from scaling.data.mnist1d import load_mnist1d
+from scaling.models import CNN1D
+from scaling.run import run
 
 
 def bare_loop(train, batch_size: int, steps: int, seed: int = 0) -> float:

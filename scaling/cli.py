@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from scaling.config import ConfigError
+from scaling.config import ArgumentParser, ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_STUDY = REPO / "configs" / "studies" / "default.yaml"
@@ -23,13 +22,8 @@ commands:
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise ConfigError(message)
-
-
-def _sweep_parser(prog: str, spec_required: bool) -> argparse.ArgumentParser:
-    parser = _Parser(prog=prog)
+def _sweep_parser(prog: str, spec_required: bool) -> ArgumentParser:
+    parser = ArgumentParser(prog=prog)
     if spec_required:
         parser.add_argument("spec", help="study spec (YAML), e.g. configs/studies/batch_size.yaml")
     else:
@@ -77,19 +71,9 @@ def sweep(argv: list[str], spec_required: bool = True, report: bool = False) -> 
     with StudyLock(study_dir):
         run_study(study, study_dir, progress=not args.no_progress)
         if report:
+            from scaling.report.command import main as report_main
+
             return report_main([str(study_dir)])
-    return 0
-
-
-def report_main(argv: list[str]) -> int:
-    from scaling.report import write_report
-
-    parser = _Parser(prog="scaling report")
-    parser.add_argument("dir", help="a study folder, or any folder holding result.json files")
-    parser.add_argument("--out", help="where to write the report (default: DIR)")
-    args = parser.parse_args(argv)
-    paths = write_report(Path(args.dir), Path(args.out) if args.out else None)
-    print(f"scaling: report -> {paths['report.md']} and {paths['report.html']}")
     return 0
 
 
@@ -112,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         if command == "study":
             return sweep(rest, spec_required=False, report=True)
         if command == "report":
+            from scaling.report.command import main as report_main
+
             return report_main(rest)
     except ConfigError as err:
         print(f"scaling: error: {err}", file=sys.stderr)

@@ -230,8 +230,15 @@ def apply_overrides(base: dict[str, Any], overrides: dict[str, Any], from_cli: b
     return merged
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are a ConfigError (one line, exit 2 at the entry) instead of exit(2)+usage."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise ConfigError(message)
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="scaling run",
         description="Train at a global batch size, scale the LR by a named rule, stop at a target accuracy "
         "and write OUTPUT_DIR/result.json. Precedence: flags > --config YAML > defaults.",
@@ -249,15 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> typing.NoReturn:
-        raise ConfigError(message)
-
-
 def parse_args(argv: list[str] | None) -> tuple[RunConfig, dict[str, Any]]:
     """Merge defaults, YAML and flags into a validated RunConfig. Returns it and the extra options."""
     parser = build_parser()
-    parser.__class__ = _Parser  # turn argparse's exit(2)+usage into a ConfigError one-liner
     parsed, unknown = parser.parse_known_args(argv)
     if unknown:
         flag = next((u for u in unknown if u.startswith("-")), unknown[0])

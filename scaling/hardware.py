@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scaling.data.delivery import sample_batch
+
 # Dense peak TFLOP/s per device, from NVIDIA's datasheets (SXM parts unless named). fp32 is the
 # non-tensor-core rate; "tf32" applies when torch allows TF32 matmuls. Order matters: first match wins.
 PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
@@ -60,6 +62,15 @@ def count_train_flops(model: nn.Module, inputs: torch.Tensor, labels: torch.Tens
     with FlopCounterMode(display=False) as counter:
         F.cross_entropy(probe(inputs), labels).backward()
     return int(counter.get_total_flops())
+
+
+def count_flops_per_sample(model: nn.Module, dataset: Any, micro_batch: int, device: torch.device) -> float | None:
+    """Counted FLOPs of one training step per sample (forward + backward) at the micro-batch (at most 64)."""
+    inputs, labels = sample_batch(dataset, min(micro_batch, 64))
+    try:
+        return count_train_flops(model, inputs.to(device), labels.to(device)) / len(labels)
+    except (RuntimeError, NotImplementedError, TypeError):  # an op the counter cannot trace: no MFU
+        return None
 
 
 def compute_efficiency(flops_per_sample: float | None, samples_per_s: float | None, world_size: int,

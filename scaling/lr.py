@@ -10,7 +10,7 @@ depend on the world size.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from scaling.config import RunConfig
 
@@ -55,9 +55,6 @@ class LRSchedule:
             passed = sum(1 for milestone in self.milestones if step >= milestone)
             return self.peak * self.gamma**passed
         return self.peak
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def build_schedule(cfg: RunConfig, global_bs: int, steps_per_epoch: int, total_steps: int | None) -> LRSchedule:

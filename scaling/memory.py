@@ -18,6 +18,7 @@ first step can need more than a trial did.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scaling.data.tensors import TensorPair
+from scaling.batching import BatchPlan, choose_per_device_bs, plan_batch
+from scaling.config import ConfigError, RunConfig
+from scaling.data.delivery import sample_batch
 
 SAFETY = 0.9  # use at most 90% of the largest size that fitted, when a larger one failed
 
@@ -34,16 +37,51 @@ class NothingFits(Exception):
     """Not even a micro-batch of one sample fits."""
 
 
-def sample_batch(dataset: Any, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    indices = torch.arange(size) % len(dataset)
-    if isinstance(dataset, TensorPair):
-        return dataset.batch(indices)
-    pairs = [dataset[int(i)] for i in indices]
-    return torch.stack([p[0] for p in pairs]), torch.as_tensor([int(p[1]) for p in pairs])
+class OutOfMemory(Exception):
+    """A configuration that does not fit; its result.json says so (status "oom")."""
 
 
-def _is_oom(err: BaseException) -> bool:
-    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
+def is_out_of_memory(err: BaseException) -> bool:
+    return isinstance(err, (OutOfMemory, torch.cuda.OutOfMemoryError)) or (
+        isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
+
+
+def oom_suggestion(plan: BatchPlan) -> str:
+    if plan.per_device_bs > 1:
+        smaller = plan.per_device_bs // 2
+        return (f"try --per-device-bs {smaller} (x{plan.accumulation_steps * plan.per_device_bs // smaller} "
+                f"accumulation steps) if it divides the batch, or --per-device-bs auto")
+    return "even a micro-batch of 1 does not fit: use a smaller model or mixed precision (--mixed-precision bf16)"
+
+
+def check_fits(cfg: RunConfig, plan: BatchPlan, model: nn.Module, dataset: Any, device: torch.device) -> None:
+    """With --memory-cap-mb, one trial at the planned micro-batch must stay under the cap."""
+    peak = trial_peak_bytes(copy.deepcopy(model).to(device), dataset, plan.per_device_bs, device)
+    if peak > cfg.memory_cap_mb * 2**20:
+        raise OutOfMemory(f"micro-batch {plan.per_device_bs} needs {peak / 2**20:.1f} MiB, over "
+                          f"--memory-cap-mb {cfg.memory_cap_mb:g}")
+
+
+def resolve_auto_batch(cfg: RunConfig, plan: BatchPlan, model: nn.Module, dataset: Any,
+                       device: torch.device) -> tuple[BatchPlan, dict]:
+    """`--per-device-bs auto`: search the largest micro-batch that fits, agree on it, re-plan."""
+    per_rank = plan.global_bs // plan.num_processes
+    cap = int(cfg.memory_cap_mb * 2**20) if cfg.memory_cap_mb else None
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
+    try:
+        largest, trials = find_max_micro_batch(model, dataset, device, per_rank, cap, dtype)
+    except NothingFits:
+        largest, trials = 0, []
+    largest = agree_on_minimum(largest, device)
+    if largest == 0:
+        limit = f"--memory-cap-mb {cfg.memory_cap_mb:g}" if cap else "device memory"
+        raise ConfigError(f"--per-device-bs auto: not even a micro-batch of 1 fits in {limit}")
+    # Below a size that failed keep a margin; a size that reached the per-rank share without failing is safe.
+    usable = largest if largest >= per_rank else max(1, int(largest * SAFETY))
+    per_device = choose_per_device_bs(per_rank, usable)
+    plan = plan_batch(dataclasses.replace(cfg, per_device_bs=per_device), plan.world_size)
+    return plan, {"largest_fitting": largest, "usable": usable, "chosen": per_device,
+                  "memory_cap_mb": cfg.memory_cap_mb, "trials": trials}
 
 
 def trial_peak_bytes(model: nn.Module, dataset: Any, size: int, device: torch.device,
@@ -117,7 +155,7 @@ def find_max_micro_batch(model: nn.Module, dataset: Any, device: torch.device, l
             peak = trial_peak_bytes(probe, dataset, size, device, autocast_dtype)
             ok = memory_cap_bytes is None or peak <= memory_cap_bytes
         except RuntimeError as err:  # torch.cuda.OutOfMemoryError is a RuntimeError
-            if not _is_oom(err):
+            if not is_out_of_memory(err):
                 raise
             peak, ok = None, False
         finally:

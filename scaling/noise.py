@@ -31,38 +31,10 @@ Each estimate is very noisy, and the ratio of two noisy numbers is biased, so th
 and tr(Sigma) separately over many steps and only then divides (appendix A.1: "the ratio of the averages").
 `NoiseScaleEstimator` does that with bias-corrected exponential moving averages.
 
-Where "small" and "big" come from, by training topology (the gradients are those of the *mean* loss over
-their batch, read before gradient clipping and, with fp16 loss scaling, after unscaling):
-
-(a) Several processes (DDP, real or emulated ranks): small = a rank's local gradient, accumulated over its
-    own micro-batches, before the all-reduce (B_small = per-device batch x accumulation steps); big = the
-    all-reduced gradient the optimizer sees (B_big = global batch). Every rank has one small norm; average
-    them (one scalar all-reduce) and use `pool_small_batches` / `NoiseScaleEstimator.update_pooled` with
-    k = number of ranks, which is exactly the "k equal small batches averaged into the big one" case.
-    Under DDP `p.grad` already holds the all-reduced gradient after the synchronizing backward, so the
-    local norm must be taken earlier: either in a DDP communication hook (sum `bucket.buffer()**2`, which
-    holds the local gradient before the hook's all-reduce, over buckets), or, on measurement steps only,
-    by running every micro-step under `no_sync`, reading the local norm, then all-reducing the gradients
-    by hand (mean) and reading the big norm.
-(b) One process with gradient accumulation over n equal micro-batches: small = one micro-batch's gradient
-    (B_small = micro-batch), big = the accumulated gradient (B_big = n x micro-batch). Accelerate divides
-    each micro-step's loss by n, so after the first micro-step's backward `p.grad` is g_1 / n: use
-    `partial_accumulation_sq_norm(squared_norm(grads), done=1, total=n)` to undo the 1/n, and `update`.
-    Only the first micro-batch's norm is free: the later ones are mixed into `p.grad`. Less noisy, for one
-    gradient copy of memory on measurement steps: keep g_1 = n * p.grad (cloned) after the first micro-step
-    and use `update_nested(squared_distance(g_1, grads), micro, squared_norm(grads), n * micro)` at the end.
-    (The same helpers cover emulated ranks: after the first rank's m micro-steps out of n.)
-(c) One process without accumulation (the fallback; only one gradient exists per step): every K optimizer
-    steps (`is_measurement_step`), compute the gradient of the mean loss over the first half of the batch
-    separately, with `separate_gradients` (`torch.autograd.grad`, so `p.grad` is untouched) -- small,
-    B_small = `fallback_small_batch(B)` = B // 2 -- then run the regular step; its gradient on the whole
-    batch is big (B_big = B). Feed `update_nested(squared_distance(half_grads, [p.grad ...]), B // 2,
-    squared_norm([p.grad ...]), B)`, after the backward and before clipping and the optimizer step.
-    Cost: one extra forward and backward on half a batch every K steps (about 0.5/K of the training
-    compute, e.g. +5% at K = 10), and the half-batch gradients held through that step's backward (one
-    gradient's memory). Caveats: the extra forward updates BatchNorm running statistics and draws from the
-    dropout RNG; run it in train mode to measure the gradient actually used, and accept (or save and
-    restore) those side effects.
+Which two gradients are compared depends on the training topology (scaling/gns.py wires this module into
+the loop): a rank's local gradient against the all-reduced one (`update_pooled`), one micro-batch against
+the accumulated gradient, or half of a batch against the whole (`update_nested`, with
+`separate_gradients` computing the half-batch gradient without touching `p.grad`).
 
 Hot-loop rule: `squared_norm` returns a device tensor; read it (`float(...)`) only at a logging window.
 The estimator depends only on the order of its updates, so measurements can be buffered and fed later.
@@ -113,37 +85,23 @@ def separate_gradients(
 ) -> tuple[torch.Tensor | None, ...]:
     """d loss / d params without touching `p.grad` (None for parameters the loss does not reach).
 
-    For the topology (c) fallback: `loss` is the mean loss over the first half of the batch.
+    For the half-batch measurement: `loss` is the mean loss over the first half of the batch.
     """
     return torch.autograd.grad(loss, list(params), retain_graph=retain_graph, allow_unused=True)
 
 
 def fallback_small_batch(batch_size: int) -> int:
-    """B_small for topology (c): the first half of the batch (rounded down), measured separately."""
+    """B_small of the half-batch measurement: the first half of the batch (rounded down)."""
     if batch_size < 2:
         raise ValueError(f"the half-batch noise measurement needs a batch of at least 2, got {batch_size}")
     return batch_size // 2
 
 
 def is_measurement_step(step: int, every: int) -> bool:
-    """True on the optimizer steps (0-based) where the (c) fallback measures: 0, every, 2*every, ..."""
+    """True on the optimizer steps (0-based) where a measurement is taken: 0, every, 2*every, ..."""
     if every < 1:
         raise ValueError(f"measurement interval must be >= 1, got {every}")
     return step % every == 0
-
-
-def partial_accumulation_sq_norm(
-    sq_norm: float | torch.Tensor, done: int, total: int
-) -> float | torch.Tensor:
-    """Squared norm of the mean gradient of the first `done` of `total` equal micro-batches.
-
-    With Accelerate each micro-step's loss is divided by `total`, so after `done` backward passes `p.grad`
-    holds (done / total) x (mean gradient of those micro-batches): its squared norm is scaled back by
-    (total / done)^2. Topology (b) uses done = 1.
-    """
-    if not 1 <= done <= total:
-        raise ValueError(f"need 1 <= done <= total, got done={done}, total={total}")
-    return sq_norm * (total / done) ** 2
 
 
 def unbiased_estimates(
@@ -182,7 +140,7 @@ def pool_small_batches(small_sq_norms: Sequence[float], small_batch: int) -> tup
     """k equal small batches whose mean gradient is the big one: (mean small sq norm, B_small, k B_small).
 
     Each small squared norm has expectation |G|^2 + tr(Sigma)/B_small, so their mean does too, with less
-    variance than any one of them; the big gradient is the mean of the k small ones (topology (a)).
+    variance than any one of them; the big gradient is the mean of the k small ones (several processes).
     """
     if len(small_sq_norms) < 2:
         raise ValueError(f"pooling needs at least 2 small batches, got {len(small_sq_norms)}")
@@ -294,12 +252,3 @@ class NoiseScaleEstimator:
         self.skipped = int(state.get("skipped", 0))
         self._grad_sq_ema = float(state["grad_sq_ema"])
         self._trace_ema = float(state["trace_ema"])
-
-    def to_dict(self) -> dict[str, float | None]:
-        """The current estimates, for metrics logs."""
-        return {
-            "noise_scale": self.noise_scale,
-            "grad_sq": self.grad_sq,
-            "trace": self.trace,
-            "count": self.count,
-        }

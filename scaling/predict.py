@@ -26,7 +26,7 @@ Time to target adds measured throughput: T(B) = S(B) B / throughput(B).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -68,13 +68,7 @@ class ScalingFit:
         out = self.s_min * np.asarray(batch, dtype=float) + self.e_min
         return float(out) if out.ndim == 0 else out
 
-    def to_dict(self) -> dict:
-        return {**asdict(self), "b_noise": self.b_noise, "physical": self.physical}
 
-    @classmethod
-    def from_dict(cls, data: Mapping) -> ScalingFit:
-        """Inverse of `to_dict` (b_noise is derived, so ignored)."""
-        return cls(**{name: data[name] for name in ("s_min", "e_min", "n_points", "fitted_to", "relative")})
 
 
 @dataclass(frozen=True)
@@ -86,8 +80,6 @@ class Estimate:
     low: float | None = None  # 16th percentile of the bootstrap fits
     high: float | None = None  # 84th percentile
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -101,15 +93,6 @@ class TradeoffFit:
     resamples: int  # bootstrap fits used (0: no uncertainty)
     seed: int
 
-    def to_dict(self) -> dict:
-        return {
-            "fit": self.fit.to_dict(),
-            "s_min": self.s_min.to_dict(),
-            "e_min": self.e_min.to_dict(),
-            "b_crit": self.b_crit.to_dict(),
-            "resamples": self.resamples,
-            "seed": self.seed,
-        }
 
 
 @dataclass(frozen=True)
@@ -122,10 +105,6 @@ class BatchChoice:
     times_s: dict[int, float]  # candidate -> predicted seconds
     devices: int | None
 
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out["times_s"] = {str(k): v for k, v in self.times_s.items()}
-        return out
 
 
 # ----------------------------------------------------------------------------------------------- fitting
@@ -190,24 +169,6 @@ def _fit(batch_sizes, steps, samples, relative: bool) -> ScalingFit:
     return ScalingFit(s_min=s_min, e_min=e_min, n_points=len(batches), fitted_to=fitted_to, relative=relative)
 
 
-def fit_steps(batch_sizes: Sequence[float], steps: Sequence[float], relative: bool = True) -> ScalingFit:
-    """Fit S(B) = S_min (1 + B_noise / B) ([S]) to optimizer steps-to-target measured at batch_sizes.
-
-    Least squares, linear in 1/B: S = S_min + (S_min B_noise) (1/B). Several runs (seeds) at one batch size
-    are separate points. Raises ValueError with fewer than 2 distinct batch sizes; check `physical` on the
-    result before trusting B_noise.
-    """
-    return _fit(batch_sizes, steps, None, relative)
-
-
-def fit_samples(batch_sizes: Sequence[float], samples: Sequence[float], relative: bool = True) -> ScalingFit:
-    """Fit E(B) = E_min (1 + B / B_noise) ([E]) to training samples-to-target measured at batch_sizes.
-
-    Least squares, linear in B: E = E_min + (E_min / B_noise) B, where E_min / B_noise = S_min.
-    """
-    return _fit(batch_sizes, None, samples, relative)
-
-
 def fit_tradeoff(
     batch_sizes: Sequence[float],
     steps: Sequence[float],
@@ -218,7 +179,9 @@ def fit_tradeoff(
 ) -> TradeoffFit:
     """S_min, E_min and B_crit = E_min / S_min (sec. 2.3) with bootstrap uncertainties.
 
-    Fits the steps (and, when given, the samples: both curves share S_min and E_min) as `fit_steps` does.
+    Fits the steps (and, when given, the samples: both curves share S_min and E_min) by least squares,
+    linear in 1/B: S = S_min + (S_min B_noise) (1/B). Several runs (seeds) at one batch size are separate
+    points; check `fit.physical` before trusting B_noise.
     The uncertainty resamples the runs with replacement `resamples` times (fixed `seed`), refits each
     resample (skipping those with fewer than 2 distinct batch sizes) and reports the standard deviation and
     the central 68% interval of the refits. With only 2 runs the fit is exact and no uncertainty is given

@@ -17,6 +17,7 @@ from accelerate import Accelerator
 
 from scaling.config import RunConfig
 from scaling.timing import synchronize
+from scaling.train import optimizer_step
 
 WARMUP_STEPS = 3
 
@@ -43,8 +44,6 @@ def compute_ceiling(accelerator: Accelerator, model: torch.nn.Module, optimizer:
     """Samples/s of the training step alone: one step's micro-batches are put on the device once and
     trained on repeatedly (forward, backward, gradient sync, optimizer). Weights and optimizer state are
     restored afterwards, so the run that follows starts from the same point."""
-    from scaling.train import optimizer_step
-
     device = accelerator.device
     source.start(0)
     batches = [(x.to(device), y.to(device)) for x, y in source.micro_batches(0)]
@@ -68,6 +67,16 @@ def compute_ceiling(accelerator: Accelerator, model: torch.nn.Module, optimizer:
         optimizer.optimizer.load_state_dict(optimizer_state)
     per_step = sum(len(y) for _, y in batches) * accelerator.num_processes
     return steps * per_step / elapsed
+
+
+def measure_ceilings(cfg: RunConfig, trainer: Any, say) -> tuple[float, float]:
+    """Input pipeline alone, then the training step alone; printed and returned."""
+    accelerator = trainer.accelerator
+    input_rate = input_ceiling(trainer.source, accelerator.device, cfg.probe_steps, accelerator.num_processes)
+    compute_rate = compute_ceiling(accelerator, trainer.model, trainer.optimizer, trainer.source, cfg.probe_steps)
+    say(f"scaling: ceilings: input pipeline alone {input_rate:,.0f} samples/s, training step alone "
+        f"{compute_rate:,.0f} samples/s ({trainer.source.describe()})")
+    return input_rate, compute_rate
 
 
 def verdict(input_rate: float, compute_rate: float, run_rate: float | None, data_wait_fraction: float | None,

@@ -1,6 +1,7 @@
-"""The result file and the metrics stream: atomic writes by the main process, reading results back.
+"""The result of a run: its schema, how it is assembled, written atomically, summarised and read back.
 
-Schema: docs/results.md. A result is complete when it parses and its status is final.
+Schema: `Result` below, described field by field in docs/results.md. A result is complete when it parses and
+its status is final. Only the main process writes.
 """
 
 from __future__ import annotations
@@ -12,11 +13,160 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 # A run with one of these statuses is finished; "interrupted" is not (it resumes from its checkpoint).
 FINAL_STATUSES = ("reached", "not_reached", "completed", "diverged", "failed", "oom")
 SCHEMA_VERSION = 1
+
+
+class Result(TypedDict, total=False):
+    """result.json of a finished or interrupted run (docs/results.md). The keys marked "only ..." appear in
+    some results only; every other key is always present."""
+
+    schema_version: int
+    status: str
+    config: dict[str, Any]
+    batch: dict[str, Any]
+    lr: dict[str, Any]
+    target: dict[str, Any]
+    time_to_target_s: float | None
+    train_time_to_target_s: float | None
+    steps_to_target: int | None
+    samples_to_target: int | None
+    epochs_to_target: float | None
+    throughput_samples_per_s: float | None
+    steps: int
+    elapsed_s: float
+    train_elapsed_s: float
+    diverged_at_step: int | None
+    final: dict[str, Any] | None
+    history: list[dict[str, Any]]
+    train_loss: list[float | None]
+    lr_per_step: list[float]
+    throughput_windows: list[float]
+    step_time_breakdown: dict[str, Any] | None
+    data_wait_fraction: float | None
+    per_rank_step_time_s: list[float]
+    straggler_ratio: float | None
+    noise_scale: dict[str, Any] | None
+    environment: dict[str, Any]
+    batch_coupled_layers: list[str]
+    decomposition_exact: bool
+    auto_batch: dict[str, Any] | None
+    steps_per_epoch: int
+    train_samples: int
+    eval_samples: int
+    peak_memory: dict[str, int | None]
+    compute: dict[str, Any]
+    ceilings: dict[str, Any]  # only with --probe
+    checkpoint: str  # only when interrupted
+    stop_signal: str  # only when interrupted
+
+
+OPTIONAL_FIELDS = frozenset({"ceilings", "checkpoint", "stop_signal"})
+
+
+class FailureResult(TypedDict):
+    """result.json of a run that ended in an exception (status "oom" or "failed")."""
+
+    schema_version: int
+    status: str
+    config: dict[str, Any]
+    batch: dict[str, Any]
+    error: str
+    environment: dict[str, Any]
+    suggestion: str | None
+
+
+def build_result(cfg, plan, schedule, outcome, environment: dict, extra: dict) -> Result:
+    """The result document from the run's config, batch plan, LR schedule and training outcome."""
+    target = outcome.target_eval
+    final = outcome.history[-1] if outcome.history else None
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "status": outcome.status,
+        "config": cfg.to_dict(),
+        "batch": plan.to_dict(),
+        "lr": {
+            "rule": cfg.lr_scaling,
+            "base": cfg.base_lr,
+            "base_bs": cfg.base_bs,
+            "scaled": schedule.peak,
+            "warmup_steps": schedule.warmup_steps,
+            "decay": schedule.decay,
+        },
+        "target": {"metric": "accuracy", "value": cfg.target_accuracy},
+        "time_to_target_s": target["time_s"] if target else None,
+        "train_time_to_target_s": target["train_time_s"] if target else None,
+        "steps_to_target": target["step"] if target else None,
+        "samples_to_target": target["samples"] if target else None,
+        "epochs_to_target": target["epoch"] if target else None,
+        "throughput_samples_per_s": outcome.throughput_samples_per_s,
+        "steps": outcome.steps,
+        "elapsed_s": outcome.elapsed_s,
+        "train_elapsed_s": outcome.train_elapsed_s,
+        "diverged_at_step": outcome.diverged_at_step,
+        "final": {"accuracy": final["accuracy"], "loss": final["loss"]} if final else None,
+        "history": outcome.history,
+        "train_loss": outcome.train_loss,
+        "lr_per_step": outcome.lr,
+        "throughput_windows": outcome.window_rates,
+        "step_time_breakdown": outcome.step_time,
+        "data_wait_fraction": data_wait_fraction(outcome.step_time),
+        "per_rank_step_time_s": outcome.per_rank_step_time_s,
+        "straggler_ratio": straggler_ratio(outcome.per_rank_step_time_s),
+        "noise_scale": outcome.noise_scale,
+        "environment": environment,
+        **extra,
+    }
+
+
+def failure_result(cfg, plan, environment: dict, err: BaseException, status: str,
+                   suggestion: str | None) -> FailureResult:
+    return {"schema_version": SCHEMA_VERSION, "status": status, "config": cfg.to_dict(), "batch": plan.to_dict(),
+            "error": f"{type(err).__name__}: {err}", "environment": environment, "suggestion": suggestion}
+
+
+def data_wait_fraction(step_time: dict | None) -> float | None:
+    """Share of training time spent waiting for data, from the phase breakdown."""
+    return step_time["phases"]["data_wait"]["fraction"] if step_time else None
+
+
+def straggler_ratio(per_rank: list[float]) -> float | None:
+    """Slowest rank's step time over the median rank's (1.0 = balanced)."""
+    import statistics
+
+    if not per_rank or statistics.median(per_rank) <= 0:
+        return None
+    return max(per_rank) / statistics.median(per_rank)
+
+
+def summary_line(result: Result, path: Path) -> str:
+    """The one line a run prints at the end."""
+    status = result["status"]
+    rate = result["throughput_samples_per_s"]
+    speed = f"{rate:,.0f} samples/s" if rate else "n/a samples/s"
+    if status == "reached":
+        return (
+            f"scaling: reached {result['target']['value']:.1%} in {result['time_to_target_s']:.2f} s "
+            f"(train {result['train_time_to_target_s']:.2f} s), {result['steps_to_target']} steps, "
+            f"{result['samples_to_target']:,} samples, {result['epochs_to_target']:.2f} epochs; {speed} -> {path}"
+        )
+    final = result["final"]
+    accuracy = f", final accuracy {final['accuracy']:.1%}" if final else ""
+    where = f" at step {result['diverged_at_step']}" if status == "diverged" else f" after {result['steps']} steps"
+    return f"scaling: {status}{where}{accuracy}; {speed} -> {path}"
+
+
+def exit_status(result: Result) -> int:
+    """0 for a result (a missed target or a divergence is a finding, not an error); 128 + signal number
+    for an interrupted run, as a shell reports a process stopped by that signal."""
+    if result["status"] == "interrupted":
+        import signal
+
+        return 128 + getattr(signal, result.get("stop_signal") or "SIGTERM")
+    return 0
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
@@ -81,7 +231,7 @@ class MetricsWriter:
         if enabled:
             path = Path(path)
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = open(path, "a" if append else "w")  # noqa: SIM115 - closed in close()
+            self._handle = open(path, "a" if append else "w")  # closed in close()
 
     def write(self, record: dict) -> None:
         if self._handle is not None:

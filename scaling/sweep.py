@@ -73,7 +73,9 @@ class StudyConfig:
 
 
 @dataclass
-class Study:
+class StudyPlan:
+    """A study spec expanded into its configurations."""
+
     name: str
     spec: dict[str, Any]
     configs: list[StudyConfig] = field(default_factory=list)
@@ -136,7 +138,7 @@ def config_id(config: RunConfig, launcher: Launcher) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def load_study(path: str | Path, study_dir: str | Path) -> Study:
+def load_study(path: str | Path, study_dir: str | Path) -> StudyPlan:
     """Parse, expand and validate a spec; every configuration is checked before anything runs."""
     spec = load_yaml(path)
     unknown = set(spec) - SPEC_KEYS
@@ -156,7 +158,7 @@ def load_study(path: str | Path, study_dir: str | Path) -> Study:
 
     grid_points = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
     zip_points = [[dict(zip(g, values, strict=True)) for values in zip(*g.values(), strict=True)] for g in groups]
-    study = Study(name=str(spec.get("name") or Path(path).stem), spec=spec)
+    study = StudyPlan(name=str(spec.get("name") or Path(path).stem), spec=spec)
     seen: set[str] = set()
     for point in grid_points:
         for combo in itertools.product(*zip_points) if zip_points else [()]:
@@ -234,8 +236,8 @@ def run_config(study_config: StudyConfig) -> dict[str, Any]:
     logs = []
     for node, command in enumerate(launch_commands(study_config, config_path, resume)):
         suffix = f".node{node}" if node else ""
-        stdout = open(out / f"stdout{suffix}.log", "w")  # noqa: SIM115 - closed below
-        stderr = open(out / f"stderr{suffix}.log", "w")  # noqa: SIM115
+        stdout = open(out / f"stdout{suffix}.log", "w")  # closed below
+        stderr = open(out / f"stderr{suffix}.log", "w")
         logs += [stdout, stderr]
         processes.append(subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env, cwd=os.getcwd()))
     codes = []
@@ -273,7 +275,7 @@ def _tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def study_record(study: Study, entries: dict[str, dict]) -> dict:
+def study_record(study: StudyPlan, entries: dict[str, dict]) -> dict:
     return {
         "name": study.name,
         "spec": study.spec,
@@ -285,7 +287,7 @@ def study_record(study: Study, entries: dict[str, dict]) -> dict:
     }
 
 
-def check_runnable_here(study: Study) -> None:
+def check_runnable_here(study: StudyPlan) -> None:
     """Multi-node configurations started from this machine need one rendezvous address for all nodes."""
     for study_config in study.configs:
         launcher = study_config.launcher
@@ -295,7 +297,7 @@ def check_runnable_here(study: Study) -> None:
                               "--slurm, whose scripts rendezvous on the allocation's first node")
 
 
-def run_study(study: Study, study_dir: Path, progress: bool = True, say=print) -> dict:
+def run_study(study: StudyPlan, study_dir: Path, progress: bool = True, say=print) -> dict:
     """Run every configuration not yet complete, one after another; failures are recorded, not fatal."""
     from tqdm.auto import tqdm
 
@@ -350,7 +352,7 @@ def slurm_command(study_config: StudyConfig, config_path: Path) -> str:
             f"--rdzv_backend c10d --rdzv_endpoint \"$HEAD_NODE:29500\" --rdzv_id \"$SLURM_JOB_ID\" {run}")
 
 
-def write_slurm(study: Study, study_dir: Path, array: bool = True) -> list[Path]:
+def write_slurm(study: StudyPlan, study_dir: Path, array: bool = True) -> list[Path]:
     """Write sbatch scripts: one array job over every configuration, or one script per configuration.
 
     Configurations that already have a complete result are left out, so resubmitting resumes the study.

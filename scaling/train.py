@@ -7,9 +7,7 @@ are checked.
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,16 +20,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from scaling.batching import BatchPlan, GlobalBatchSampler
-from scaling.config import ConfigError, RunConfig
+from scaling.checkpoint import Checkpoint
+from scaling.config import RunConfig
+from scaling.data.delivery import BatchSource, fetch_batch
 from scaling.data.tensors import TensorPair
 from scaling.gns import NoiseMonitor
 from scaling.lr import LRSchedule
-from scaling.results import MetricsWriter, finite_or_none, write_json_atomic
+from scaling.results import MetricsWriter, finite_or_none
 from scaling.timing import PhaseTimer, RunClock, ThroughputWindows, summarize_phases, synchronize
 
 EVAL_BATCH_SIZE = 1024
-# Keys that may differ between an interrupted run and its resumption (they do not change the training).
-RESUMABLE_CHANGES = {"progress", "max_time", "checkpoint_every", "log_with", "output_dir"}
 
 
 @dataclass
@@ -50,67 +48,6 @@ class TrainOutcome:
     step_time: dict | None = None
     noise_scale: dict | None = None
     per_rank_step_time_s: list[float] = field(default_factory=list)
-
-
-class BatchSource:
-    """This process's micro-batches for one optimizer step.
-
-    In-memory tensors (the fast path) are moved to the device once and indexed a whole batch at a time;
-    any other map-style dataset goes through a DataLoader whose batch sampler follows the same global
-    batches, with the configured workers, pinning and prefetching. Batches may still be on the host: the
-    training step copies them (and times the copy).
-    """
-
-    def __init__(self, dataset: Any, sampler: GlobalBatchSampler, process_index: int, device: torch.device,
-                 cfg: RunConfig):
-        self.sampler = sampler
-        self.process_index = process_index
-        self.fast = isinstance(dataset, TensorPair) and cfg.fast_path
-        self._tensors = dataset.to(device) if self.fast else None
-        self._dataset = dataset
-        self._cfg = cfg
-        self._iterator = None
-
-    def start(self, first_step: int) -> None:
-        if not self.fast:
-            cfg = self._cfg
-            loader = torch.utils.data.DataLoader(
-                self._dataset, batch_sampler=_StepBatchSampler(self.sampler, self.process_index, first_step),
-                num_workers=cfg.num_workers, pin_memory=cfg.pin_memory, prefetch_factor=cfg.prefetch_factor,
-                persistent_workers=cfg.persistent_workers,
-            )
-            self._iterator = iter(loader)
-
-    def micro_batches(self, step: int):
-        if self.fast:
-            for indices in self.sampler.micro_batches(step, self.process_index):
-                yield self._tensors.batch(indices.to(self._tensors.labels.device, non_blocking=True))
-        else:
-            for _ in range(self.sampler.plan.micro_steps_per_process):
-                yield next(self._iterator)
-
-    def describe(self) -> str:
-        if self.fast:
-            return "in-memory tensors on the device, whole-batch indexing"
-        cfg = self._cfg
-        return (f"DataLoader, num_workers={cfg.num_workers}, pin_memory={cfg.pin_memory}, "
-                f"prefetch_factor={cfg.prefetch_factor}, persistent_workers={cfg.persistent_workers}")
-
-
-class _StepBatchSampler(torch.utils.data.Sampler):
-    """Index lists for this process's micro-batches, step after step, without end."""
-
-    def __init__(self, sampler: GlobalBatchSampler, process_index: int, first_step: int):
-        self.sampler = sampler
-        self.process_index = process_index
-        self.first_step = first_step
-
-    def __iter__(self):
-        step = self.first_step
-        while True:
-            for indices in self.sampler.micro_batches(step, self.process_index):
-                yield indices.tolist()
-            step += 1
 
 
 def optimizer_step(
@@ -169,15 +106,8 @@ def evaluate(model: nn.Module, dataset: Any, accelerator: Accelerator) -> tuple[
     shard = torch.arange(accelerator.process_index, len(dataset), accelerator.num_processes)
     device = accelerator.device
     totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, count
-    tensors = dataset if isinstance(dataset, TensorPair) else None
     for start in range(0, len(shard), EVAL_BATCH_SIZE):
-        indices = shard[start : start + EVAL_BATCH_SIZE]
-        if tensors is not None:
-            inputs, labels = tensors.batch(indices.to(tensors.labels.device))
-        else:
-            pairs = [dataset[int(i)] for i in indices]
-            inputs = torch.stack([p[0] for p in pairs])
-            labels = torch.as_tensor([int(p[1]) for p in pairs])
+        inputs, labels = fetch_batch(dataset, shard[start : start + EVAL_BATCH_SIZE])
         inputs, labels = inputs.to(device), labels.to(device)
         with accelerator.autocast():
             logits = model(inputs)
@@ -209,12 +139,11 @@ class Trainer:
     """The loop of one run. `run()` trains until the target, a budget or divergence; each helper does one
     thing: a training step, a logging-window boundary, an evaluation."""
 
-    def __init__(self, cfg: RunConfig, plan: BatchPlan, accelerator: Accelerator, model: nn.Module,
-                 optimizer: torch.optim.Optimizer, schedule: LRSchedule, train_data: Any, eval_data: Any,
-                 metrics: MetricsWriter):
-        self.cfg, self.plan, self.accelerator = cfg, plan, accelerator
+    def __init__(self, cfg: RunConfig, plan: BatchPlan, sampler: GlobalBatchSampler, accelerator: Accelerator,
+                 model: nn.Module, optimizer: torch.optim.Optimizer, schedule: LRSchedule, train_data: Any,
+                 eval_data: Any, metrics: MetricsWriter):
+        self.cfg, self.plan, self.sampler, self.accelerator = cfg, plan, sampler, accelerator
         self.model, self.optimizer, self.schedule, self.metrics = model, optimizer, schedule, metrics
-        self.sampler = GlobalBatchSampler(len(train_data), plan, cfg.seed)
         self.steps_per_epoch = self.sampler.steps_per_epoch
         self.last_step = total_steps(cfg, self.steps_per_epoch)
         self.eval_interval = steps_per_eval(cfg, self.steps_per_epoch)
@@ -231,12 +160,16 @@ class Trainer:
         self.clock = RunClock()
         self._clock_offsets = (0.0, 0.0)  # (elapsed, evaluation) seconds before a resume
         self.stop_signal: str | None = None  # set by a signal handler; acted on at the next window boundary
-        self.checkpoint_dir = Path(cfg.output_dir) / "checkpoint"
+        self.checkpoint = Checkpoint(accelerator, Path(cfg.output_dir) / "checkpoint")
         self.noise = None
         if cfg.noise_scale and (accelerator.num_processes > 1 or plan.micro_steps_per_process > 1
                                 or plan.per_device_bs >= 2):
             self.noise = NoiseMonitor(accelerator, model, plan, cfg.noise_every)
         self._checkpointed_at = 0
+
+    def request_stop(self, signal_name: str) -> None:
+        """Called from a signal handler: checkpoint and stop at the next logging-window boundary."""
+        self.stop_signal = signal_name
 
     # ---- the loop ----
     def run(self) -> TrainOutcome:
@@ -349,7 +282,7 @@ class Trainer:
         self.windows.restart()
         return accuracy
 
-    # ---- checkpoints: Accelerate's save_state plus what it does not cover ----
+    # ---- checkpoints (scaling/checkpoint.py saves and restores; the loop says what its state is) ----
     def state_dict(self) -> dict:
         """The loop's own state. The sampler needs only the step: batches are a function of (seed, step)."""
         return {
@@ -373,36 +306,11 @@ class Trainer:
             self.noise.load_state_dict(state["noise"])
 
     def save_checkpoint(self) -> None:
-        """Model, optimizer and every process's RNG states (accelerator.save_state) plus the loop state,
-        written to a temporary folder and renamed, so a kill during saving keeps the previous checkpoint."""
-        accelerator = self.accelerator
-        tmp = self.checkpoint_dir.with_name("checkpoint.tmp")
-        if accelerator.is_main_process and tmp.exists():
-            shutil.rmtree(tmp)
-        accelerator.wait_for_everyone()
         self._checkpointed_at = self.step
-        accelerator.save_state(str(tmp))
-        if accelerator.is_main_process:
-            write_json_atomic(tmp / "trainer_state.json", self.state_dict())
-            old = self.checkpoint_dir.with_name("checkpoint.old")
-            if self.checkpoint_dir.exists():
-                self.checkpoint_dir.rename(old)
-            tmp.rename(self.checkpoint_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        accelerator.wait_for_everyone()
+        self.checkpoint.save(self.state_dict())
 
     def load_checkpoint(self) -> None:
-        state_file = self.checkpoint_dir / "trainer_state.json"
-        if not state_file.is_file():
-            raise ConfigError(f"--resume: no checkpoint in {self.checkpoint_dir}")
-        state = json.loads(state_file.read_text())
-        changed = [k for k, v in self.cfg.to_dict().items()
-                   if k not in RESUMABLE_CHANGES and state["config"].get(k) != v]
-        if changed:
-            raise ConfigError(f"--resume: the checkpoint was written with a different {changed[0]} "
-                              f"({state['config'].get(changed[0])!r}, now {getattr(self.cfg, changed[0])!r})")
-        self.accelerator.load_state(str(self.checkpoint_dir))
-        self.load_state_dict(state)
+        self.load_state_dict(self.checkpoint.load(self.cfg))
 
     def _track(self, group: str, record: dict) -> None:
         """Send a record to the trackers of --log-with (Accelerate logs on the main process only)."""

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from scaling.data import images
-from scaling.models import has_batch_coupled_layers
+from scaling.models import SmallCNN2D, has_batch_coupled_layers
 
 NUM_SAMPLES = 600  # 480 train, 120 eval
 SIZE = 32
@@ -90,7 +90,7 @@ def test_other_image_sizes_feed_the_model():
     train, _ = images.load_image_dataset(NUM_SAMPLES, image_size=20, pad=2)
     x, _ = train[0]
     assert x.shape == (1, 20, 20)
-    assert images.SmallCNN2D()(x.unsqueeze(0)).shape == (1, 10)
+    assert SmallCNN2D()(x.unsqueeze(0)).shape == (1, 10)
 
 
 def test_pickles_and_iterates_with_two_workers(splits):
@@ -125,7 +125,7 @@ def test_decoding_throughput_is_measured(splits):
 def test_small_cnn_learns_the_decoded_images(splits):
     train, eval_ = splits
     torch.manual_seed(0)
-    model = images.SmallCNN2D()
+    model = SmallCNN2D()
     assert 20_000 <= sum(p.numel() for p in model.parameters()) <= 60_000
     assert not has_batch_coupled_layers(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)

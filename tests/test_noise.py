@@ -35,7 +35,6 @@ from scaling.noise import (
     fallback_small_batch,
     is_measurement_step,
     nested_estimates,
-    partial_accumulation_sq_norm,
     pool_small_batches,
     separate_gradients,
     squared_distance,
@@ -231,9 +230,9 @@ def test_one_process_fallback_with_autograd():
     assert value == pytest.approx(problem.noise_scale, rel=0.2)
 
 
-def test_partial_accumulation_undoes_the_loss_division():
-    """Topology (b): with the loss divided by n per micro-step (as Accelerate does), p.grad after the first
-    micro-step is g_1 / n; scaled back by n^2 its squared norm is the micro-batch gradient's."""
+def test_first_micro_step_gradient_times_n_is_the_micro_batch_gradient():
+    """Accumulation (scaling/gns.py, "micro_batches"): with the loss divided by n per micro-step (as
+    Accelerate does), p.grad after the first micro-step is g_1 / n; times n it is the micro-batch gradient."""
     problem = Regression(d=6, delta_norm=1.0, sigma=0.5)
     w = torch.nn.Parameter(problem.delta.clone())  # w* = 0
     gen = torch.Generator().manual_seed(6)
@@ -242,7 +241,7 @@ def test_partial_accumulation_undoes_the_loss_division():
     for index, (x, eps) in enumerate(micro_batches):
         (0.5 * (x @ w - (eps)).square().mean() / n).backward()
         if index == 0:
-            first = partial_accumulation_sq_norm(squared_norm([w.grad]), done=1, total=n)
+            first = squared_norm([w.grad * n])
     x0, eps0 = micro_batches[0]
     expected_first = ((x0.T @ (x0 @ problem.delta - eps0)) / micro).square().sum()
     x_all = torch.cat([x for x, _ in micro_batches])
@@ -250,8 +249,6 @@ def test_partial_accumulation_undoes_the_loss_division():
     expected_big = ((x_all.T @ (x_all @ problem.delta - eps_all)) / (n * micro)).square().sum()
     assert first.item() == pytest.approx(expected_first.item(), rel=1e-9)
     assert squared_norm([w.grad]).item() == pytest.approx(expected_big.item(), rel=1e-9)
-    with pytest.raises(ValueError):
-        partial_accumulation_sq_norm(1.0, done=0, total=4)
 
 
 def test_squared_norm_is_a_device_scalar_and_skips_missing_grads():
@@ -310,7 +307,7 @@ def test_state_dict_round_trip_continues_identically():
     b = NoiseScaleEstimator()
     b.load_state_dict(state)
     assert a.update(2.2, 8, 1.05, 32) == b.update(2.2, 8, 1.05, 32)
-    assert a.to_dict() == b.to_dict()
+    assert a.state_dict() == b.state_dict()
 
 
 def test_input_validation():

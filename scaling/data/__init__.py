@@ -11,10 +11,9 @@ from typing import Any
 
 import torch
 
+from scaling.callables import load_callable
 from scaling.config import ConfigError, RunConfig
 from scaling.data.tensors import TensorPair
-
-BUILTIN_DATASETS = ("mnist1d", "mnist1d_images", "synthetic_images")
 
 
 @dataclass
@@ -23,7 +22,6 @@ class Workload:
     eval: Any
     num_classes: int
     input_shape: tuple[int, ...]
-    source: str  # "builtin" | "datasets" | "callable"
 
 
 def load_workload(cfg: RunConfig) -> Workload:
@@ -32,31 +30,26 @@ def load_workload(cfg: RunConfig) -> Workload:
         from scaling.data.mnist1d import load_mnist1d
 
         train, eval_ = load_mnist1d(cfg.num_samples)
-        source = "builtin"
     elif name == "mnist1d_images":
         # MNIST-1D rendered to PNG images, decoded by PIL per sample with crop/flip: a real input pipeline.
         from scaling.data.images import load_builtin
 
         train, eval_ = load_builtin(cfg.num_samples)
-        source = "builtin"
     elif name == "synthetic_images":
         from scaling.data.synthetic import load_synthetic_images
 
         train, eval_ = load_synthetic_images(cfg.num_samples)
-        source = "builtin"
     elif ":" in name and not _looks_like_path(name):
         train, eval_ = _load_from_callable(name)
-        source = "callable"
     else:
         from scaling.data.hf import load_hf
 
         train, eval_ = load_hf(cfg)
-        source = "datasets"
     if len(train) == 0 or len(eval_) == 0:
         raise ConfigError(f"--dataset {name!r}: the train and eval sets must both be non-empty")
     x0, _ = train[0]
     num_classes = _num_classes(train, eval_)
-    return Workload(train, eval_, num_classes, tuple(x0.shape), source)
+    return Workload(train, eval_, num_classes, tuple(x0.shape))
 
 
 def _looks_like_path(name: str) -> bool:
@@ -73,8 +66,6 @@ def _num_classes(train: Any, eval_: Any) -> int:
 
 
 def _load_from_callable(spec: str) -> tuple[Any, Any]:
-    from scaling.models import load_callable
-
     result = load_callable(spec, "--dataset")()
     if not (isinstance(result, (tuple, list)) and len(result) == 2):
         raise ConfigError(f"--dataset {spec!r} must return a (train, eval) pair, got {type(result).__name__}")

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from scaling.data.mnist1d import cache_root, generation_args, load_mnist1d
 
@@ -254,30 +253,3 @@ class DecodedImages(torch.utils.data.Dataset):
         state = dict(self.__dict__)
         state["_rng"] = state["_rng_owner"] = None  # each worker builds its own
         return state
-
-
-# ---------------------------------------------------------------- model
-
-
-class SmallCNN2D(nn.Module):
-    """Three 3x3 conv + max-pool stages and a linear head; about 26k parameters at the default width.
-
-    Stride-1 convolutions with pooling, not strided convolutions: the curves are one pixel thin, and
-    a stride-2 first layer lost about 15 points of accuracy for a 2x saving in compute. No BatchNorm
-    (no batch-coupled layers), so gradient accumulation and batch emulation stay exact. The final
-    adaptive pooling to 4x4 accepts any image size of 8 pixels or more.
-    """
-
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(2 * width, 3 * width, 3, padding=1), nn.ReLU(), nn.AdaptiveMaxPool2d(4),
-        )
-        self.head = nn.Linear(3 * width * 16, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 3:  # [N, H, W] grayscale without a channel axis
-            x = x.unsqueeze(1)
-        return self.head(self.features(x).flatten(1))
