@@ -1,4 +1,4 @@
-"""`scaling run | probe | sweep | study | report`."""
+"""`scaling run | probe | sweep | study | report | predict`."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ commands:
   sweep    run every configuration of a study spec, each as its own launched process (resumable)
   study    sweep a spec and write its report; with no arguments, the default study on MNIST-1D
   report   write report.md, report.html and plots for a folder of results
+  predict  predict train time to target on N devices from a finished run (docs/predict.md)
 """
 
 
@@ -77,6 +78,78 @@ def sweep(argv: list[str], spec_required: bool = True, report: bool = False) -> 
     return 0
 
 
+def _predict_parser() -> ArgumentParser:
+    from scaling.comm import PRESETS
+
+    parser = ArgumentParser(prog="scaling predict",
+                            description="Predict train time to target on N devices from a finished run: steps "
+                                        "from the run, compute from its phase timing, the gradient all-reduce "
+                                        "from a communication model (docs/predict.md).")
+    parser.add_argument("run_dir", help="output folder of a finished run (holding result.json)")
+    parser.add_argument("--processes", type=int, required=True, help="devices (data-parallel processes) to predict")
+    parser.add_argument("--per-device-bs", type=int,
+                        help="micro-batch per device (default: the run's, when it divides the per-device share)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--measure-comm", action="store_true",
+                        help="time real all-reduces of the model's buckets across N local processes (gloo on the "
+                             "CPU, NCCL on GPUs) and fit latency and bandwidth")
+    source.add_argument("--interconnect", metavar="NAME", help=f"a preset: {', '.join(PRESETS)}")
+    source.add_argument("--bandwidth", type=float, metavar="GB/S", help="all-reduce bus bandwidth (with --latency)")
+    parser.add_argument("--latency", type=float, metavar="US", help="per all-reduce latency in microseconds")
+    parser.add_argument("--bucket-cap-mb", type=float, default=25.0, help="DDP bucket_cap_mb (default: 25)")
+    parser.add_argument("--json", action="store_true", help="print the prediction as JSON")
+    return parser
+
+
+def predict(argv: list[str]) -> int:
+    """`scaling predict RUN_DIR --processes N ...`: docs/predict.md."""
+    from scaling import comm, predict_devices
+
+    args = _predict_parser().parse_args(argv)
+    if (args.bandwidth is None) != (args.latency is None):
+        raise ConfigError("--bandwidth and --latency go together (GB/s and microseconds)")
+    if args.processes < 1:
+        raise ConfigError(f"--processes must be >= 1, got {args.processes}")
+    if not args.bucket_cap_mb > 0:
+        raise ConfigError(f"--bucket-cap-mb must be > 0, got {args.bucket_cap_mb}")
+    result, metrics, folder = predict_devices.load_result(args.run_dir)
+    profile = predict_devices.profile_run(result, metrics)
+    predict_devices.plan_devices(profile, args.processes, args.per_device_bs)  # refuse a bad split before work
+    link, measurement = None, None
+    if args.interconnect:
+        link = comm.preset(args.interconnect)
+    elif args.bandwidth is not None:
+        link = comm.given(args.bandwidth, args.latency)
+    elif args.processes > 1 and not args.measure_comm:
+        raise ConfigError(f"say how the {args.processes} devices are connected: --measure-comm, --interconnect "
+                          f"NAME ({', '.join(comm.PRESETS)}), or --bandwidth GB/s --latency us")
+    gradient_bytes = predict_devices.gradient_bytes_for(result.get("config") or {})
+    if args.measure_comm and args.processes > 1:
+        import torch
+
+        first = comm.FIRST_BUCKET_BYTES if args.bucket_cap_mb == comm.DEFAULT_BUCKET_CAP_MB \
+            else int(args.bucket_cap_mb * comm.MIB)
+        buckets = comm.ddp_buckets(gradient_bytes, args.bucket_cap_mb, first)
+        on_gpu = (result.get("environment") or {}).get("device_type") == "cuda" and torch.cuda.is_available()
+        if not args.json:
+            print(f"scaling: timing all-reduces of {len(buckets)} bucket size(s) across {args.processes} local "
+                  f"processes ({'nccl' if on_gpu else 'gloo'})...", flush=True)
+        measurement = comm.measure_allreduce(args.processes, comm.measurement_sizes(buckets),
+                                             device="cuda" if on_gpu else "cpu")
+        link = measurement.interconnect()
+    prediction = predict_devices.predict_on_devices(profile, gradient_bytes, args.processes, link,
+                                                    args.per_device_bs, args.bucket_cap_mb)
+    text = predict_devices.explain(profile, prediction)
+    if args.json:
+        report = predict_devices.PredictionReport(
+            run_dir=str(folder), run=predict_devices.profile_dict(profile), prediction=prediction.to_dict(),
+            comm_measurement=measurement.to_dict() if measurement else None, explanation=text)
+        print(report.to_json())
+    else:
+        print(f"scaling: {text}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -99,10 +172,12 @@ def main(argv: list[str] | None = None) -> int:
             from scaling.report.command import main as report_main
 
             return report_main(rest)
+        if command == "predict":
+            return predict(rest)
     except ConfigError as err:
         print(f"scaling: error: {err}", file=sys.stderr)
         return 2
-    print(f"scaling: error: unknown command {command!r}; commands: run, probe, sweep, study, report", file=sys.stderr)
+    print(f"scaling: error: unknown command {command!r}; commands: run, probe, sweep, study, report, predict", file=sys.stderr)
     return 2
 
 
