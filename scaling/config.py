@@ -63,6 +63,7 @@ class RunConfig:
     eval_every: int | None = None  # optimizer steps; when unset, eval_every_epochs applies
     eval_every_epochs: float = 0.25
     diverge_factor: float = 5.0  # a training loss above this multiple of the first one counts as divergence
+    exact_target: bool = True  # replay the window before the first evaluation at the target: the exact step
 
     # workload
     dataset: str = "mnist1d"

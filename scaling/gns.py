@@ -11,11 +11,17 @@ the topology allows (scaling/noise.py explains each):
   batch, computed separately with `torch.autograd.grad` (one extra half forward/backward per measurement),
   big = the batch's own gradient.
 
-Measurements stay on the device; `flush()` (at logging-window boundaries) reads them, feeds the EMA
-estimator in step order and records the series.
+Measurements stay on the device; `flush()` (at logging-window boundaries) reads them, turns each into raw
+(|G|^2, tr(Sigma)) estimates, feeds the windowed estimator in step order and records the series (raw values
+and the running B_simple). `probe()` takes PROBE_STEPS measurements in a row, one per optimizer step, from
+given weights (at the target, at the end of the run): the trainer runs those steps off the clock and then
+restores the weights, so B_simple is known where training reached, not only every `every` steps.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -27,23 +33,30 @@ from scaling.noise import (
     NoiseScaleEstimator,
     fallback_small_batch,
     is_measurement_step,
+    nested_estimates,
+    pool_small_batches,
+    ratio_of_means,
     separate_gradients,
     squared_distance,
     squared_norm,
+    unbiased_estimates,
 )
 
 # Default measurement intervals: the two-gradient methods only copy and reduce norms; the half-batch
 # fallback adds half a forward/backward, 1% of the throughput at one measurement in 50 steps
 # (benchmarks/overhead.py measured about 4% at one in 25 on the default workload).
 EVERY = {"ranks": 10, "micro_batches": 10, "half_batch": 50}
+# The running estimate averages the last WINDOW measurements; a probe takes PROBE_STEPS in a row. One
+# measurement scatters by about 20% (tests/test_noise.py), so 8 bring a probe to about 7%.
+WINDOW = 5
+PROBE_STEPS = 8
 
 
 class NoiseMonitor:
-    def __init__(self, accelerator: Accelerator, model: nn.Module, plan: BatchPlan, every: int | None,
-                 ema_decay: float = 0.95):
+    def __init__(self, accelerator: Accelerator, model: nn.Module, plan: BatchPlan, every: int | None):
         self.accelerator, self.model, self.plan = accelerator, model, plan
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.estimator = NoiseScaleEstimator(ema_decay)
+        self.estimator = NoiseScaleEstimator(WINDOW)
         if accelerator.num_processes > 1:
             self.method = "ranks"
             self.small_batch = plan.per_device_bs * plan.micro_steps_per_process
@@ -61,12 +74,14 @@ class NoiseMonitor:
         self._local_sq: torch.Tensor | None = None
         self._first: list[torch.Tensor] | None = None
         self._pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (step, small-side, big |G|^2)
+        self._probe: list[dict] | None = None  # collecting a probe instead of the training series
         self.series: list[dict] = []
+        self.probes: dict[str, dict] = {}  # "target", "final" -> the probe's summary
 
     # ---- collection, inside the optimizer step ----
-    def begin_step(self, step: int) -> None:
+    def begin_step(self, step: int, force: bool = False) -> None:
         self.step = step
-        self.measuring = is_measurement_step(step, self.every)
+        self.measuring = force or is_measurement_step(step, self.every)
         self._local_sq = None
 
     def after_backward(self, index: int, inputs: torch.Tensor, labels: torch.Tensor) -> None:
@@ -114,9 +129,10 @@ class NoiseMonitor:
         self.model.register_comm_hook(None, measuring_allreduce)
 
     # ---- at logging-window boundaries ----
-    def flush(self) -> None:
+    def flush(self) -> list[dict]:
+        """Read the pending measurements (one host sync); returns the new points of the training series."""
         if not self._pending:
-            return
+            return []
         steps = [step for step, _, _ in self._pending]
         small = torch.stack([s for _, s, _ in self._pending])
         big = torch.stack([b for _, _, b in self._pending])
@@ -126,25 +142,51 @@ class NoiseMonitor:
             rows = per_rank.t().tolist()
         else:
             rows = small.tolist()
+        points = []
         for step, small_value, big_value in zip(steps, rows, big.tolist(), strict=True):
-            if self.method == "ranks":
-                value = self.estimator.update_pooled(small_value, self.small_batch, big_value)
-            else:
-                value = self.estimator.update_nested(small_value, self.small_batch, big_value, self.big_batch)
-            self.series.append({"step": step + 1, "b_simple": value, "grad_sq": self.estimator.grad_sq,
-                                "trace": self.estimator.trace})
+            grad_sq, trace = self._estimates(small_value, big_value)
+            point = {"step": step + 1, "grad_sq": grad_sq, "trace": trace}
+            if self._probe is not None:
+                self._probe.append(point)
+                continue
+            point["b_simple"] = self.estimator.update_estimates(grad_sq, trace)
+            points.append(point)
+        self.series.extend(points)
+        return points
 
-    def value_at(self, step: int) -> float | None:
-        """The latest estimate measured at or before optimizer step `step` (1-based, as in history)."""
-        known = [point["b_simple"] for point in self.series if point["step"] <= step]
-        return known[-1] if known else None
+    def _estimates(self, small, big: float) -> tuple[float, float]:
+        """Raw unbiased (|G|^2, tr(Sigma)) of one measurement (scaling/noise.py)."""
+        if self.method == "ranks":
+            return unbiased_estimates(*pool_small_batches(small, self.small_batch)[:2], big, self.big_batch)
+        return nested_estimates(small, self.small_batch, big, self.big_batch)
 
-    def summary(self, target_step: int | None) -> dict:
+    @contextmanager
+    def probing(self, label: str) -> Iterator[None]:
+        """Measurements flushed inside go to the probe `label`, not to the training series."""
+        self._probe = []
+        try:
+            yield
+            self.flush()
+            points = self._probe
+            self.probes[label] = {
+                "b_simple": ratio_of_means([(p["grad_sq"], p["trace"]) for p in points]),
+                "measurements": len(points),
+                "first_step": points[0]["step"] if points else None,
+                "last_step": points[-1]["step"] if points else None,
+                "points": points,
+            }
+        finally:
+            self._probe = None
+            self.measuring = False
+
+    def summary(self) -> dict:
+        target, final = self.probes.get("target"), self.probes.get("final")
+        b_simple = final["b_simple"] if final else target["b_simple"] if target else self.estimator.noise_scale
         return {
             "method": self.method, "every": self.every, "small_batch": self.small_batch,
-            "big_batch": self.big_batch, "b_simple": self.estimator.noise_scale,
-            "b_simple_at_target": self.value_at(target_step) if target_step else None,
-            "series": self.series,
+            "big_batch": self.big_batch, "window": WINDOW, "b_simple": b_simple,
+            "b_simple_at_target": target["b_simple"] if target else None,
+            "at_target": target, "final": final or target, "series": self.series,
         }
 
     def state_dict(self) -> dict:

@@ -25,11 +25,11 @@ With k equal sub-batches covering the big one, the mean of |G_i - G_B|^2 equals 
 |G_B|^2, so this is the pooled form of [two-batch]. With a single sub-batch it is far less noisy than
 [two-batch] on the two norms, because the term 2 G.(noise) that G_b and G_B share cancels in their
 difference (half of a 128 batch, d=10 regression of tests/test_noise.py, EMA decay 0.99 over 600 steps:
-the final B_simple spreads by 4% over seeds, against 18% from the two norms alone).
+the B_simple averaged over all 600 spreads by 4% over seeds, against 18% from the two norms alone).
 
 Each estimate is very noisy, and the ratio of two noisy numbers is biased, so the paper averages |G|^2
 and tr(Sigma) separately over many steps and only then divides (appendix A.1: "the ratio of the averages").
-`NoiseScaleEstimator` does that with bias-corrected exponential moving averages.
+`NoiseScaleEstimator` does that over a bounded window of recent measurements.
 
 Which two gradients are compared depends on the training topology (scaling/gns.py wires this module into
 the loop): a rank's local gradient against the all-reduced one (`update_pooled`), one micro-batch against
@@ -43,6 +43,7 @@ The estimator depends only on the order of its updates, so measurements can be b
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -156,27 +157,27 @@ def _check_batches(small_batch: int, big_batch: int) -> None:
 
 
 class NoiseScaleEstimator:
-    """Running B_simple = tr(Sigma) / |G|^2 from measurements taken at the current parameters.
+    """Running B_simple = tr(Sigma) / |G|^2 over a bounded window of recent measurements.
 
     Feed one measurement per measuring step with `update` (two batch sizes, [two-batch]), `update_pooled`
     (k equal small batches averaged into the big one), `update_nested` (a sub-batch's distance to the big
-    batch) or `update_estimates` (raw estimates). |G|^2 and tr(Sigma) are each smoothed by an exponential
-    moving average with Adam's bias correction (Kingma & Ba 2015, sec. 3):
-    ema_t = decay * ema_{t-1} + (1 - decay) * x_t, reported as ema_t / (1 - decay^t), so the first value is
-    the first measurement instead of a value pulled towards 0.
-    The ratio is taken of the smoothed values (McCandlish et al., appendix A.1), never averaged itself.
+    batch) or `update_estimates` (raw estimates). |G|^2 and tr(Sigma) are each averaged over the last
+    `window` measurements (all of them with window=None) and only then divided (McCandlish et al., appendix
+    A.1: the ratio of the averages, never the average of ratios). A bounded window makes the value follow
+    training: |G|^2 falls by orders of magnitude as the loss falls, so an average over all of training (or
+    an exponential one with a long memory) is dominated by the early, large values and lags the weights
+    training has reached.
 
     Updates with a non-finite input (a diverged step) are skipped and counted in `skipped`.
     """
 
-    def __init__(self, ema_decay: float = 0.95):
-        if not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
-        self.ema_decay = float(ema_decay)
-        self.count = 0  # measurements averaged so far
+    def __init__(self, window: int | None = 5):
+        if window is not None and window < 1:
+            raise ValueError(f"window must be >= 1 measurement (or None for all), got {window}")
+        self.window = window
+        self.count = 0  # measurements taken so far (all of them, not only the window's)
         self.skipped = 0  # measurements dropped for being non-finite
-        self._grad_sq_ema = 0.0
-        self._trace_ema = 0.0
+        self._values: deque[tuple[float, float]] = deque(maxlen=window)
 
     def update(
         self, small_sq_norm: float, small_batch: int, big_sq_norm: float, big_batch: int
@@ -196,9 +197,7 @@ class NoiseScaleEstimator:
         if not (math.isfinite(grad_sq) and math.isfinite(trace)):
             self.skipped += 1
             return self.noise_scale
-        decay = self.ema_decay
-        self._grad_sq_ema = decay * self._grad_sq_ema + (1.0 - decay) * grad_sq
-        self._trace_ema = decay * self._trace_ema + (1.0 - decay) * trace
+        self._values.append((grad_sq, trace))
         self.count += 1
         return self.noise_scale
 
@@ -209,46 +208,42 @@ class NoiseScaleEstimator:
         small_mean, small_batch, big_batch = pool_small_batches(small_sq_norms, small_batch)
         return self.update(small_mean, small_batch, big_sq_norm, big_batch)
 
-    def _corrected(self, ema: float) -> float | None:
-        if self.count == 0:
-            return None
-        return ema / (1.0 - self.ema_decay**self.count)
-
     @property
     def grad_sq(self) -> float | None:
-        """Smoothed, bias-corrected estimate of |G|^2 (None before the first measurement)."""
-        return self._corrected(self._grad_sq_ema)
+        """Mean |G|^2 estimate over the window (None before the first measurement)."""
+        return sum(g for g, _ in self._values) / len(self._values) if self._values else None
 
     @property
     def trace(self) -> float | None:
-        """Smoothed, bias-corrected estimate of tr(Sigma) (None before the first measurement)."""
-        return self._corrected(self._trace_ema)
+        """Mean tr(Sigma) estimate over the window (None before the first measurement)."""
+        return sum(t for _, t in self._values) / len(self._values) if self._values else None
 
     @property
     def noise_scale(self) -> float | None:
-        """B_simple = tr(Sigma) / |G|^2 from the smoothed estimates.
+        """B_simple = tr(Sigma) / |G|^2 from the window's averages.
 
-        None while either smoothed estimate is not positive (too few measurements for the signal to rise
-        above the noise, or a gradient too small to measure): a non-positive ratio has no meaning.
+        None while either average is not positive (too few measurements for the signal to rise above the
+        noise, or a gradient too small to measure): a non-positive ratio has no meaning.
         """
-        grad_sq, trace = self.grad_sq, self.trace
-        if grad_sq is None or trace is None or grad_sq <= 0.0 or trace <= 0.0:
-            return None
-        return trace / grad_sq
+        return ratio_of_means(list(self._values))
 
-    def state_dict(self) -> dict[str, float]:
+    def state_dict(self) -> dict:
         """Plain numbers, for checkpoints and JSON."""
-        return {
-            "ema_decay": self.ema_decay,
-            "count": self.count,
-            "skipped": self.skipped,
-            "grad_sq_ema": self._grad_sq_ema,
-            "trace_ema": self._trace_ema,
-        }
+        return {"window": self.window, "count": self.count, "skipped": self.skipped,
+                "values": [list(pair) for pair in self._values]}
 
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        self.ema_decay = float(state["ema_decay"])
+    def load_state_dict(self, state: dict) -> None:
+        self.window = state["window"]
         self.count = int(state["count"])
         self.skipped = int(state.get("skipped", 0))
-        self._grad_sq_ema = float(state["grad_sq_ema"])
-        self._trace_ema = float(state["trace_ema"])
+        self._values = deque((tuple(pair) for pair in state["values"]), maxlen=self.window)
+
+
+def ratio_of_means(estimates: Sequence[tuple[float, float]]) -> float | None:
+    """B_simple from (|G|^2, tr(Sigma)) estimate pairs: mean trace over mean |G|^2; None unless both are
+    positive."""
+    if not estimates:
+        return None
+    grad_sq = sum(g for g, _ in estimates) / len(estimates)
+    trace = sum(t for _, t in estimates) / len(estimates)
+    return trace / grad_sq if grad_sq > 0.0 and trace > 0.0 else None

@@ -35,7 +35,12 @@ class Result(TypedDict, total=False):
     steps_to_target: int | None
     samples_to_target: int | None
     epochs_to_target: float | None
+    steps_to_target_resolution: int | None
+    first_eval_at_target: dict[str, Any] | None
+    target_search: dict[str, Any] | None
     throughput_samples_per_s: float | None
+    throughput_median_window_samples_per_s: float | None
+    train_time_per_step_s: float | None
     steps: int
     elapsed_s: float
     train_elapsed_s: float
@@ -102,7 +107,12 @@ def build_result(cfg, plan, schedule, outcome, environment: dict, extra: dict) -
         "steps_to_target": target["step"] if target else None,
         "samples_to_target": target["samples"] if target else None,
         "epochs_to_target": target["epoch"] if target else None,
+        "steps_to_target_resolution": _step_resolution(outcome.target_search),
+        "first_eval_at_target": outcome.first_eval_at_target,
+        "target_search": outcome.target_search,
         "throughput_samples_per_s": outcome.throughput_samples_per_s,
+        "throughput_median_window_samples_per_s": outcome.median_window_rate,
+        "train_time_per_step_s": outcome.train_elapsed_s / outcome.steps if outcome.steps else None,
         "steps": outcome.steps,
         "elapsed_s": outcome.elapsed_s,
         "train_elapsed_s": outcome.train_elapsed_s,
@@ -120,6 +130,14 @@ def build_result(cfg, plan, schedule, outcome, environment: dict, extra: dict) -
         "environment": environment,
         **extra,
     }
+
+
+def _step_resolution(search: dict | None) -> int | None:
+    """1 when steps_to_target is exact, else the width of the evaluation window it lies in."""
+    if search is None:
+        return None
+    low, high = search["window"]
+    return 1 if search["exact"] else high - low
 
 
 def failure_result(cfg, plan, environment: dict, err: BaseException, status: str,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -21,14 +23,32 @@ def synchronize(device: torch.device) -> None:
 
 
 class RunClock:
-    """Wall time since start, and the part spent in evaluation."""
+    """Wall time since start, and the part spent in evaluation. Time inside `paused()` does not count at
+    all: the tool's own extra work (replaying a window to find the exact step at the target, probing the
+    noise scale at the target) is not part of training (docs/clock.md)."""
 
     def __init__(self, offset_s: float = 0.0, eval_offset_s: float = 0.0):
         self._start = time.perf_counter() - offset_s
         self.eval_s = eval_offset_s
+        self.paused_s = 0.0  # excluded time, for the record
+        self._pause_depth = 0
 
     def elapsed(self) -> float:
         return time.perf_counter() - self._start
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Nested pauses count once (the outermost)."""
+        start = time.perf_counter()
+        self._pause_depth += 1
+        try:
+            yield
+        finally:
+            self._pause_depth -= 1
+            if self._pause_depth == 0:
+                duration = time.perf_counter() - start
+                self._start += duration
+                self.paused_s += duration
 
     def train_elapsed(self) -> float:
         return self.elapsed() - self.eval_s

@@ -24,9 +24,10 @@ from scaling.checkpoint import Checkpoint
 from scaling.config import RunConfig
 from scaling.data.delivery import BatchSource, fetch_batch
 from scaling.data.tensors import TensorPair
-from scaling.gns import NoiseMonitor
+from scaling.gns import PROBE_STEPS, NoiseMonitor
 from scaling.lr import LRSchedule
 from scaling.results import MetricsWriter, finite_or_none
+from scaling.target import TargetSearch, restore, take_snapshot
 from scaling.timing import PhaseTimer, RunClock, ThroughputWindows, summarize_phases, synchronize
 
 EVAL_BATCH_SIZE = 1024
@@ -39,9 +40,12 @@ class TrainOutcome:
     history: list[dict] = field(default_factory=list)
     train_loss: list[float | None] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)
-    target_eval: dict | None = None
+    target_eval: dict | None = None  # the first step at the target: exact when target_search says so
+    first_eval_at_target: dict | None = None  # the first scheduled evaluation at or above the target
+    target_search: dict | None = None
     diverged_at_step: int | None = None
-    throughput_samples_per_s: float | None = None
+    throughput_samples_per_s: float | None = None  # samples over the training clock
+    median_window_rate: float | None = None
     window_rates: list[float] = field(default_factory=list)
     elapsed_s: float = 0.0
     train_elapsed_s: float = 0.0
@@ -165,6 +169,8 @@ class Trainer:
         if cfg.noise_scale and (accelerator.num_processes > 1 or plan.micro_steps_per_process > 1
                                 or plan.per_device_bs >= 2):
             self.noise = NoiseMonitor(accelerator, model, plan, cfg.noise_every)
+        self.target_search = TargetSearch(self, enabled=cfg.exact_target and cfg.target_accuracy is not None)
+        self.clock_points: list[tuple[int, float]] = []  # (step, training clock) at window boundaries
         self._checkpointed_at = 0
 
     def request_stop(self, signal_name: str) -> None:
@@ -183,6 +189,8 @@ class Trainer:
         # the checkpoint's reading, so the time the job was down does not count (docs/clock.md).
         self.clock = RunClock(*self._clock_offsets)
         self.windows.restart()
+        self.clock_points.append((self.step, self.clock.train_elapsed()))
+        self.target_search.window_start()
         while self.last_step is None or self.step < self.last_step:
             self.train_step()
             eval_due = self.step % self.eval_interval == 0 or self.step == self.last_step
@@ -197,8 +205,9 @@ class Trainer:
                 accuracy = self.evaluate_now()
                 progress.set_postfix(acc=f"{accuracy:.3f}", loss=f"{window_losses[-1]:.3f}", refresh=False)
                 if cfg.target_accuracy is not None and accuracy >= cfg.target_accuracy:
-                    self.outcome.status, self.outcome.target_eval = "reached", self.outcome.history[-1]
+                    self.reach_target()
                     break
+                self.target_search.window_start()
             if time_up:
                 break
             if stop:  # preemption: every process saw the request at this same step
@@ -208,14 +217,19 @@ class Trainer:
             if cfg.checkpoint_every and self.step - self._checkpointed_at >= cfg.checkpoint_every:
                 self.save_checkpoint()
         progress.close()
+        if self.outcome.status == "running":  # a budget ran out: the noise scale where training ended
+            self.probe_noise("final")
         self.metrics.flush()
         return self.finish()
 
-    def train_step(self) -> None:
-        lr = self.schedule(self.step)
+    def set_lr(self, step: int) -> float:
+        lr = self.schedule(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.outcome.lr.append(lr)
+        return lr
+
+    def train_step(self) -> None:
+        self.outcome.lr.append(self.set_lr(self.step))
         if self.noise is not None:
             self.noise.begin_step(self.step)
         self.micro_losses.extend(optimizer_step(self.accelerator, self.model, self.optimizer,
@@ -232,9 +246,7 @@ class Trainer:
         rate = self.windows.close()
         self.phase_windows.append(self.timer.close_window())
         if self.noise is not None:
-            before = len(self.noise.series)
-            self.noise.flush()
-            for point in self.noise.series[before:]:
+            for point in self.noise.flush():
                 self.metrics.write({"type": "noise", **point})
         # Mean over this process's micro-batches, then over processes: the global-batch mean loss per step
         # (all micro-batches have the same size).
@@ -243,6 +255,7 @@ class Trainer:
         flags = torch.tensor([self.clock.elapsed(), float(self.stop_signal is not None)], device=accelerator.device)
         elapsed, stop = accelerator.reduce(flags, "max").tolist()
         self.micro_losses.clear()
+        self.clock_points.append((self.step, self.clock.train_elapsed()))
         if self.first_loss is None:
             self.first_loss = window_losses[0]
         self.outcome.train_loss.extend(finite_or_none(v) for v in window_losses)
@@ -281,6 +294,60 @@ class Trainer:
         self.metrics.flush()
         self.windows.restart()
         return accuracy
+
+    # ---- the exact step at the target (scaling/target.py) and the noise scale there ----
+    def reach_target(self) -> None:
+        outcome = self.outcome
+        outcome.status, outcome.first_eval_at_target = "reached", outcome.history[-1]
+        search = self.target_search.find_first_step(self.cfg.target_accuracy, lambda: self.probe_noise("target"))
+        outcome.target_search = search
+        if not search["exact"]:
+            outcome.target_eval = outcome.first_eval_at_target
+            return
+        step = search["first_step"]
+        train_time = self.train_time_at(step)
+        # Wall time: the training clock at that step plus the evaluations run until the one that found it.
+        outcome.target_eval = {"step": step, "samples": step * self.plan.global_bs,
+                               "epoch": step / self.steps_per_epoch, "time_s": train_time + self.clock.eval_s,
+                               "train_time_s": train_time}
+
+    def train_time_at(self, step: int) -> float:
+        """The training clock at the end of `step`, interpolated linearly between the logging-window
+        boundaries around it (where the device is synchronized and the clock read)."""
+        points = sorted(self.clock_points)
+        for (step_a, time_a), (step_b, time_b) in zip(points, points[1:], strict=False):
+            if step_a <= step <= step_b and step_b > step_a:
+                return time_a + (time_b - time_a) * (step - step_a) / (step_b - step_a)
+        return points[-1][1]
+
+    def replay_step(self, step: int) -> float:
+        """Train optimizer step `step` again (no timing, no noise measurement); its global mean loss."""
+        self.set_lr(step)
+        if self.noise is not None:
+            self.noise.measuring = False
+        losses = optimizer_step(self.accelerator, self.model, self.optimizer, self.source.replay_micro_batches(step))
+        self.step = step + 1
+        local = torch.stack(losses).float().view(-1, self.plan.micro_steps_per_process).mean(dim=1)
+        return self.accelerator.reduce(local, reduction="mean").item()  # host sync: replay is off the clock
+
+    def evaluate_accuracy(self) -> float:
+        return evaluate(self.unwrapped, self.eval_set, self.accelerator)[0]
+
+    def probe_noise(self, label: str) -> None:
+        """PROBE_STEPS noise measurements in a row from the current weights, off the clock; the weights,
+        optimizer state and step are restored afterwards."""
+        if self.noise is None:
+            return
+        with self.clock.paused():
+            snapshot = take_snapshot(self)
+            with self.noise.probing(label):
+                for step in range(self.step, self.step + PROBE_STEPS):
+                    self.set_lr(step)
+                    self.noise.begin_step(step, force=True)
+                    optimizer_step(self.accelerator, self.model, self.optimizer,
+                                   self.source.replay_micro_batches(step), noise=self.noise)
+                    self.step = step + 1
+            restore(self, snapshot)
 
     # ---- checkpoints (scaling/checkpoint.py saves and restores; the loop says what its state is) ----
     def state_dict(self) -> dict:
@@ -326,15 +393,16 @@ class Trainer:
         outcome.train_elapsed_s = self.clock.train_elapsed()
         if outcome.status == "running":
             outcome.status = "not_reached" if self.cfg.target_accuracy is not None else "completed"
-        outcome.throughput_samples_per_s = self.windows.median_after_warmup()
+        if outcome.train_elapsed_s > 0 and self.step:
+            outcome.throughput_samples_per_s = self.step * self.plan.global_bs / outcome.train_elapsed_s
+        outcome.median_window_rate = self.windows.median_after_warmup()
         outcome.window_rates = self.windows.rates
         # Phases after warm-up (the first window holds allocator and cache warm-up, as for throughput).
         skip = 1 if len(self.phase_windows) > 1 else 0
         kept, durations = self.phase_windows[skip:], self.windows.durations[skip:]
         outcome.step_time = summarize_phases(kept, accelerator.num_processes, sum(durations))
         if self.noise is not None:
-            target_step = outcome.target_eval["step"] if outcome.target_eval else None
-            outcome.noise_scale = self.noise.summary(target_step)
+            outcome.noise_scale = self.noise.summary()
         if self.cfg.time_phases:
             own = torch.tensor([sum(w["step_wall"] for w in kept)], device=accelerator.device, dtype=torch.float64)
             outcome.per_rank_step_time_s = accelerator.gather(own).tolist()

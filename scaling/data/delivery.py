@@ -66,6 +66,13 @@ class BatchSource:
             for _ in range(self.sampler.plan.micro_steps_per_process):
                 yield next(self._iterator)
 
+    def replay_micro_batches(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The micro-batches of any step again, outside the loader's stream (the same samples; a loader's
+        random augmentation, drawn in its workers, is not reproduced)."""
+        if self.fast:
+            return list(self.micro_batches(step))
+        return [fetch_batch(self.dataset, indices) for indices in self.sampler.micro_batches(step, self.process_index)]
+
     def describe(self) -> str:
         if self.fast:
             return "in-memory tensors on the device, whole-batch indexing"
