@@ -1,0 +1,167 @@
+"""Validate `scaling predict` against real multi-process runs on this machine (docs/predict.md).
+
+    python benchmarks/predict_validation.py                        # every configuration, 2 processes, 3 repeats
+    python benchmarks/predict_validation.py --configs cnn1d --processes 2,4 --repeats 2
+
+For each configuration and process count N: a one-process run that emulates N devices
+(`--emulate-processes N`, one thread: OMP_NUM_THREADS=1) and a real `torchrun --nproc_per_node N` run (one
+thread per process), alternately (the order flips every repeat), `--repeats` times; the all-reduce of the
+model's DDP buckets is measured across N local gloo processes (what `scaling predict --measure-comm` does),
+once per configuration and N, before the runs. Each emulating run gives a prediction of the real run's train
+time to target; the table compares the median prediction with the median measurement, and checks that every
+run, emulated or real, reached the target at the same optimizer step.
+
+The configurations differ in model size, so that both ends of the all-reduce model are exercised: a 31 KiB
+gradient (latency-bound), a 308 KiB one, and a 4.2 MiB one (bandwidth-bound). The wide MLP is defined here
+(`wide_mlp`) and passed to the runs as `--model benchmarks/predict_validation.py:wide_mlp`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+CONFIGS = {
+    # name: (run flags, what it exercises)
+    "cnn1d": (["--model", "cnn1d", "--target-accuracy", "0.9"], "default CNN, 31 KiB of gradients: latency-bound"),
+    "mlp": (["--model", "mlp", "--target-accuracy", "0.7"], "MLP 40-256-256-10, 308 KiB: one bucket"),
+    "wide_mlp": (["--model", "benchmarks/predict_validation.py:wide_mlp", "--target-accuracy", "0.65"],
+                 "MLP 40-1024-1024-10, 4.2 MiB in 2 buckets: bandwidth-bound"),
+}
+COMMON = ["--cpu", "--progress", "false", "--global-bs", "256", "--per-device-bs", "64", "--noise-scale", "false",
+          "--seed", "0"]
+
+
+def wide_mlp():
+    """The bandwidth-bound configuration's model (1.1 M parameters)."""
+    from scaling.models import MLP
+
+    return MLP(40, hidden=1024)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"  # one thread per (emulated or real) device
+    return env
+
+
+def _port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_emulated(flags: list[str], processes: int, out: Path) -> dict:
+    cmd = [sys.executable, "scaling/run.py", *COMMON, *flags, "--emulate-processes", str(processes),
+           "--output-dir", str(out)]
+    return _run(cmd, out)
+
+
+def run_real(flags: list[str], processes: int, out: Path) -> dict:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
+           str(_port()), "scaling/run.py", *COMMON, *flags, "--output-dir", str(out)]
+    return _run(cmd, out)
+
+
+def _run(cmd: list[str], out: Path) -> dict:
+    result_path = out / "result.json"
+    if result_path.is_file():  # rerunning the script reuses finished runs
+        result = json.loads(result_path.read_text())
+        if result.get("status") == "reached":
+            return result
+    for attempt in range(2):  # one retry for gloo's rare teardown abort (tests/conftest.py)
+        proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=1800)
+        if proc.returncode == 0:
+            break
+        if attempt or "terminate called without an active exception" not in proc.stderr:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(result_path.read_text())
+
+
+def main() -> None:
+    from scaling import comm
+    from scaling.predict_devices import gradient_bytes_for, predict_on_devices, profile_run
+    from scaling.results import read_metrics
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--processes", default="2")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default="runs/predict-validation")
+    args = parser.parse_args()
+    os.chdir(REPO)  # the wide MLP is named by a path relative to the repository
+    root = REPO / args.out
+    rows = []
+    for name in args.configs.split(","):
+        flags, what = CONFIGS[name]
+        for processes in [int(n) for n in args.processes.split(",")]:
+            emulated, real, measurements = [], [], []
+            for repeat in range(args.repeats):
+                folder = root / name / f"n{processes}"
+                order = ("emulated", "real") if repeat % 2 == 0 else ("real", "emulated")
+                for kind in order:
+                    out = folder / f"{kind}-{repeat}"
+                    started = time.perf_counter()
+                    if kind == "emulated":
+                        emulated.append((run_emulated(flags, processes, out), out))
+                    else:
+                        real.append(run_real(flags, processes, out))
+                    print(f"{name} N={processes} {kind} #{repeat}: {time.perf_counter() - started:.0f} s", flush=True)
+                config = emulated[0][0]["config"]
+                gradient = gradient_bytes_for(config)
+                buckets = comm.ddp_buckets(gradient)
+                # The all-reduce is measured between the repeats too: the machine's load changes.
+                measurements.append(comm.measure_allreduce(processes, comm.measurement_sizes(buckets)))
+            link = measurements[-1].interconnect()
+            predictions, ideal = [], []
+            for (result, out), measurement in zip(emulated, measurements, strict=True):
+                profile = profile_run(result, read_metrics(out / "metrics.jsonl"))
+                predictions.append(predict_on_devices(profile, gradient, processes, measurement.interconnect()))
+                free = comm.Interconnect("free", float("inf"), 0.0, "given")
+                ideal.append(predict_on_devices(profile, gradient, processes, free).train_time_to_target_s)
+            measured = [r["train_time_to_target_s"] for r in real]
+            predicted = [p.train_time_to_target_s for p in predictions]
+            steps = {r["steps_to_target"] for r in real} | {r["steps_to_target"] for r, _ in emulated}
+            real_sync = [((r.get("step_time_breakdown") or {}).get("phases") or {}).get("grad_sync", {}).get("seconds")
+                         for r in real]
+            rows.append({
+                "config": name, "what": what, "processes": processes, "gradient_bytes": sum(gradient),
+                "buckets": buckets, "steps_to_target": sorted(steps),
+                "emulated_s": [r["train_time_to_target_s"] for r, _ in emulated], "predicted_s": predicted,
+                "measured_s": measured, "perfect_scaling_s": ideal,
+                "predicted_allreduce_ms": [p.allreduce.exposed_s * 1e3 for p in predictions],
+                "real_grad_sync_s": real_sync,
+                "latency_us": [m.fit.latency * 1e6 for m in measurements],
+                "bandwidth_gb_s": [m.fit.bus_bandwidth / 1e9 for m in measurements],
+                "link": link.describe(),
+            })
+            (root / "validation.json").write_text(json.dumps(rows, indent=2))
+    print()
+    print("| configuration | gradient | N | steps to target (all runs) | emulated (s) | predicted (s) | measured (s) | "
+          "predicted / measured | no-comm prediction / measured | all-reduce fit |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        med = {key: statistics.median(row[key]) for key in ("emulated_s", "predicted_s", "measured_s",
+                                                           "perfect_scaling_s")}
+        same = "identical: " if len(row["steps_to_target"]) == 1 else "DIFFER: "
+        print(f"| {row['config']} | {row['gradient_bytes'] / 2**10:,.0f} KiB in {len(row['buckets'])} bucket(s) | "
+              f"{row['processes']} | {same}{', '.join(map(str, row['steps_to_target']))} | {med['emulated_s']:.2f} | "
+              f"{med['predicted_s']:.2f} | {med['measured_s']:.2f} | {med['predicted_s'] / med['measured_s']:.2f} | "
+              f"{med['perfect_scaling_s'] / med['measured_s']:.2f} | "
+              f"{statistics.median(row['latency_us']):.0f} us, {statistics.median(row['bandwidth_gb_s']):.2f} GB/s |")
+    print(f"\n(medians over {args.repeats} repeats; every value: {root / 'validation.json'})")
+
+
+if __name__ == "__main__":
+    main()

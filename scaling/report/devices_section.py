@@ -1,0 +1,237 @@
+"""Report section: predicted train time to target against the number of devices, for every configuration that
+reached the target, and the fastest way to the target with up to N devices (scaling/predict_devices.py,
+docs/predict.md).
+
+Each run's steps to target are its own (every decomposition of a global batch trains the same trajectory);
+the step time on n devices is the run's measured micro-step compute at the per-device batch, n-fold parallel,
+plus the modelled gradient all-reduce over a named interconnect (scaling/comm.py). The report cannot measure
+the interconnect, so it names a preset chosen from the runs' device (`report_interconnect`).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from matplotlib import colormaps
+
+from scaling.comm import PRESETS, Interconnect
+from scaling.config import ConfigError
+from scaling.predict_devices import device_counts, gradient_bytes_for, predict_on_devices, profile_run
+from scaling.report import formatting as fmt
+from scaling.report import plots
+from scaling.report.findings import ESTIMATE, Finding
+from scaling.report.render import Block, Bullets, Figure, Heading, Note, Paragraph, Table
+from scaling.report.runs import Configuration, Run
+from scaling.report.study import Study
+from scaling.results import read_metrics
+
+QUESTION_DEVICES = "How long would it take on N devices?"
+MAX_DEVICES = 64  # the table and plot go up to this many devices (or the global batch, if smaller)
+ANSWER_CAPS = (1, 8, 64)  # "the fastest way to the target with up to N devices", for these N
+PLOT_DEVICES = "devices_time_to_target"
+SCALED_MARK = "*"
+
+# GPU name fragment -> the NVLink generation of its SXM form (other GPUs: PCIe 4.0); CPUs: 10 GbE.
+_GPU_LINKS = (("B200", "nvlink5"), ("B100", "nvlink5"), ("GB200", "nvlink5"), ("H200", "nvlink4"),
+              ("H100", "nvlink4"), ("GH200", "nvlink4"), ("A100", "nvlink3"), ("V100", "nvlink2"))
+CPU_LINK = "ethernet-10g"
+GPU_LINK = "pcie4"
+
+
+def report_interconnect(study: Study) -> Interconnect:
+    """The preset the section predicts with: the NVLink generation of the runs' GPU when it is known, PCIe 4.0
+    for other GPUs, 10 Gigabit Ethernet for CPUs (the most common device among the runs)."""
+    devices = Counter(str((run.get("environment") or {}).get("device") or "") for run in study.runs)
+    device = devices.most_common(1)[0][0] if devices else ""
+    if not device or device.lower().startswith("cpu"):
+        return PRESETS[CPU_LINK]
+    for fragment, name in _GPU_LINKS:
+        if fragment in device.upper():
+            return PRESETS[name]
+    return PRESETS[GPU_LINK]
+
+
+@dataclass
+class DeviceRow:
+    """One configuration's predicted train time to target per device count (mean over its reached runs)."""
+
+    configuration: Configuration
+    measured_s: float | None
+    steps: float | None
+    run_as: str = ""  # the measured runs' decomposition (per-device x processes x accumulation, emulated?)
+    times: dict[int, float] = field(default_factory=dict)
+    per_device: dict[int, int] = field(default_factory=dict)
+    accumulation: dict[int, int] = field(default_factory=dict)
+    scaled: set[int] = field(default_factory=set)  # device counts whose per-device batch was not measured
+
+
+@dataclass
+class DeviceAnalysis:
+    link: Interconnect
+    rows: list[DeviceRow]
+    counts: list[int]
+    skipped: list[str]  # why a configuration that reached the target has no row
+
+
+def device_analysis(study: Study, link: Interconnect | None = None) -> DeviceAnalysis:
+    """The predictions of every configuration that reached the target (computed once per study and link)."""
+    link = link or report_interconnect(study)
+    cache = vars(study).setdefault("_device_analysis", {})
+    if link.name not in cache:
+        cache[link.name] = _analyse(study, link)
+    return cache[link.name]
+
+
+def _analyse(study: Study, link: Interconnect) -> DeviceAnalysis:
+    rows, skipped = [], []
+    for configuration in study.configurations:
+        reached = [run for run in configuration.runs if run.reached]
+        if not reached:
+            continue
+        try:
+            rows.append(_row(configuration, reached, link))
+        except (ConfigError, ValueError, KeyError, TypeError) as err:
+            skipped.append(f"{configuration.label} ({err})")
+        except Exception as err:  # rebuilding a user's model or data can fail in any way: say so, go on
+            skipped.append(f"{configuration.label} (the model could not be rebuilt: {type(err).__name__}: {err})")
+    counts = sorted({n for row in rows for n in row.times})
+    return DeviceAnalysis(link, rows, counts, skipped)
+
+
+def _row(configuration: Configuration, runs: list[Run], link: Interconnect) -> DeviceRow:
+    gradient = gradient_bytes_for(runs[0].config)
+    row = DeviceRow(configuration, statistics.fmean(run.train_time for run in runs),
+                    statistics.fmean(run.steps_to_target for run in runs))
+    per_run: dict[int, list[float]] = {}
+    for run in runs:
+        metrics = read_metrics(run.folder / "metrics.jsonl") if run.folder is not None else []
+        profile = profile_run(run.result, metrics)
+        row.run_as = profile.decomposition.replace(" x ", " × ")
+        for n in device_counts(profile.global_bs, MAX_DEVICES):
+            prediction = predict_on_devices(profile, gradient, n, link)
+            if prediction.train_time_to_target_s is None:
+                continue
+            per_run.setdefault(n, []).append(prediction.train_time_to_target_s)
+            row.per_device[n] = prediction.plan.per_device_bs
+            row.accumulation[n] = prediction.plan.accumulation_steps
+            if not prediction.measured_micro_batch:
+                row.scaled.add(n)
+    row.times = {n: statistics.fmean(times) for n, times in per_run.items()}
+    return row
+
+
+def fastest_within(analysis: DeviceAnalysis, cap: int) -> tuple[DeviceRow, int] | None:
+    """The (configuration, device count <= cap) with the lowest predicted time (ties: fewer devices)."""
+    options = [(row.times[n], n, row) for row in analysis.rows for n in row.times if n <= cap]
+    if not options:
+        return None
+    time, n, row = min(options, key=lambda option: (option[0], option[1]))
+    return row, n
+
+
+def _caps(analysis: DeviceAnalysis) -> list[int]:
+    largest = max(analysis.counts, default=1)
+    return sorted({cap for cap in ANSWER_CAPS if cap <= largest} | {largest})
+
+
+def device_count_findings(study: Study, link: Interconnect | None = None) -> list[Finding]:
+    """"The fastest way to the target with up to N devices", for N in ANSWER_CAPS (and the largest count)."""
+    analysis = device_analysis(study, link)
+    if not analysis.rows:
+        return []
+    findings = []
+    for cap in _caps(analysis):
+        row, n = fastest_within(analysis, cap)
+        configuration = row.configuration
+        series = "" if configuration.series == "all" else f" ({configuration.series})"
+        scaled = " (per-device batch not measured: compute scaled per sample)" if n in row.scaled else ""
+        text = (f"With up to {fmt.devices(cap)}, the fastest predicted way to {study.target_text()} is global batch "
+                f"{configuration.global_bs}{series} on {fmt.devices(n)} (per-device {row.per_device[n]} × "
+                f"{row.accumulation[n]} accumulation): {fmt.seconds(row.times[n])} s train time for "
+                f"{fmt.integer(row.steps)} steps, over {analysis.link.name}{scaled}.")
+        findings.append(Finding(f"fastest_with_devices@{cap}", text, kind=ESTIMATE, winner=configuration.label,
+                                numbers={"devices_cap": cap, "devices": n, "configuration": configuration.label,
+                                         "global_batch": configuration.global_bs, "per_device": row.per_device[n],
+                                         "accumulation_steps": row.accumulation[n],
+                                         "predicted_train_time_s": row.times[n], "steps_to_target": row.steps,
+                                         "interconnect": analysis.link.to_dict(),
+                                         "measured_micro_batch": n not in row.scaled}))
+    return findings
+
+
+def device_count_section(study: Study) -> list[Block]:
+    blocks: list[Block] = [Heading(QUESTION_DEVICES)]
+    if study.target is None or not any(c.reached for c in study.configurations):
+        return blocks + [Note("No run reached its target: no time to predict.")]
+    analysis = device_analysis(study)
+    link = analysis.link
+    blocks.append(Paragraph(
+        f"Train time to {study.target_text()} predicted on n data-parallel devices from each configuration's own "
+        f"runs (scaling predict, docs/predict.md): the steps to target are the run's (every decomposition of a "
+        f"global batch trains the same trajectory); a step is the run's measured forward/backward per micro-batch "
+        f"at the per-device batch, times the accumulation steps, plus its data, optimizer and overhead time, plus "
+        f"the DDP gradient all-reduce over {link.name} ({link.bus_bandwidth / 1e9:.3g} GB/s bus bandwidth, "
+        f"{link.latency * 1e6:.3g} µs latency; {link.note or link.source}), overlapped with backward. The "
+        f"interconnect is a datasheet upper bound chosen from the runs' device; `scaling predict RUN --processes "
+        f"N --measure-comm` measures a real one."))
+    if not analysis.rows:
+        return blocks + [Note("No configuration could be predicted: " + "; ".join(analysis.skipped) + ".")]
+    header = ["configuration", "run as", "measured (s)", *[fmt.devices(n) for n in analysis.counts]]
+    rows = []
+    for row in analysis.rows:
+        cells = [row.configuration.label, row.run_as or fmt.DASH, fmt.seconds(row.measured_s)]
+        for n in analysis.counts:
+            value = row.times.get(n)
+            cells.append(fmt.DASH if value is None else fmt.seconds(value) + (SCALED_MARK if n in row.scaled else ""))
+        rows.append(cells)
+    blocks.append(Table(header, rows))
+    notes = ["Predicted train time to target (s), mean over the seeds that reached it; run as: per-device × "
+             "processes × accumulation of the measured run; — : the global batch does not split over that many "
+             "devices."]
+    if any(row.scaled for row in analysis.rows):
+        notes.append(f"{SCALED_MARK}: the per-device batch is smaller than the measured one, so its compute is "
+                     f"scaled per sample from it (optimistic on GPUs, whose efficiency drops at small batches).")
+    blocks += [Note(text) for text in notes]
+    if analysis.skipped:
+        blocks.append(Note("Not predicted: " + "; ".join(analysis.skipped) + "."))
+    path = plot_devices(study, analysis)
+    if path is not None:
+        blocks.append(Figure(path, f"Predicted train time to target against device count, one line per "
+                                   f"configuration, all-reduce over {link.name}; hollow: per-device batch not "
+                                   f"measured (scaled per sample)."))
+    findings = device_count_findings(study)
+    if findings:
+        blocks.append(Bullets([finding.statement for finding in findings]))
+    return blocks
+
+
+def plot_devices(study: Study, analysis: DeviceAnalysis) -> Path | None:
+    rows = [row for row in analysis.rows if row.times]
+    if not rows:
+        return None
+    figure, ax = plots.new_figure(8.0, 5.0)
+    cmap = colormaps["viridis"]
+    for index, row in enumerate(rows):
+        color = cmap(0.9 * index / max(1, len(rows) - 1))
+        counts = sorted(row.times)
+        ax.plot(counts, [row.times[n] for n in counts], "-", color=color, label=row.configuration.label)
+        for n in counts:
+            hollow = n in row.scaled
+            ax.plot([n], [row.times[n]], "o", color=color, markerfacecolor="white" if hollow else color)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(analysis.counts)
+    ax.set_xticklabels([str(n) for n in analysis.counts])
+    ax.minorticks_off()
+    ax.set_xlabel("devices")
+    ax.set_ylabel(f"predicted train time to {study.target_text()} (s)")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.set_title(f"Predicted time to target on n devices ({analysis.link.name})")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    if not all(math.isfinite(t) and t > 0 for row in rows for t in row.times.values()):
+        ax.set_yscale("linear")
+    return plots._save(study, figure, PLOT_DEVICES)

@@ -1,0 +1,172 @@
+"""The N-device prediction (scaling/predict_devices.py) against hand-computed values, and `scaling predict`'s
+refusals."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, assert_one_line_error, child_env
+from scaling.comm import Interconnect
+from scaling.config import ConfigError
+from scaling.predict_devices import device_counts, plan_devices, predict_on_devices, profile_run
+
+
+def phase(seconds):
+    return {"seconds": seconds, "fraction": None}
+
+
+def emulating_result(**changes) -> dict:
+    """A run of global batch 256 = 64 x 2 emulated processes x 2 accumulation steps on one process (M = 4
+    micro-steps per step). Logging windows close at steps 10, 20 and 30: the breakdown sums the last two
+    (K = 20 steps, 80 micro-steps) over 1.0 s of wall time."""
+    result = {
+        "status": "reached",
+        "config": {"model": "cnn1d", "dataset": "mnist1d", "num_samples": 8000},
+        "target": {"metric": "accuracy", "value": 0.9},
+        "batch": {"global": 256, "per_device": 64, "num_processes": 2, "accumulation_steps": 2, "world_size": 1,
+                  "emulated": True, "micro_steps_per_process": 4},
+        "steps": 32, "train_elapsed_s": 1.6, "steps_to_target": 30, "train_time_to_target_s": 1.5,
+        # samples/s per window: step times 0.05 s (first, dropped), then 0.04, 0.05, 0.06, 0.05, 0.05 s
+        "throughput_windows": [256 / 0.05, 256 / 0.04, 256 / 0.05, 256 / 0.06, 256 / 0.05, 256 / 0.05],
+        "step_time_breakdown": {
+            "phases": {"data_wait": phase(0.04), "h2d": phase(0.0), "forward_backward": phase(0.8),
+                       "grad_sync": phase(0.0), "optimizer": phase(0.1), "noise_scale": phase(0.0),
+                       "other": phase(0.06)},
+            "measured_s": 1.0, "covered_fraction": 0.94, "windows": 2},
+    }
+    result.update(changes)
+    return result
+
+
+METRICS = [{"type": "train", "step": 10}, {"type": "eval", "step": 10}, {"type": "train", "step": 20},
+           {"type": "train", "step": 30}]
+
+
+def test_profile_divides_the_breakdown_into_micro_steps_and_steps():
+    profile = profile_run(emulating_result(), METRICS)
+    assert profile.micro_steps == 4
+    assert profile.micro_compute_s == pytest.approx(0.8 / 80)  # 10 ms per micro-batch of 64
+    assert profile.micro_data_s == pytest.approx(0.04 / 80)
+    assert profile.optimizer_s == pytest.approx(0.1 / 20)
+    assert profile.other_s == pytest.approx(0.06 / 20)
+    assert profile.sync_s == 0.0
+    # The breakdown's step reassembles its wall time: 1.0 s / 20 steps.
+    assert profile.steady_step_s == pytest.approx(0.05)
+    assert profile.step_s == pytest.approx(1.6 / 32)
+    # Window step times after the first: 40, 50, 60, 50, 50 ms around a median of 50.
+    low, high = profile.band()
+    assert low == pytest.approx(0.8 + 0.2 * 0.64) and high == pytest.approx(1.0 + 0.2 * 0.36)
+
+
+def test_prediction_on_two_devices_by_hand():
+    profile = profile_run(emulating_result(), METRICS)
+    link = Interconnect("test", 1e9, 100e-6, "given")
+    prediction = predict_on_devices(profile, [1_000_000], 2, link)
+    assert (prediction.plan.per_device_bs, prediction.plan.accumulation_steps) == (64, 2)
+    # One bucket (under 1 MiB): ready only when backward ends, so all of it is exposed:
+    # 100 us + 2(2-1)/2 * 1 MB / 1 GB/s = 1.1 ms.
+    assert prediction.allreduce.exposed_s == pytest.approx(1.1e-3)
+    # Two small collectives per logging window (3 windows over 32 steps): 2 * (100 us + 64 B / 1 GB/s) / (32/3).
+    window = 2 * (100e-6 + 64e-9) / (32 / 3)
+    step = 2 * 0.010 + 2 * 0.0005 + 0.005 + 0.003 + 1.1e-3 + window  # 2 micro-steps each of compute and data
+    assert sum(prediction.components.values()) == pytest.approx(step)
+    assert prediction.delta_step_s == pytest.approx(step - 0.05)
+    assert prediction.step_s == pytest.approx(0.05 + step - 0.05)
+    # The run's 1.5 s to step 30, plus 30 steps of the difference.
+    assert prediction.train_time_to_target_s == pytest.approx(1.5 + 30 * (step - 0.05))
+    low, high = prediction.band_s
+    assert low == pytest.approx(prediction.train_time_to_target_s * 0.928)
+    assert high == pytest.approx(prediction.train_time_to_target_s * 1.072)
+    assert prediction.steps_to_target == 30 and prediction.measured_micro_batch
+
+
+def test_one_device_reproduces_the_emulating_run():
+    """On one device the emulating run's own step: same micro-steps, nothing to synchronize."""
+    profile = profile_run(emulating_result(), METRICS)
+    prediction = predict_on_devices(profile, [1_000_000], 1, None)
+    assert prediction.plan.accumulation_steps == 4
+    assert prediction.delta_step_s == pytest.approx(0.0, abs=1e-12)
+    assert prediction.train_time_to_target_s == pytest.approx(1.5)
+
+
+def test_a_smaller_per_device_batch_is_scaled_per_sample():
+    profile = profile_run(emulating_result(), METRICS)
+    prediction = predict_on_devices(profile, [1000], 4, Interconnect("free", float("inf"), 0.0, "given"))
+    # 256 / 4 devices = 64 each: the run's batch, one micro-step.
+    assert (prediction.plan.per_device_bs, prediction.plan.accumulation_steps) == (64, 1)
+    prediction = predict_on_devices(profile, [1000], 8, Interconnect("free", float("inf"), 0.0, "given"))
+    # 32 each: half the measured micro-batch, half its compute.
+    assert prediction.plan.per_device_bs == 32 and not prediction.measured_micro_batch
+    assert prediction.components["compute"] == pytest.approx(0.005)
+    assert any("not measured" in note for note in prediction.notes)
+
+
+def test_real_processes_all_reduce_is_replaced_not_added():
+    """From a real 2-process run, the measured exposed all-reduce (grad_sync) leaves the step and the modelled
+    one enters."""
+    result = emulating_result()
+    result["batch"].update(num_processes=2, world_size=2, emulated=False, micro_steps_per_process=2)
+    result["step_time_breakdown"]["phases"].update(forward_backward=phase(0.4), grad_sync=phase(0.1),
+                                                   data_wait=phase(0.02), other=phase(0.38))
+    profile = profile_run(result, METRICS)
+    assert profile.sync_s == pytest.approx(0.1 / 20)
+    assert profile.micro_compute_s == pytest.approx(0.4 / 40)
+    free = Interconnect("free", float("inf"), 0.0, "given")
+    prediction = predict_on_devices(profile, [1000], 2, free)
+    assert prediction.delta_step_s == pytest.approx(-0.005)  # only the measured all-reduce goes
+
+
+def test_plan_refuses_splits_that_do_not_divide():
+    profile = profile_run(emulating_result(), METRICS)
+    with pytest.raises(ConfigError, match="does not split over 3"):
+        plan_devices(profile, 3)
+    with pytest.raises(ConfigError, match="does not divide the per-device share"):
+        plan_devices(profile, 2, per_device_bs=48)
+    with pytest.raises(ConfigError, match="needs an interconnect"):
+        predict_on_devices(profile, [1000], 2, None)
+    assert device_counts(256, 64) == [1, 2, 4, 8, 16, 32, 64]
+    assert device_counts(96, 64) == [1, 2, 4, 8, 16, 32]
+
+
+def test_without_phase_timing_the_whole_step_is_compute():
+    profile = profile_run(emulating_result(step_time_breakdown=None), [])
+    assert profile.micro_compute_s == pytest.approx(0.05 / 4)
+    assert any("no phase breakdown" in note for note in profile.notes)
+
+
+def test_mismatched_metrics_estimate_the_steps_from_time():
+    profile = profile_run(emulating_result(), [{"type": "train", "step": 10}])
+    assert profile.micro_compute_s == pytest.approx(0.8 / (1.0 / 0.05 * 4))
+    assert any("estimated" in note for note in profile.notes)
+
+
+# ---- the command's refusals: one line, exit 2 ----
+
+
+def predict_cli(*args):
+    return subprocess.run([sys.executable, "-m", "scaling.cli", "predict", *map(str, args)], capture_output=True,
+                          text=True, timeout=120, cwd=REPO, env=child_env())
+
+
+def test_cli_refuses_a_folder_without_a_result(tmp_path):
+    assert_one_line_error(predict_cli(tmp_path, "--processes", "2", "--interconnect", "nvlink4"), "no result.json")
+
+
+def test_cli_refuses_unfinished_and_failed_runs(tmp_path):
+    (tmp_path / "result.json").write_text(json.dumps({"status": "running"}))
+    assert_one_line_error(predict_cli(tmp_path, "--processes", "2", "--interconnect", "nvlink4"), "not a finished run")
+    (tmp_path / "result.json").write_text(json.dumps({"status": "oom"}))
+    assert_one_line_error(predict_cli(tmp_path, "--processes", "2", "--interconnect", "nvlink4"), "measured nothing")
+
+
+def test_cli_refuses_bad_options(tmp_path):
+    (tmp_path / "result.json").write_text(json.dumps(emulating_result()))
+    assert_one_line_error(predict_cli(tmp_path, "--processes", "2"), "--measure-comm", "--interconnect")
+    assert_one_line_error(predict_cli(tmp_path, "--processes", "3", "--interconnect", "nvlink4"), "does not split")
+    assert_one_line_error(predict_cli(tmp_path, "--processes", "2", "--interconnect", "warp"), "unknown interconnect")
+    assert_one_line_error(predict_cli(tmp_path, "--processes", "2", "--bandwidth", "10"), "--latency")
+    assert_one_line_error(predict_cli(tmp_path, "--processes", "2", "--interconnect", "nvlink4", "--bandwidth", "1"),
+                          "not allowed with")
+    assert_one_line_error(predict_cli(tmp_path, "--processes", "0", "--interconnect", "nvlink4"), "--processes")
