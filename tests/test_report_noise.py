@@ -131,8 +131,11 @@ def test_predictions_name_batches_not_run(report):
 def test_fastest_batch_per_device_count(report):
     _, _, md, _ = report
     # T_8(B) is proportional to (B + 500)(B/8 + 256)/B for linear: lowest at 1024 among powers of two.
-    (line,) = [line for line in _conclusions(md) if line.startswith("linear: predicted fastest global batch")]
-    assert "on 8 devices: 1024 (" in line and "on 1 device: " in line and "on 64 devices: " in line
+    lines = [line for line in _conclusions(md) if line.startswith("linear: predicted fastest global batch")]
+    assert [line.split(":")[1] for line in lines] == [" predicted fastest global batch on 1 device",
+                                                      " predicted fastest global batch on 8 devices",
+                                                      " predicted fastest global batch on 64 devices"]
+    assert lines[1].startswith("linear: predicted fastest global batch on 8 devices: 1024 (")
     assert re.search(r"^\| linear \| 8 devices \| 1024 \| 128 \| ", _section(md), re.M)
 
 

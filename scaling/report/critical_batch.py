@@ -23,6 +23,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
 
+import numpy as np
+
+from scaling import stats
 from scaling.predict import (
     BatchChoice,
     Estimate,
@@ -42,6 +45,9 @@ DEVICE_COUNTS = (1, 8, 64)
 ORDER_OF_MAGNITUDE = 10.0
 # Above this largest relative residual of the steps fit, the report says the model fits loosely.
 LOOSE_FIT = 0.2
+# Refits of the fastest-batch prediction on seeds resampled within each batch (fixed seed: reports repeat).
+CHOICE_RESAMPLES = 200
+CHOICE_SEED = 0
 
 
 def noise_scale(run: Run) -> dict:
@@ -100,9 +106,23 @@ class Prediction:
 
 @dataclass
 class DeviceChoice:
+    """The predicted fastest global batch on `devices` devices, and how firmly the data pick it: the share of
+    refits on resampled seeds that pick the same batch, and how much slower the runner-up is predicted."""
+
     devices: int
     choice: BatchChoice
     note: str
+    agreement: float | None = None  # share of resampled refits that choose the same batch (None: one seed)
+    runner_up: int | None = None  # the next-fastest candidate
+    margin: float | None = None  # predicted time of the runner-up over the choice's, minus 1
+    n_seeds: int = 1
+    rules: stats.Rules = field(default_factory=stats.Rules)
+
+    @property
+    def decided(self) -> bool:
+        """Seeds resampled agree at the confidence, and the runner-up is slower by more than the threshold."""
+        return (self.n_seeds >= 2 and self.agreement is not None and self.agreement >= self.rules.confidence
+                and (self.margin is None or self.margin > self.rules.threshold))
 
 
 @dataclass
@@ -120,6 +140,26 @@ class SeriesFit:
     train_time: dict[int, float]  # global batch -> mean measured train time to target
     run_batches: dict[int, str]  # every global batch run in the series (with a target) -> its outcome
     candidates: list[int] = field(default_factory=list)  # powers of two from smallest/2 to largest x 4
+    n_seeds: int = 1  # the fewest seeds that reached the target at a fitted batch
+    incomplete: set[int] = field(default_factory=set)  # batches run where some seed did not reach the target
+    points: list[analysis.Point] = field(default_factory=list)
+    rules: stats.Rules = field(default_factory=stats.Rules)
+
+    @property
+    def failed_from(self) -> int | None:
+        """The smallest batch run in the series where no seed reached the target."""
+        return min((b for b, outcome in self.run_batches.items() if outcome != "reached"), default=None)
+
+    @property
+    def extrapolated(self) -> bool:
+        """B_crit beyond half the smallest or twice the largest batch fitted."""
+        return not self.batches[0] / 2 <= self.b_crit.value <= self.batches[-1] * 2
+
+    @property
+    def decided(self) -> bool:
+        """B_crit is an estimate worth acting on: a physical fit with an uncertainty (3+ batch sizes), every
+        fitted batch with 2+ seeds, and inside the batches fitted."""
+        return self.physical and self.n_seeds >= 2 and self.tradeoff.resamples > 0 and not self.extrapolated
 
     @property
     def b_crit(self) -> Estimate:
@@ -195,10 +235,14 @@ class SeriesFit:
     def eligible(self, devices: int | None = None) -> list[int]:
         """Candidates for the fastest batch: divisible over the devices, with a (per-device) batch no smaller
         than the smallest measured one, since below it the throughput held constant would flatter small
-        batches (all divisible candidates when none is that large)."""
+        batches (all divisible candidates when none is that large). A batch that was run and did not reach
+        the target with every seed, or one at or beyond a batch where no seed reached it, is never
+        recommended."""
         points = self.throughput if devices is None else self.per_device
         count = devices or 1
-        divisible = [b for b in self.candidates if b % count == 0]
+        failed = self.failed_from
+        divisible = [b for b in self.candidates if b % count == 0 and b not in self.incomplete
+                     and (failed is None or b < failed)]
         return [b for b in divisible if points and b / count >= min(points)] or divisible
 
     @cached_property
@@ -208,17 +252,43 @@ class SeriesFit:
 
     @cached_property
     def fastest(self) -> list[DeviceChoice]:
-        """Per device count, the candidate global batch (divisible by it) predicted to reach the target soonest."""
+        """Per device count, the candidate global batch (divisible by it) predicted to reach the target soonest,
+        with its agreement over refits on seeds resampled within each batch."""
         if not self.per_device:
             return []
-        out = []
+        chosen = {}
         for devices in DEVICE_COUNTS:
             candidates = self.eligible(devices)
-            if not candidates:
-                continue
-            choice = best_batch(self.tradeoff, self.per_device, candidates, devices)
-            out.append(DeviceChoice(devices, choice, self._range_note(choice.batch, devices)))
+            if candidates:
+                chosen[devices] = (candidates, best_batch(self.tradeoff, self.per_device, candidates, devices))
+        agreement = self._agreement({d: (c, choice.batch) for d, (c, choice) in chosen.items()})
+        out = []
+        for devices, (_, choice) in chosen.items():
+            ranked = sorted(choice.times_s, key=choice.times_s.get)
+            runner = ranked[1] if len(ranked) > 1 else None
+            margin = choice.times_s[runner] / choice.time_s - 1 if runner is not None else None
+            out.append(DeviceChoice(devices, choice, self._range_note(choice.batch, devices), agreement.get(devices),
+                                    runner, margin, self.n_seeds, self.rules))
         return out
+
+    def _agreement(self, chosen: dict[int, tuple[list[int], int]]) -> dict[int, float]:
+        """Share of CHOICE_RESAMPLES refits, each on the seeds of every fitted batch resampled with
+        replacement (steps, samples and throughput of a run stay together), that choose the same batch."""
+        if self.n_seeds < 2 or not chosen:
+            return {}
+        rng = np.random.default_rng(CHOICE_SEED)
+        hits = dict.fromkeys(chosen, 0)
+        for _ in range(CHOICE_RESAMPLES):
+            resampled = [analysis.Point(p.batch, [p.runs[i] for i in rng.integers(0, len(p.runs), len(p.runs))])
+                         for p in self.points]
+            refit = _fit_parts(resampled)
+            if refit is None or not refit[2].fit.physical or not refit[4]:
+                continue
+            tradeoff, per_device = refit[2], refit[4]
+            for devices, (candidates, batch) in chosen.items():
+                if best_batch(tradeoff, per_device, candidates, devices).batch == batch:
+                    hits[devices] += 1
+        return {devices: count / CHOICE_RESAMPLES for devices, count in hits.items()}
 
 
 @dataclass
@@ -230,7 +300,8 @@ class NoiseAnalysis:
     methods: Counter
 
 
-def analyse(runs: list[Run], series: dict[str, list[analysis.Point]]) -> NoiseAnalysis:
+def analyse(runs: list[Run], series: dict[str, list[analysis.Point]],
+            rules: stats.Rules = stats.DEFAULT_RULES) -> NoiseAnalysis:
     """The fits of every series (Study.series) with enough batch sizes that reached the target."""
     present = any(has_noise_data(run) for run in runs)
     methods = Counter(noise_scale(run).get("method") for run in runs if has_noise_data(run))
@@ -241,7 +312,7 @@ def analyse(runs: list[Run], series: dict[str, list[analysis.Point]]) -> NoiseAn
             points = [p for p in points if any(run.target is not None for run in p.runs)]
             if not points:
                 continue
-            fit = _fit_series(name, points)
+            fit = _fit_series(name, points, rules)
             if fit is None:
                 too_few[name] = sum(1 for p in points if p.steps.mean is not None)
             else:
@@ -249,9 +320,12 @@ def analyse(runs: list[Run], series: dict[str, list[analysis.Point]]) -> NoiseAn
     return NoiseAnalysis(present, fits, too_few, b_all, methods)
 
 
-def _fit_series(name: str, points: list[analysis.Point]) -> SeriesFit | None:
+def _fit_parts(points: list[analysis.Point], bootstrap: bool = False):
+    """(batches, steps, tradeoff, samples, per-device throughput) from the runs of each point that reached the
+    target (the mean over them); None with fewer than 2 such batches. Without `bootstrap` the fit has no
+    uncertainty (the refits of DeviceChoice's agreement need only the values)."""
     reached = [p for p in points if p.steps.mean is not None]
-    if len(reached) < 2:
+    if len(reached) < 2 or len({p.batch for p in reached}) < 2:
         return None
     batches = [p.batch for p in reached]
     steps = [p.steps.mean for p in reached]
@@ -259,22 +333,35 @@ def _fit_series(name: str, points: list[analysis.Point]) -> SeriesFit | None:
     for p in reached:
         measured = analysis.stat(run.get("samples_to_target") for run in p.runs if run.reached).mean
         samples.append(measured if measured else p.steps.mean * p.batch)
-    tradeoff = fit_tradeoff(batches, steps, samples)
-    runs = [run for p in points for run in p.runs]
+    tradeoff = fit_tradeoff(batches, steps, samples) if bootstrap else fit_tradeoff(batches, steps, samples,
+                                                                                     resamples=0)
     per_device: dict[float, list[float]] = {}
-    for run in runs:
-        if run.throughput and run.global_bs:
-            size = _world_size(run)
-            per_device.setdefault(run.global_bs / size, []).append(run.throughput / size)
+    for p in points:
+        for run in p.runs:
+            if run.throughput and run.global_bs:
+                size = _world_size(run)
+                per_device.setdefault(run.global_bs / size, []).append(run.throughput / size)
+    per_device_mean = {b: statistics.fmean(rates) for b, rates in sorted(per_device.items())}
+    return batches, steps, tradeoff, samples, per_device_mean
+
+
+def _fit_series(name: str, points: list[analysis.Point], rules: stats.Rules = stats.DEFAULT_RULES) -> SeriesFit | None:
+    reached = [p for p in points if p.steps.mean is not None]
+    if len(reached) < 2:
+        return None
+    batches, steps, tradeoff, samples, per_device = _fit_parts(points, bootstrap=True)
+    runs = [run for p in points for run in p.runs]
     fit = SeriesFit(
         series=name, batches=batches, steps=steps, samples=samples, tradeoff=tradeoff,
         b_simple=[value for run in runs if (value := b_simple_at_target(run)) is not None],
         throughput={p.batch: p.throughput.mean for p in points if p.throughput.mean},
-        per_device={b: statistics.fmean(rates) for b, rates in sorted(per_device.items())},
+        per_device=per_device,
         train_time={p.batch: p.train_time.mean for p in reached if p.train_time.mean is not None},
         run_batches={p.batch: "reached" if p.any_reached else p.outcome for p in points},
+        n_seeds=min(len(p.reached) for p in reached),
+        incomplete={p.batch for p in points if not p.all_reached},
+        points=points, rules=rules,
     )
     run_batches = list(fit.run_batches)
     fit.candidates = powers_of_two(min(run_batches) / 2, max(run_batches) * 4)
     return fit
-

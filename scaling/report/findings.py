@@ -1,21 +1,54 @@
-"""Conclusions: short sentences computed from the study's numbers, never written in advance.
+"""Conclusions: each a sentence and the structured record behind it, computed from the study's numbers.
 
-Each finding function takes the Study and returns zero or more sentences; a question section shows the
-findings that answer it, and the Conclusions section shows them all. To add a conclusion, write a function
-and append it to FINDINGS.
+A finding function takes the Study and returns `Finding`s. Each Finding carries the sentence the report shows
+(`statement`) and the record `findings.json` holds (`id`, `decided`, `winner`, `n_seeds`, `numbers`), built
+from the same object, so the two cannot disagree. A question section shows the findings that answer it; the
+Conclusions show them all except per-batch details (`detail=True`), which their summaries stand for. To add
+a conclusion, write a function and append it to FINDINGS.
+
+`decided` is true only when the data separate the alternatives: the difference exceeds run-to-run variation at
+the study's confidence and the practical threshold (scaling.stats, decided in analysis.py). Otherwise the
+sentence says the study cannot tell them apart and, where it can estimate it, how many seeds would.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
+from scaling import stats
 from scaling.report import analysis, critical_batch
 from scaling.report import formatting as fmt
 from scaling.report.runs import Configuration, Run
 from scaling.report.study import Study
 
-Finding = Callable[[Study], list[str]]
+COMPARISON = "comparison"  # two or more alternatives judged against each other
+ESTIMATE = "estimate"  # a quantity with its uncertainty (critical batch size)
+OBSERVATION = "observation"  # what happened (counts, ranges): decides nothing, so `decided` is false
+
+# At most this many configurations are named where the data cannot tell several apart.
+MAX_NAMED = 3
+
+
+@dataclass
+class Finding:
+    id: str  # a stable name per question: "fastest", "lr_rule@512", "largest_useful_batch[sqrt]"
+    statement: str  # the sentence in the report
+    decided: bool = False
+    winner: str | None = None  # the configuration or option judged better (or the answer), when decided
+    n_seeds: int | None = None  # the fewest seeds per configuration the finding rests on
+    kind: str = COMPARISON
+    numbers: dict[str, Any] = field(default_factory=dict)
+    detail: bool = False  # shown in its section and findings.json, summarised in the Conclusions
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "statement": self.statement, "decided": self.decided,
+                "winner": self.winner if self.decided else None, "n_seeds": self.n_seeds, "numbers": self.numbers}
+
+
+FindingFunction = Callable[[Study], list[Finding]]
 
 
 def _prefix(series: str, count: int) -> str:
@@ -23,47 +56,18 @@ def _prefix(series: str, count: int) -> str:
     return f"{series}: " if count > 1 and series != "all" else ""
 
 
+def _suffix(series: str) -> str:
+    """`[linear]` in an id, for per-series questions in a study with series."""
+    return "" if series == "all" else f"[{series}]"
+
+
 def _named(configuration: Configuration) -> str:
     series = "" if configuration.series == "all" else f" ({configuration.series})"
     return f"global batch {configuration.global_bs}{series}"
 
 
-def fastest(study: Study) -> list[str]:
-    if study.target is None:
-        return []
-    best = study.best
-    if best is None:
-        return [f"No configuration reached {study.target_text()}."]
-    train = analysis.stat(run.train_time for run in best.runs)
-    wall = analysis.stat(run.wall_time for run in best.runs)
-    seeds = f", mean of {train.n} seeds" if train.n > 1 else ""
-    caveat = "" if best.all_reached else f" (only {len(best.reached)} of {len(best.runs)} seeds reached it)"
-    return [f"The fastest configuration to {study.target_text()} is {_named(best)} at {fmt.seconds(train.mean)} s "
-            f"train time ({fmt.seconds(wall.mean)} s wall, evaluation included{seeds}){caveat}."]
-
-
-def time_trend(study: Study) -> list[str]:
-    """Where train time to target is lowest along each series' batch ladder."""
-    trends = {name: [p for p in points if p.train_time.mean is not None] for name, points in study.series.items()}
-    trends = {name: points for name, points in trends.items() if len(points) >= 2}
-    sentences = []
-    for name, points in trends.items():
-        first, last = points[0], points[-1]
-        low = min(points, key=lambda p: p.train_time.mean)
-        t = {p.batch: fmt.seconds(p.train_time.mean) for p in points}
-        lead = "train time to target"
-        if low is last:
-            text = (f"{lead} falls from {t[first.batch]} s at batch {first.batch} to {t[last.batch]} s at batch "
-                    f"{last.batch}: a bigger batch is faster up to the largest batch that reached the target")
-        elif low is first:
-            text = (f"{lead} is lowest at the smallest batch, {first.batch} ({t[first.batch]} s); larger batches "
-                    f"are slower ({t[last.batch]} s at batch {last.batch})")
-        else:
-            text = (f"{lead} falls from {t[first.batch]} s at batch {first.batch} to {t[low.batch]} s at batch "
-                    f"{low.batch}, then rises to {t[last.batch]} s at batch {last.batch}: beyond batch {low.batch} "
-                    f"a bigger batch is not faster")
-        sentences.append(_sentence(_prefix(name, len(trends)), text))
-    return sentences
+def _short(configuration: Configuration) -> str:
+    return configuration.label
 
 
 def _sentence(prefix: str, text: str) -> str:
@@ -71,125 +75,409 @@ def _sentence(prefix: str, text: str) -> str:
     return prefix + (text if prefix else text[0].upper() + text[1:]) + "."
 
 
-def steps_scaling(study: Study) -> list[str]:
-    """Perfect-scaling range and the knee of steps to target (Shallue et al. 2018 regimes)."""
+def _one_seed(study: Study) -> str:
+    """With one seed everywhere the Conclusions say why once (findings.notes); elsewhere each sentence does."""
+    return "not decided" if study.one_seed else "one seed per configuration: not decided"
+
+
+def _verdict_text(study: Study, comparison: stats.Comparison | None, n_seeds: int) -> str:
+    """Why a comparison is not decided, and how many seeds would likely decide it."""
+    if n_seeds < 2 or comparison is None or comparison.reason == "one seed":
+        return _one_seed(study)
+    if comparison.verdict == stats.EQUIVALENT:
+        return (f"no practical difference (within ±{fmt.percent(study.rules.threshold, 0)} at "
+                f"{fmt.confidence(comparison.confidence)} confidence)")
+    return "not decided; " + fmt.seeds_advice(comparison.seeds_needed, study.rules)
+
+
+def _times_text(configuration: Configuration) -> str:
+    """`2.33 ± 0.05 s (3 seeds)`, or `2.33 s` for one seed."""
+    train = analysis.stat(run.train_time for run in configuration.runs)
+    seeds = f" ({train.n} seeds)" if train.n > 1 else ""
+    return f"{fmt.mean_std(train.mean, train.std)} s{seeds}"
+
+
+# --- is a bigger batch faster? -----------------------------------------------------------------------------
+
+
+def fastest(study: Study) -> list[Finding]:
+    if study.target is None:
+        return []
+    ranking = study.ranking
+    if ranking is None:
+        reached = [c for c in study.configurations if c.reached]
+        text = (f"No configuration reached {study.target_text()} with every seed"
+                + (f" ({len(reached)} reached it with some seeds only: none is recommended)" if reached else "")
+                + ".")
+        return [Finding("fastest", text, n_seeds=study.max_seeds)]
+    best = ranking.best
+    train = analysis.stat(run.train_time for run in best.runs)
+    wall = analysis.stat(run.wall_time for run in best.runs)
+    n_seeds = analysis.min_seeds(ranking.candidates)
+    twins = (f" (as is {', '.join(_short(c) for c in ranking.twins)}, which trains identically with the same LR "
+             f"schedule: not ranked)" if ranking.twins else "")
+    lead = (f"{_named(best)}{twins}, {_times_text(best)} train time ({fmt.seconds(wall.mean)} s wall, evaluation "
+            f"included)")
+    others = sorted(ranking.others, key=lambda c: ranking.comparison(c).ratio or 0, reverse=True)
+    numbers: dict[str, Any] = {"configuration": best.label, "global_batch": best.global_bs, "series": best.series,
+                               "train_time_s": train.mean, "train_time_std_s": train.std, "wall_time_s": wall.mean,
+                               "against": [{"configuration": c.label, **ranking.comparison(c).to_dict()}
+                                           for c in ranking.others],
+                               "identical_training": [c.label for c in ranking.twins],
+                               "not_every_seed_reached": [c.label for c in ranking.partial]}
+    if not others:
+        text = f"The only configuration that reached {study.target_text()} with every seed is {lead}"
+        decided = False
+    elif ranking.decided:
+        nearest = min(ranking.others, key=lambda c: ranking.comparison(c).ratio and 1 / ranking.comparison(c).ratio)
+        c = ranking.comparison(nearest)
+        text = (f"The fastest configuration to {study.target_text()} is {lead}: faster than every other beyond "
+                f"{fmt.percent(study.rules.threshold, 0)} at {fmt.confidence(study.rules.confidence)} confidence "
+                f"(the nearest, {_short(nearest)}, {fmt.change(c, 'train time')})")
+        decided = True
+    else:
+        ties = sorted(ranking.ties, key=lambda c: ranking.comparison(c).ratio or 0, reverse=True)
+        named = ", ".join(f"{_short(c)} ({fmt.change(ranking.comparison(c), 'train time', interval=n_seeds >= 2)})"
+                          for c in ties[:MAX_NAMED])
+        more = f" and {len(ties) - MAX_NAMED} more" if len(ties) > MAX_NAMED else ""
+        worst = min((ranking.comparison(c) for c in ties), key=lambda c: c.ratio or 0)
+        text = (f"Lowest mean train time to {study.target_text()}: {lead}; the data do not separate it from "
+                f"{named}{more}: {_verdict_text(study, worst, n_seeds)}")
+        decided = False
+    if ranking.partial:
+        text += (f"; not recommended, since some seed missed the target: "
+                 f"{', '.join(_short(c) for c in ranking.partial[:MAX_NAMED])}"
+                 + (f" and {len(ranking.partial) - MAX_NAMED} more" if len(ranking.partial) > MAX_NAMED else ""))
+    return [Finding("fastest", text + ".", decided, best.label, n_seeds, numbers=numbers)]
+
+
+def time_trend(study: Study) -> list[Finding]:
+    """Where train time to target is lowest along each series' batch ladder, against its two ends."""
+    out = []
+    for trend in study.trends:
+        first, last, low = trend.first, trend.last, trend.low
+        t = {p.batch: fmt.seconds(p.train_time.mean) for p in trend.points}
+        lead = "train time to target"
+        if low is last:
+            text = (f"{lead} falls from {t[first.batch]} s at batch {first.batch} to {t[last.batch]} s at batch "
+                    f"{last.batch}: the largest batch that reached the target is the fastest")
+        elif low is first:
+            text = (f"{lead} is lowest at the smallest batch, {first.batch} ({t[first.batch]} s); larger batches "
+                    f"are slower ({t[last.batch]} s at batch {last.batch})")
+        else:
+            text = (f"{lead} falls from {t[first.batch]} s at batch {first.batch} to {t[low.batch]} s at batch "
+                    f"{low.batch}, then rises to {t[last.batch]} s at batch {last.batch}: beyond batch {low.batch} "
+                    f"a bigger batch is not faster")
+        parts = [f"batch {low.batch} against {batch}: {fmt.change(c, 'train time', interval=trend.n_seeds >= 2)}"
+                 for batch, c in trend.comparisons.items()]
+        if trend.decided:
+            text += f" ({'; '.join(parts)}: decided)"
+        else:
+            undecided = [c for c in trend.comparisons.values() if c.verdict != stats.LOWER]
+            worst = max(undecided, key=lambda c: c.seeds_needed or 10**6)
+            text += f" ({'; '.join(parts)}: {_verdict_text(study, worst, trend.n_seeds)})"
+        numbers = {"lowest_batch": low.batch, "train_time_s": {p.batch: p.train_time.mean for p in trend.points},
+                   "against": {str(batch): c.to_dict() for batch, c in trend.comparisons.items()}}
+        out.append(Finding(f"time_trend{_suffix(trend.series)}",
+                           _sentence(_prefix(trend.series, len(study.trends)), text), trend.decided,
+                           f"batch {low.batch}", trend.n_seeds, numbers=numbers))
+    return out
+
+
+# --- what is the largest useful batch? ------------------------------------------------------------------------
+
+
+def _ratio_text(d: analysis.Doubling) -> str:
+    """`0.95 (95% CI 0.91–0.99)`, the point value alone with one seed."""
+    if d.rate is None or d.rate.low is None:
+        return f"{d.ratio:.2f}"
+    return f"{d.ratio:.2f} ({fmt.confidence_of(d.rate)} CI {d.rate.low:.2f}–{d.rate.high:.2f})"
+
+
+def _steps_text(d: analysis.Doubling) -> str:
+    """`12 → 10 steps (±1 over seeds; known to 2 steps)`: the step counts with their resolution and spread."""
+    spread = [s for s in (d.std_small, d.std_large) if s is not None]
+    res = [r for r in (d.resolution_small, d.resolution_large) if r]
+    text = f"{fmt.integer(d.steps_small)} → {fmt.integer(d.steps_large)} steps"
+    extra = []
+    if spread:
+        extra.append(f"seed std up to {fmt.sig(max(spread), 2)}")
+    if res:
+        extra.append(f"known to {fmt.integer(max(res))} step{'s' * (max(res) != 1)}")
+    return text + (f" ({', '.join(extra)})" if extra else "")
+
+
+def _doubling_numbers(d: analysis.Doubling) -> dict[str, Any]:
+    return {"small": d.small, "large": d.large, "steps_small": d.steps_small, "steps_large": d.steps_large,
+            "std_small": d.std_small, "std_large": d.std_large, "resolution_small": d.resolution_small,
+            "resolution_large": d.resolution_large, "ratio": d.ratio,
+            "ci_low": d.rate.low if d.rate else None, "ci_high": d.rate.high if d.rate else None,
+            "regime": d.regime, "regime_decided": d.regime_decided, "super_linear": d.super_linear}
+
+
+def steps_scaling(study: Study) -> list[Finding]:
+    """Perfect-scaling range and the knee of steps to target (Shallue et al. 2018 regimes), each against the
+    interval of r from per-seed steps (with their evaluation resolution)."""
     ladders = {name: steps for name, steps in study.doublings.items() if steps}
-    sentences = []
+    out = []
     for name, steps in ladders.items():
-        parts = []
+        prefix, suffix = _prefix(name, len(ladders)), _suffix(name)
+        n_seeds = min(min(d.n_small, d.n_large) for d in steps)
         perfect = analysis.perfect_until(steps)
         if perfect is not None:
-            parts.append(f"perfect scaling (r ≤ {analysis.PERFECT_MAX_RATIO}) holds up to batch {perfect}")
+            used = [d for d in steps if d.large <= perfect]
+            decided = analysis.perfect_until(steps, decided=True) == perfect
+            text = (f"perfect scaling (r ≤ {analysis.PERFECT_MAX_RATIO}) holds up to batch {perfect} "
+                    f"(r = {', '.join(_ratio_text(d) for d in used)})")
+            odd = [d for d in used if d.super_linear]
+            if odd:
+                text += (f"; r below {analysis.SUPER_LINEAR_RATIO} at "
+                         f"{', '.join(f'{d.small} → {d.large} ({_steps_text(d)})' for d in odd)} is better than "
+                         f"perfect scaling allows: the steps to target there are known only to the evaluation "
+                         f"interval, so read it as evaluation granularity, not as a gain")
+            text += "; " + ("decided" if decided and not odd else "not decided (super-linear)" if decided
+                            else _regime_undecided(study, n_seeds, used))
+            out.append(Finding(f"perfect_scaling{suffix}", _sentence(prefix, text), decided and not odd,
+                               str(perfect), n_seeds, numbers={"up_to": perfect,
+                                                               "doublings": [_doubling_numbers(d) for d in used]}))
         knee = analysis.knee(steps)
+        decided = analysis.knee_decided(steps)
         if knee is not None:
-            ratios = ", ".join(f"{d.ratio:.2f}" for d in steps if d.small >= knee)
-            parts.append(f"beyond global batch {knee}, doubling the batch saves under "
-                         f"{1 - analysis.NO_GAIN_MIN_RATIO:.0%} of steps (r = {ratios}): {knee} is the largest "
-                         f"useful batch")
+            later = [d for d in steps if d.small >= knee]
+            text = (f"beyond global batch {knee}, doubling the batch saves under {1 - analysis.NO_GAIN_MIN_RATIO:.0%} "
+                    f"of steps (r = {', '.join(_ratio_text(d) for d in later)}; {_steps_text(later[0])}): {knee} is "
+                    f"the largest useful batch")
+            answer, numbers = knee, {"batch": knee, "at_least": False,
+                                     "doublings": [_doubling_numbers(d) for d in steps]}
         else:
             last = steps[-1]
-            parts.append(f"doubling still saves {1 - last.ratio:.0%} of steps from batch {last.small} to "
-                         f"{last.large}: the largest useful batch is at least {last.large} (no plateau within the batches "
-                         f"tried)")
+            text = (f"doubling still saves {1 - last.ratio:.0%} of steps from batch {last.small} to {last.large} "
+                    f"(r = {_ratio_text(last)}; {_steps_text(last)}): the largest useful batch is at least "
+                    f"{last.large} (no plateau within the batches tried)")
+            answer, numbers = last.large, {"batch": last.large, "at_least": True,
+                                           "doublings": [_doubling_numbers(d) for d in steps]}
+        involved = [d for d in steps if (knee is not None and (d.small >= knee or d.large == knee))
+                    or (knee is None and d is steps[-1])]
+        text += "; " + ("decided" if decided else _regime_undecided(study, n_seeds, involved))
         largest = steps[-1].large
         missed = [p for p in study.series[name] if p.batch > largest and not p.any_reached
                   and any(run.target is not None for run in p.runs)]
         if missed:
-            parts.append("larger batches did not reach the target ("
-                         + ", ".join(f"{p.batch} {p.outcome}" for p in missed) + ")")
-        sentences.append(_sentence(_prefix(name, len(ladders)), "; ".join(parts)))
-    return sentences
+            text += ("; larger batches did not reach the target ("
+                     + ", ".join(f"{p.batch} {status_words(p.outcome)}" for p in missed) + ")")
+            numbers["not_reached"] = {str(p.batch): p.outcome for p in missed}
+        out.append(Finding(f"largest_useful_batch{suffix}", _sentence(prefix, text), decided, str(answer), n_seeds,
+                           numbers=numbers))
+    return out
 
 
-def comparison_sentence(fit: critical_batch.SeriesFit, count: int) -> str:
+def _regime_undecided(study: Study, n_seeds: int, doublings: list[analysis.Doubling]) -> str:
+    """Why a regime claim is open: one seed, or which doubling's interval of r crosses a regime boundary."""
+    if n_seeds < 2:
+        return _one_seed(study)
+    open_ = [d for d in doublings if not d.regime_decided]
+    named = ", ".join(f"{d.small} → {d.large}" for d in open_) or "none"
+    return (f"not decided: the {fmt.confidence(study.rules.confidence)} interval of r crosses a regime boundary at "
+            f"{named}; more seeds, or steps to target known exactly rather than to the evaluation interval, "
+            f"narrow it")
+
+
+# --- critical batch size -------------------------------------------------------------------------------------
+
+
+def comparison_sentence(fit: critical_batch.SeriesFit, count: int) -> Finding:
     """B_crit from the fit next to the measured B_simple, and whether they agree within an order of magnitude."""
     prefix = _prefix(fit.series, count)
+    fid = f"critical_batch{_suffix(fit.series)}"
+    numbers: dict[str, Any] = {"batches": fit.batches, "s_min": fit.tradeoff.fit.s_min,
+                               "e_min": fit.tradeoff.fit.e_min, "physical": fit.physical,
+                               "b_simple_median": fit.b_simple_median}
     if not fit.physical:
         s_min, e_min = fit.tradeoff.fit.s_min, fit.tradeoff.fit.e_min
-        return _sentence(prefix, f"the fit of S(B) = S_min (1 + B_noise/B) gives S_min = {fmt.sig(s_min)} and "
+        text = _sentence(prefix, f"the fit of S(B) = S_min (1 + B_noise/B) gives S_min = {fmt.sig(s_min)} and "
                                  f"E_min = {fmt.sig(e_min)}, not both positive: the steps do not bend as the model "
                                  f"expects over batches {fit.batches[0]}–{fit.batches[-1]}, so there is no critical "
                                  f"batch size")
+        return Finding(fid, text, False, None, fit.n_seeds, ESTIMATE, numbers)
     b = fit.b_crit
+    numbers.update(b_crit=b.value, b_crit_std=b.std, b_crit_low=b.low, b_crit_high=b.high,
+                   extrapolated=fit.extrapolated, ratio_to_b_simple=fit.ratio)
     spread = f" (±{fmt.sig(b.std, 2)})" if b.std is not None else " (exact through 2 points, no uncertainty)"
     text = f"critical batch size B_crit ≈ {fmt.sig(b.value)}{spread} from the fit"
-    if not fit.batches[0] / 2 <= b.value <= fit.batches[-1] * 2:
+    if fit.extrapolated:
         text += f", outside the batches fitted ({fit.batches[0]}–{fit.batches[-1]}): an extrapolation"
     median = fit.b_simple_median
     if median is None:
-        return _sentence(prefix, text + "; no B_simple at the target was measured in this series")
-    ratio = fit.ratio
-    text += f"; measured B_simple at the target ≈ {fmt.sig(median)}"
-    if len(fit.b_simple) > 1:
-        text += (f" (median of {len(fit.b_simple)} runs, {fmt.sig(min(fit.b_simple))}–"
-                 f"{fmt.sig(max(fit.b_simple))})")
-    if 1 / critical_batch.ORDER_OF_MAGNITUDE <= ratio <= critical_batch.ORDER_OF_MAGNITUDE:
-        verdict = (f"B_crit / B_simple = {ratio:.2g}: within an order of magnitude, as McCandlish et al. 2018 "
-                   f"found")
+        text += "; no B_simple at the target was measured in this series"
     else:
-        verdict = (f"B_crit / B_simple = {ratio:.2g}: more than an order of magnitude apart, unlike McCandlish et "
-                   f"al. 2018, who found B_simple within an order of magnitude of B_crit")
-    return _sentence(prefix, f"{text}; {verdict}")
+        ratio = fit.ratio
+        text += f"; measured B_simple at the target ≈ {fmt.sig(median)}"
+        if len(fit.b_simple) > 1:
+            text += (f" (median of {len(fit.b_simple)} runs, {fmt.sig(min(fit.b_simple))}–"
+                     f"{fmt.sig(max(fit.b_simple))})")
+        if 1 / critical_batch.ORDER_OF_MAGNITUDE <= ratio <= critical_batch.ORDER_OF_MAGNITUDE:
+            text += (f"; B_crit / B_simple = {ratio:.2g}: within an order of magnitude, as McCandlish et al. 2018 "
+                     f"found")
+        else:
+            text += (f"; B_crit / B_simple = {ratio:.2g}: more than an order of magnitude apart, unlike McCandlish "
+                     f"et al. 2018, who found B_simple within an order of magnitude of B_crit")
+    if not fit.decided:
+        why = ("one seed per batch" if fit.n_seeds < 2 else "no uncertainty from 2 batch sizes"
+               if fit.tradeoff.resamples == 0 else "an extrapolation")
+        text += f" (an estimate to act on needs 3+ batch sizes with 2+ seeds each, inside the range: {why})"
+    return Finding(fid, _sentence(prefix, text), fit.decided, fmt.sig(b.value) if fit.decided else None,
+                   fit.n_seeds, ESTIMATE, numbers)
 
 
-def fastest_sentence(fit: critical_batch.SeriesFit, count: int) -> str | None:
-    if not fit.physical or not fit.fastest:
-        return None
-    parts = [f"on {fmt.devices(c.devices)}: {c.choice.batch} ({fmt.seconds(c.choice.time_s)} s)"
-             for c in fit.fastest]
-    return _sentence(_prefix(fit.series, count), "predicted fastest global batch " + "; ".join(parts)
-                     + " (throughput(B) = n × tp(B/n), no communication cost)")
+def device_findings(fit: critical_batch.SeriesFit, count: int, study: Study) -> list[Finding]:
+    """The predicted fastest global batch per device count, with how firmly the resampled seeds pick it."""
+    if not fit.physical:
+        return []
+    out = []
+    for c in fit.fastest:
+        text = (f"predicted fastest global batch on {fmt.devices(c.devices)}: {c.choice.batch} "
+                f"({fmt.seconds(c.choice.time_s)} s; n × tp(B/n), no communication cost)")
+        if c.runner_up is not None:
+            text += f", the runner-up {c.runner_up} predicted {fmt.percent(c.margin)} slower"
+        if c.agreement is not None:
+            text += f"; {fmt.percent(c.agreement, 0)} of refits on resampled seeds pick {c.choice.batch}"
+        if c.decided:
+            text += "; decided"
+        elif c.n_seeds < 2:
+            text += f"; {_one_seed(study)}"
+        else:
+            reasons = []
+            if c.agreement is not None and c.agreement < study.rules.confidence:
+                reasons.append(f"under {fmt.confidence(study.rules.confidence)} agreement")
+            if c.margin is not None and c.margin <= study.rules.threshold:
+                reasons.append(f"the runner-up within {fmt.percent(study.rules.threshold, 0)}")
+            text += f"; not decided ({' and '.join(reasons) or 'too little data'})"
+        if fit.failed_from is not None:
+            text += f" (no batch from {fit.failed_from}, where no seed reached the target, is a candidate)"
+        numbers = {"devices": c.devices, "batch": c.choice.batch, "time_s": c.choice.time_s,
+                   "steps": c.choice.steps, "runner_up": c.runner_up, "margin": c.margin,
+                   "agreement": c.agreement, "candidates": fit.eligible(c.devices)}
+        out.append(Finding(f"predicted_fastest@{c.devices}{_suffix(fit.series)}",
+                           _sentence(_prefix(fit.series, count), text), c.decided, str(c.choice.batch),
+                           c.n_seeds, ESTIMATE, numbers))
+    return out
 
 
-def noise_findings(study: Study) -> list[str]:
+def noise_findings(study: Study) -> list[Finding]:
     """The critical batch size: B_crit against B_simple, and the predicted fastest batch, per series."""
     fits = study.noise.fits
-    sentences = []
+    out = []
     for fit in fits:
-        sentences.append(comparison_sentence(fit, len(fits)))
-        fastest = fastest_sentence(fit, len(fits))
-        if fastest:
-            sentences.append(fastest)
-    return sentences
+        out.append(comparison_sentence(fit, len(fits)))
+        out += device_findings(fit, len(fits), study)
+    return out
 
 
-def lr_rules(study: Study) -> list[str]:
-    """For each LR rule, the batches where it reached the target and where it stopped reaching it; which
-    rule was fastest most often."""
+# --- LR rules -----------------------------------------------------------------------------------------------
+
+
+def lr_rule_outcomes(study: Study) -> list[Finding]:
+    """For each LR rule, the batches where it reached the target and where it stopped reaching it."""
     cells = analysis.rule_cells(study.target_runs)
-    rules = study.lr_rules
-    sentences = [_rule_outcome(rule, cells[rule]) for rule in rules if cells.get(rule)]
-    if len(rules) >= 2:
-        wins: Counter[str] = Counter()
-        batches = sorted({batch for rule in rules for batch in cells.get(rule, {})})
-        for batch in batches:
-            timed = {rule: analysis.stat(run.train_time for run in cells[rule][batch]).mean
-                     for rule in rules if batch in cells.get(rule, {})}
-            timed = {rule: t for rule, t in timed.items() if t is not None}
-            if len(timed) >= 2:
-                wins[min(timed, key=timed.get)] += 1
-        compared = sum(wins.values())
-        if compared:
-            rule, count = wins.most_common(1)[0]
-            sentences.append(f"{rule} was the fastest rule to the target at {count} of {compared} batch sizes "
-                             f"where several rules reached it.")
-    return [f"LR rule: {s}" for s in sentences]
+    if len(study.lr_rules) < 2:
+        return []
+    out = []
+    for rule in study.lr_rules:
+        if cells.get(rule):
+            text, numbers = _rule_outcome(rule, cells[rule])
+            n = min(len(runs) for runs in cells[rule].values())
+            out.append(Finding(f"lr_rule_outcome[{rule}]", f"LR rule: {text}", n_seeds=n, kind=OBSERVATION,
+                               numbers=numbers))
+    return out
 
 
-def _rule_outcome(rule: str, by_batch: dict[int, list[Run]]) -> str:
+def lr_rule_per_batch(study: Study) -> list[Finding]:
+    """Each global batch: the LR rules against each other (details; `lr_rules` sums them up)."""
+    out = []
+    seen: Counter[str] = Counter()
+    for r in study.rule_comparisons:
+        seen[str(r.batch)] += 1
+        fid = f"lr_rule@{r.batch}" + (f"#{seen[str(r.batch)]}" if seen[str(r.batch)] > 1 else "")
+        text, numbers = _rule_batch_text(study, r)
+        out.append(Finding(fid, f"LR rule at batch {r.batch}: {text}.", r.decided, r.best, r.n_seeds,
+                           numbers=numbers, detail=True))
+    return out
+
+
+def _rule_batch_text(study: Study, r: analysis.RuleComparison) -> tuple[str, dict[str, Any]]:
+    numbers: dict[str, Any] = {"batch": r.batch, "identical": r.identical, "best": r.best,
+                               "lr": {rule: c.runs[0].lr_scaled for rule, c in r.configurations.items()},
+                               "train_time_s": {rule: analysis.stat(run.train_time for run in c.runs).mean
+                                                for rule, c in r.configurations.items()},
+                               "against": {rule: (c.to_dict() if isinstance(c, stats.Comparison) else c)
+                                           for rule, c in r.against.items()}}
+    if r.all_identical:
+        lr = r.configurations[r.identical[0][0]].runs[0].lr_scaled
+        return (f"{fmt.batch_list(r.identical[0])} give the same LR schedule (LR {fmt.lr(lr)}), so they train "
+                f"identically: not ranked"), numbers
+    if r.best is None:
+        return "no rule reached the target with every seed: nothing to rank", numbers
+    parts = []
+    for rule, against in r.against.items():
+        if isinstance(against, str):
+            parts.append(f"{rule} did not reach the target")
+        else:
+            parts.append(f"against {rule}, {fmt.change(against, 'train time', interval=r.n_seeds >= 2)}")
+    identical = [g for g in r.identical if r.best in g]
+    same = (f" ({fmt.batch_list([x for x in identical[0] if x != r.best])} trains identically)" if identical else "")
+    lead = f"{r.best}{same} is {'the fastest' if r.decided else 'lowest on mean train time'}"
+    text = f"{lead} ({'; '.join(parts)})"
+    if r.decided:
+        return text + ": decided", numbers
+    comparisons = [c for c in r.against.values() if isinstance(c, stats.Comparison) and c.verdict != stats.LOWER]
+    worst = max(comparisons, key=lambda c: c.seeds_needed or 10**6) if comparisons else None
+    return f"{text}: {_verdict_text(study, worst, r.n_seeds)}", numbers
+
+
+def lr_rules(study: Study) -> list[Finding]:
+    """Which rule the data decide for at how many batch sizes, how many they cannot decide, and where the
+    rules train identically."""
+    comparisons = study.rule_comparisons
+    if len(study.lr_rules) < 2 or not comparisons:
+        return []
+    wins = Counter(r.best for r in comparisons if r.decided)
+    identical = [r.batch for r in comparisons if r.all_identical]
+    open_ = [r.batch for r in comparisons if not r.decided and not r.all_identical and r.best is not None]
+    n_seeds = min(r.n_seeds for r in comparisons)
+    parts = []
+    if wins:
+        parts.append("; ".join(f"{rule} was decided the fastest at batch "
+                               f"{fmt.batch_list([r.batch for r in comparisons if r.decided and r.best == rule])}"
+                               for rule, _ in wins.most_common()))
+    if open_:
+        parts.append(f"the data cannot tell the rules apart at batch {fmt.batch_list(open_)}"
+                     + (" (one seed per configuration)" if n_seeds < 2 else ""))
+    if identical:
+        parts.append(f"at batch {fmt.batch_list(identical)} the rules give the same LR and train identically (not "
+                     f"ranked)")
+    winner = wins.most_common(1)[0][0] if len(wins) == 1 else None
+    text = "LR rule: " + "; ".join(parts) + "." if parts else "LR rule: no batch size to compare the rules at."
+    numbers = {"wins": dict(wins), "undecided": open_, "identical": identical,
+               "compared": [r.batch for r in comparisons]}
+    return [Finding("lr_rule", text, winner is not None, winner, n_seeds, numbers=numbers)]
+
+
+def _rule_outcome(rule: str, by_batch: dict[int, list[Run]]) -> tuple[str, dict[str, Any]]:
     batches = list(by_batch)
     missed = [b for b in batches if not any(run.reached for run in by_batch[b])]
+    numbers: dict[str, Any] = {"rule": rule, "reached": [b for b in batches if b not in missed],
+                               "not_reached": {str(b): analysis.Point(b, by_batch[b]).outcome for b in missed}}
     if not missed:
         partial = [b for b in batches if not all(run.reached for run in by_batch[b])]
         note = f" (not every seed at batch {fmt.batch_list(partial)})" if partial else ""
         span = f"{batches[0]}–{batches[-1]}" if len(batches) > 1 else str(batches[0])
-        return f"{rule} reached the target at every batch size ({span}){note}."
+        return f"{rule} reached the target at every batch size ({span}){note}.", numbers
     status = {b: analysis.Point(b, by_batch[b]).outcome for b in missed}
     detail = ", ".join(f"{b} {status_words(s)}" for b, s in status.items())
     if missed != batches[len(batches) - len(missed):]:
-        return f"{rule} did not reach the target at batch {fmt.batch_list(missed)} ({detail})."
+        return f"{rule} did not reach the target at batch {fmt.batch_list(missed)} ({detail}).", numbers
     if len(missed) == len(batches):
-        return f"{rule} never reached the target ({detail})."
+        return f"{rule} never reached the target ({detail}).", numbers
     # A clean cut: fine up to some batch, never after it.
     reached_up_to = batches[len(batches) - len(missed) - 1]
     verbs = {"diverged": "diverged", "failed": "failed", "oom": "ran out of memory"}
@@ -198,7 +486,7 @@ def _rule_outcome(rule: str, by_batch: dict[int, list[Run]]) -> str:
         what = f"{verbs[first]} from batch {missed[0]}"
     else:
         what = f"did not reach it from batch {missed[0]} ({detail})"
-    return f"{rule} reached the target up to batch {reached_up_to} and {what}."
+    return f"{rule} reached the target up to batch {reached_up_to} and {what}.", numbers
 
 
 def status_words(status: str) -> str:
@@ -206,80 +494,158 @@ def status_words(status: str) -> str:
     return {"oom": "out of memory"}.get(status, status.replace("_", " "))
 
 
-def power_of_two(study: Study) -> list[str]:
-    comparisons = study.power_comparisons
-    if not comparisons:
-        return []
-    sentences = []
-    for c in comparisons:
-        if c.exceeds_noise:
-            faster = "faster" if c.difference > 0 else "slower"
-            sentences.append(f"Power of two: {c.key} batch {c.power} is {abs(c.difference):.1%} {faster} than "
-                             f"{c.neighbour}, beyond {analysis.NOISE_FACTOR:g}× the noise ({c.noise:.1%}).")
-    within = [c for c in comparisons if c.exceeds_noise is False]
-    if within:
-        largest = max(within, key=lambda c: abs(c.difference))
-        sentences.append(f"Power of two vs neighbours: differences of up to {abs(largest.difference):.1%} "
-                         f"({largest.power} vs {largest.neighbour}) are within noise "
-                         f"({len(within)} of {len(comparisons)} comparisons): no measurable effect there.")
-    unknown = [c for c in comparisons if c.exceeds_noise is None]
-    for c in unknown:
-        sentences.append(f"Power of two: {c.power} vs {c.neighbour} differ by {c.difference:+.1%}, but the noise "
-                         f"is unknown ({c.neighbour_rate.source}): cannot tell.")
-    return sentences
+# --- powers of two -------------------------------------------------------------------------------------------
 
 
-def data_wait(study: Study) -> list[str]:
-    pairs = analysis.pooled_by_batch(study.ladder, lambda run: run.data_wait)
-    if not pairs:
+def power_of_two(study: Study) -> list[Finding]:
+    out = []
+    for p in study.power_comparisons:
+        fid = f"powers_of_two@{p.power}" if p.key.startswith("global") else f"powers_of_two@per_device={p.power}"
+        neighbours = fmt.batch_list([str(n) for n in p.neighbours])
+        parts = [f"against {n}, {fmt.change(c, 'throughput', interval=p.n_seeds >= 2)}"
+                 for n, c in p.comparisons.items()]
+        lead = f"Power of two: {p.key} batch {p.power} against {neighbours}"
+        if p.verdict == stats.HIGHER:
+            text, winner = f"{lead}: the power of two is faster than every neighbour ({'; '.join(parts)})", str(p.power)
+        elif p.verdict == stats.LOWER:
+            text, winner = f"{lead}: the power of two is slower than every neighbour ({'; '.join(parts)})", neighbours
+        else:
+            undecided = [c for c in p.comparisons.values() if c.verdict == stats.UNDECIDED]
+            worst = max(undecided, key=lambda c: c.seeds_needed or 10**6) if undecided else next(
+                iter(p.comparisons.values()))
+            if p.verdict == stats.EQUIVALENT:
+                verdict = _verdict_text(study, worst, p.n_seeds)
+            elif any(c.decided for c in p.comparisons.values()):
+                verdict = ("it does not differ the same way from every neighbour, so being a power of two is not "
+                           "what matters; not decided")
+            else:
+                verdict = _verdict_text(study, worst, p.n_seeds)
+            text, winner = f"{lead}: {'; '.join(parts)}: {verdict}", None
+        numbers = {"key": p.key, "power": p.power,
+                   "against": {str(n): c.to_dict() for n, c in p.comparisons.items()}}
+        out.append(Finding(fid, text + ".", p.decided, winner, p.n_seeds, numbers=numbers))
+    return out
+
+
+# --- data loading and throughput ------------------------------------------------------------------------------
+
+
+def data_wait(study: Study) -> list[Finding]:
+    bound = study.input_bound
+    if bound is None:
         return []
     limit = fmt.percent(analysis.DATA_WAIT_LIMIT, 0)
-    onset = analysis.data_wait_onset(pairs)
-    top_batch, top = max(pairs, key=lambda pair: pair[1].mean)
+    top_batch, top = bound.top
+    onset = bound.onset
+    numbers = {"limit": analysis.DATA_WAIT_LIMIT, "onset": onset,
+               "share": {str(b): {"mean": lv.mean, "ci_low": lv.low, "ci_high": lv.high, "verdict": lv.verdict}
+                         for b, lv in bound.levels.items()}}
     if onset is not None:
-        at_onset = dict(pairs)[onset].mean
-        return [f"From global batch {onset} the data-wait share exceeds {limit} ({fmt.percent(at_onset)} at "
-                f"{onset}, up to {fmt.percent(top.mean)} at {top_batch}): the input pipeline is the limit."]
-    if top.mean <= analysis.DATA_WAIT_LIMIT:
-        return [f"The data-wait share stays at or below {limit} at every batch (highest {fmt.percent(top.mean)} "
-                f"at batch {top_batch}): data loading is not the limit."]
-    above = [batch for batch, share in pairs if share.mean > analysis.DATA_WAIT_LIMIT]
-    return [f"The data-wait share exceeds {limit} at batch {fmt.batch_list(above)} but not at the largest "
-            f"batch: no consistent input-pipeline limit."]
+        text = (f"From global batch {onset} the data-wait share exceeds {limit} ({fmt.percent(bound.levels[onset].mean)} "
+                f"at {onset}, up to {fmt.percent(top)} at {top_batch}): the input pipeline is the limit")
+        winner = str(onset)
+    elif top <= analysis.DATA_WAIT_LIMIT:
+        text = (f"The data-wait share stays at or below {limit} at every batch (highest {fmt.percent(top)} at batch "
+                f"{top_batch}): data loading is not the limit")
+        winner = "not input-bound"
+    else:
+        above = [b for b, lv in bound.levels.items() if lv.mean > analysis.DATA_WAIT_LIMIT]
+        text = (f"The data-wait share exceeds {limit} at batch {fmt.batch_list(above)} but not at the largest batch: "
+                f"no consistent input-pipeline limit")
+        winner = None
+    if bound.decided:
+        text += f" (every batch's {fmt.confidence(study.rules.confidence)} interval on its side of {limit}: decided)"
+    elif bound.n_seeds < 2:
+        text += f" ({_one_seed(study)})"
+    else:
+        close = [str(b) for b, lv in bound.levels.items() if lv.verdict == stats.UNDECIDED]
+        text += (f" (not decided: the interval of the share includes {limit} at batch "
+                 f"{fmt.batch_list(close) if close else 'none, but the onset is not clean'})")
+    return [Finding("input_bound", text + ".", bound.decided and winner is not None, winner, bound.n_seeds,
+                    numbers=numbers)]
 
 
-def throughput(study: Study) -> list[str]:
+def throughput(study: Study) -> list[Finding]:
     pairs = analysis.pooled_by_batch(study.ladder, lambda run: run.throughput)
     if len(pairs) < 2:
         return []
     (b0, r0), (bl, rl) = pairs[0], pairs[-1]
-    text = (f"Throughput goes from {fmt.integer(r0.mean)} samples/s at batch {b0} to {fmt.integer(rl.mean)} at batch "
-            f"{bl} ({rl.mean / r0.mean:.1f}×)")
-    plateau = analysis.throughput_plateau(pairs)
-    if plateau is not None:
-        text += (f"; beyond batch {plateau} it grows less than {analysis.THROUGHPUT_GAIN_MIN:.0%} per doubling: "
-                 f"the device is saturated")
-    return [text + "."]
+    out = [Finding("throughput_range",
+                   f"Throughput goes from {fmt.integer(r0.mean)} samples/s at batch {b0} to {fmt.integer(rl.mean)} at "
+                   f"batch {bl} ({rl.mean / r0.mean:.1f}×).", kind=OBSERVATION,
+                   n_seeds=study.saturation.n_seeds if study.saturation else None,
+                   numbers={"samples_per_s": {str(b): s.mean for b, s in pairs}})]
+    saturation = study.saturation
+    if saturation is not None and saturation.plateau is not None:
+        rates = [r for small, _, r in saturation.rates if small >= saturation.plateau]
+        gains = ", ".join(f"{r.ratio - 1:+.0%}" for r in rates)
+        text = (f"Beyond batch {saturation.plateau} throughput grows less than {analysis.THROUGHPUT_GAIN_MIN:.0%} per "
+                f"doubling ({gains}): the device is saturated")
+        if saturation.decided:
+            text += " (decided)"
+        elif saturation.n_seeds < 2:
+            text += f" ({_one_seed(study)})"
+        else:
+            text += f" (not decided: some doubling's {fmt.confidence(study.rules.confidence)} interval crosses " \
+                    f"{analysis.THROUGHPUT_GAIN_MIN:.0%})"
+        numbers = {"plateau": saturation.plateau,
+                   "doublings": [{"small": s, "large": lg, "ratio": r.ratio, "ci_low": r.low, "ci_high": r.high}
+                                 for s, lg, r in saturation.rates]}
+        out.append(Finding("saturation", text + ".", saturation.decided, str(saturation.plateau),
+                           saturation.n_seeds, numbers=numbers))
+    return out
 
 
-def seeds(study: Study) -> list[str]:
+def decompositions(study: Study) -> list[Finding]:
+    """Where one global batch ran with several decompositions (per-device x processes x accumulation) in
+    the same series, the fastest against the others."""
+    out = []
+    for d in study.decompositions:
+        fast = d.fastest
+        rated = {id(c): analysis.stat(run.throughput for run in c.runs).mean for c in d.configurations}
+        slow = min(d.configurations, key=lambda c: rated[id(c)])
+        where = "" if d.series == "all" else f" ({d.series})"
+        n_seeds = analysis.min_seeds(d.configurations)
+        text = (f"At global batch {d.batch}{where}, the decomposition {fast.runs[0].decomposition} is the fastest "
+                f"({fmt.integer(rated[id(fast)])} samples/s), {rated[id(fast)] / rated[id(slow)]:.2f}× the slowest, "
+                f"{slow.runs[0].decomposition} ({fmt.integer(rated[id(slow)])} samples/s)")
+        if d.decided:
+            text += " (decided)"
+        else:
+            undecided = [c for c in d.decision.comparisons.values() if c.verdict != stats.LOWER]
+            worst = max(undecided, key=lambda c: c.seeds_needed or 10**6) if undecided else None
+            text += f" ({_verdict_text(study, worst, n_seeds)})"
+        numbers = {"batch": d.batch, "samples_per_s": {c.runs[0].decomposition: rated[id(c)] for c in d.configurations}}
+        out.append(Finding(f"decomposition@{d.batch}{_suffix(d.series)}", text + ".", d.decided,
+                           fast.runs[0].decomposition, n_seeds, numbers=numbers))
+    return out
+
+
+# --- seeds and failures ------------------------------------------------------------------------------------------
+
+
+def seeds(study: Study) -> list[Finding]:
     seeded = study.seeded
     if not seeded:
         return []
     spread = [(c, analysis.stat(run.train_time for run in c.runs)) for c in seeded]
     spread = [(c, s) for c, s in spread if s.cv is not None]
-    sentences = []
+    out = []
     if spread:
         worst, s = max(spread, key=lambda pair: pair[1].cv)
-        sentences.append(f"Across seeds, train time to target varies by up to {s.cv:.0%} (std / mean, "
-                         f"{worst.label}, {s.n} seeds).")
+        out.append(Finding("seed_spread", f"Across seeds, train time to target varies by up to {s.cv:.0%} (std / mean, "
+                                          f"{worst.label}, {s.n} seeds).", n_seeds=s.n, kind=OBSERVATION,
+                           numbers={"cv": s.cv, "configuration": worst.label,
+                                    "cv_by_configuration": {c.label: st.cv for c, st in spread}}))
     scored = [(c, mlperf_time(c)) for c in seeded]
     scored = [(c, t) for c, t in scored if t is not None]
     if scored:
         best, score = min(scored, key=lambda pair: pair[1])
-        sentences.append(f"MLPerf-style score (fastest and slowest of {analysis.MLPERF_MIN_RUNS}+ seeds dropped, "
-                         f"rest averaged): best is {_named(best)} at {fmt.seconds(score)} s.")
-    return sentences
+        out.append(Finding("mlperf_score", f"MLPerf-style score (fastest and slowest of {analysis.MLPERF_MIN_RUNS}+ "
+                                           f"seeds dropped, rest averaged): best is {_named(best)} at "
+                                           f"{fmt.seconds(score)} s.", n_seeds=len(best.runs), kind=OBSERVATION,
+                           numbers={"configuration": best.label, "score_s": score}))
+    return out
 
 
 def mlperf_time(configuration: Configuration) -> float | None:
@@ -287,43 +653,47 @@ def mlperf_time(configuration: Configuration) -> float | None:
     return analysis.mlperf_score([run.wall_time for run in configuration.runs if run.wall_time is not None])
 
 
-def failures(study: Study) -> list[str]:
+def failures(study: Study) -> list[Finding]:
     """Runs that ended without reaching their target (throughput probes without one, `completed`, aside)."""
     runs = [run for run in study.runs if run.target is not None or run.status not in ("completed", "reached")]
     if not runs:
         return []
     missed = Counter(run.status for run in runs if not run.reached)
+    numbers = {"runs": len(runs), "not_reached": dict(missed)}
     if not missed:
-        return [f"Every one of the {len(runs)} runs reached {study.target_text()}."]
-    counts = ", ".join(f"{n} {status_words(status)}" for status, n in missed.most_common())
-    return [f"{sum(missed.values())} of {len(runs)} runs did not reach {study.target_text()}: {counts}."]
-
-
-def decompositions(study: Study) -> list[str]:
-    """Where one global batch ran with several decompositions (per-device x processes x accumulation) in
-    the same series, how much the throughput moved between the fastest and the slowest."""
-    groups: dict[tuple[str, int], list[Configuration]] = {}
-    for c in study.configurations:
-        if c.global_bs is not None and c.runs[0].decomposition is not None:
-            groups.setdefault((c.series, c.global_bs), []).append(c)
-    sentences = []
-    for (series, batch), group in groups.items():
-        rated = [(c, analysis.stat(run.throughput for run in c.runs).mean) for c in group]
-        rated = [(c, rate) for c, rate in rated if rate]
-        if len({c.runs[0].decomposition for c, _ in rated}) < 2:
-            continue
-        (fast, top), (slow, low) = max(rated, key=lambda p: p[1]), min(rated, key=lambda p: p[1])
-        where = "" if series == "all" else f" ({series})"
-        sentences.append(f"At global batch {batch}{where}, the decomposition {fast.runs[0].decomposition} is the "
-                         f"fastest ({fmt.integer(top)} samples/s), {top / low:.2f}× the slowest, "
-                         f"{slow.runs[0].decomposition} ({fmt.integer(low)} samples/s).")
-    return sentences
+        text = f"Every one of the {len(runs)} runs reached {study.target_text()}."
+    else:
+        counts = ", ".join(f"{n} {status_words(status)}" for status, n in missed.most_common())
+        text = f"{sum(missed.values())} of {len(runs)} runs did not reach {study.target_text()}: {counts}."
+    return [Finding("failures", text, kind=OBSERVATION, n_seeds=study.max_seeds, numbers=numbers)]
 
 
 # The order of the Conclusions list. Append a function to add a conclusion.
-FINDINGS: list[Finding] = [fastest, time_trend, steps_scaling, noise_findings, lr_rules, power_of_two, data_wait,
-                           throughput, decompositions, seeds, failures]
+FINDINGS: list[FindingFunction] = [fastest, time_trend, steps_scaling, noise_findings, lr_rule_outcomes,
+                                   lr_rule_per_batch, lr_rules, power_of_two, data_wait, throughput, decompositions,
+                                   seeds, failures]
+
+
+def all_findings(study: Study) -> list[Finding]:
+    """Every finding, in the Conclusions' order (findings.json holds them all)."""
+    return [finding for function in FINDINGS for finding in function(study)]
 
 
 def conclusions(study: Study) -> list[str]:
-    return [sentence for finding in FINDINGS for sentence in finding(study)]
+    """The Conclusions' sentences: every finding but the per-batch details their summaries stand for."""
+    return [finding.statement for finding in all_findings(study) if not finding.detail]
+
+
+def notes(study: Study) -> list[str]:
+    """Study-wide caveats, said once: one seed per configuration, runs timed with different thread counts."""
+    out = []
+    if study.one_seed:
+        out.append("Every configuration ran with one seed, so run-to-run variation is unknown and no comparison "
+                   "below is decided: the numbers are single measurements. Add `seeds: [0, 1, 2]` to the study spec "
+                   "(docs/studies.md) and run the sweep again into the same folder; finished runs are kept and only "
+                   "the new seeds run.")
+    threads = sorted({run.torch_threads for run in study.runs if run.torch_threads is not None})
+    if len(threads) > 1:
+        out.append(f"Runs were timed with different numbers of torch threads ({', '.join(map(str, threads))}; "
+                   f"environment.torch_threads): time and throughput comparisons across them mix thread counts.")
+    return out

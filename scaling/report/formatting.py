@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from scaling.predict import Estimate
+    from scaling.stats import Comparison, Rate, Rules
 
 DASH = "—"
 
@@ -43,10 +44,54 @@ def nbytes(value: float | None) -> str:
 
 
 def mean_std(mean: float | None, std: float | None, fmt=seconds) -> str:
-    """`mean ± std`, or the mean alone when there is a single value (no spread to show)."""
+    """`mean ± std`, or the mean alone when there is a single value (no spread to show). Seconds are written
+    to the same decimal place, that of the std's first significant figure or the mean's third, whichever is
+    finer (`1.20 ± 0.04`, not `1.2 ± 0.0382`)."""
     if mean is None:
         return DASH
-    return fmt(mean) if std is None else f"{fmt(mean)} ± {fmt(std)}"
+    if std is None:
+        return fmt(mean)
+    if fmt is seconds and std > 0 and mean > 0 and mean < 1000:
+        decimals = max(0, _decimals(std, 1), _decimals(mean, 3))
+        return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+    return f"{fmt(mean)} ± {fmt(std)}"
+
+
+def confidence(value: float) -> str:
+    """`95%`, or `98.3%` for a Bonferroni-corrected level."""
+    text = f"{value * 100:.1f}".rstrip("0").rstrip(".")
+    return f"{text}%"
+
+
+def confidence_of(rate: Rate) -> str:
+    return confidence(rate.confidence)
+
+
+def signed_percent(value: float) -> str:
+    """`+4.2%`, `−12%` (a real minus sign), two significant figures."""
+    text = f"{abs(value) * 100:.2g}"
+    if "e" in text:
+        text = f"{abs(value) * 100:.0f}"
+    return ("−" if value < 0 else "+") + text + "%"
+
+
+def change(comparison: Comparison, what: str, interval: bool = True) -> str:
+    """`train time −12% (95% CI −18% to −7%)`: a over b, minus 1, with its confidence interval."""
+    if comparison.ratio is None:
+        return f"{what} {DASH}"
+    text = f"{what} {signed_percent(comparison.ratio - 1)}"
+    if interval and comparison.low is not None and comparison.high is not None:
+        text += (f" ({confidence(comparison.confidence)} CI {signed_percent(comparison.low - 1)} to "
+                 f"{signed_percent(comparison.high - 1)})")
+    return text
+
+
+def seeds_advice(needed: int | None, rules: Rules) -> str:
+    """How many seeds per configuration would likely decide an open comparison."""
+    if needed is None:
+        return (f"the difference is too close to the {rules.threshold:.0%} threshold for any practical number of "
+                f"seeds to resolve")
+    return f"about {needed} seeds per configuration would likely resolve it"
 
 
 def batch_list(batches: list[int]) -> str:

@@ -97,6 +97,34 @@ class Run:
         return self.get("steps_to_target") if self.reached else None
 
     @property
+    def step_resolution(self) -> float | None:
+        """How finely steps to target are known: the result's own `steps_to_target_resolution` when it records
+        one (exact runs: 1), else the distance from the evaluation before the target to the one that reached
+        it (the target was crossed somewhere in between); None when the run did not reach the target."""
+        steps = self.steps_to_target
+        if steps is None:
+            return None
+        recorded = self.get("steps_to_target_resolution")
+        if isinstance(recorded, int | float) and recorded > 0:
+            return float(recorded)
+        earlier = [h.get("step") for h in self.history if isinstance(h.get("step"), int | float)]
+        earlier = [step for step in earlier if step < steps]
+        return float(steps - max(earlier, default=0)) or 1.0
+
+    @property
+    def time_resolution(self) -> float | None:
+        """The train time to target is known to the same share as the steps (the time of one resolution)."""
+        steps, time, resolution = self.steps_to_target, self.train_time, self.step_resolution
+        if not steps or time is None or resolution is None:
+            return None
+        return time * resolution / steps
+
+    @property
+    def torch_threads(self) -> int | None:
+        """Intra-op threads the run trained with (environment.torch_threads; absent in older results)."""
+        return (self.get("environment") or {}).get("torch_threads")
+
+    @property
     def throughput(self) -> float | None:
         return self.get("throughput_samples_per_s")
 

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from scaling import stats
 from scaling.report import analysis, critical_batch, findings, plots
 from scaling.report import formatting as fmt
 from scaling.report.render import Block, Bullets, Figure, Heading, Note, Paragraph, Table
@@ -22,6 +23,7 @@ from scaling.report.study import Study
 Section = Callable[[Study], list[Block]]
 
 BEST_MARK = "★ best"
+LOWEST_MARK = "☆ lowest mean (not decided)"
 
 QUESTION_FASTER = "Is a bigger batch faster to the target?"
 QUESTION_LARGEST = "What is the largest useful batch?"
@@ -37,7 +39,8 @@ def figure_or_note(path: Path | None, caption: str, missing: str) -> list[Block]
     return [Figure(path, caption)] if path is not None else [Note(missing)]
 
 
-def _answers(sentences: list[str], missing: str) -> list[Block]:
+def _answers(answers: list[findings.Finding], missing: str) -> list[Block]:
+    sentences = [finding.statement for finding in answers]
     return [Bullets(sentences)] if sentences else [Note(missing)]
 
 
@@ -55,16 +58,29 @@ def title(study: Study) -> list[Block]:
         text += f" Target: {study.target_text()}."
     if devices:
         text += f" Device: {'; '.join(devices)}."
+    seeds = sorted({len(c.runs) for c in study.ladder})
+    seeds_text = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]}"
+    rules = study.rules
     return [
         Heading(f"Scaling report: {study.name}", 1),
         Paragraph(text),
         Paragraph("Time to target is train time, evaluation excluded (the fair clock across batch sizes, "
-                  "docs/clock.md), unless marked wall. ± is the sample standard deviation over seeds."),
+                  "docs/clock.md), unless marked wall. ± is the sample standard deviation over seeds "
+                  f"({seeds_text} per configuration here)."),
+        Paragraph(f"A difference is decided only when it exceeds run-to-run variation and matters: the "
+                  f"{fmt.confidence(rules.confidence)} Welch t interval of the ratio of the per-seed values (on the "
+                  f"log scale; Bonferroni-corrected when the best of several is picked) lies entirely beyond "
+                  f"±{fmt.percent(rules.threshold, 0)}. Otherwise the report says the study cannot tell the "
+                  f"alternatives apart (`scaling report --threshold/--confidence` changes both; docs/report.md). "
+                  f"Every finding is also in findings.json."),
     ]
 
 
 def conclusions(study: Study) -> list[Block]:
-    return [Heading("Conclusions"), *_answers(findings.conclusions(study), "No conclusion: too little data.")]
+    notes: list[Block] = [Note(text) for text in findings.notes(study)]
+    sentences = findings.conclusions(study)
+    return [Heading("Conclusions"), *notes,
+            *([Bullets(sentences)] if sentences else [Note("No conclusion: too little data.")])]
 
 
 def configurations_table(study: Study) -> list[Block]:
@@ -77,7 +93,9 @@ def configurations_table(study: Study) -> list[Block]:
     header += ["seed"] * show_seed + ["status", "wall time to target (s)", "train time to target (s)", "steps to target",
                                       "samples to target", "throughput (samples/s)"]
     header += ["data wait"] * show_wait + ["peak memory"] * show_memory + ["note"]
+    ranking = study.ranking
     best_runs = {id(run) for run in study.best.runs} if study.best else set()
+    mark = BEST_MARK if ranking is not None and ranking.decided else LOWEST_MARK
     rows = []
     for run in runs:
         row = [run.id, fmt.integer(run.global_bs), run.decomposition or fmt.DASH, run.lr_rule or fmt.DASH,
@@ -86,12 +104,14 @@ def configurations_table(study: Study) -> list[Block]:
         row += [run.status, fmt.seconds(run.wall_time), fmt.seconds(run.train_time), fmt.integer(run.steps_to_target),
                 fmt.integer(run.get("samples_to_target") if run.reached else None), fmt.integer(run.throughput)]
         row += [fmt.percent(run.data_wait)] * show_wait + [fmt.nbytes(run.peak_memory)] * show_memory
-        row.append(_note(run, id(run) in best_runs))
+        row.append(_note(run, mark if id(run) in best_runs else None))
         rows.append(row)
     blocks: list[Block] = [Heading("Configurations"), Table(header, rows)]
     if study.best is not None:
-        blocks.append(Note(f"{BEST_MARK}: the configuration with the lowest mean train time to target among "
-                           f"those where every seed reached it."))
+        blocks.append(Note(f"{BEST_MARK}: the fastest configuration to the target, decided against every other "
+                           f"(see Conclusions); {LOWEST_MARK}: the lowest mean train time where the data do not "
+                           f"separate it from every other. Only configurations where every seed reached the "
+                           f"target compete."))
     missing = [name for name, shown in (("data-wait share", show_wait), ("peak memory", show_memory)) if not shown]
     if missing:
         blocks.append(Note(f"Not recorded by these runs: {' and '.join(missing)}."))
@@ -102,8 +122,8 @@ def _by_seed(runs: list[Run]) -> list[Run]:
     return sorted(runs, key=lambda run: (run.seed is None, str(run.seed)))
 
 
-def _note(run: Run, best: bool) -> str:
-    parts = [BEST_MARK] if best else []
+def _note(run: Run, mark: str | None) -> str:
+    parts = [mark] if mark else []
     if run.status == "diverged":
         parts.append(f"diverged at step {run.get('diverged_at_step')}")
     elif run.status == "not_reached" and run.get("final"):
@@ -148,13 +168,35 @@ def largest_useful_batch(study: Study) -> list[Block]:
                              "Steps to target against global batch (log-log); dotted: perfect scaling (slope −1 "
                              "through the smallest batch); shading: regime of each doubling.",
                              "No run reached its target: no steps-to-target plot.")
-    rows = [[name, f"{d.small} → {d.large}", fmt.integer(d.steps_small), fmt.integer(d.steps_large),
-             f"{d.ratio:.2f}", d.regime] for name, steps in study.doublings.items() for d in steps]
+    rows = [[name, f"{d.small} → {d.large}", fmt.mean_std(d.steps_small, d.std_small, fmt.integer),
+             fmt.mean_std(d.steps_large, d.std_large, fmt.integer), _resolution(d), f"{d.ratio:.2f}", _interval(d),
+             d.regime + (" (super-linear: granularity?)" if d.super_linear else ""),
+             "yes" if d.regime_decided else "no"]
+            for name, steps in study.doublings.items() for d in steps]
     if rows:
-        blocks.append(Table(["series", "batch", "steps at smaller", "steps at larger", "r", "regime"], rows))
+        blocks.append(Table(["series", "batch", "steps at smaller", "steps at larger", "step resolution", "r",
+                             f"r, {fmt.confidence(study.rules.confidence)} CI", "regime", "decided"], rows))
+        blocks.append(Note(
+            ("Steps: mean ± std over the seeds that reached the target. " if not study.one_seed else
+             "Steps: one seed each, so no interval of r. ") + "Step resolution: how finely steps to target "
+            "are known (the evaluation interval before the target, unless the run records it exactly); it adds "
+            "the variance of a rounding error to the interval. A regime is decided when the whole interval of r "
+            f"lies in it. r < {analysis.SUPER_LINEAR_RATIO} (better than perfect scaling) points to evaluation "
+            "granularity or an LR change rather than a real gain."))
     else:
         blocks.append(Note("Fewer than two batch sizes reached the target in any series: no regimes."))
     return blocks + _answers(findings.steps_scaling(study), "Not enough batch sizes reached the target to tell.")
+
+
+def _resolution(d: analysis.Doubling) -> str:
+    values = [r for r in (d.resolution_small, d.resolution_large) if r]
+    return " / ".join(fmt.integer(r) for r in (d.resolution_small, d.resolution_large)) if values else fmt.DASH
+
+
+def _interval(d: analysis.Doubling) -> str:
+    if d.rate is None or d.rate.low is None:
+        return "— (one seed)"
+    return f"{d.rate.low:.2f}–{d.rate.high:.2f}"
 
 
 def _method_note(result: critical_batch.NoiseAnalysis) -> str:
@@ -253,11 +295,21 @@ def _prediction_blocks(study: Study, result: critical_batch.NoiseAnalysis) -> li
         "constant at the nearest measured value: below it the predicted times are optimistic (a smaller batch "
         "usually runs slower), above it pessimistic where throughput still grows."))
     choice_rows = [[fit.series, fmt.devices(c.devices), str(c.choice.batch), f"{c.choice.batch // c.devices}",
-                    fmt.integer(c.choice.steps), fmt.seconds(c.choice.time_s), c.note or fmt.DASH]
+                    fmt.integer(c.choice.steps), fmt.seconds(c.choice.time_s),
+                    f"{c.runner_up} (+{fmt.percent(c.margin)})" if c.runner_up is not None else fmt.DASH,
+                    fmt.percent(c.agreement, 0) if c.agreement is not None else "— (one seed)",
+                    "yes" if c.decided else "no", c.note or fmt.DASH]
                    for fit in fits for c in fit.fastest]
     if choice_rows:
         blocks.append(Table(["series", "devices", "fastest global batch", "per-device batch", "predicted steps",
-                             "predicted train time (s)", "note"], choice_rows))
+                             "predicted train time (s)", "runner-up", "refits agreeing", "decided", "note"],
+                            choice_rows))
+        blocks.append(Note(
+            f"Refits agreeing: the share of {critical_batch.CHOICE_RESAMPLES} refits, each on the seeds of every "
+            f"batch resampled with replacement, that pick the same batch. Decided when that share is at least "
+            f"{fmt.confidence(study.rules.confidence)} and the runner-up is predicted more than "
+            f"{fmt.percent(study.rules.threshold, 0)} slower. Batches run without every seed reaching the target, "
+            f"and batches from one where no seed reached it, are never candidates."))
         blocks.append(Note(
             "n devices: throughput(B) = n × tp(B/n), tp the measured per-device throughput against the per-device "
             "batch (runs on several real processes divided by their count), i.e. perfect data parallelism with no "
@@ -287,8 +339,10 @@ def lr_rules(study: Study) -> list[Block]:
         rows = [[str(batch)] + [_rule_cell(cells.get(rule, {}).get(batch)) for rule in rules] for batch in batches]
         blocks.append(Table(["global batch", *rules], rows))
         blocks.append(Note("Cell: scaled LR · mean steps to target · mean train time to target; or the outcome "
-                           "when no seed reached it; — : not run."))
-    return blocks + _answers(findings.lr_rules(study), "No run with an LR rule and a target.")
+                           "when no seed reached it; — : not run. Rules that give the same LR schedule at a batch "
+                           "train identically there and are not ranked."))
+    return blocks + _answers(findings.lr_rule_outcomes(study) + findings.lr_rule_per_batch(study)
+                             + findings.lr_rules(study), "No run with an LR rule and a target.")
 
 
 def _rule_cell(runs: list[Run] | None) -> str:
@@ -313,21 +367,27 @@ def power_of_two(study: Study) -> list[Block]:
     if not comparisons:
         return blocks + [Note(f"No power-of-two batch has a neighbour within {analysis.NEIGHBOUR_TOLERANCE:.0%} "
                               f"(e.g. 127/128/129, 500/512) with otherwise equal settings: nothing to compare.")]
+    verdicts = {stats.HIGHER: "power faster", stats.LOWER: "power slower", stats.EQUIVALENT: "no practical difference",
+                stats.UNDECIDED: "cannot tell"}
     rows = []
-    for c in comparisons:
-        verdict = {True: "yes", False: "no (within noise)", None: "unknown"}[c.exceeds_noise]
-        rows.append([c.key, str(c.power), str(c.neighbour), fmt.integer(c.power_rate.value),
-                     fmt.integer(c.neighbour_rate.value), f"{c.difference:+.1%}",
-                     fmt.percent(c.noise) if c.noise is not None else fmt.DASH, verdict,
-                     f"{c.power_rate.source} / {c.neighbour_rate.source}"])
+    for p in comparisons:
+        for neighbour, c in p.comparisons.items():
+            power_rate = analysis.stat(run.throughput for run in p.configuration.runs)
+            other_rate = analysis.stat(run.throughput for run in p.neighbours[neighbour].runs)
+            interval = (f"{fmt.signed_percent(c.low - 1)} to {fmt.signed_percent(c.high - 1)} "
+                        f"({fmt.confidence(c.confidence)})" if c.low is not None else "— (one seed)")
+            rows.append([p.key, str(p.power), str(neighbour), fmt.mean_std(power_rate.mean, power_rate.std, fmt.integer),
+                         fmt.mean_std(other_rate.mean, other_rate.std, fmt.integer),
+                         fmt.signed_percent(c.ratio - 1) if c.ratio is not None else fmt.DASH, interval,
+                         f"{c.n_a} / {c.n_b}", verdicts[c.verdict]])
     blocks.append(Table(["batch", "power of two", "neighbour", "throughput (samples/s)", "neighbour throughput",
-                         "difference", "noise (1σ)", f"exceeds {analysis.NOISE_FACTOR:g}× noise?",
-                         "noise from"], rows))
+                         "difference", "confidence interval", "seeds", "verdict"], rows))
     blocks.append(Note(
-        "Difference: power-of-two throughput over the neighbour's, minus 1. Noise: the std over seeds of each "
-        "configuration when it has several, otherwise the spread of its logging windows (std / √n, first window "
-        "dropped), relative to its throughput, the two combined in quadrature. The difference counts only "
-        f"when it exceeds {analysis.NOISE_FACTOR:g}× that noise."
+        "Difference: the power of two's throughput over the neighbour's, minus 1 (ratio of geometric means over "
+        "seeds), with its Welch t interval over seeds, Bonferroni-corrected over a power's neighbours. It counts "
+        f"when the whole interval lies beyond ±{fmt.percent(study.rules.threshold, 0)}; a power of two matters "
+        "only when it is faster (or slower) than every neighbour. The spread of logging windows inside one run "
+        "is not run-to-run variation, so one seed decides nothing."
     ))
     return blocks + _answers(findings.power_of_two(study), "No comparison could be made.")
 
@@ -349,7 +409,7 @@ def seed_variation(study: Study) -> list[Block]:
     blocks: list[Block] = [Heading(QUESTION_SEEDS)]
     seeded = study.seeded
     if not seeded:
-        return blocks + [Note("Every configuration ran with one seed: no spread to report.")]
+        return blocks + [Note("No configuration ran with several seeds: no spread to report.")]
     scores = {id(c): findings.mlperf_time(c) for c in seeded}
     show_score = any(score is not None for score in scores.values())
     header = ["configuration", "seeds", "reached", "train time to target (s)", "wall time to target (s)",

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from scaling import stats
 from scaling.report import analysis, critical_batch
 from scaling.report.runs import Configuration, Run, group_configurations, load_runs, read_study_file
 
@@ -19,12 +20,13 @@ class Study:
     runs: list[Run]
     configurations: list[Configuration]
     figures: dict[str, Path] = field(default_factory=dict)  # plot name -> PNG written by a section
+    rules: stats.Rules = field(default_factory=stats.Rules)  # when a difference counts (threshold, confidence)
 
     @classmethod
-    def load(cls, study_dir: Path, out_dir: Path) -> Study:
+    def load(cls, study_dir: Path, out_dir: Path, rules: stats.Rules | None = None) -> Study:
         runs = load_runs(study_dir)
         name = read_study_file(study_dir).get("name") or study_dir.resolve().name
-        return cls(str(name), study_dir, out_dir, runs, group_configurations(runs))
+        return cls(str(name), study_dir, out_dir, runs, group_configurations(runs), rules=rules or stats.Rules())
 
     @cached_property
     def series(self) -> dict[str, list[analysis.Point]]:
@@ -32,20 +34,58 @@ class Study:
 
     @cached_property
     def doublings(self) -> dict[str, list[analysis.Doubling]]:
-        return {name: analysis.doublings(name, points) for name, points in self.series.items()}
+        return {name: analysis.doublings(name, points, self.rules) for name, points in self.series.items()}
 
     @cached_property
+    def ranking(self) -> analysis.Ranking | None:
+        """The fastest configuration to the target against every other (None when none reached it with
+        every seed)."""
+        return analysis.rank([c for c in self.configurations if any(run.target is not None for run in c.runs)],
+                             self.rules)
+
+    @property
     def best(self) -> Configuration | None:
-        return analysis.best_configuration(self.configurations)
+        return self.ranking.best if self.ranking else None
+
+    @cached_property
+    def trends(self) -> list[analysis.Trend]:
+        trends = [analysis.trend(name, points, self.rules) for name, points in self.series.items()]
+        return [t for t in trends if t is not None]
+
+    @cached_property
+    def rule_comparisons(self) -> list[analysis.RuleComparison]:
+        return analysis.rule_comparisons(self.configurations, self.rules)
 
     @cached_property
     def noise(self) -> critical_batch.NoiseAnalysis:
         """The gradient-noise-scale fits (critical batch size) of every series."""
-        return critical_batch.analyse(self.runs, self.series)
+        return critical_batch.analyse(self.runs, self.series, self.rules)
 
     @cached_property
     def power_comparisons(self) -> list[analysis.PowerComparison]:
-        return analysis.power_of_two_comparisons(self.configurations)
+        return analysis.power_of_two_comparisons(self.configurations, self.rules)
+
+    @cached_property
+    def input_bound(self) -> analysis.InputBound | None:
+        return analysis.input_bound(self.ladder, self.rules)
+
+    @cached_property
+    def saturation(self) -> analysis.Saturation | None:
+        return analysis.saturation(self.ladder, self.rules)
+
+    @cached_property
+    def decompositions(self) -> list[analysis.DecompositionComparison]:
+        return analysis.decomposition_comparisons(self.configurations, self.rules)
+
+    @property
+    def max_seeds(self) -> int:
+        """The most seeds of any configuration that chases a target (or of any, without targets)."""
+        return max((len(c.runs) for c in self.ladder), default=0)
+
+    @property
+    def one_seed(self) -> bool:
+        """Every configuration ran once: there is no run-to-run variation, so nothing is decided."""
+        return self.max_seeds <= 1
 
     @cached_property
     def target(self) -> float | None:

@@ -1,0 +1,379 @@
+"""Deciding comparisons from repeated runs: pure statistics, no I/O, standard library only.
+
+A study runs each configuration with a few seeds. Two configurations differ only when the difference of their
+per-seed values exceeds the run-to-run variation at a stated confidence *and* a practical threshold:
+
+- `compare(a, b, rules)`: Welch's t interval on the log of the per-seed values, i.e. on the ratio of their
+  geometric means. Logs because run-to-run noise in times and step counts is multiplicative, and because the
+  verdict is then the same whichever side is named first. The difference counts ("a is lower") only when the
+  whole interval lies beyond the practical threshold (`Rules.threshold`, 5% by default); when the whole
+  interval lies within it, the two are *equivalent* (no practical difference); otherwise undecided. With one
+  value on either side there is no run-to-run variation to judge by, and nothing is decided.
+- A quantity known only to a resolution (steps to target between two evaluations) adds the variance of a
+  uniform rounding error, resolution² / 12 per value, and a difference of means within the resolution is
+  never decided.
+- `best_of(samples, rules)`: the lowest of several, decided only when it beats every other one, each
+  comparison at the Bonferroni-corrected confidence so that the chance of a false "fastest" stays at
+  1 - confidence however many candidates there are.
+- `seeds_needed`: when undecided, the seeds per configuration that would likely resolve it (80% power), from
+  the observed spread and the distance between the observed difference and the threshold.
+
+The t quantile comes from the regularized incomplete beta function (continued fraction) and bisection, so
+fractional Welch-Satterthwaite degrees of freedom are exact without scipy.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+DEFAULT_CONFIDENCE = 0.95
+DEFAULT_THRESHOLD = 0.05
+# Power of the seeds-needed estimate: the chance that a study with that many seeds resolves the question.
+POWER = 0.8
+# Beyond this many seeds per configuration the estimate says "more than": the two are as good as the same.
+MAX_SEEDS = 100
+
+LOWER = "lower"  # a < b beyond the threshold
+HIGHER = "higher"  # a > b beyond the threshold
+EQUIVALENT = "equivalent"  # |a / b - 1| within the threshold, at the confidence
+UNDECIDED = "undecided"
+
+
+# --- Student's t ---------------------------------------------------------------------------------------------
+
+
+def _beta_fraction(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz's method)."""
+    tiny, eps = 1e-300, 1e-15
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 500):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < eps:
+            break
+    return h
+
+
+def incomplete_beta(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _beta_fraction(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _beta_fraction(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """P(T <= t) for Student's t with `df` (possibly fractional) degrees of freedom."""
+    tail = 0.5 * incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t >= 0 else tail
+
+
+def t_quantile(p: float, df: float) -> float:
+    """The t with P(T <= t) = p (bisection on t_cdf, to 1e-10)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p must lie in (0, 1), got {p}")
+    if p < 0.5:
+        return -t_quantile(1.0 - p, df)
+    low, high = 0.0, 1.0
+    while t_cdf(high, df) < p:
+        high *= 2.0
+    for _ in range(200):
+        middle = (low + high) / 2.0
+        if t_cdf(middle, df) < p:
+            low = middle
+        else:
+            high = middle
+        if high - low < 1e-10:
+            break
+    return (low + high) / 2.0
+
+
+def z_quantile(p: float) -> float:
+    return statistics.NormalDist().inv_cdf(p)
+
+
+# --- the rules of a decision ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rules:
+    """When a difference counts: the confidence of the interval and the practical threshold (relative)."""
+
+    threshold: float = DEFAULT_THRESHOLD
+    confidence: float = DEFAULT_CONFIDENCE
+
+    def __post_init__(self):
+        if not 0.0 <= self.threshold < 1.0:
+            raise ValueError(f"threshold must lie in [0, 1) (a relative difference, 0.05 = 5%), got "
+                             f"{self.threshold}")
+        if not 0.5 <= self.confidence < 1.0:
+            raise ValueError(f"confidence must lie in [0.5, 1) (0.95 = 95%), got {self.confidence}")
+
+    @property
+    def log_threshold(self) -> float:
+        return math.log1p(self.threshold)
+
+    def corrected(self, comparisons: int) -> float:
+        """Bonferroni: the confidence of each of `comparisons` tests that together hold `confidence`."""
+        return 1.0 - (1.0 - self.confidence) / max(1, comparisons)
+
+
+DEFAULT_RULES = Rules()
+
+
+# --- two samples ----------------------------------------------------------------------------------------------
+
+
+def _clean(values: Sequence[float | None]) -> list[float]:
+    return [float(v) for v in values if v is not None and math.isfinite(v) and v > 0]
+
+
+def _log_spread(values: list[float], resolutions: Sequence[float] | None) -> tuple[float, float]:
+    """Mean and variance of log(values); the variance adds the rounding error of values known only to a
+    resolution (uniform over one resolution: resolution² / 12, relative to the value on the log scale)."""
+    logs = [math.log(v) for v in values]
+    variance = statistics.variance(logs) if len(logs) >= 2 else 0.0
+    if resolutions:
+        variance += statistics.fmean((r / v) ** 2 / 12.0 for r, v in zip(resolutions, values, strict=True))
+    return statistics.fmean(logs), variance
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """`a` against `b`: the ratio of geometric means a / b with its confidence interval, and the verdict."""
+
+    n_a: int
+    n_b: int
+    mean_a: float | None  # arithmetic means, as the tables show them
+    mean_b: float | None
+    ratio: float | None  # geometric mean of a over that of b
+    low: float | None  # confidence interval of the ratio
+    high: float | None
+    confidence: float  # of this interval (after any Bonferroni correction)
+    threshold: float
+    verdict: str  # LOWER, HIGHER, EQUIVALENT or UNDECIDED
+    reason: str  # why, in words: "one seed", "interval crosses the 5% threshold", ...
+    seeds_needed: int | None = None  # seeds per configuration that would likely resolve an undecided one
+    resolution: float = 0.0  # the larger resolution of the two sides (0: exact values)
+
+    @property
+    def decided(self) -> bool:
+        """The two differ beyond the threshold at the confidence."""
+        return self.verdict in (LOWER, HIGHER)
+
+    @property
+    def difference(self) -> float | None:
+        """a / b - 1: +0.05 means a is 5% higher."""
+        return None if self.ratio is None else self.ratio - 1.0
+
+    def to_dict(self) -> dict:
+        return {"n_a": self.n_a, "n_b": self.n_b, "mean_a": self.mean_a, "mean_b": self.mean_b,
+                "ratio": self.ratio, "ci_low": self.low, "ci_high": self.high, "confidence": self.confidence,
+                "threshold": self.threshold, "verdict": self.verdict, "reason": self.reason,
+                "seeds_needed": self.seeds_needed, "resolution": self.resolution or None}
+
+
+def compare(a: Sequence[float | None], b: Sequence[float | None], rules: Rules = DEFAULT_RULES, *,
+            comparisons: int = 1, resolution_a: Sequence[float] | None = None,
+            resolution_b: Sequence[float] | None = None) -> Comparison:
+    """Welch's t interval of log(a) - log(b) at `rules.confidence` (Bonferroni over `comparisons`), judged
+    against `rules.threshold`. Resolutions, when given, are one per value (missing or non-positive values
+    are dropped together with their resolution)."""
+    pairs_a = [(v, r) for v, r in zip(a, resolution_a or [0.0] * len(a), strict=True)
+               if v is not None and math.isfinite(v) and v > 0]
+    pairs_b = [(v, r) for v, r in zip(b, resolution_b or [0.0] * len(b), strict=True)
+               if v is not None and math.isfinite(v) and v > 0]
+    values_a, values_b = [v for v, _ in pairs_a], [v for v, _ in pairs_b]
+    res_a, res_b = [r or 0.0 for _, r in pairs_a], [r or 0.0 for _, r in pairs_b]
+    confidence = rules.corrected(comparisons)
+    mean_a = statistics.fmean(values_a) if values_a else None
+    mean_b = statistics.fmean(values_b) if values_b else None
+    resolution = max(res_a + res_b, default=0.0)
+    base = dict(n_a=len(values_a), n_b=len(values_b), mean_a=mean_a, mean_b=mean_b, confidence=confidence,
+                threshold=rules.threshold, resolution=resolution)
+    if not values_a or not values_b:
+        return Comparison(ratio=None, low=None, high=None, verdict=UNDECIDED, reason="no value", **base)
+    log_a, var_a = _log_spread(values_a, res_a)
+    log_b, var_b = _log_spread(values_b, res_b)
+    delta = log_a - log_b
+    ratio = math.exp(delta)
+    if len(values_a) < 2 or len(values_b) < 2:
+        return Comparison(ratio=ratio, low=None, high=None, verdict=UNDECIDED, reason="one seed", **base)
+    se_a, se_b = var_a / len(values_a), var_b / len(values_b)
+    se = math.sqrt(se_a + se_b)
+    if se > 0:
+        df = (se_a + se_b) ** 2 / (se_a ** 2 / (len(values_a) - 1) + se_b ** 2 / (len(values_b) - 1))
+        half = t_quantile(1.0 - (1.0 - confidence) / 2.0, df) * se
+    else:  # identical values on each side, exactly known: the interval is the point
+        half = 0.0
+    low, high = delta - half, delta + half
+    edge = rules.log_threshold
+    beyond_resolution = abs(mean_a - mean_b) > resolution
+    if low > edge and beyond_resolution:
+        verdict, reason = HIGHER, f"the whole interval lies above +{rules.threshold:.0%}"
+    elif high < -edge and beyond_resolution:
+        verdict, reason = LOWER, f"the whole interval lies below −{rules.threshold:.0%}"
+    elif -edge < low and high < edge:
+        verdict, reason = EQUIVALENT, f"the whole interval lies within ±{rules.threshold:.0%}"
+    elif not beyond_resolution and (low > edge or high < -edge):
+        verdict, reason = UNDECIDED, f"the means differ by no more than the resolution ({resolution:g})"
+    else:
+        verdict, reason = UNDECIDED, f"the interval crosses the {rules.threshold:.0%} threshold"
+    needed = None
+    if verdict == UNDECIDED:
+        needed = seeds_needed(delta, (var_a + var_b) / 2.0, rules, confidence,
+                              current=min(len(values_a), len(values_b)))
+    return Comparison(ratio=ratio, low=math.exp(low), high=math.exp(high), verdict=verdict, reason=reason,
+                      seeds_needed=needed, **base)
+
+
+def seeds_needed(delta: float, variance: float, rules: Rules, confidence: float, current: int) -> int | None:
+    """Seeds per configuration for an interval that clears the threshold (or fits within it) with probability
+    POWER, if the true log difference were `delta` and the per-seed log variance `variance`: the usual
+    n = 2 σ² (z_{1-α/2} + z_power)² / effect², the effect being the distance from |delta| to the threshold.
+    None when it exceeds MAX_SEEDS (the two are as good as the same, or as good as on the threshold)."""
+    effect = abs(abs(delta) - rules.log_threshold)
+    if variance <= 0:
+        return current + 1
+    if effect <= 0:
+        return None
+    z = z_quantile(1.0 - (1.0 - confidence) / 2.0) + z_quantile(POWER)
+    n = math.ceil(2.0 * variance * z * z / (effect * effect))
+    if n > MAX_SEEDS:
+        return None
+    return max(n, current + 1)
+
+
+# --- several samples --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Best:
+    """The candidate with the lowest geometric mean, and whether it beats every other one."""
+
+    best: Hashable
+    comparisons: dict[Hashable, Comparison] = field(default_factory=dict)  # best against each other one
+
+    @property
+    def decided(self) -> bool:
+        return bool(self.comparisons) and all(c.verdict == LOWER for c in self.comparisons.values())
+
+    @property
+    def ties(self) -> list[Hashable]:
+        """Candidates not separated from the best (undecided or equivalent)."""
+        return [key for key, c in self.comparisons.items() if c.verdict != LOWER]
+
+    @property
+    def seeds_needed(self) -> int | None:
+        """The most seeds any undecided comparison needs (None: some would need more than MAX_SEEDS)."""
+        needed = [c.seeds_needed for c in self.comparisons.values() if c.verdict == UNDECIDED]
+        if not needed or any(n is None for n in needed):
+            return None
+        return max(needed)
+
+
+def geometric_mean(values: Sequence[float | None]) -> float | None:
+    clean = _clean(values)
+    return math.exp(statistics.fmean(math.log(v) for v in clean)) if clean else None
+
+
+def best_of(samples: Mapping[Hashable, Sequence[float | None]], rules: Rules = DEFAULT_RULES, *, lower: bool = True,
+            resolutions: Mapping[Hashable, Sequence[float]] | None = None) -> Best | None:
+    """The candidate with the lowest (or, lower=False, highest) geometric mean against every other, each
+    comparison at the Bonferroni-corrected confidence; None without any value."""
+    centres = {key: geometric_mean(values) for key, values in samples.items()}
+    centres = {key: value for key, value in centres.items() if value is not None}
+    if not centres:
+        return None
+    best = (min if lower else max)(centres, key=centres.get)
+    others = [key for key in centres if key != best]
+    resolutions = resolutions or {}
+    result = Best(best)
+    for key in others:
+        a, b = samples[best], samples[key]
+        ra, rb = resolutions.get(best), resolutions.get(key)
+        if lower:
+            c = compare(a, b, rules, comparisons=len(others), resolution_a=ra, resolution_b=rb)
+        else:  # the highest: compare the reciprocals, so that LOWER still means "better"
+            c = compare([1 / v if v else None for v in a], [1 / v if v else None for v in b], rules,
+                        comparisons=len(others), resolution_a=ra, resolution_b=rb)
+        result.comparisons[key] = c
+    return result
+
+
+# --- one sample against a level ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Level:
+    """The mean of a sample against a fixed level: its t interval and whether it lies above or below."""
+
+    n: int
+    mean: float | None
+    low: float | None
+    high: float | None
+    verdict: str  # HIGHER (the whole interval above the level), LOWER, or UNDECIDED
+
+    @property
+    def decided(self) -> bool:
+        return self.verdict in (LOWER, HIGHER)
+
+
+def against_level(values: Sequence[float | None], level: float, rules: Rules = DEFAULT_RULES,
+                  comparisons: int = 1) -> Level:
+    """The one-sample t interval of the mean (plain scale: shares such as the data-wait fraction)."""
+    clean = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not clean:
+        return Level(0, None, None, None, UNDECIDED)
+    mean = statistics.fmean(clean)
+    if len(clean) < 2:
+        return Level(1, mean, None, None, UNDECIDED)
+    confidence = rules.corrected(comparisons)
+    half = t_quantile(1.0 - (1.0 - confidence) / 2.0, len(clean) - 1) * statistics.stdev(clean) / math.sqrt(
+        len(clean))
+    low, high = mean - half, mean + half
+    verdict = HIGHER if low > level else LOWER if high < level else UNDECIDED
+    return Level(len(clean), mean, low, high, verdict)
+
+
+# --- a ratio per doubling, against bands ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rate:
+    """The per-doubling ratio r = (y(large) / y(small)) ** (1 / log2(large / small)) with its interval."""
+
+    ratio: float
+    low: float | None
+    high: float | None
+    n_small: int
+    n_large: int
+    confidence: float = DEFAULT_CONFIDENCE
+
+
+def per_doubling(small: Sequence[float | None], large: Sequence[float | None], doublings: float,
+                 rules: Rules = DEFAULT_RULES, *, resolution_small: Sequence[float] | None = None,
+                 resolution_large: Sequence[float] | None = None, comparisons: int = 1) -> Rate | None:
+    """Welch's interval of log(large) - log(small), divided by the number of doublings between them."""
+    c = compare(large, small, rules, comparisons=comparisons, resolution_a=resolution_large,
+                resolution_b=resolution_small)
+    if c.ratio is None:
+        return None
+    power = 1.0 / doublings
+    low = c.low ** power if c.low is not None else None
+    high = c.high ** power if c.high is not None else None
+    return Rate(c.ratio ** power, low, high, c.n_b, c.n_a, c.confidence)
