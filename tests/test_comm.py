@@ -116,7 +116,7 @@ def _ddp_buckets(rank: int, port: int, out: dict) -> None:
         for name, model, x in (("mlp", MLP(40, hidden=1024), torch.randn(4, 40)),
                                ("resnet", ResNetCIFAR(3, width=16), torch.randn(2, 3, 16, 16))):
             ddp = torch.nn.parallel.DistributedDataParallel(model)
-            for _ in range(2):  # DDP rebuilds its buckets in the real gradient order after the first iteration
+            for _ in range(3):  # DDP rebuilds its buckets in the real gradient order after the first iteration
                 ddp(x).sum().backward()
             if rank == 0:
                 rebuilt = ddp._get_ddp_logging_data()["rebuilt_bucket_sizes"]
