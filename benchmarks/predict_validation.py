@@ -106,18 +106,21 @@ def main() -> None:
     for name in args.configs.split(","):
         flags, what = CONFIGS[name]
         for processes in [int(n) for n in args.processes.split(",")]:
-            emulated, real, measurements = [], [], []
+            emulated, real, measurements, loads = [], [], [], []
             for repeat in range(args.repeats):
                 folder = root / name / f"n{processes}"
                 order = ("emulated", "real") if repeat % 2 == 0 else ("real", "emulated")
                 for kind in order:
                     out = folder / f"{kind}-{repeat}"
                     started = time.perf_counter()
+                    load_before = os.getloadavg()[0]
                     if kind == "emulated":
                         emulated.append((run_emulated(flags, processes, out), out))
                     else:
                         real.append(run_real(flags, processes, out))
-                    print(f"{name} N={processes} {kind} #{repeat}: {time.perf_counter() - started:.0f} s", flush=True)
+                    loads.append((kind, load_before, os.getloadavg()[0]))
+                    print(f"{name} N={processes} {kind} #{repeat}: {time.perf_counter() - started:.0f} s, load "
+                          f"average {load_before:.1f} -> {os.getloadavg()[0]:.1f}", flush=True)
                 config = emulated[0][0]["config"]
                 gradient = gradient_bytes_for(config)
                 buckets = comm.ddp_buckets(gradient)
@@ -145,6 +148,7 @@ def main() -> None:
                 "latency_us": [m.fit.latency * 1e6 for m in measurements],
                 "bandwidth_gb_s": [m.fit.bus_bandwidth / 1e9 for m in measurements],
                 "link": link.describe(),
+                "load_average": loads,  # (kind, 1-minute load before, after) per run: other work on the machine
             })
             (root / "validation.json").write_text(json.dumps(rows, indent=2))
     print()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -97,6 +98,9 @@ def _predict_parser() -> ArgumentParser:
     source.add_argument("--bandwidth", type=float, metavar="GB/S", help="all-reduce bus bandwidth (with --latency)")
     parser.add_argument("--latency", type=float, metavar="US", help="per all-reduce latency in microseconds")
     parser.add_argument("--bucket-cap-mb", type=float, default=25.0, help="DDP bucket_cap_mb (default: 25)")
+    parser.add_argument("--no-overlap", action="store_true",
+                        help="the all-reduce does not overlap with backward (default: it does, except a measured "
+                             "CPU all-reduce with no core to spare)")
     parser.add_argument("--json", action="store_true", help="print the prediction as JSON")
     return parser
 
@@ -135,8 +139,11 @@ def predict(argv: list[str]) -> int:
             print(f"scaling: timing all-reduces of {len(buckets)} bucket size(s) across {args.processes} local "
                   f"processes ({'nccl' if on_gpu else 'gloo'})...", flush=True)
         measurement = comm.measure_allreduce(args.processes, comm.measurement_sizes(buckets),
-                                             device="cuda" if on_gpu else "cpu")
+                                             device="cuda" if on_gpu else "cpu",
+                                             threads=predict_devices.run_threads(result))
         link = measurement.interconnect()
+    if link is not None and args.no_overlap:
+        link = dataclasses.replace(link, overlap=False)
     prediction = predict_devices.predict_on_devices(profile, gradient_bytes, args.processes, link,
                                                     args.per_device_bs, args.bucket_cap_mb)
     text = predict_devices.explain(profile, prediction)

@@ -241,10 +241,15 @@ class CommMeasurement:
     extra: dict = field(default_factory=dict)
 
     def interconnect(self) -> Interconnect:
+        """The fitted link. On the CPU the all-reduce needs CPU time of its own (gloo's threads reduce and
+        copy), so it overlaps with backward only when the machine has a core to spare beyond the processes'
+        compute threads; NCCL on GPUs runs beside the compute kernels."""
         assert self.fit is not None
+        cores = os.cpu_count() or 1
+        overlap = self.device == "cuda" or self.processes * self.threads < cores
         return Interconnect(f"measured ({self.backend}, {self.processes} local processes, {self.device})",
                             self.fit.bus_bandwidth, self.fit.latency, "measured",
-                            note=f"fit max relative residual {self.fit.max_relative_residual:.0%}")
+                            note=f"fit max relative residual {self.fit.max_relative_residual:.0%}", overlap=overlap)
 
     def to_dict(self) -> dict:
         out = asdict(self)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -187,6 +188,17 @@ def profile_run(result: dict, metrics: list[dict] | None = None) -> RunProfile:
         window_step_s=window_step_s, target=target.get("value") if isinstance(target, dict) else None,
         device=(result.get("environment") or {}).get("device"), notes=tuple(notes), **profile,
     )
+
+
+def run_threads(result: dict) -> int:
+    """Intra-op threads each of the run's processes computed with (environment.torch_threads, else the
+    `N threads` of environment.device on the CPU; 1 when neither says)."""
+    environment = result.get("environment") or {}
+    threads = environment.get("torch_threads")
+    if isinstance(threads, int) and threads > 0:
+        return threads
+    match = re.search(r"(\d+) threads?", str(environment.get("device") or ""))
+    return int(match.group(1)) if match else 1
 
 
 def _breakdown_steps(records: list[dict], breakdown: dict, step_s: float) -> float | None:

@@ -147,3 +147,15 @@ def test_measured_allreduce_grows_with_size_and_fits():
     # Loose bounds: local gloo moves between 10 MB/s and 1 TB/s, with a latency under 100 ms.
     assert 1e7 < link_.bus_bandwidth < 1e12
     assert 0 <= link_.latency < 0.1
+
+
+def test_a_measured_cpu_link_overlaps_only_with_a_core_to_spare(monkeypatch):
+    fit = comm.AlphaBetaFit(1e-4, 1e9, 0.0)
+    monkeypatch.setattr(comm.os, "cpu_count", lambda: 2)
+    busy = comm.CommMeasurement(2, "gloo", "cpu", [4], [1e-4], fit=fit, threads=1)
+    assert not busy.interconnect().overlap  # 2 processes x 1 thread on 2 cores: gloo shares their cores
+    monkeypatch.setattr(comm.os, "cpu_count", lambda: 16)
+    assert busy.interconnect().overlap
+    assert not comm.CommMeasurement(2, "gloo", "cpu", [4], [1e-4], fit=fit, threads=8).interconnect().overlap
+    monkeypatch.setattr(comm.os, "cpu_count", lambda: 2)
+    assert comm.CommMeasurement(2, "nccl", "cuda", [4], [1e-4], fit=fit).interconnect().overlap
