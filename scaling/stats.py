@@ -180,6 +180,15 @@ class Comparison:
         """a / b - 1: +0.05 means a is 5% higher."""
         return None if self.ratio is None else self.ratio - 1.0
 
+    def reversed(self) -> Comparison:
+        """`b` against `a`: the same interval and verdict, seen from the other side."""
+        flip = {LOWER: HIGHER, HIGHER: LOWER}
+        return Comparison(self.n_b, self.n_a, self.mean_b, self.mean_a,
+                          None if self.ratio is None else 1.0 / self.ratio,
+                          None if self.high is None else 1.0 / self.high, None if self.low is None else 1.0 / self.low,
+                          self.confidence, self.threshold, flip.get(self.verdict, self.verdict), self.reason,
+                          self.seeds_needed, self.resolution)
+
     def to_dict(self) -> dict:
         return {"n_a": self.n_a, "n_b": self.n_b, "mean_a": self.mean_a, "mean_b": self.mean_b,
                 "ratio": self.ratio, "ci_low": self.low, "ci_high": self.high, "confidence": self.confidence,

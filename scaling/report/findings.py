@@ -133,11 +133,11 @@ def fastest(study: Study) -> list[Finding]:
         c = ranking.comparison(nearest)
         text = (f"The fastest configuration to {study.target_text()} is {lead}: faster than every other beyond "
                 f"{fmt.percent(study.rules.threshold, 0)} at {fmt.confidence(study.rules.confidence)} confidence "
-                f"(the nearest, {_short(nearest)}, {fmt.change(c, 'train time')})")
+                f"(the nearest, {_short(nearest)}, {fmt.change(c.reversed(), 'train time')})")
         decided = True
     else:
         ties = sorted(ranking.ties, key=lambda c: ranking.comparison(c).ratio or 0, reverse=True)
-        named = ", ".join(f"{_short(c)} ({fmt.change(ranking.comparison(c), 'train time', interval=n_seeds >= 2)})"
+        named = ", ".join(f"{_short(c)} ({fmt.change(ranking.comparison(c).reversed(), 'train time', interval=n_seeds >= 2)})"
                           for c in ties[:MAX_NAMED])
         more = f" and {len(ties) - MAX_NAMED} more" if len(ties) > MAX_NAMED else ""
         worst = min((ranking.comparison(c) for c in ties), key=lambda c: c.ratio or 0)
@@ -277,9 +277,7 @@ def _regime_undecided(study: Study, n_seeds: int, doublings: list[analysis.Doubl
         return _one_seed(study)
     open_ = [d for d in doublings if not d.regime_decided]
     named = ", ".join(f"{d.small} → {d.large}" for d in open_) or "none"
-    return (f"not decided: the {fmt.confidence(study.rules.confidence)} interval of r crosses a regime boundary at "
-            f"{named}; more seeds, or steps to target known exactly rather than to the evaluation interval, "
-            f"narrow it")
+    return f"not decided: the {fmt.confidence(study.rules.confidence)} interval of r crosses a regime boundary at {named}"
 
 
 # --- critical batch size -------------------------------------------------------------------------------------

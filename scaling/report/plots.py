@@ -14,7 +14,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
 from scaling.predict import predict_samples, predict_steps
 from scaling.report import analysis
@@ -28,6 +28,7 @@ REGIME_COLORS = {
     analysis.REGIME_DIMINISHING: "#ff7f0e",
     analysis.REGIME_NO_GAIN: "#d62728",
 }
+UNDECIDED_COLOR = "#9e9e9e"
 LINESTYLES = ("-", "--", ":", "-.")
 
 # At most this many runs in the B_simple-over-training plot.
@@ -53,10 +54,52 @@ def _save(study: Study, figure, name: str) -> Path:
     return path
 
 
+# At most this many labelled ticks on a log axis: more overlap at the report's figure sizes.
+MAX_LOG_TICKS = 8
+# Mantissas of labelled ticks on a log axis, coarsest first: the first set that gives 3+ ticks in the range.
+NICE_MANTISSAS = ((1.0,), (1.0, 2.0, 5.0), (1.0, 1.5, 2.0, 3.0, 5.0, 7.0), (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0,
+                                                                          6.0, 8.0))
+
+
+def plain_number(value: float) -> str:
+    """`50,000`, `2.5`, `0.04`: one style for every tick of every log axis (no 1e+05 next to 90,000)."""
+    if value >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
+
+
+def log_ticks(low: float, high: float) -> list[float]:
+    """Labelled ticks for a log axis over [low, high]: 1-2-5 style values, at least 3 when the range allows,
+    at most MAX_LOG_TICKS (every other decade over a wide range)."""
+    if not (low > 0 and high > low):
+        return []
+    first, last = math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1
+    ticks: list[float] = []
+    for mantissas in NICE_MANTISSAS:
+        ticks = [m * 10.0 ** k for k in range(first, last + 1) for m in mantissas
+                 if low <= m * 10.0 ** k <= high * (1 + 1e-9)]
+        if len(ticks) >= 3:
+            break
+    step = 1
+    while len(ticks[::step]) > MAX_LOG_TICKS:
+        step += 1
+    return ticks[::step]
+
+
 def _batch_axis(ax) -> None:
-    """Global batch on a log2 axis, labelled with plain integers."""
+    """Global batch on a log2 axis, labelled with plain integers at powers of two (every other one when there
+    are too many to fit)."""
     ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_locator(LogLocator(base=2))
+    low, high = ax.get_xlim()
+    powers = [2 ** k for k in range(max(0, math.floor(math.log2(max(low, 1)))), math.ceil(math.log2(high)) + 1)
+              if low <= 2 ** k <= high]
+    step = 1
+    while len(powers[::step]) > 10:
+        step += 1
+    if powers:
+        ax.xaxis.set_major_locator(FixedLocator(powers[::step]))
+    else:
+        ax.xaxis.set_major_locator(LogLocator(base=2))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("global batch size")
@@ -64,12 +107,26 @@ def _batch_axis(ax) -> None:
 
 
 def _log_y(ax) -> None:
-    """Log y axis labelled with plain numbers (1.5, 2, 3...) rather than powers of ten."""
+    """Log y axis with non-overlapping labels in one style and one size (log_ticks, plain_number); minor ticks
+    unlabelled. Call it after the data are drawn: the ticks follow the axis range."""
     ax.set_yscale("log")
-    plain = FuncFormatter(lambda value, _: f"{value:,.4g}")
-    ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain)
-    ax.tick_params(axis="y", which="minor", labelsize=7)
+    low, high = ax.get_ylim()
+    ticks = log_ticks(low, high)
+    if ticks:
+        ax.yaxis.set_major_locator(FixedLocator(ticks))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: plain_number(value)))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.grid(True, which="major", axis="y", alpha=0.3)
+
+
+def seeds_phrase(counts: list[int]) -> str:
+    """` (mean ± std over 3 seeds)` for a plot title; empty when no point has more than one seed, so that a
+    single measurement is never presented as a mean."""
+    counts = [n for n in counts if n]
+    if not counts or max(counts) <= 1:
+        return ""
+    low, high = min(counts), max(counts)
+    return f" (mean ± std over {low} seeds)" if low == high else f" (mean ± std over {low}–{high} seeds)"
 
 
 def _series_colors(study: Study) -> dict[str, str]:
@@ -82,52 +139,69 @@ def _target_points(points: list[analysis.Point]) -> list[analysis.Point]:
     return [p for p in points if any(run.target is not None for run in p.runs)]
 
 
-def _mark_missed(ax, points: list[analysis.Point], color: str, labelled: list[bool]) -> None:
-    """An x along the top edge at each batch where no run reached the target (diverged, failed...)."""
-    missed = [p.batch for p in points if not p.any_reached]
-    if missed:
-        label = None if labelled[0] else "did not reach the target"
-        labelled[0] = True
-        ax.plot(missed, [0.96] * len(missed), "x", color=color, markersize=9, mew=2,
-                transform=ax.get_xaxis_transform(), label=label, clip_on=False)
+def _missed(points: list[analysis.Point], series: str, missed: dict[str, list[int]]) -> None:
+    """Collect, per series, the batches where no run reached the target."""
+    batches = [p.batch for p in points if not p.any_reached]
+    if batches:
+        missed[series] = batches
+
+
+def _draw_missed(ax, missed: dict[str, list[int]], colors: dict[str, str]) -> list:
+    """Batches where no run reached the target: an x in the series' colour in a row above the frame, outside
+    the data area, so that it cannot be read as a measured value. Returns the legend handles."""
+    for row, (series, batches) in enumerate(missed.items()):
+        ax.plot(batches, [1.04 + 0.05 * row] * len(batches), "x", color=colors.get(series, "#555555"),
+                markersize=8, mew=2, transform=ax.get_xaxis_transform(), clip_on=False)
+    if not missed:
+        return []
+    return [Line2D([], [], ls="", marker="x", color="#555555", mew=2,
+                   label="above the frame: did not reach the target")]
+
+
+def _title(ax, text: str, missed: dict[str, list[int]]) -> None:
+    """The title, raised above the row(s) of not-reached marks."""
+    ax.set_title(text, pad=6 + 14 * len(missed))
 
 
 def plot_time_to_target(study: Study) -> Path | None:
     colors = _series_colors(study)
     figure, ax = new_figure()
-    drawn, labelled = False, [False]
+    drawn, missed, counts = False, {}, []
     for name, points in study.series.items():
         points = _target_points(points)
         timed = [p for p in points if p.train_time.mean is not None]
         if timed:
             drawn = True
+            counts += [p.train_time.n for p in timed]
             ax.errorbar([p.batch for p in timed], [p.train_time.mean for p in timed],
                         yerr=[p.train_time.std or 0 for p in timed], marker="o", capsize=3, color=colors[name],
                         label=name)
-        _mark_missed(ax, points, colors[name], labelled)
+        _missed(points, name, missed)
     if not drawn:
         return None
+    handles = _draw_missed(ax, missed, colors)
     _batch_axis(ax)
     _log_y(ax)
     ax.set_ylabel(f"train time to {study.target_text()} (s)")
-    ax.set_title("Time to target against global batch (mean ± std over seeds)")
-    ax.legend(fontsize=8)
+    _title(ax, "Time to target against global batch" + seeds_phrase(counts), missed)
+    ax.legend(handles=ax.get_legend_handles_labels()[0] + handles, fontsize=8)
     return _save(study, figure, "time_to_target")
 
 
 def plot_steps_to_target(study: Study) -> Path | None:
     """Steps to target, log-log, with the perfect-scaling line (slope -1 through the smallest batch) and each
-    doubling shaded by its regime (Shallue et al. 2018)."""
+    doubling shaded by its regime (Shallue et al. 2018); grey where the data do not decide the regime."""
     colors = _series_colors(study)
     figure, ax = new_figure()
-    drawn, labelled = False, [False]
+    drawn, missed, counts = False, {}, []
     for name, points in study.series.items():
         points = _target_points(points)
         reached = [p for p in points if p.steps.mean is not None]
-        _mark_missed(ax, points, colors[name], labelled)
+        _missed(points, name, missed)
         if not reached:
             continue
         drawn = True
+        counts += [p.steps.n for p in reached]
         batches = [p.batch for p in reached]
         ax.errorbar(batches, [p.steps.mean for p in reached], yerr=[p.steps.std or 0 for p in reached],
                     marker="o", capsize=3, color=colors[name], label=name, zorder=3)
@@ -135,19 +209,22 @@ def plot_steps_to_target(study: Study) -> Path | None:
         ax.plot(batches, [first.steps.mean * first.batch / b for b in batches], ":", color=colors[name],
                 alpha=0.7, zorder=2)
         for doubling in study.doublings[name]:
+            color = REGIME_COLORS[doubling.regime] if doubling.regime_decided else UNDECIDED_COLOR
             ax.plot([doubling.small, doubling.large], [doubling.steps_small, doubling.steps_large],
-                    color=REGIME_COLORS[doubling.regime], lw=9, alpha=0.3, solid_capstyle="butt", zorder=1)
+                    color=color, lw=9, alpha=0.3, solid_capstyle="butt", zorder=1)
     if not drawn:
         return None
+    extra = _draw_missed(ax, missed, colors)
     _batch_axis(ax)
     _log_y(ax)
     ax.set_ylabel(f"optimizer steps to {study.target_text()}")
-    ax.set_title("Steps to target: measured, perfect scaling (dotted) and regimes")
+    _title(ax, "Steps to target against global batch" + seeds_phrase(counts), missed)
     handles, _ = ax.get_legend_handles_labels()
     handles.append(Line2D([], [], color="#555", ls=":", label="perfect scaling (slope −1)"))
     handles += [Line2D([], [], color=color, lw=8, alpha=0.3, label=regime)
                 for regime, color in REGIME_COLORS.items()]
-    ax.legend(handles=handles, fontsize=8)
+    handles.append(Line2D([], [], color=UNDECIDED_COLOR, lw=8, alpha=0.3, label="regime not decided"))
+    ax.legend(handles=handles + extra, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _save(study, figure, "steps_to_target")
 
 
@@ -166,14 +243,18 @@ def _errorbar_series(study: Study, ax, stat: str, scale: float = 1.0) -> bool:
     return drawn
 
 
+def _seed_counts(study: Study, stat: str) -> list[int]:
+    return [getattr(p, stat).n for points in study.series.values() for p in points]
+
+
 def plot_throughput(study: Study) -> Path | None:
     figure, ax = new_figure()
     if not _errorbar_series(study, ax, "throughput"):
         return None
     _batch_axis(ax)
     _log_y(ax)
-    ax.set_ylabel("throughput (samples/s, median window)")
-    ax.set_title("Throughput against global batch (mean ± std over seeds)")
+    ax.set_ylabel("throughput (samples/s)")
+    ax.set_title("Throughput against global batch" + seeds_phrase(_seed_counts(study, "throughput")))
     ax.legend(fontsize=8)
     return _save(study, figure, "throughput")
 
@@ -187,53 +268,72 @@ def plot_data_wait(study: Study) -> Path | None:
     _batch_axis(ax)
     ax.set_ylim(bottom=0)
     ax.set_ylabel("time waiting for data (% of training time)")
-    ax.set_title("Data-wait share against global batch")
+    ax.set_title("Data-wait share against global batch" + seeds_phrase(_seed_counts(study, "data_wait")))
     ax.legend(fontsize=8)
     return _save(study, figure, "data_wait")
 
 
+# At most this many batch sizes share one panel of the accuracy plots (distinct colours stay readable).
+MAX_BATCHES_PER_PANEL = 8
+
+
 def _plot_accuracy(study: Study, x_field: str, x_label: str, title: str):
-    """Accuracy curves from result["history"] (a Figure, or None without history): colour by global batch,
-    line style by series, one thin line per seed."""
-    curves = [c for c in study.ladder if any(run.history for run in c.runs)]
+    """Accuracy curves from result["history"] (a Figure, or None without history) as small multiples: one
+    panel per series (and per 8 batch sizes), colour by global batch with one shared legend, one thin line
+    per seed, the target dashed."""
+    curves = [c for c in study.ladder if any(run.history for run in c.runs) and c.global_bs]
     if not curves:
         return None
-    batches = sorted({c.global_bs for c in curves if c.global_bs})
-    span = max(1.0, math.log2(batches[-1] / batches[0])) if batches else 1.0
+    batches = sorted({c.global_bs for c in curves})
     cmap = colormaps["viridis"]
-    styles = {series: LINESTYLES[i % len(LINESTYLES)] for i, series in enumerate(sorted(study.series))}
-    figure, ax = new_figure(9.0, 5.0)
-    for configuration in curves:
-        shade = math.log2(configuration.global_bs / batches[0]) / span if configuration.global_bs else 0.0
-        label = configuration.label
-        for run in configuration.runs:
-            history = [h for h in run.history if h.get(x_field) and h.get("accuracy") is not None]
-            if not history:
-                continue
-            ax.plot([h[x_field] for h in history], [h["accuracy"] for h in history], lw=1.2, alpha=0.8,
-                    color=cmap(0.9 * shade), ls=styles.get(configuration.series, "-"), label=label)
-            label = None
+    color = {b: cmap(0.9 * i / max(1, len(batches) - 1)) for i, b in enumerate(batches)}
+    panels: list[tuple[str, list]] = []
+    for series in sorted({c.series for c in curves}):
+        members = sorted((c for c in curves if c.series == series), key=lambda c: c.global_bs)
+        for start in range(0, len(members), MAX_BATCHES_PER_PANEL):
+            panels.append((series, members[start:start + MAX_BATCHES_PER_PANEL]))
+    columns = min(2, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    figure = Figure(figsize=(5.2 * columns + 1.6, 3.4 * rows + 0.6))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(rows, columns, sharex=True, sharey=True, squeeze=False).ravel()
+    seeds = max(len(c.runs) for c in curves)
+    for ax, (series, members) in zip(axes, panels, strict=False):
+        for configuration in members:
+            for run in configuration.runs:
+                history = [h for h in run.history if h.get(x_field) and h.get("accuracy") is not None]
+                if history:
+                    ax.plot([h[x_field] for h in history], [h["accuracy"] for h in history], lw=1.1,
+                            alpha=0.85 if seeds == 1 else 0.6, color=color[configuration.global_bs])
+        if study.target is not None:
+            ax.axhline(study.target, color="#d62728", lw=1, ls="--")
+        ax.set_xscale("log")
+        ax.grid(True, alpha=0.3)
+        ax.set_title(series if series != "all" else "all runs", fontsize=9)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    for ax in axes[(rows - 1) * columns:]:
+        ax.set_xlabel(x_label)
+    for ax in axes[::columns]:
+        ax.set_ylabel("eval accuracy")
+    handles = [Line2D([], [], color=color[b], lw=2, label=f"batch {b}") for b in batches]
     if study.target is not None:
-        ax.axhline(study.target, color="#d62728", lw=1, ls="--", label=f"target {study.target_text()}")
-    ax.set_xscale("log")
-    ax.set_xlabel(x_label)
-    ax.set_ylabel("eval accuracy")
-    ax.grid(True, alpha=0.3)
-    entries = len(ax.get_legend_handles_labels()[1])
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=2 if entries > 18 else 1)
-    ax.set_title(title)
+        handles.append(Line2D([], [], color="#d62728", lw=1, ls="--", label=f"target {study.target_text()}"))
+    figure.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
+                  title="colour: batch" + ("\none line per seed" if seeds > 1 else ""), title_fontsize=8)
+    figure.suptitle(title)
+    figure.tight_layout()
     return figure
 
 
 def plot_accuracy_vs_time(study: Study) -> Path | None:
     figure = _plot_accuracy(study, "train_time_s", "train time (s, evaluation excluded)",
-                            "Accuracy against train time, per configuration")
+                            "Accuracy against train time, per series")
     return None if figure is None else _save(study, figure, "accuracy_vs_time")
 
 
 def plot_accuracy_vs_samples(study: Study) -> Path | None:
-    figure = _plot_accuracy(study, "samples", "training samples seen",
-                            "Accuracy against samples, per configuration")
+    figure = _plot_accuracy(study, "samples", "training samples seen", "Accuracy against samples, per series")
     return None if figure is None else _save(study, figure, "accuracy_vs_samples")
 
 
@@ -241,11 +341,8 @@ def plot_accuracy_vs_samples(study: Study) -> Path | None:
 
 
 def _log_y_plain(ax) -> None:
-    """plots._log_y, with large values written out (50,000 rather than 5e+04)."""
+    """The critical-batch plots' log y axis: the same ticks and labels as every other (_log_y)."""
     _log_y(ax)
-    plain = FuncFormatter(lambda value, _: f"{value:,.0f}" if value >= 1000 else f"{value:,.4g}")
-    ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain)
 
 
 def _curve_batches(fit: SeriesFit) -> list[float]:

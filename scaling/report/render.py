@@ -36,6 +36,7 @@ class Bullets:
 class Table:
     header: list[str]
     rows: list[list[str]]
+    wrap: tuple[int, ...] = ()  # columns of free text that wrap in the HTML (others stay on one line)
 
 
 @dataclass
@@ -78,13 +79,17 @@ def _markdown_row(cells: list[str]) -> str:
 # --- HTML -------------------------------------------------------------------------------------------------
 
 CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1200px; margin: 2em auto;
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1360px; margin: 2em auto;
        padding: 0 1em; color: #222; line-height: 1.45; }
 h1 { border-bottom: 2px solid #444; padding-bottom: .2em; }
 h2 { border-bottom: 1px solid #bbb; padding-bottom: .15em; margin-top: 2em; }
-table { border-collapse: collapse; margin: 1em 0; font-size: .85em; display: block; overflow-x: auto; }
-th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: right; white-space: nowrap; }
-th { background: #f0f0f0; }
+li { margin: .35em 0; }
+table { border-collapse: collapse; margin: 1em 0; font-size: .8em; display: block; max-width: 100%;
+        overflow-x: auto; }
+th, td { border: 1px solid #ccc; padding: .25em .5em; text-align: right; }
+th { background: #f0f0f0; white-space: normal; vertical-align: bottom; min-width: 3.5em; }
+td { white-space: nowrap; }
+td.wrap { white-space: normal; min-width: 14em; text-align: left; }
 td:first-child, th:first-child { text-align: left; }
 tr:nth-child(even) td { background: #fafafa; }
 figure { margin: 1em 0; }
@@ -112,13 +117,18 @@ def _html(block: Block) -> str:
         return "<ul>\n" + "\n".join(f"<li>{html.escape(item)}</li>" for item in block.items) + "\n</ul>"
     if isinstance(block, Table):
         head = "".join(f"<th>{html.escape(str(cell))}</th>" for cell in block.header)
-        rows = "\n".join("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>"
+        rows = "\n".join("<tr>" + "".join(_cell(cell, i in block.wrap) for i, cell in enumerate(row)) + "</tr>"
                          for row in block.rows)
         return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}\n</tbody>\n</table>"
     if isinstance(block, Figure):
         return (f"<figure><img alt=\"{html.escape(block.caption)}\" src=\"{data_uri(block.path)}\">"
                 f"<figcaption>{html.escape(block.caption)}</figcaption></figure>")
     raise TypeError(f"unknown block {type(block).__name__}")
+
+
+def _cell(cell, wrap: bool) -> str:
+    attribute = ' class="wrap"' if wrap else ""
+    return f"<td{attribute}>{html.escape(str(cell))}</td>"
 
 
 def data_uri(png: Path) -> str:

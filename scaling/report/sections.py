@@ -89,7 +89,7 @@ def configurations_table(study: Study) -> list[Block]:
     show_seed = len({run.seed for run in study.runs}) > 1
     show_wait = any(run.data_wait is not None for run in runs)
     show_memory = any(run.peak_memory is not None for run in runs)
-    header = ["id", "global batch", "per-device × processes × accumulation", "LR rule", "scaled LR"]
+    header = ["id", "global batch", "per-device × processes × accum.", "LR rule", "scaled LR"]
     header += ["seed"] * show_seed + ["status", "wall time to target (s)", "train time to target (s)", "steps to target",
                                       "samples to target", "throughput (samples/s)"]
     header += ["data wait"] * show_wait + ["peak memory"] * show_memory + ["note"]
@@ -106,7 +106,7 @@ def configurations_table(study: Study) -> list[Block]:
         row += [fmt.percent(run.data_wait)] * show_wait + [fmt.nbytes(run.peak_memory)] * show_memory
         row.append(_note(run, mark if id(run) in best_runs else None))
         rows.append(row)
-    blocks: list[Block] = [Heading("Configurations"), Table(header, rows)]
+    blocks: list[Block] = [Heading("Configurations"), Table(header, rows, wrap=(len(header) - 1,))]
     if study.best is not None:
         blocks.append(Note(f"{BEST_MARK}: the fastest configuration to the target, decided against every other "
                            f"(see Conclusions); {LOWEST_MARK}: the lowest mean train time where the data do not "
@@ -181,8 +181,9 @@ def largest_useful_batch(study: Study) -> list[Block]:
              "Steps: one seed each, so no interval of r. ") + "Step resolution: how finely steps to target "
             "are known (the evaluation interval before the target, unless the run records it exactly); it adds "
             "the variance of a rounding error to the interval. A regime is decided when the whole interval of r "
-            f"lies in it. r < {analysis.SUPER_LINEAR_RATIO} (better than perfect scaling) points to evaluation "
-            "granularity or an LR change rather than a real gain."))
+            f"lies in it; more seeds, or steps to target known exactly (one step) rather than to the evaluation "
+            f"interval, narrow the interval. r < {analysis.SUPER_LINEAR_RATIO} (better than perfect scaling) points "
+            f"to evaluation granularity or an LR change rather than a real gain."))
     else:
         blocks.append(Note("Fewer than two batch sizes reached the target in any series: no regimes."))
     return blocks + _answers(findings.steps_scaling(study), "Not enough batch sizes reached the target to tell.")
@@ -285,7 +286,7 @@ def _prediction_blocks(study: Study, result: critical_batch.NoiseAnalysis) -> li
              p.note] for fit in fits for p in fit.predictions]
     if rows:
         blocks.append(Table(["series", "global batch", "predicted steps", "predicted samples",
-                             "predicted train time (s)", "note"], rows))
+                             "predicted train time (s)", "note"], rows, wrap=(5,)))
     else:
         blocks.append(Note("Every power of two in the range was run."))
     blocks.append(Note(
@@ -303,7 +304,7 @@ def _prediction_blocks(study: Study, result: critical_batch.NoiseAnalysis) -> li
     if choice_rows:
         blocks.append(Table(["series", "devices", "fastest global batch", "per-device batch", "predicted steps",
                              "predicted train time (s)", "runner-up", "refits agreeing", "decided", "note"],
-                            choice_rows))
+                            choice_rows, wrap=(9,)))
         blocks.append(Note(
             f"Refits agreeing: the share of {critical_batch.CHOICE_RESAMPLES} refits, each on the seeds of every "
             f"batch resampled with replacement, that pick the same batch. Decided when that share is at least "
