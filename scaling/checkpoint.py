@@ -2,24 +2,47 @@
 
 A checkpoint is Accelerate's `save_state` (model, optimizer, every process's RNG states) plus the loop's own
 state dict (`trainer_state.json`), which the trainer hands over: this module does not know what is in it.
+
+The folder holds at most three copies (docs/reliability.md):
+
+    checkpoint/       the current one
+    checkpoint.tmp/   being written (complete once its manifest.json exists)
+    checkpoint.old/   the previous one, between the two renames of a save
+
+`manifest.json` is written last, after every process's files: it lists each file with its size and SHA-256,
+so a load can tell a complete copy from a torn one without trusting any of it. Whatever a kill leaves (any
+combination of the three), the next save succeeds and a load takes the newest copy that verifies.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import signal
 from collections.abc import Callable
 from pathlib import Path
-
-from accelerate import Accelerator
+from typing import TYPE_CHECKING, Any
 
 from scaling.config import ConfigError, RunConfig
-from scaling.results import write_json_atomic
+from scaling.results import OutputError, write_json_atomic
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 # Keys that may differ between an interrupted run and its resumption (they do not change the training).
 RESUMABLE_CHANGES = {"progress", "max_time", "checkpoint_every", "log_with", "output_dir"}
 STATE_FILE = "trainer_state.json"
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+COPIES = ("checkpoint", "checkpoint.tmp", "checkpoint.old")  # the current one first: it wins a tie
+RNG_KEYS = ("random_state", "numpy_random_seed", "torch_manual_seed")
+MAX_STATE_BYTES = 1 << 30  # trainer_state.json: per-step losses and LRs, tens of MB for a million steps
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be resumed from: one line naming the file (exit 2)."""
 
 
 class Checkpoint:
@@ -27,43 +50,308 @@ class Checkpoint:
 
     def __init__(self, accelerator: Accelerator, directory: Path):
         self.accelerator = accelerator
+        directory = Path(directory)
+        if accelerator.num_processes > 1:
+            # Every process saves its RNG state into the main process's folder (the main process may have
+            # resolved the default output folder to a fresh one that the others do not know).
+            from accelerate.utils import broadcast_object_list
+
+            directory = Path(broadcast_object_list([str(directory)], from_process=0)[0])
         self.directory = directory
+        self.note: str | None = None  # said once resumed: which copy was used, and why
+
+    @property
+    def tmp(self) -> Path:
+        return self.directory.with_name(self.directory.name + ".tmp")
+
+    @property
+    def old(self) -> Path:
+        return self.directory.with_name(self.directory.name + ".old")
+
+    # ---- save ----
 
     def save(self, loop_state: dict) -> None:
-        """Written to a temporary folder and renamed, so a kill during saving keeps the previous checkpoint.
-        `loop_state` must hold the run's config under "config" (checked on load)."""
+        """Written to checkpoint.tmp (manifest last), then renamed over checkpoint, so a kill at any point
+        keeps a complete copy; correct whatever earlier interrupted saves left behind. `loop_state` must hold
+        the run's config under "config" (checked on load). A write error is an OutputError on every process."""
         accelerator = self.accelerator
-        tmp = self.directory.with_name("checkpoint.tmp")
-        if accelerator.is_main_process and tmp.exists():
-            shutil.rmtree(tmp)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
+        tmp, old = self.tmp, self.old
+        error = None
         if accelerator.is_main_process:
-            write_json_atomic(tmp / STATE_FILE, loop_state)
-            old = self.directory.with_name("checkpoint.old")
-            if self.directory.exists():
-                self.directory.rename(old)
-            tmp.rename(self.directory)
-            shutil.rmtree(old, ignore_errors=True)
+            error = _attempt(lambda: _remove(tmp))
         accelerator.wait_for_everyone()
+        if error is None:
+            error = _attempt(lambda: accelerator.save_state(str(tmp)))
+        error = self._agree(error)
+        if accelerator.is_main_process and error is None:
+            error = _attempt(lambda: self._finish(tmp, old, loop_state))
+        error = self._agree(error)
+        if error is not None:
+            raise OutputError(f"cannot write checkpoint {self.directory}: {error}; the previous checkpoint (if "
+                              f"any) is kept")
+
+    def _finish(self, tmp: Path, old: Path, loop_state: dict) -> None:
+        write_json_atomic(tmp / STATE_FILE, loop_state)
+        files = {}
+        for path in sorted(tmp.iterdir()):
+            if path.is_file() and path.name != MANIFEST:
+                _fsync(path)
+                files[path.name] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+        manifest = {"format": MANIFEST_FORMAT, "step": loop_state.get("step"),
+                    "num_processes": self.accelerator.num_processes, "files": files}
+        write_json_atomic(tmp / MANIFEST, manifest)  # last: from here on tmp is a complete copy
+        _fsync(tmp)
+        # Any `old` is a leftover of an interrupted save and older than tmp: drop it before making room.
+        _remove(old)
+        if self.directory.exists():
+            self.directory.rename(old)
+        tmp.rename(self.directory)
+        _fsync(self.directory.parent)
+        _remove(old)
+
+    def _agree(self, error: str | None) -> str | None:
+        """Every process learns whether any process failed, so none waits at a barrier for a failed one."""
+        accelerator = self.accelerator
+        if accelerator.num_processes == 1:
+            return error
+        import torch
+
+        flag = torch.tensor([0.0 if error is None else 1.0], device=accelerator.device)
+        failed = accelerator.reduce(flag, reduction="sum").item() > 0
+        if failed and error is None:
+            error = "another process could not write its part"
+        return error
+
+    # ---- load ----
 
     def load(self, cfg: RunConfig) -> dict:
-        """Restore model, optimizer and RNG states; return the loop state. Refuses a checkpoint written with
-        settings that change the training."""
-        state_file = self.directory / STATE_FILE
-        if not state_file.is_file():
-            raise ConfigError(f"--resume: no checkpoint in {self.directory}")
-        state = json.loads(state_file.read_text())
+        """Restore model, optimizer and RNG states from the newest copy that verifies; return the loop state.
+        Refuses (CheckpointError naming the file) a checkpoint that is missing, torn, corrupt, written by a
+        different number of processes, or written with settings that change the training."""
+        accelerator = self.accelerator
+        chosen, state, skipped = select(self.directory, accelerator.num_processes, accelerator.process_index)
         check_resumable(state["config"], cfg)
-        self.accelerator.load_state(str(self.directory))
+        if chosen != self.directory:
+            self.note = (f"resuming from {chosen.name} (step {state.get('step')})"
+                         + (f"; skipped {skipped}" if skipped else ""))
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:  # the copy resumed from becomes the current one
+                _attempt_or_raise(lambda: (_remove(self.directory), chosen.rename(self.directory)),
+                                  f"cannot move {chosen} to {self.directory}")
+            accelerator.wait_for_everyone()
+        elif skipped:
+            self.note = f"skipped {skipped}"
+        try:
+            accelerator.load_state(str(self.directory))
+        except Exception as err:  # verified files that still do not fit this model/optimizer
+            raise CheckpointError(f"--resume: cannot load checkpoint {self.directory}: {type(err).__name__}: "
+                                  f"{_first_line(err)}; rerun with --overwrite to start over") from None
+        if self.note:
+            accelerator.print(f"scaling: note: {self.note}")
         return state
 
 
-def check_resumable(saved: dict, cfg: RunConfig) -> None:
+def check_resumable(saved: Any, cfg: RunConfig) -> None:
+    if not isinstance(saved, dict):
+        raise CheckpointError("--resume: the checkpoint holds no run config; rerun with --overwrite to start over")
     changed = [k for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES and saved.get(k) != v]
     if changed:
-        raise ConfigError(f"--resume: the checkpoint was written with a different {changed[0]} "
-                          f"({saved.get(changed[0])!r}, now {getattr(cfg, changed[0])!r})")
+        from scaling.config import shown
+
+        raise CheckpointError(f"--resume: the checkpoint was written with a different {changed[0]} "
+                              f"({shown(saved.get(changed[0]))}, now {shown(getattr(cfg, changed[0]))})")
+
+
+# ---- finding and verifying a checkpoint (no Accelerator needed: the sweep and the folder check use it) ----
+
+
+def candidates(directory: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every copy that claims to be complete (a manifest, or a trainer state of a checkpoint
+    written before manifests), newest first; the current copy first among equals. Nothing is verified."""
+    found = []
+    for rank, name in enumerate(COPIES):
+        folder = directory.with_name(name) if name != "checkpoint" else directory
+        step = _claimed_step(folder)
+        if step is not None:
+            found.append((step, -rank, folder))
+    return [(step, folder) for step, _, folder in sorted(found, reverse=True)]
+
+
+def _claimed_step(folder: Path) -> int | None:
+    for name in (MANIFEST, STATE_FILE):
+        path = folder / name
+        if path.is_file():
+            try:
+                if name == STATE_FILE and (folder / MANIFEST).exists():
+                    return None  # a manifest that did not parse: not complete
+                data = _read_json(path)
+                step = data.get("step") if isinstance(data, dict) else None
+                return step if isinstance(step, int) else -1
+            except (OSError, ValueError, CheckpointError):
+                continue
+    return None
+
+
+def select(directory: Path, num_processes: int = 1, process_index: int = 0) -> tuple[Path, dict, str | None]:
+    """The newest copy whose every file verifies, its loop state, and what was skipped on the way (or None).
+    Raises CheckpointError naming the file when no copy can be used."""
+    found = candidates(directory)
+    if not found:
+        partial = directory.with_name(directory.name + ".tmp")
+        extra = " (only an incomplete checkpoint.tmp: a save was interrupted)" if partial.is_dir() else ""
+        raise CheckpointError(f"--resume: no checkpoint in {directory}{extra}; run without --resume (with "
+                              f"--overwrite) to start over")
+    problems = []
+    for _, folder in found:
+        try:
+            state = verify(folder, num_processes, process_index)
+            skipped = "; ".join(problems) if problems else None
+            return folder, state, skipped
+        except CheckpointError as err:
+            problems.append(str(err).removeprefix("--resume: "))
+    raise CheckpointError(f"--resume: {problems[0]}; rerun with --overwrite to start over")
+
+
+def verify(folder: Path, num_processes: int = 1, process_index: int = 0) -> dict:
+    """Check every file a resume reads; return the loop state. CheckpointError names the first bad file."""
+    manifest_path = folder / MANIFEST
+    if manifest_path.is_file():
+        manifest = _read_json(manifest_path)
+        files = manifest.get("files") if isinstance(manifest, dict) else None
+        if not isinstance(files, dict) or STATE_FILE not in files:
+            raise CheckpointError(f"checkpoint file {manifest_path} is not a checkpoint manifest")
+        written_by = manifest.get("num_processes")
+        if written_by != num_processes:
+            raise CheckpointError(f"checkpoint {folder} was written by {written_by} process(es), this run has "
+                                  f"{num_processes}; resume with the same launcher and process count")
+        for name, expected in files.items():
+            _verify_file(folder / name, expected)
+    else:  # written before manifests: the files accelerate needs, each loadable
+        for name in (STATE_FILE, "optimizer.bin"):
+            if not (folder / name).is_file():
+                raise CheckpointError(f"checkpoint file {folder / name} is missing")
+        _verify_loadable(folder)
+    rng = folder / f"random_states_{process_index}.pkl"
+    if not rng.is_file():
+        raise CheckpointError(f"checkpoint file {rng} is missing (written by fewer processes?)")
+    _verify_rng(rng)
+    state = _read_json(folder / STATE_FILE)
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or "config" not in state:
+        raise CheckpointError(f"checkpoint file {folder / STATE_FILE} is not a trainer state of this tool")
+    return state
+
+
+def _verify_file(path: Path, expected: Any) -> None:
+    if not isinstance(expected, dict):
+        raise CheckpointError(f"checkpoint file {path.parent / MANIFEST} is not a checkpoint manifest")
+    try:
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint file {path} is missing")
+        size = path.stat().st_size
+        if size != expected.get("size"):
+            raise CheckpointError(f"checkpoint file {path} is {size:,} bytes, {expected.get('size'):,} were "
+                                  f"written (truncated or replaced)")
+        if _sha256(path) != expected.get("sha256"):
+            raise CheckpointError(f"checkpoint file {path} is corrupt (its SHA-256 differs from the one written)")
+    except OSError as err:
+        raise CheckpointError(f"cannot read checkpoint file {path}: {err.strerror or err}") from None
+
+
+def _verify_loadable(folder: Path) -> None:
+    """A checkpoint without a manifest: open the model and optimizer files as accelerate will."""
+    from accelerate.utils import load
+
+    model = folder / "model.safetensors"
+    try:
+        if model.is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(model), framework="pt") as handle:
+                for key in handle.keys():
+                    handle.get_tensor(key)
+        else:
+            model = folder / "pytorch_model.bin"
+            load(model, map_location="cpu")
+        load(folder / "optimizer.bin", map_location="cpu")
+    except Exception as err:
+        bad = model if "optimizer" not in str(err) else folder / "optimizer.bin"
+        raise CheckpointError(f"checkpoint file {bad} cannot be read ({type(err).__name__}: "
+                              f"{_first_line(err)})") from None
+
+
+def _verify_rng(path: Path) -> None:
+    """Accelerate ignores an RNG-state file it cannot read; a resume must not."""
+    from accelerate.utils import load
+
+    try:
+        states = load(path)
+    except Exception as err:
+        raise CheckpointError(f"checkpoint file {path} cannot be read ({type(err).__name__}: "
+                              f"{_first_line(err)})") from None
+    if not isinstance(states, dict) or any(key not in states for key in RNG_KEYS):
+        raise CheckpointError(f"checkpoint file {path} is not an RNG state")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        if path.stat().st_size > MAX_STATE_BYTES:
+            raise CheckpointError(f"checkpoint file {path} is over {MAX_STATE_BYTES:,} bytes")
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"checkpoint file {path} is not valid JSON ({_first_line(err)[:120]})") from None
+    except OSError as err:
+        raise CheckpointError(f"cannot read checkpoint file {path}: {err.strerror or err}") from None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file or a folder's entries to the disk (a power cut after the renames keeps them)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _attempt(action: Callable[[], Any]) -> str | None:
+    """None if `action` succeeds, else the reason it could not write."""
+    try:
+        action()
+    except OSError as err:
+        return f"{err.strerror or err}" + (f": {err.filename}" if err.filename else "")
+    except OutputError as err:
+        return str(err)
+    return None
+
+
+def _attempt_or_raise(action: Callable[[], Any], what: str) -> None:
+    error = _attempt(action)
+    if error is not None:
+        raise OutputError(f"{what}: {error}")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
 
 
 class StopOnSignals:

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import difflib
 import math
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -101,9 +102,14 @@ class RunConfig:
     progress: bool = True
     save_model: bool = False  # write OUTPUT_DIR/model.pt (final weights) at the end
     checkpoint_every: int | None = None  # also checkpoint every N optimizer steps (always on SIGTERM/SIGINT)
+    # What to do with an output folder that holds an earlier run: an instruction, not a setting of the run,
+    # so it is left out of to_dict() (result.json, checkpoints and study ids do not record it).
+    overwrite: bool = field(default=False, metadata={"action": True})
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The run's settings (result.json's `config`, the checkpoint's check); actions such as `overwrite`
+        are left out."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if not FIELDS[k].metadata.get("action")}
 
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(RunConfig)}
@@ -123,6 +129,19 @@ _CHOICES = {
     "optimizer": OPTIMIZERS,
     "mixed_precision": MIXED_PRECISION,
 }
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """A bounded repr for error messages: a value from a file can be huge (YAML aliases), and a message must
+    never format all of it."""
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxtuple, short.maxdict, short.maxset = 2, 4, 4, 4, 4
+    short.maxstring, short.maxother, short.maxlong = limit, limit, limit
+    try:
+        text = short.repr(value)
+    except ValueError:  # an int past Python's digit limit for str()
+        text = f"<{type(value).__name__} too large to show>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _flag(name: str) -> str:
@@ -163,7 +182,7 @@ def coerce_value(key: str, value: Any, from_cli: bool) -> Any:
         if origin is list:
             items = value.split(",") if from_cli and isinstance(value, str) else value
             if not isinstance(items, list):
-                raise ConfigError(f"{where} must be a list of numbers, got {value!r}")
+                raise ConfigError(f"{where} must be a list of numbers, got {shown(value)}")
             return [coerce_value_scalar(where, float, item, from_cli) for item in items if item != ""]
         try:
             return coerce_value_scalar(where, typ, value, from_cli)
@@ -193,40 +212,125 @@ def coerce_value_scalar(where: str, typ: type, value: Any, from_cli: bool) -> An
                 return result
             return value
         except ValueError:
-            raise ConfigError(f"{where} expects {name}, got {value!r}") from None
+            raise ConfigError(f"{where} expects {name}, got {shown(value)}") from None
     # Typed value from YAML.
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if typ is float and isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{where} must be a finite number, got {value!r}")
+        raise ConfigError(f"{where} must be a finite number, got {shown(value)}")
     if isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
         return value
-    raise ConfigError(f"{where} expects {name}, got {type(value).__name__} {value!r}")
+    raise ConfigError(f"{where} expects {name}, got {type(value).__name__} {shown(value)}")
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+# Bounds on what a YAML file may hold (docs/config.md): a run config or study spec is a few hundred bytes.
+YAML_MAX_BYTES = 1 << 20
+YAML_MAX_VALUES = 100_000  # values after every alias is expanded (a "billion laughs" file expands to 10^9)
+
+
+def read_text_file(path: str | Path, what: str, max_bytes: int) -> str:
+    """The UTF-8 text of a file the user named, or a ConfigError naming the file and what to do."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        if not path.exists():
+            raise ConfigError(f"{what} {path} does not exist")
+        if path.is_dir():
+            raise ConfigError(f"{what} {path} is a folder, not a file")
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise ConfigError(f"{what} {path} is {size:,} bytes, over the {max_bytes:,}-byte limit: is it the "
+                              f"right file?")
+        with open(path, "rb") as handle:
+            data = handle.read(max_bytes + 1)
+    except OSError as err:
+        raise ConfigError(f"cannot read {what} {path}: {err.strerror or err}") from None
+    if len(data) > max_bytes:  # grew, or a device/pipe whose size stat does not tell
+        raise ConfigError(f"{what} {path} is over the {max_bytes:,}-byte limit: is it the right file?")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset "
+                          f"{err.start}); save it as UTF-8") from None
+
+
+def load_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A YAML mapping from a file, bounded: size, alias expansion and nesting are limited, duplicate keys are
+    refused, and every failure is one ConfigError naming the file."""
+    path = Path(path)
+    text = read_text_file(path, what, YAML_MAX_BYTES)
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise ConfigError(f"{what} {path} is empty; write its keys (docs/config.md), or leave it out")
+        _check_yaml_node(node, path, what)
+        data = loader.construct_document(node)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config file {path} is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
-    if data is None:
-        return {}
+        problem = str(getattr(err, "problem", None) or err).splitlines()[0][:200]
+        raise ConfigError(f"{what} {path} is not valid YAML{where}: {problem}") from None
+    except ConfigError:
+        raise
+    except RecursionError:
+        raise ConfigError(f"{what} {path} is nested too deeply") from None
+    except ValueError as err:  # e.g. an integer with more digits than Python converts
+        reason = str(err).split(";")[0][:200]
+        raise ConfigError(f"{what} {path} holds a value that cannot be read ({reason})") from None
+    finally:
+        loader.dispose()
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must be a mapping of keys to values, got {type(data).__name__}")
+        raise ConfigError(f"{what} {path} must be a mapping of keys to values, got {type(data).__name__}")
     return data
+
+
+def _check_yaml_node(root: yaml.Node, path: Path, what: str) -> None:
+    """Count the values the document expands to (an alias counts as everything it points to) without
+    expanding it, and refuse duplicate keys. Iterative, so deep nesting cannot overflow the stack."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    active: set[int] = set()
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        if isinstance(node, yaml.ScalarNode):
+            sizes[key] = 1
+            continue
+        pairs = node.value if isinstance(node, yaml.MappingNode) else [(None, item) for item in node.value]
+        children = [c for pair in pairs for c in pair if c is not None]
+        if children_done:
+            active.discard(key)
+            total = 1 + sum(sizes[id(c)] for c in children)
+            if total > YAML_MAX_VALUES:
+                raise ConfigError(f"{what} {path}: its aliases expand to more than {YAML_MAX_VALUES:,} values "
+                                  f"(line {node.start_mark.line + 1}); write the values out instead")
+            sizes[key] = total
+            continue
+        if key in active:
+            raise ConfigError(f"{what} {path}: an alias refers to itself (line {node.start_mark.line + 1})")
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    line = key_node.start_mark.line + 1
+                    if key_node.value in seen:
+                        raise ConfigError(f"{what} {path}: duplicate key {shown(key_node.value, 40)} at line "
+                                          f"{line} (first at line {seen[key_node.value]}); keep one")
+                    seen[key_node.value] = line
+        active.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in sizes)
 
 
 def apply_overrides(base: dict[str, Any], overrides: dict[str, Any], from_cli: bool, source: str) -> dict[str, Any]:
     merged = dict(base)
     for key, value in overrides.items():
         if not isinstance(key, str) or key not in FIELDS:
-            shown = _flag(str(key)) if from_cli else f"'{key}'"
-            raise ConfigError(f"unknown key {shown} in {source}{_suggest(str(key), as_flag=from_cli)}")
+            name = shown(key, 40) if not isinstance(key, str) else key[:60]
+            where = _flag(name) if from_cli else f"'{name}'"
+            raise ConfigError(f"unknown key {where} in {source}{_suggest(name, as_flag=from_cli)}")
         merged[key] = coerce_value(key, value, from_cli)
     return merged
 
@@ -298,7 +402,7 @@ def validate(cfg: RunConfig) -> None:
         if getattr(cfg, key) not in choices:
             raise ConfigError(f"{_flag(key)} must be one of {', '.join(choices)}, got {getattr(cfg, key)!r}")
     if isinstance(cfg.per_device_bs, str) and cfg.per_device_bs != "auto":
-        raise ConfigError(f"--per-device-bs must be a positive integer or 'auto', got {cfg.per_device_bs!r}")
+        raise ConfigError(f"--per-device-bs must be a positive integer or 'auto', got {shown(cfg.per_device_bs)}")
     if isinstance(cfg.per_device_bs, int) and cfg.per_device_bs <= 0:
         raise ConfigError(f"--per-device-bs must be > 0, got {cfg.per_device_bs}")
     if cfg.per_device_bs is not None and cfg.accumulation_steps is not None:
@@ -316,7 +420,7 @@ def validate(cfg: RunConfig) -> None:
     if cfg.lr_decay == "step" and not cfg.lr_step_epochs:
         raise ConfigError("--lr-decay step needs --lr-step-epochs, e.g. --lr-step-epochs 30,60,80")
     if any(e <= 0 for e in cfg.lr_step_epochs):
-        raise ConfigError(f"--lr-step-epochs must be positive epochs, got {cfg.lr_step_epochs}")
+        raise ConfigError(f"--lr-step-epochs must be positive epochs, got {shown(cfg.lr_step_epochs)}")
     if cfg.momentum >= 1:
         raise ConfigError(f"--momentum must be in [0, 1), got {cfg.momentum}")
     if cfg.log_with is not None:

@@ -34,12 +34,14 @@ from scaling.compat import cache_accelerate_import_probes
 from scaling.config import ConfigError, RunConfig, parse_args
 from scaling.data import Workload, load_workload
 from scaling.hardware import compute_efficiency, count_flops_per_sample, peak_memory, reset_peak_memory
+from scaling.lock import die_with_parent_if_asked, prepare_output_dir
 from scaling.lr import LRSchedule, build_schedule
 from scaling.memory import OutOfMemory, check_fits, is_out_of_memory, oom_suggestion, resolve_auto_batch
 from scaling.models import build_model, has_batch_coupled_layers
 from scaling.probe import measure_ceilings, verdict
 from scaling.results import (
     MetricsWriter,
+    OutputError,
     build_result,
     data_wait_fraction,
     environment,
@@ -220,8 +222,11 @@ def write_failure(built: Built, err: BaseException) -> None:
     if built.accelerator.is_main_process:
         status = "oom" if is_out_of_memory(err) else "failed"
         suggestion = oom_suggestion(built.plan) if status == "oom" else None
-        write_json_atomic(built.output_dir / "result.json",
-                          failure_result(built.cfg, built.plan, built.environment, err, status, suggestion))
+        try:
+            write_json_atomic(built.output_dir / "result.json",
+                              failure_result(built.cfg, built.plan, built.environment, err, status, suggestion))
+        except OutputError:  # the disk that failed the run may refuse this too: the first error is reported
+            pass
 
 
 # ---- write ----
@@ -238,8 +243,11 @@ def write_result(built: Built, outcome: TrainOutcome) -> dict:
 
 def _save_weights(model: torch.nn.Module, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch reports a failed write as RuntimeError
+        raise OutputError(f"cannot write {path}: {err}") from None
 
 
 def _quiet_libraries(main: bool) -> None:
@@ -256,8 +264,12 @@ def _quiet_libraries(main: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    lock = None
     try:
+        die_with_parent_if_asked()  # started by a sweep: do not outlive it (docs/reliability.md)
         cfg, extras = parse_args(argv)
+        # Before any data: the folder is writable, ours alone (its lock), and holds nothing we would lose.
+        cfg, lock = prepare_output_dir(cfg, extras["resume"])
         result = run(cfg, resume=extras["resume"])
     except ConfigError as err:
         if distributed.is_main_process():
@@ -269,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         _close_process_group()
+        if lock is not None:
+            lock.release()
     return exit_status(result)
 
 

@@ -87,7 +87,8 @@ def test_dry_run_lists_decompositions_and_scaled_lr_and_runs_nothing(tmp_path):
     proc = scaling_cli("sweep", str(REPO / "configs" / "studies" / "default.yaml"), "--dir", str(tmp_path / "s"),
                        "--dry-run", timeout=120)
     assert_ok(proc)
-    assert "16 configurations" in proc.stdout
+    count = len(load_study(REPO / "configs" / "studies" / "default.yaml", tmp_path / "s").configs)
+    assert f"{count} configurations" in proc.stdout
     assert "global batch 4096 = per-device 512 x 1 process x 8 accumulation steps" in proc.stdout
     assert "lr linear 0.05@256 -> 0.8" in proc.stdout
     assert not (tmp_path / "s").exists()
