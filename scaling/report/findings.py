@@ -141,7 +141,7 @@ def fastest(study: Study) -> list[Finding]:
                           for c in ties[:MAX_NAMED])
         more = f" and {len(ties) - MAX_NAMED} more" if len(ties) > MAX_NAMED else ""
         worst = min((ranking.comparison(c) for c in ties), key=lambda c: c.ratio or 0)
-        text = (f"Lowest mean train time to {study.target_text()}: {lead}; the data do not separate it from "
+        text = (f"Lowest {'mean ' if n_seeds > 1 else ''}train time to {study.target_text()}: {lead}; the data do not separate it from "
                 f"{named}{more}: {_verdict_text(study, worst, n_seeds)}")
         decided = False
     if ranking.partial:
@@ -449,7 +449,7 @@ def lr_rules(study: Study) -> list[Finding]:
                                for rule, _ in wins.most_common()))
     if open_:
         parts.append(f"the data cannot tell the rules apart at batch {fmt.batch_list(open_)}"
-                     + (" (one seed per configuration)" if n_seeds < 2 else ""))
+                     + (" (one seed per configuration)" if n_seeds < 2 and not study.one_seed else ""))
     if identical:
         parts.append(f"at batch {fmt.batch_list(identical)} the rules give the same LR and train identically (not "
                      f"ranked)")

@@ -106,17 +106,22 @@ def _batch_axis(ax) -> None:
     ax.grid(True, which="major", alpha=0.3)
 
 
-def _log_y(ax) -> None:
-    """Log y axis with non-overlapping labels in one style and one size (log_ticks, plain_number); minor ticks
+def _log_axis(ax, which: str = "y") -> None:
+    """A log axis with non-overlapping labels in one style and one size (log_ticks, plain_number); minor ticks
     unlabelled. Call it after the data are drawn: the ticks follow the axis range."""
-    ax.set_yscale("log")
-    low, high = ax.get_ylim()
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    (ax.set_yscale if which == "y" else ax.set_xscale)("log")
+    low, high = ax.get_ylim() if which == "y" else ax.get_xlim()
     ticks = log_ticks(low, high)
     if ticks:
-        ax.yaxis.set_major_locator(FixedLocator(ticks))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: plain_number(value)))
-    ax.yaxis.set_minor_formatter(NullFormatter())
-    ax.grid(True, which="major", axis="y", alpha=0.3)
+        axis.set_major_locator(FixedLocator(ticks))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: plain_number(value)))
+    axis.set_minor_formatter(NullFormatter())
+    ax.grid(True, which="major", axis=which, alpha=0.3)
+
+
+def _log_y(ax) -> None:
+    _log_axis(ax, "y")
 
 
 def seeds_phrase(counts: list[int]) -> str:
@@ -285,8 +290,9 @@ def _plot_accuracy(study: Study, x_field: str, x_label: str, title: str):
     if not curves:
         return None
     batches = sorted({c.global_bs for c in curves})
-    cmap = colormaps["viridis"]
-    color = {b: cmap(0.9 * i / max(1, len(batches) - 1)) for i, b in enumerate(batches)}
+    # An ordered map with distinct hues: neighbouring batch sizes stay tellable apart up to 8 per panel.
+    cmap = colormaps["turbo"]
+    color = {b: cmap(0.08 + 0.84 * i / max(1, len(batches) - 1)) for i, b in enumerate(batches)}
     panels: list[tuple[str, list]] = []
     for series in sorted({c.series for c in curves}):
         members = sorted((c for c in curves if c.series == series), key=lambda c: c.global_bs)
@@ -307,9 +313,9 @@ def _plot_accuracy(study: Study, x_field: str, x_label: str, title: str):
                             alpha=0.85 if seeds == 1 else 0.6, color=color[configuration.global_bs])
         if study.target is not None:
             ax.axhline(study.target, color="#d62728", lw=1, ls="--")
-        ax.set_xscale("log")
         ax.grid(True, alpha=0.3)
         ax.set_title(series if series != "all" else "all runs", fontsize=9)
+    _log_axis(axes[0], "x")  # the panels share x: one set of ticks for all
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     for ax in axes[(rows - 1) * columns:]:
@@ -425,7 +431,7 @@ def plot_noise_over_training(study: Study) -> Path | None:
         if fit.physical:
             ax.axhline(fit.b_crit.value, color="#d62728", lw=1, ls=styles.get(fit.series, "--"), alpha=0.8,
                        label=f"B_crit from the fit{f' ({fit.series})' if several else ''}")
-    ax.set_xscale("log")
+    _log_axis(ax, "x")
     _log_y_plain(ax)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("B_simple = tr(Σ) / |G|²")

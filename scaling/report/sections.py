@@ -142,14 +142,17 @@ def _note(run: Run, mark: str | None) -> str:
 def bigger_batch_faster(study: Study) -> list[Block]:
     blocks: list[Block] = [Heading(QUESTION_FASTER)]
     blocks += figure_or_note(plots.plot_time_to_target(study),
-                             "Train time to target against global batch, one line per series; x: no run reached "
-                             "it.",
+                             "Train time to target against global batch, one line per series (mean ± std over "
+                             "seeds when several); ×, above the frame: no run of that series reached the target "
+                             "at that batch, so there is no time.",
                              "No run reached its target: no time-to-target plot.")
     blocks += figure_or_note(plots.plot_accuracy_vs_time(study),
-                             "Eval accuracy against train time, per configuration.",
+                             "Eval accuracy against train time: one panel per series, colour by global batch, one "
+                             "line per seed.",
                              "No run recorded an evaluation history: no accuracy curves.")
     blocks += figure_or_note(plots.plot_accuracy_vs_samples(study),
-                             "Eval accuracy against samples seen, per configuration.",
+                             "Eval accuracy against samples seen: one panel per series, colour by global batch, one "
+                             "line per seed.",
                              "No run recorded an evaluation history: no accuracy-against-samples curves.")
     return blocks + _answers(findings.fastest(study) + findings.time_trend(study),
                              "Too few configurations reached the target to tell.")
@@ -166,7 +169,8 @@ def largest_useful_batch(study: Study) -> list[Block]:
     )]
     blocks += figure_or_note(plots.plot_steps_to_target(study),
                              "Steps to target against global batch (log-log); dotted: perfect scaling (slope −1 "
-                             "through the smallest batch); shading: regime of each doubling.",
+                             "through the smallest batch); shading: regime of each doubling, grey where its "
+                             "interval does not decide it; ×, above the frame: the target was not reached.",
                              "No run reached its target: no steps-to-target plot.")
     rows = [[name, f"{d.small} → {d.large}", fmt.mean_std(d.steps_small, d.std_small, fmt.integer),
              fmt.mean_std(d.steps_large, d.std_large, fmt.integer), _resolution(d), f"{d.ratio:.2f}", _interval(d),
@@ -396,7 +400,8 @@ def power_of_two(study: Study) -> list[Block]:
 def data_loading(study: Study) -> list[Block]:
     blocks: list[Block] = [Heading(QUESTION_DATA)]
     blocks += figure_or_note(plots.plot_throughput(study),
-                             "Throughput (median logging window) against global batch.",
+                             "Throughput (throughput_samples_per_s) against global batch, mean ± std over seeds "
+                             "when several.",
                              "No run recorded throughput: no throughput plot.")
     blocks += figure_or_note(plots.plot_data_wait(study),
                              f"Share of training time spent waiting for data; dashed: "
