@@ -308,3 +308,25 @@ def test_resolution_keeps_differences_within_it_undecided():
     assert exact.verdict == stats.HIGHER
     coarse = stats.compare([12.0, 12.0], [10.0, 10.0], resolution_a=[2.0, 2.0], resolution_b=[2.0, 2.0])
     assert coarse.verdict == stats.UNDECIDED
+
+
+# --- what the plots claim ------------------------------------------------------------------------------------
+
+
+def test_plot_titles_claim_a_spread_only_over_several_seeds():
+    from scaling.report.plots import seeds_phrase
+
+    assert seeds_phrase([1, 1, 1]) == ""
+    assert seeds_phrase([3, 3]) == " (mean ± std over 3 seeds)"
+    assert seeds_phrase([2, 3, 1]) == " (mean ± std over 1–3 seeds)"
+
+
+@pytest.mark.parametrize(("low", "high"), [(0.9, 6.0), (1.1, 1.9), (90.0, 5e5), (2e-3, 40.0), (300.0, 4500.0)])
+def test_log_axis_labels_do_not_crowd_and_share_one_style(low, high):
+    from scaling.report.plots import MAX_LOG_TICKS, log_ticks, plain_number
+
+    ticks = log_ticks(low, high)
+    assert 2 <= len(ticks) <= MAX_LOG_TICKS
+    assert all(low <= t <= high * (1 + 1e-9) for t in ticks) and ticks == sorted(ticks)
+    labels = [plain_number(t) for t in ticks]
+    assert len(set(labels)) == len(labels) and not any("e" in label for label in labels)

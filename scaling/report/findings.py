@@ -137,12 +137,13 @@ def fastest(study: Study) -> list[Finding]:
         decided = True
     else:
         ties = sorted(ranking.ties, key=lambda c: ranking.comparison(c).ratio or 0, reverse=True)
-        named = ", ".join(f"{_short(c)} ({fmt.change(ranking.comparison(c).reversed(), 'train time', interval=n_seeds >= 2)})"
-                          for c in ties[:MAX_NAMED])
+        named = ", ".join(
+            f"{_short(c)} ({fmt.change(ranking.comparison(c).reversed(), 'train time', interval=n_seeds >= 2)})"
+            for c in ties[:MAX_NAMED])
         more = f" and {len(ties) - MAX_NAMED} more" if len(ties) > MAX_NAMED else ""
         worst = min((ranking.comparison(c) for c in ties), key=lambda c: c.ratio or 0)
-        text = (f"Lowest {'mean ' if n_seeds > 1 else ''}train time to {study.target_text()}: {lead}; the data do not separate it from "
-                f"{named}{more}: {_verdict_text(study, worst, n_seeds)}")
+        text = (f"Lowest {'mean ' if n_seeds > 1 else ''}train time to {study.target_text()}: {lead}; the data do "
+                f"not separate it from {named}{more}: {_verdict_text(study, worst, n_seeds)}")
         decided = False
     if ranking.partial:
         text += (f"; not recommended, since some seed missed the target: "
@@ -377,8 +378,6 @@ def noise_findings(study: Study) -> list[Finding]:
 def lr_rule_outcomes(study: Study) -> list[Finding]:
     """For each LR rule, the batches where it reached the target and where it stopped reaching it."""
     cells = analysis.rule_cells(study.target_runs)
-    if len(study.lr_rules) < 2:
-        return []
     out = []
     for rule in study.lr_rules:
         if cells.get(rule):
