@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,32 @@ def load_callable(spec: str, what: str) -> Callable[[], Any]:
         raise
     except ImportError as err:
         raise ConfigError(f"{what} {spec!r}: cannot import module {module_name!r} ({err})") from None
+    except Exception as err:  # the user's module raised while it was imported (SyntaxError, ...)
+        raise ConfigError(f"{what} {spec!r}: importing module {module_name!r} raised {describe_exception(err)}") from None
     fn = getattr(module, attr, None)
     if fn is None or not callable(fn):
         raise ConfigError(f"{what} {spec!r}: module {module_name!r} has no callable {attr!r}")
     return fn
+
+
+def call_factory(spec: str, what: str, *args: Any) -> Any:
+    """Import and call `module:callable`; an exception it raises is the user's: one line with its type, message
+    and the frame that raised it (ConfigError), not a traceback through this tool."""
+    fn = load_callable(spec, what)
+    try:
+        return fn(*args)
+    except Exception as err:
+        raise ConfigError(f"{what} {spec!r} raised {describe_exception(err)}") from None
+
+
+def describe_exception(err: BaseException) -> str:
+    """`Type: first line of the message (at file.py:LINE in function)`: an exception in one line."""
+    text = (err.msg if isinstance(err, SyntaxError) else str(err)).strip()
+    message = text.splitlines()[0][:200] if text else ""
+    where = ""
+    if isinstance(err, SyntaxError) and err.filename:
+        where = f" (at {Path(err.filename).name}:{err.lineno})"
+    elif err.__traceback__ is not None:
+        frame = traceback.extract_tb(err.__traceback__)[-1]
+        where = f" (at {Path(frame.filename).name}:{frame.lineno} in {frame.name})"
+    return f"{type(err).__name__}: {message}{where}" if message else f"{type(err).__name__}{where}"

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from scaling.callables import load_callable
+from scaling.callables import call_factory, describe_exception
 from scaling.config import ConfigError
 
 
@@ -70,15 +70,47 @@ BUILTIN_MODELS: dict[str, Callable[[tuple[int, ...], int], nn.Module]] = {
 def build_model(name: str, input_shape: tuple[int, ...] = (40,), num_classes: int = 10) -> nn.Module:
     """A built-in model sized for the data, or whatever `module:callable` returns."""
     if name in BUILTIN_MODELS:
-        return BUILTIN_MODELS[name](input_shape, num_classes)
+        try:
+            model = BUILTIN_MODELS[name](input_shape, num_classes)
+        except Exception as err:  # sized for the data: a shape it cannot take (a CNN on 2 features)
+            raise ConfigError(f"--model {name} cannot be built for inputs of shape {tuple(input_shape)} "
+                              f"({describe_exception(err)}); --model mlp takes any shape") from None
+        check_model_output(model, name, input_shape, num_classes)  # e.g. a CNN on inputs shorter than a kernel
+        return model
     if ":" not in name:
         raise ConfigError(
             f"unknown model {name!r}; built-in models: {', '.join(BUILTIN_MODELS)}, or give 'module:callable'"
         )
-    model = load_callable(name, "--model")()
+    model = call_factory(name, "--model")
     if not isinstance(model, nn.Module):
         raise ConfigError(f"--model {name!r} returned {type(model).__name__}, expected a torch.nn.Module")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(f"--model {name!r} returned a model with no trainable parameters: nothing to train")
+    check_model_output(model, name, input_shape, num_classes)
     return model
+
+
+def check_model_output(model: nn.Module, name: str, input_shape: tuple[int, ...], num_classes: int) -> None:
+    """One forward pass on two zero inputs of the data's shape (and dtype, when `input_shape` carries it): the
+    model must take them and return [batch, classes] scores with a score for every label of the data."""
+    inputs = torch.zeros((2, *input_shape), dtype=getattr(input_shape, "dtype", torch.float32))
+    training = model.training
+    model.eval()  # no BatchNorm statistics updated, no dropout randomness drawn
+    try:
+        with torch.no_grad():
+            scores = model(inputs)
+    except Exception as err:
+        raise ConfigError(f"--model {name!r} cannot take the data's inputs (shape {tuple(input_shape)}): "
+                          f"{describe_exception(err)}") from None
+    finally:
+        model.train(training)
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 2 or scores.shape[0] != 2:
+        got = f"shape {tuple(scores.shape)}" if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise ConfigError(f"--model {name!r} must return class scores of shape [batch, classes]; for 2 inputs it "
+                          f"returned {got}")
+    if scores.shape[1] < num_classes:
+        raise ConfigError(f"--model {name!r} gives {scores.shape[1]} class scores, but the labels of the data go up "
+                          f"to {num_classes - 1}: its output layer needs {num_classes} units")
 
 
 def has_batch_coupled_layers(model: nn.Module) -> list[str]:

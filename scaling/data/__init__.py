@@ -6,13 +6,15 @@ data becomes a `TensorPair`, which the training loop indexes a whole batch at a 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils.data import TensorDataset
 
-from scaling.callables import load_callable
-from scaling.config import ConfigError, RunConfig
+from scaling.callables import call_factory, describe_exception
+from scaling.config import ConfigError, RunConfig, shown
 from scaling.data.tensors import TensorPair
 
 
@@ -24,20 +26,39 @@ class Workload:
     input_shape: tuple[int, ...]
 
 
+class InputShape(tuple):
+    """The shape of one input (a tuple), carrying its dtype for the model's check (models.check_model_output)."""
+
+    dtype: torch.dtype
+
+    def __new__(cls, shape, dtype: torch.dtype = torch.float32) -> InputShape:
+        made = super().__new__(cls, tuple(shape))
+        made.dtype = dtype
+        return made
+
+
 def load_workload(cfg: RunConfig) -> Workload:
     name = cfg.dataset
     if name == "mnist1d":
-        from scaling.data.mnist1d import load_mnist1d
+        from scaling.data.mnist1d import check_num_samples, load_mnist1d
 
+        check_num_samples(cfg.num_samples, cfg.global_bs, name)
         train, eval_ = load_mnist1d(cfg.num_samples)
     elif name == "mnist1d_images":
         # MNIST-1D rendered to PNG images, decoded by PIL per sample with crop/flip: a real input pipeline.
         from scaling.data.images import load_builtin
+        from scaling.data.mnist1d import check_num_samples
 
+        check_num_samples(cfg.num_samples, cfg.global_bs, name)
         train, eval_ = load_builtin(cfg.num_samples)
     elif name == "synthetic_images":
         from scaling.data.synthetic import load_synthetic_images
 
+        train_size = int(cfg.num_samples * 0.8)
+        if train_size < cfg.global_bs or cfg.num_samples - train_size < 1:
+            raise ConfigError(f"--num-samples {cfg.num_samples} is too small for --dataset {name}: it gives "
+                              f"{train_size} training samples (80%), fewer than one global batch of {cfg.global_bs}; "
+                              f"use --num-samples {max(math.ceil(cfg.global_bs / 0.8) + 1, 2)} or more")
         train, eval_ = load_synthetic_images(cfg.num_samples)
     elif ":" in name and not _looks_like_path(name):
         train, eval_ = _load_from_callable(name)
@@ -47,9 +68,9 @@ def load_workload(cfg: RunConfig) -> Workload:
         train, eval_ = load_hf(cfg)
     if len(train) == 0 or len(eval_) == 0:
         raise ConfigError(f"--dataset {name!r}: the train and eval sets must both be non-empty")
-    x0, _ = train[0]
-    num_classes = _num_classes(train, eval_)
-    return Workload(train, eval_, num_classes, tuple(x0.shape))
+    x0 = _first_input(train, name)
+    num_classes = _num_classes(train, eval_, name)
+    return Workload(train, eval_, num_classes, InputShape(x0.shape, x0.dtype))
 
 
 def _looks_like_path(name: str) -> bool:
@@ -59,17 +80,64 @@ def _looks_like_path(name: str) -> bool:
     return Path(name).exists()
 
 
-def _num_classes(train: Any, eval_: Any) -> int:
+def _first_input(train: Any, name: str) -> torch.Tensor:
+    item = _item(train, 0, name)
+    if not isinstance(item[0], torch.Tensor):
+        raise ConfigError(f"--dataset {name!r}: a sample's input must be a tensor, got {type(item[0]).__name__}")
+    return item[0]
+
+
+def _item(dataset: Any, index: int, name: str) -> tuple[Any, Any]:
+    try:
+        item = dataset[index]
+    except Exception as err:  # the user's dataset code
+        raise ConfigError(f"--dataset {name!r}: reading sample {index} raised {describe_exception(err)}") from None
+    if not (isinstance(item, (tuple, list)) and len(item) == 2):
+        raise ConfigError(f"--dataset {name!r}: samples must be (input tensor, int label) pairs, got "
+                          f"{type(item).__name__}" + (f" of length {len(item)}" if isinstance(item, (tuple, list)) else ""))
+    return item
+
+
+def _num_classes(train: Any, eval_: Any, name: str = "") -> int:
+    """Classes = the largest label + 1, after checking that labels are whole numbers >= 0 in both splits."""
     if hasattr(train, "labels") and hasattr(eval_, "labels"):  # without decoding every sample
-        return int(max(torch.as_tensor(train.labels).max(), torch.as_tensor(eval_.labels).max())) + 1
-    return int(max(int(train[i][1]) for i in range(min(len(train), 10_000)))) + 1
+        splits = {"train": torch.as_tensor(train.labels), "eval": torch.as_tensor(eval_.labels)}
+    else:  # a sample of each split (labels beyond it show up as an error at the first batch that has one)
+        splits = {"train": _sample_labels(train, name), "eval": _sample_labels(eval_, name)}
+    for split, labels in splits.items():
+        if labels.is_floating_point() or labels.is_complex():
+            raise ConfigError(f"--dataset {name!r}: its {split} labels are not whole numbers ({labels.dtype}); "
+                              f"class labels must be 0, 1, 2, ...")
+        if len(labels) and int(labels.min()) < 0:
+            raise ConfigError(f"--dataset {name!r}: its {split} labels include {int(labels.min())}; class labels "
+                              f"must be 0, 1, 2, ...")
+    return int(max(int(labels.max()) for labels in splits.values() if len(labels))) + 1
+
+
+def _sample_labels(dataset: Any, name: str, limit: int = 10_000) -> torch.Tensor:
+    labels = []
+    for index in range(min(len(dataset), limit)):
+        label = _item(dataset, index, name)[1]
+        if isinstance(label, torch.Tensor) and label.numel() == 1:
+            if label.is_floating_point():
+                raise ConfigError(f"--dataset {name!r}: sample {index} has label {label.item()!r}; class labels must "
+                                  f"be whole numbers 0, 1, 2, ...")
+            label = int(label)
+        if not isinstance(label, int):
+            raise ConfigError(f"--dataset {name!r}: sample {index} has label {shown(label)}; class labels must be "
+                              f"whole numbers 0, 1, 2, ...")
+        labels.append(int(label))
+    return torch.tensor(labels, dtype=torch.int64)
 
 
 def _load_from_callable(spec: str) -> tuple[Any, Any]:
-    result = load_callable(spec, "--dataset")()
+    result = call_factory(spec, "--dataset")
     if not (isinstance(result, (tuple, list)) and len(result) == 2):
         raise ConfigError(f"--dataset {spec!r} must return a (train, eval) pair, got {type(result).__name__}")
     for part in result:
         if not (hasattr(part, "__len__") and hasattr(part, "__getitem__")):
             raise ConfigError(f"--dataset {spec!r} returned {type(part).__name__}, expected a map-style dataset")
+        if isinstance(part, TensorDataset) and len(part.tensors) == 2 and part.tensors[1].is_floating_point():
+            raise ConfigError(f"--dataset {spec!r}: its labels are {part.tensors[1].dtype}; class labels must be "
+                              f"whole numbers 0, 1, 2, ...")
     return TensorPair.maybe_from(result[0]), TensorPair.maybe_from(result[1])

@@ -30,7 +30,7 @@ def _load_dataset_dict(cfg: RunConfig):
             return datasets.load_dataset(str(path), cfg.dataset_config)
         if name.startswith((".", "/")) or name.endswith(tuple(_FILE_BUILDERS)):
             raise ConfigError(f"--dataset {name}: no such file or folder")
-        return datasets.load_dataset(name, cfg.dataset_config)
+        return _load_from_hub(name, cfg.dataset_config)
     except ConfigError:
         raise
     except (ConnectionError, OSError, ValueError, FileNotFoundError) as err:
@@ -42,6 +42,44 @@ def _load_dataset_dict(cfg: RunConfig):
             reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
             raise ConfigError(f"cannot load --dataset {name!r}: {type(err).__name__}: {reason}") from None
         raise
+
+
+def _load_from_hub(name: str, config: str | None):
+    """A hub dataset, without retry noise: the hub's retry warnings are silenced, and when the hub cannot be
+    reached at all (checked with one connection, a few seconds at most) only a cached copy is tried."""
+    import datasets
+    from huggingface_hub import constants
+    from huggingface_hub.utils import logging as hub_logging
+
+    hub_logging.set_verbosity_error()  # "Retrying in 1s [Retry 1/5]" and the like
+    if constants.HF_HUB_OFFLINE:
+        return datasets.load_dataset(name, config)
+    host, unreachable = _hub_unreachable(constants.ENDPOINT)
+    if unreachable is None:
+        return datasets.load_dataset(name, config)
+    constants.HF_HUB_OFFLINE = True  # read at call time by huggingface_hub and datasets: cache only
+    datasets.config.HF_HUB_OFFLINE = True
+    try:
+        return datasets.load_dataset(name, config)
+    except Exception:
+        raise ConfigError(f"cannot load --dataset {name!r}: the Hugging Face hub ({host}) cannot be reached "
+                          f"({unreachable}) and no copy is cached here; connect to a network, or give a local file "
+                          f"or folder") from None
+
+
+def _hub_unreachable(endpoint: str, timeout: float = 3.0) -> tuple[str, str | None]:
+    """(host, None) when a TCP connection to the hub opens, else (host, the reason)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(endpoint)
+    host = parts.hostname or endpoint
+    port = parts.port or (443 if parts.scheme != "http" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return host, None
+    except OSError as err:
+        return host, (err.strerror or str(err) or type(err).__name__).strip()
 
 
 def _split(dataset_dict, split: str, name: str):
@@ -68,8 +106,32 @@ def _decode_images(split, column: str) -> torch.Tensor:
     return stacked.float().div_(255.0)
 
 
-def _to_tensor_pair(split, input_columns: list[str], label_column: str) -> TensorPair:
+def _check_cells(split, columns: list[str], name: str, where: str) -> None:
+    """No missing cells (a CSV's empty field) in the columns used: training on them would give NaN losses."""
+    import pyarrow.compute as pc
+
+    for column in columns:
+        values = split.data.column(column)
+        if values.null_count:
+            first = pc.index(pc.is_null(values), True).as_py()
+            raise ConfigError(f"--dataset {name!r}: column {column!r} of split {where!r} has {values.null_count} "
+                              f"missing cell(s), the first in row {first} (counting from 0); fill or drop them")
+
+
+def _check_finite(values: torch.Tensor, column: str, name: str, where: str) -> None:
+    if values.is_floating_point():
+        bad = ~torch.isfinite(values.reshape(len(values), -1)).all(dim=1)
+        if bool(bad.any()):
+            first = int(bad.nonzero()[0, 0])
+            raise ConfigError(f"--dataset {name!r}: column {column!r} of split {where!r} has {int(bad.sum())} row(s) "
+                              f"with NaN or infinite values, the first in row {first} (counting from 0); fix or drop "
+                              f"them")
+
+
+def _to_tensor_pair(split, input_columns: list[str], label_column: str, name: str = "", where: str = "") -> TensorPair:
     import datasets
+
+    _check_cells(split, [*input_columns, label_column], name, where)
 
     images = [c for c in input_columns if isinstance(split.features.get(c), datasets.Image)]
     if images:
@@ -84,6 +146,7 @@ def _to_tensor_pair(split, input_columns: list[str], label_column: str) -> Tenso
             raise ConfigError(
                 f"input column {column!r} is not numeric with a fixed shape; choose another with --input-column"
             )
+        _check_finite(values, column, name, where)
     if len(columns) == 1:
         inputs = columns[0].float()
     else:
@@ -117,4 +180,5 @@ def load_hf(cfg: RunConfig) -> tuple[Any, Any]:
         absent = [c for c in [*inputs, cfg.label_column] if c not in split.column_names]
         if absent:
             raise ConfigError(f"split {cfg.eval_split!r} of --dataset {cfg.dataset!r} lacks column {absent[0]!r}")
-    return _to_tensor_pair(train, inputs, cfg.label_column), _to_tensor_pair(eval_, inputs, cfg.label_column)
+    return (_to_tensor_pair(train, inputs, cfg.label_column, cfg.dataset, cfg.train_split),
+            _to_tensor_pair(eval_, inputs, cfg.label_column, cfg.dataset, cfg.eval_split))

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scaling.data.mnist1d import cache_root, generation_args, load_mnist1d
+from scaling.data.mnist1d import cache_root, generation_args, load_mnist1d, split_sizes, with_rebuilt_cache
 
 # Bump when the drawing changes, so caches made by an older renderer are not reused.
 RENDER_VERSION = 1
@@ -128,26 +128,42 @@ def ensure_image_cache(num_samples: int, image_size: int = 32, fmt: str = "PNG")
     """
     target = image_cache_dir(num_samples, image_size, fmt)
     if not (target / "dataset_dict.json").is_file():
-        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-        build_image_dataset(num_samples, image_size, fmt).save_to_disk(str(tmp))
-        try:
-            tmp.rename(target)
-        except OSError:  # another process finished first
-            shutil.rmtree(tmp, ignore_errors=True)
+        _build_image_cache(target, num_samples, image_size, fmt)
     return target
+
+
+def _build_image_cache(target: Path, num_samples: int, image_size: int, fmt: str) -> None:
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    build_image_dataset(num_samples, image_size, fmt).save_to_disk(str(tmp))
+    try:
+        tmp.rename(target)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_image_dataset(
     num_samples: int, image_size: int = 32, fmt: str = "PNG", pad: int = 4, flip: bool = True
 ) -> tuple[DecodedImages, DecodedImages]:
-    """(train, eval) map-style datasets that decode and (train only) augment each image on access."""
-    import datasets
+    """(train, eval) map-style datasets that decode and (train only) augment each image on access. A cache
+    that cannot be read (or holds the wrong number of images, or images that do not decode among those the
+    normalization statistics read) is rebuilt, once, saying so."""
+    target = image_cache_dir(num_samples, image_size, fmt)
 
-    splits = datasets.load_from_disk(str(ensure_image_cache(num_samples, image_size, fmt)))
-    train = DecodedImages(splits["train"], train=True, pad=pad, flip=flip)
-    # The eval split is normalized with the train statistics, as a real pipeline would be.
-    eval_ = DecodedImages(splits["test"], train=False, mean=train.mean, std=train.std)
-    return train, eval_
+    def read() -> tuple[DecodedImages, DecodedImages]:
+        import datasets
+
+        splits = datasets.load_from_disk(str(target))
+        train = DecodedImages(splits["train"], train=True, pad=pad, flip=flip)
+        # The eval split is normalized with the train statistics, as a real pipeline would be.
+        eval_ = DecodedImages(splits["test"], train=False, mean=train.mean, std=train.std)
+        if (len(train), len(eval_)) != split_sizes(num_samples):
+            raise ValueError(f"{len(train)} + {len(eval_)} images, expected {split_sizes(num_samples)}")
+        eval_[0]  # an eval image decodes (the statistics decoded the first train images)
+        return train, eval_
+
+    return with_rebuilt_cache(target, "MNIST-1D images", lambda: _build_image_cache(target, num_samples, image_size,
+                                                                                    fmt), read)
 
 
 def load_builtin(num_samples: int) -> tuple[DecodedImages, DecodedImages]:

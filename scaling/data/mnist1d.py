@@ -9,14 +9,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 
+from scaling.config import ConfigError
 from scaling.data.tensors import TensorPair
 
 # The generator's own defaults (mnist1d.data.get_dataset_args) except the sample count.
 GENERATOR_SEED = 42
+CLASSES = 10  # templates, one per digit
+TRAIN_SPLIT = 0.8  # get_dataset_args' train_split
 
 
 def cache_root() -> Path:
@@ -53,25 +58,94 @@ def generate(num_samples: int):
     )
 
 
+def split_sizes(num_samples: int) -> tuple[int, int]:
+    """(train, test) sizes MNIST-1D generates for `num_samples`: num_samples // 10 per class, 80% train."""
+    total = (num_samples // CLASSES) * CLASSES
+    train = int(total * TRAIN_SPLIT)
+    return train, total - train
+
+
+def check_num_samples(num_samples: int, global_bs: int, dataset: str = "mnist1d") -> None:
+    """Before generating anything: both splits non-empty and one global batch of training samples."""
+    train, test = split_sizes(num_samples)
+    if train >= global_bs and test >= 1:
+        return
+    needed = max(num_samples, CLASSES)
+    while split_sizes(needed)[0] < global_bs or split_sizes(needed)[1] < 1:
+        needed += CLASSES - needed % CLASSES if needed % CLASSES else CLASSES
+    raise ConfigError(f"--num-samples {num_samples} is too small for --dataset {dataset}: it gives {train} training "
+                      f"samples ({num_samples // CLASSES} per class, 80% for training), fewer than one global batch of "
+                      f"{global_bs}; use --num-samples {needed} or more, or a smaller --global-bs")
+
+
 def load_mnist1d(num_samples: int) -> tuple[TensorPair, TensorPair]:
     """Load from the Arrow cache, generating it first if needed.
 
     The caller runs this on the local main process first (`accelerator.local_main_process_first`),
     so other ranks on the node wait and then read the finished cache. The cache is written to a
-    temporary folder and renamed, so a killed generation never leaves a half-written cache behind.
+    temporary folder and renamed, so a killed generation never leaves a half-written cache behind. A cache
+    that cannot be read (damaged, truncated, the wrong sizes) is set aside and rebuilt, once, saying so.
     """
-    import datasets
-
     target = cache_dir(num_samples)
-    if not (target / "dataset_dict.json").is_file():
-        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-        generate(num_samples).save_to_disk(str(tmp))
-        try:
-            tmp.rename(target)
-        except OSError:  # another process finished first
-            import shutil
+    return with_rebuilt_cache(target, "MNIST-1D", lambda: _build(target, num_samples),
+                              lambda: _read(target, num_samples))
 
-            shutil.rmtree(tmp, ignore_errors=True)
+
+def with_rebuilt_cache(target: Path, what: str, build, read):
+    """`read()` the cache at `target`, building it first when absent; a cache that fails to read is moved
+    aside and built again (once). Unwritable cache folders are a ConfigError naming SCALING_CACHE."""
+    for attempt in (1, 2):
+        if not (target / "dataset_dict.json").is_file():
+            try:
+                build()
+            except OSError as err:
+                reason = "a file, not a folder" if target.parent.is_file() else err.strerror or str(err)
+                raise ConfigError(f"cannot write the {what} cache under {target.parent} ({reason}); set "
+                                  f"SCALING_CACHE to a writable folder") from None
+        try:
+            return read()
+        except Exception as err:  # anything wrong with our own cache files: rebuild rather than fail every run
+            reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:160] if str(err).strip() else ''}"
+            if attempt == 2:
+                raise ConfigError(f"the {what} cache {target} cannot be read even after rebuilding it ({reason}); "
+                                  f"set SCALING_CACHE to another folder") from None
+            print(f"scaling: note: the {what} cache {target} cannot be read ({reason}); rebuilding it",
+                  file=sys.stderr)
+            _set_aside(target)
+
+
+def _set_aside(target: Path) -> None:
+    aside = target.with_name(f"{target.name}.damaged{os.getpid()}")
+    try:
+        target.rename(aside)  # readers that have it open keep their files; new readers see no cache
+    except FileNotFoundError:
+        return  # another process set it aside first
+    except OSError as err:
+        raise ConfigError(f"the dataset cache {target} is damaged and cannot be replaced ({err.strerror or err}); "
+                          f"delete it, or set SCALING_CACHE to another folder") from None
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _build(target: Path, num_samples: int) -> None:
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    generate(num_samples).save_to_disk(str(tmp))
+    try:
+        tmp.rename(target)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _read(target: Path, num_samples: int) -> tuple[TensorPair, TensorPair]:
+    import datasets
+    import torch
+
     splits = datasets.load_from_disk(str(target)).with_format("torch")
     columns = [splits[name][:] for name in ("train", "test")]  # whole split as a dict of tensors
-    return TensorPair(columns[0]["x"], columns[0]["label"]), TensorPair(columns[1]["x"], columns[1]["label"])
+    pairs = [TensorPair(c["x"], c["label"]) for c in columns]
+    for pair, expected in zip(pairs, split_sizes(num_samples), strict=True):
+        inputs, labels = pair.inputs, pair.labels
+        if (not isinstance(inputs, torch.Tensor) or inputs.dim() != 2 or len(inputs) != expected
+                or not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64 or len(labels) != expected):
+            raise ValueError(f"expected {expected} samples of 40 floats with int64 labels")
+    return pairs[0], pairs[1]
