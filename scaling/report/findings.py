@@ -422,7 +422,10 @@ def _rule_batch_text(study: Study, r: analysis.RuleComparison) -> tuple[str, dic
             parts.append(f"against {rule}, {fmt.change(against, 'train time', interval=r.n_seeds >= 2)}")
     identical = [g for g in r.identical if r.best in g]
     same = (f" ({fmt.batch_list([x for x in identical[0] if x != r.best])} trains identically)" if identical else "")
-    lead = f"{r.best}{same} is {'the fastest' if r.decided else 'lowest on mean train time'}"
+    only = all(isinstance(a, str) for a in r.against.values())
+    verdict = ("the only rule that reached the target with every seed" if only else
+               "the fastest" if r.decided else "lowest on mean train time")
+    lead = f"{r.best}{same} is {verdict}"
     text = f"{lead} ({'; '.join(parts)})"
     if r.decided:
         return text + ": decided", numbers
@@ -443,7 +446,7 @@ def lr_rules(study: Study) -> list[Finding]:
     n_seeds = min(r.n_seeds for r in comparisons)
     parts = []
     if wins:
-        parts.append("; ".join(f"{rule} was decided the fastest at batch "
+        parts.append("; ".join(f"{rule} was decided the better rule at batch "
                                f"{fmt.batch_list([r.batch for r in comparisons if r.decided and r.best == rule])}"
                                for rule, _ in wins.most_common()))
     if open_:
