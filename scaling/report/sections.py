@@ -39,6 +39,11 @@ def figure_or_note(path: Path | None, caption: str, missing: str) -> list[Block]
     return [Figure(path, caption)] if path is not None else [Note(missing)]
 
 
+def _spread(study: Study) -> str:
+    """`, mean ± std over seeds` in a caption, only when some configuration has several seeds."""
+    return "" if study.one_seed else ", mean ± std over seeds"
+
+
 def _answers(answers: list[findings.Finding], missing: str) -> list[Block]:
     sentences = [finding.statement for finding in answers]
     return [Bullets(sentences)] if sentences else [Note(missing)]
@@ -142,9 +147,9 @@ def _note(run: Run, mark: str | None) -> str:
 def bigger_batch_faster(study: Study) -> list[Block]:
     blocks: list[Block] = [Heading(QUESTION_FASTER)]
     blocks += figure_or_note(plots.plot_time_to_target(study),
-                             "Train time to target against global batch, one line per series (mean ± std over "
-                             "seeds when several); ×, above the frame: no run of that series reached the target "
-                             "at that batch, so there is no time.",
+                             f"Train time to target against global batch, one line per series{_spread(study)}; ×, "
+                             f"above the frame: no run of that series reached the target at that batch, so there is "
+                             f"no time.",
                              "No run reached its target: no time-to-target plot.")
     blocks += figure_or_note(plots.plot_accuracy_vs_time(study),
                              "Eval accuracy against train time: one panel per series, colour by global batch, one "
@@ -400,8 +405,7 @@ def power_of_two(study: Study) -> list[Block]:
 def data_loading(study: Study) -> list[Block]:
     blocks: list[Block] = [Heading(QUESTION_DATA)]
     blocks += figure_or_note(plots.plot_throughput(study),
-                             "Throughput (throughput_samples_per_s) against global batch, mean ± std over seeds "
-                             "when several.",
+                             f"Throughput (throughput_samples_per_s) against global batch{_spread(study)}.",
                              "No run recorded throughput: no throughput plot.")
     blocks += figure_or_note(plots.plot_data_wait(study),
                              f"Share of training time spent waiting for data; dashed: "
