@@ -117,12 +117,17 @@ class DeviceChoice:
     margin: float | None = None  # predicted time of the runner-up over the choice's, minus 1
     n_seeds: int = 1
     rules: stats.Rules = field(default_factory=stats.Rules)
+    fit_decided: bool = False  # the fit it rests on is itself one to act on (SeriesFit.decided)
+    measured_range: bool = True  # every candidate's per-device batch is at least the smallest measured
 
     @property
     def decided(self) -> bool:
-        """Seeds resampled agree at the confidence, and the runner-up is slower by more than the threshold."""
-        return (self.n_seeds >= 2 and self.agreement is not None and self.agreement >= self.rules.confidence
-                and (self.margin is None or self.margin > self.rules.threshold))
+        """A choice among 2+ candidates, from a fit worth acting on, within the measured per-device batches,
+        that resampled seeds agree on at the confidence, with the runner-up slower by more than the
+        threshold."""
+        return (self.fit_decided and self.measured_range and self.runner_up is not None and self.n_seeds >= 2
+                and self.agreement is not None and self.agreement >= self.rules.confidence
+                and self.margin is not None and self.margin > self.rules.threshold)
 
 
 @dataclass
@@ -267,8 +272,9 @@ class SeriesFit:
             ranked = sorted(choice.times_s, key=choice.times_s.get)
             runner = ranked[1] if len(ranked) > 1 else None
             margin = choice.times_s[runner] / choice.time_s - 1 if runner is not None else None
+            measured = bool(self.per_device) and choice.batch / devices >= min(self.per_device)
             out.append(DeviceChoice(devices, choice, self._range_note(choice.batch, devices), agreement.get(devices),
-                                    runner, margin, self.n_seeds, self.rules))
+                                    runner, margin, self.n_seeds, self.rules, self.decided, measured))
         return out
 
     def _agreement(self, chosen: dict[int, tuple[list[int], int]]) -> dict[int, float]:

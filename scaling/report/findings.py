@@ -180,7 +180,7 @@ def time_trend(study: Study) -> list[Finding]:
         numbers = {"lowest_batch": low.batch, "train_time_s": {p.batch: p.train_time.mean for p in trend.points},
                    "against": {str(batch): c.to_dict() for batch, c in trend.comparisons.items()}}
         out.append(Finding(f"time_trend{_suffix(trend.series)}",
-                           _sentence(_prefix(trend.series, len(study.trends)), text), trend.decided,
+                           _sentence(_prefix(trend.series, len(study.series)), text), trend.decided,
                            f"batch {low.batch}", trend.n_seeds, numbers=numbers))
     return out
 
@@ -222,7 +222,7 @@ def steps_scaling(study: Study) -> list[Finding]:
     ladders = {name: steps for name, steps in study.doublings.items() if steps}
     out = []
     for name, steps in ladders.items():
-        prefix, suffix = _prefix(name, len(ladders)), _suffix(name)
+        prefix, suffix = _prefix(name, len(study.series)), _suffix(name)
         n_seeds = min(min(d.n_small, d.n_large) for d in steps)
         perfect = analysis.perfect_until(steps)
         if perfect is not None:
@@ -346,6 +346,12 @@ def device_findings(fit: critical_batch.SeriesFit, count: int, study: Study) -> 
             text += f"; {_one_seed(study)}"
         else:
             reasons = []
+            if not c.fit_decided:
+                reasons.append("the fit behind it is not decided")
+            if c.runner_up is None:
+                reasons.append("no other candidate")
+            if not c.measured_range:
+                reasons.append("its per-device batch is below the measured ones")
             if c.agreement is not None and c.agreement < study.rules.confidence:
                 reasons.append(f"under {fmt.confidence(study.rules.confidence)} agreement")
             if c.margin is not None and c.margin <= study.rules.threshold:
@@ -366,9 +372,9 @@ def noise_findings(study: Study) -> list[Finding]:
     """The critical batch size: B_crit against B_simple, and the predicted fastest batch, per series."""
     fits = study.noise.fits
     out = []
-    for fit in fits:
-        out.append(comparison_sentence(fit, len(fits)))
-        out += device_findings(fit, len(fits), study)
+    for fit in fits:  # named by series whenever the study has several, even if only one could be fitted
+        out.append(comparison_sentence(fit, len(study.series)))
+        out += device_findings(fit, len(study.series), study)
     return out
 
 
@@ -654,18 +660,27 @@ def mlperf_time(configuration: Configuration) -> float | None:
 
 
 def failures(study: Study) -> list[Finding]:
-    """Runs that ended without reaching their target (throughput probes without one, `completed`, aside)."""
+    """Runs that ended without reaching their target (throughput probes without one, `completed`, aside), and
+    runs that have not finished yet (they count for nothing else in the report)."""
     runs = [run for run in study.runs if run.target is not None or run.status not in ("completed", "reached")]
     if not runs:
         return []
-    missed = Counter(run.status for run in runs if not run.reached)
-    numbers = {"runs": len(runs), "not_reached": dict(missed)}
-    if not missed:
-        text = f"Every one of the {len(runs)} runs reached {study.target_text()}."
+    unfinished = Counter(run.status for run in runs if not run.finished)
+    ended = [run for run in runs if run.finished]
+    missed = Counter(run.status for run in ended if not run.reached)
+    numbers = {"runs": len(runs), "finished": len(ended), "not_reached": dict(missed), "unfinished": dict(unfinished)}
+    runs_word = "finished runs" if unfinished else "runs"
+    if not ended:
+        text = f"None of the {len(runs)} runs has finished"
+    elif not missed:
+        text = f"Every one of the {len(ended)} {runs_word} reached {study.target_text()}"
     else:
         counts = ", ".join(f"{n} {status_words(status)}" for status, n in missed.most_common())
-        text = f"{sum(missed.values())} of {len(runs)} runs did not reach {study.target_text()}: {counts}."
-    return [Finding("failures", text, kind=OBSERVATION, n_seeds=study.max_seeds, numbers=numbers)]
+        text = f"{sum(missed.values())} of {len(ended)} {runs_word} did not reach {study.target_text()}: {counts}"
+    if unfinished:
+        text += ("; not finished, and left out of every other finding: "
+                 + ", ".join(f"{n} {status_words(status)}" for status, n in unfinished.most_common()))
+    return [Finding("failures", text + ".", kind=OBSERVATION, n_seeds=study.max_seeds, numbers=numbers)]
 
 
 # The order of the Conclusions list. Append a function to add a conclusion.

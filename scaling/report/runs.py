@@ -40,6 +40,11 @@ class Run:
         return self.result.get(name)
 
     @property
+    def finished(self) -> bool:
+        """Ended with a final status: pending, running, interrupted or torn runs say nothing yet."""
+        return self.status in FINAL_STATUSES
+
+    @property
     def reached(self) -> bool:
         return self.status == "reached" and self.get("steps_to_target") is not None
 

@@ -56,7 +56,7 @@ def title(study: Study) -> list[Block]:
     statuses = Counter(run.status for run in study.runs)
     status_text = ", ".join(f"{n} {findings.status_words(status)}" for status, n in statuses.most_common())
     devices = sorted({(run.get("environment") or {}).get("device") for run in study.runs} - {None})
-    runs, configurations = len(study.runs), len(study.configurations)
+    runs, configurations = len(study.runs), len(study.all_configurations or study.configurations)
     text = (f"{runs} run{'s' * (runs != 1)} in {configurations} configuration{'s' * (configurations != 1)}, "
             f"read from {study.root} ({status_text}).")
     if study.target is not None:
@@ -90,7 +90,8 @@ def conclusions(study: Study) -> list[Block]:
 
 def configurations_table(study: Study) -> list[Block]:
     """Every run, grouped by configuration, the best configuration marked."""
-    runs = [run for configuration in study.configurations for run in _by_seed(configuration.runs)]
+    runs = [run for configuration in study.all_configurations or study.configurations
+            for run in _by_seed(configuration.runs)]
     show_seed = len({run.seed for run in study.runs}) > 1
     show_wait = any(run.data_wait is not None for run in runs)
     show_memory = any(run.peak_memory is not None for run in runs)

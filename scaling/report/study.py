@@ -21,12 +21,19 @@ class Study:
     configurations: list[Configuration]
     figures: dict[str, Path] = field(default_factory=dict)  # plot name -> PNG written by a section
     rules: stats.Rules = field(default_factory=stats.Rules)  # when a difference counts (threshold, confidence)
+    all_configurations: list[Configuration] = field(default_factory=list)  # unfinished runs too: the tables
 
     @classmethod
     def load(cls, study_dir: Path, out_dir: Path, rules: stats.Rules | None = None) -> Study:
+        """`configurations` holds the finished runs only (every analysis and finding), `all_configurations`
+        every run, unfinished (pending, running, interrupted) ones too, for the tables."""
         runs = load_runs(study_dir)
         name = read_study_file(study_dir).get("name") or study_dir.resolve().name
-        return cls(str(name), study_dir, out_dir, runs, group_configurations(runs), rules=rules or stats.Rules())
+        everything = group_configurations(runs)
+        finished = [Configuration(c.settings, [run for run in c.runs if run.finished], c.series, c.label)
+                    for c in everything]
+        return cls(str(name), study_dir, out_dir, runs, [c for c in finished if c.runs], rules=rules or stats.Rules(),
+                   all_configurations=everything)
 
     @cached_property
     def series(self) -> dict[str, list[analysis.Point]]:
@@ -111,8 +118,9 @@ class Study:
 
     @property
     def target_runs(self) -> list[Run]:
-        """Runs that chase a target (throughput-only probes, without one, are left out of target questions)."""
-        return [run for run in self.runs if run.target is not None]
+        """Finished runs that chase a target (throughput-only probes, without one, are left out of target
+        questions)."""
+        return [run for c in self.configurations for run in c.runs if run.target is not None]
 
     def target_text(self) -> str:
         return f"{self.target * 100:g}% accuracy" if self.target is not None else "the target"
