@@ -13,15 +13,14 @@ the topology allows (scaling/noise.py explains each):
 
 Measurements stay on the device; `flush()` (at logging-window boundaries) reads them, turns each into raw
 (|G|^2, tr(Sigma)) estimates, feeds the windowed estimator in step order and records the series (raw values
-and the running B_simple). `probe()` takes PROBE_STEPS measurements in a row, one per optimizer step, from
-given weights (at the target, at the end of the run): the trainer runs those steps off the clock and then
-restores the weights, so B_simple is known where training reached, not only every `every` steps.
+and the running B_simple). `probe()` measures on PROBE_BATCHES global batches at fixed weights, from
+given weights (at the target, at the end of the run), off the clock, so B_simple is known where training
+reached, not only every `every` steps.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -46,10 +45,10 @@ from scaling.noise import (
 # fallback adds half a forward/backward, 1% of the throughput at one measurement in 50 steps
 # (benchmarks/overhead.py measured about 4% at one in 25 on the default workload).
 EVERY = {"ranks": 10, "micro_batches": 10, "half_batch": 50}
-# The running estimate averages the last WINDOW measurements; a probe takes PROBE_STEPS in a row. One
-# measurement scatters by about 20% (tests/test_noise.py), so 8 bring a probe to about 7%.
+# The running estimate averages the last WINDOW measurements. A probe pools PROBE_BATCHES global batches
+# at fixed weights (tests/test_exact_numbers.py: within 1.5x of per-example gradients at the same weights).
 WINDOW = 5
-PROBE_STEPS = 8
+PROBE_BATCHES = 16
 
 
 class NoiseMonitor:
@@ -74,7 +73,6 @@ class NoiseMonitor:
         self._local_sq: torch.Tensor | None = None
         self._first: list[torch.Tensor] | None = None
         self._pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (step, small-side, big |G|^2)
-        self._probe: list[dict] | None = None  # collecting a probe instead of the training series
         self.series: list[dict] = []
         self.probes: dict[str, dict] = {}  # "target", "final" -> the probe's summary
 
@@ -146,9 +144,6 @@ class NoiseMonitor:
         for step, small_value, big_value in zip(steps, rows, big.tolist(), strict=True):
             grad_sq, trace = self._estimates(small_value, big_value)
             point = {"step": step + 1, "grad_sq": grad_sq, "trace": trace}
-            if self._probe is not None:
-                self._probe.append(point)
-                continue
             point["b_simple"] = self.estimator.update_estimates(grad_sq, trace)
             points.append(point)
         self.series.extend(points)
@@ -160,24 +155,36 @@ class NoiseMonitor:
             return unbiased_estimates(*pool_small_batches(small, self.small_batch)[:2], big, self.big_batch)
         return nested_estimates(small, self.small_batch, big, self.big_batch)
 
-    @contextmanager
-    def probing(self, label: str) -> Iterator[None]:
-        """Measurements flushed inside go to the probe `label`, not to the training series."""
-        self._probe = []
-        try:
-            yield
-            self.flush()
-            points = self._probe
-            self.probes[label] = {
-                "b_simple": ratio_of_means([(p["grad_sq"], p["trace"]) for p in points]),
-                "measurements": len(points),
-                "first_step": points[0]["step"] if points else None,
-                "last_step": points[-1]["step"] if points else None,
-                "points": points,
-            }
-        finally:
-            self._probe = None
-            self.measuring = False
+    def probe(self, label: str, step_batches: Iterable[list[tuple[torch.Tensor, torch.Tensor]]]) -> None:
+        """B_simple at the current weights from several global batches (one list of this process's
+        micro-batches per optimizer step): the gradient of each global batch (B samples) against their mean
+        (k x B samples), pooled over the k batches (scaling/noise.py). One estimate from k x B samples
+        varies far less than k separate measurements at batch B averaged (both are unbiased): at
+        B_simple > B the |G|^2 estimate from one batch is mostly noise. No optimizer step; the caller
+        restores BatchNorm buffers and the RNG afterwards."""
+        model = self.accelerator.unwrap_model(self.model)  # no DDP hooks: the sum over ranks is done below
+        params = [p for p in model.parameters() if p.requires_grad]
+        total, small_sq, first = None, [], self.step
+        for step_index, micro_batches in enumerate(step_batches):
+            model.zero_grad(set_to_none=True)
+            for inputs, labels in micro_batches:
+                inputs, labels = inputs.to(self.accelerator.device), labels.to(self.accelerator.device)
+                with self.accelerator.autocast():
+                    loss = F.cross_entropy(model(inputs).float(), labels) / len(micro_batches)
+                loss.backward()
+            local = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
+                               for p in params])
+            batch_gradient = self.accelerator.reduce(local, reduction="mean")  # the global batch's gradient
+            small_sq.append(batch_gradient.square().sum())
+            total = batch_gradient if total is None else total + batch_gradient
+            last = first + step_index
+        model.zero_grad(set_to_none=True)
+        count, batch = len(small_sq), self.plan.global_bs
+        big_sq = (total / count).square().sum()
+        grad_sq, trace = unbiased_estimates(torch.stack(small_sq).mean().item(), batch, big_sq.item(), count * batch)
+        self.probes[label] = {"b_simple": ratio_of_means([(grad_sq, trace)]), "grad_sq": grad_sq, "trace": trace,
+                              "batches": count, "samples": count * batch, "first_step": first + 1,
+                              "last_step": last + 1}
 
     def summary(self) -> dict:
         target, final = self.probes.get("target"), self.probes.get("final")

@@ -371,6 +371,14 @@ def environment(device: Any, world_size: int, distributed_type: str) -> dict[str
         "device_type": getattr(device, "type", str(device)),
         "world_size": world_size,
         "distributed_type": distributed_type,
+        # What changes float reduction order, hence the trajectory: runs compared should agree on these.
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "cudnn_deterministic": torch.backends.cudnn.deterministic,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "hostname": platform.node(),
         "git_commit": git_commit(),
     }

@@ -19,6 +19,7 @@ if __package__ in (None, ""):
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(_here)]
     sys.path.insert(0, str(Path(_here).parent))
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -92,7 +93,8 @@ def build(cfg: RunConfig, resume: bool = False) -> Built:
     """Processes, data, model, batch plan, optimizer, LR schedule and trainer; with `resume`, restored from
     the run's checkpoint."""
     plan = plan_batch(cfg, distributed.world_size())  # every batch error, before any process group exists
-    state = start_processes(cfg)
+    requested_cpu = cfg.cpu
+    cfg, state = start_processes(cfg)
     with state.local_main_process_first():  # rank 0 of each node builds the dataset cache
         workload = load_workload(cfg)
     set_seed(cfg.seed)  # same initial weights in every process and every decomposition
@@ -118,20 +120,52 @@ def build(cfg: RunConfig, resume: bool = False) -> Built:
              "eval_samples": len(workload.eval)}
     built = Built(cfg, plan, accelerator, trainer, schedule, env, extra)
     announce(built, workload, auto_batch, coupled)
+    if cfg.cpu and not requested_cpu:
+        built.say(f"scaling: note: no GPU here: the {plan.world_size} launched processes train on the CPU over "
+                  f"gloo (as with --cpu)")
     if resume:
         trainer.load_checkpoint()
         built.say(f"scaling: resumed from {trainer.checkpoint.directory} at step {trainer.step}")
     return built
 
 
-def start_processes(cfg: RunConfig) -> PartialState:
-    """The process group and device; the Accelerator built later joins it."""
+def start_processes(cfg: RunConfig) -> tuple[RunConfig, PartialState]:
+    """The process group and device; the Accelerator built later joins it. Several launched processes on a
+    machine without an accelerator train on the CPU over gloo (as with --cpu): Accelerate would otherwise
+    start each of them alone, training on its share of every batch without synchronizing."""
     _quiet_libraries(distributed.is_main_process())
     cache_accelerate_import_probes()
+    launched = distributed.world_size()
+    if launched > 1 and not cfg.cpu and not accelerator_available():
+        cfg = dataclasses.replace(cfg, cpu=True)
     state = PartialState(cpu=cfg.cpu)
+    if state.num_processes != launched:
+        raise ConfigError(
+            f"the launcher started {launched} processes (WORLD_SIZE={launched}) but they did not form one "
+            f"process group ({state.num_processes} process as Accelerate sees it, distributed type "
+            f"{state.distributed_type.value}): each would train alone on its part of every batch. On a machine "
+            f"without GPUs add --cpu; otherwise check the backend (NCCL, the GPUs visible to each process)")
     if cfg.sync_bn and state.num_processes > 1 and state.device.type == "cpu":
         raise ConfigError("--sync-bn needs GPUs: torch's SyncBatchNorm does not run on the CPU (gloo)")
-    return state
+    return cfg, state
+
+
+def accelerator_available() -> bool:
+    """A GPU (or another device Accelerate trains on) that the processes can use."""
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or torch.backends.mps.is_available() or bool(xpu and xpu.is_available())
+
+
+def describe_processes(accelerator: Accelerator) -> str:
+    """`1 process on the CPU`, `2 processes on the CPU over gloo`, `8 processes on cuda over nccl`."""
+    count = accelerator.num_processes
+    device = "the CPU" if accelerator.device.type == "cpu" else accelerator.device.type
+    text = f"{count} process{'es' * (count != 1)} on {device}"
+    if count > 1:
+        import torch.distributed as dist
+
+        text += f" over {dist.get_backend()}"
+    return text
 
 
 def build_accelerator(cfg: RunConfig, plan: BatchPlan) -> Accelerator:
@@ -167,8 +201,7 @@ def announce(built: Built, workload: Workload, auto_batch: dict | None, coupled:
     built.say(
         f"scaling: lr {cfg.lr_scaling} scaling: {cfg.base_lr:g} @ batch {cfg.base_bs} -> {schedule.peak:g} "
         f"(warmup {schedule.warmup_steps} steps, {schedule.decay} decay); {built.trainer.steps_per_epoch} "
-        f"steps/epoch on {len(workload.train):,} training samples; {accelerator.distributed_type.value} on "
-        f"{accelerator.device}"
+        f"steps/epoch on {len(workload.train):,} training samples; {describe_processes(accelerator)}"
     )
     if coupled:
         built.say(f"scaling: note: {len(coupled)} batch-coupled layer(s) (BatchNorm): their statistics come from "

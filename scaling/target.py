@@ -23,11 +23,12 @@ from typing import Any
 
 import torch
 
-# The search goes back through at most MAX_WINDOWS evaluation windows (one training state held per window),
-# and on while an evaluation at either end of a window is within NEAR_SIGMAS step-to-step standard deviations
-# of the target.
-MAX_WINDOWS = 4
+# The search goes back while an evaluation at either end of a window is within NEAR_SIGMAS step-to-step
+# standard deviations of the target, through as many windows as SNAPSHOT_BUDGET_BYTES of held training
+# states allow (one state per window, between MIN_WINDOWS and MAX_WINDOWS of them).
 NEAR_SIGMAS = 3.0
+SNAPSHOT_BUDGET_BYTES = 512 * 2**20
+MIN_WINDOWS, MAX_WINDOWS = 4, 64
 # Per-step training losses of the replay and of the run must agree to this relative tolerance for the
 # replay to count as the run's own trajectory (float32 rounding of identical arithmetic gives 0).
 LOSS_TOLERANCE = 1e-5
@@ -44,6 +45,12 @@ class Snapshot:
     scaler: dict | None
     rng_cpu: torch.Tensor
     rng_cuda: list[torch.Tensor] | None
+
+    def nbytes(self) -> int:
+        """Bytes of the tensors held (weights, buffers and optimizer state)."""
+        tensors = list(self.model.values()) + [value for state in self.optimizer.get("state", {}).values()
+                                               for value in state.values() if torch.is_tensor(value)]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def take_snapshot(trainer: Any) -> Snapshot:
@@ -80,20 +87,25 @@ class TargetSearch:
     is noisy, so the target can be crossed briefly inside an earlier window and lost again before that
     window's evaluation; the search therefore goes on backwards, window by window, while an evaluation at
     either end of the window lies within NEAR_SIGMAS standard deviations of the target (sigma: the
-    step-to-step spread of the accuracies replayed so far), and at most MAX_WINDOWS windows (the states
-    are held in memory). A search that stops at that limit, or whose replay does not reproduce the run's
-    losses, is not exact: the result then gives the first evaluation at the target and the window.
+    step-to-step spread of the accuracies replayed so far), through as many windows as the states held in
+    memory allow (SNAPSHOT_BUDGET_BYTES). A search that stops at that limit, or whose replay does not
+    reproduce the run's losses, is not exact: the result then gives the first evaluation at the target and
+    the window.
     """
 
     def __init__(self, trainer: Any, enabled: bool):
         self.trainer = trainer
         self.enabled = enabled
-        self.bases: deque[Snapshot] = deque(maxlen=MAX_WINDOWS)
+        self.bases: deque[Snapshot] | None = None
 
     def window_start(self) -> None:
         """At the start of training and after every evaluation below the target."""
         if self.enabled:
-            self.bases.append(take_snapshot(self.trainer))
+            snapshot = take_snapshot(self.trainer)
+            if self.bases is None:
+                windows = max(MIN_WINDOWS, min(MAX_WINDOWS, SNAPSHOT_BUDGET_BYTES // max(1, snapshot.nbytes())))
+                self.bases = deque(maxlen=windows)
+            self.bases.append(snapshot)
 
     def find_first_step(self, target: float, at_first_step: Callable[[], None] | None = None) -> dict:
         """Replay windows before the crossing evaluation; returns the search record (docs/results.md).
@@ -117,6 +129,8 @@ class TargetSearch:
                 self._replay(base.step, first, target=None)
                 at_first_step()
             restore(trainer, end)
+            if not exact and at_first_step is not None:
+                at_first_step()  # at the first evaluation at the target, which is then the reported step
         return {"method": "replay", "window": [low, end_step], "exact": exact,
                 "first_step": first if exact else end_step, "verified": worst <= LOSS_TOLERANCE,
                 "complete": complete, "max_loss_rel_diff": worst, "windows": len(accuracies),

@@ -24,7 +24,7 @@ from scaling.checkpoint import Checkpoint
 from scaling.config import RunConfig
 from scaling.data.delivery import BatchSource, fetch_batch
 from scaling.data.tensors import TensorPair
-from scaling.gns import PROBE_STEPS, NoiseMonitor
+from scaling.gns import PROBE_BATCHES, NoiseMonitor
 from scaling.lr import LRSchedule
 from scaling.results import MetricsWriter, finite_or_none
 from scaling.target import TargetSearch, restore, take_snapshot
@@ -334,19 +334,15 @@ class Trainer:
         return evaluate(self.unwrapped, self.eval_set, self.accelerator)[0]
 
     def probe_noise(self, label: str) -> None:
-        """PROBE_STEPS noise measurements in a row from the current weights, off the clock; the weights,
-        optimizer state and step are restored afterwards."""
+        """The noise scale at the current weights (scaling/gns.py, `probe`), on the batches of the next
+        PROBE_BATCHES steps, off the clock; buffers and RNG are restored afterwards."""
         if self.noise is None:
             return
         with self.clock.paused():
             snapshot = take_snapshot(self)
-            with self.noise.probing(label):
-                for step in range(self.step, self.step + PROBE_STEPS):
-                    self.set_lr(step)
-                    self.noise.begin_step(step, force=True)
-                    optimizer_step(self.accelerator, self.model, self.optimizer,
-                                   self.source.replay_micro_batches(step), noise=self.noise)
-                    self.step = step + 1
+            self.noise.step = self.step
+            steps = range(self.step, self.step + PROBE_BATCHES)
+            self.noise.probe(label, (self.source.replay_micro_batches(step) for step in steps))
             restore(self, snapshot)
 
     # ---- checkpoints (scaling/checkpoint.py saves and restores; the loop says what its state is) ----

@@ -66,6 +66,24 @@ def test_losses_and_final_parameters_match_the_plain_run(runs, name):
     assert result["lr_per_step"] == reference["lr_per_step"]
 
 
+def test_two_processes_without_cpu_flag_train_synchronized_on_a_cpu_only_machine(runs, tmp_path):
+    """torchrun without --cpu on a machine without GPUs: Accelerate alone would start each process by itself
+    (each training on half of every batch, both writing one result). The run selects the CPU backend, says
+    so, and trains exactly as one process at the same global batch."""
+    common = [arg for arg in COMMON if arg != "--cpu"]
+    small = [arg for arg in SMALL if arg != "--cpu"]
+    proc = run_torchrun([*small, *common, "--per-device-bs", "128", "--output-dir", str(tmp_path)])
+    assert_ok(proc)
+    assert "no GPU here: the 2 launched processes train on the CPU over gloo" in proc.stdout
+    assert "2 processes on the CPU over gloo" in proc.stdout
+    assert proc.stdout.count("scaling: reached") + proc.stdout.count("scaling: completed") == 1  # one writer
+    result = load_result(tmp_path)
+    assert result["environment"]["world_size"] == 2 and result["environment"]["distributed_type"] == "MULTI_CPU"
+    reference = runs["1x256x1"][0]
+    torch.testing.assert_close(torch.tensor(result["train_loss"]), torch.tensor(reference["train_loss"]),
+                               rtol=1e-5, atol=0)
+
+
 def test_losses_are_not_trivially_equal(runs):
     """Guard against a vacuous comparison: the loss must actually move over the 30 steps."""
     losses = runs["1x256x1"][0]["train_loss"]

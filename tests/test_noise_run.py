@@ -26,12 +26,16 @@ def test_noise_scale_in_every_topology(tmp_path, extra, nproc, method, small):
     assert noise["big_batch"] == 256  # the global batch (half_batch runs one micro-batch: the global batch too)
     assert result["status"] == "reached"
     steps = [point["step"] for point in noise["series"]]
-    assert steps == list(range(1, result["steps_to_target"] + 1, 5))
+    # Measured every 5 steps of training, up to the evaluation that saw the target.
+    assert steps == list(range(1, result["first_eval_at_target"]["step"] + 1, 5))
     values = [point["b_simple"] for point in noise["series"] if point["b_simple"] is not None]
     assert len(values) >= len(steps) // 2
+    # The probe at the target: 16 global batches at the weights of the first step at the target.
+    at_target = noise["at_target"]
+    assert at_target["batches"] == 16 and at_target["first_step"] == result["steps_to_target"] + 1
+    assert noise["b_simple_at_target"] == at_target["b_simple"] == noise["b_simple"]
     # A plausible noise scale for this workload: above the per-device share, far below the dataset.
     assert 5 < noise["b_simple_at_target"] < 8000
-    assert noise["b_simple_at_target"] == noise["series"][-1]["b_simple"]
     logged = [m for m in read_metrics(tmp_path / "metrics.jsonl") if m["type"] == "noise"]
     assert [m["step"] for m in logged] == steps
 
