@@ -183,6 +183,16 @@ class Ranking:
     decision: stats.Best
     candidates: list[Configuration]  # one per distinct training, `best` included
     partial: list[Configuration]  # reached with some seeds only: never recommended
+    samples: dict[int, list[float]] = field(default_factory=dict)  # id(candidate) -> per-seed times compared
+    groups: dict[int, list[Configuration]] = field(default_factory=dict)  # id(candidate) -> it and its twins
+
+    def twins_of(self, configuration: Configuration) -> list[Configuration]:
+        """The configurations that train exactly as this candidate does (not itself)."""
+        return self.groups.get(id(configuration), [configuration])[1:]
+
+    def times(self, configuration: Configuration) -> list[float]:
+        """The per-seed train times the ranking compared (averaged over identical trainings)."""
+        return self.samples[id(configuration)]
 
     @property
     def decided(self) -> bool:
@@ -210,12 +220,31 @@ def rank(configurations: list[Configuration], rules: stats.Rules) -> Ranking | N
         return None
     groups = twin_groups(complete)
     representatives = [group[0] for group in groups]
-    samples = {id(c): _times(c.runs)[0] for c in representatives}
-    resolutions = {id(c): _times(c.runs)[1] for c in representatives}
+    pooled = {id(group[0]): _seed_means(group) for group in groups}
+    samples = {key: values for key, (values, _) in pooled.items()}
+    resolutions = {key: res for key, (_, res) in pooled.items()}
     decision = stats.best_of(samples, rules, resolutions=resolutions)
     best = next(c for c in representatives if id(c) == decision.best)
     twins = next(group for group in groups if group[0] is best)[1:]
-    return Ranking(best, twins, decision, representatives, partial)
+    return Ranking(best, twins, decision, representatives, partial, samples,
+                   {id(group[0]): group for group in groups})
+
+
+def _seed_means(group: list[Configuration]) -> tuple[list[float], list[float]]:
+    """Per seed, the mean train time (and resolution) over configurations that train identically: the same
+    training timed twice, so their difference is timing noise and their mean the better measurement. One
+    value per seed keeps the count of independent trainings honest."""
+    by_seed: dict[str, list[Run]] = {}
+    for configuration in group:
+        for index, run in enumerate(configuration.runs):
+            by_seed.setdefault(str(run.seed) if run.seed is not None else f"#{index}", []).append(run)
+    values, resolutions = [], []
+    for runs in by_seed.values():
+        times, res = _times(runs)
+        if times:
+            values.append(statistics.fmean(times))
+            resolutions.append(statistics.fmean(res))
+    return values, resolutions
 
 
 # --- steps to target: regimes ------------------------------------------------------------------------------
@@ -436,7 +465,7 @@ def rule_comparisons(configurations: list[Configuration], rules: stats.Rules) ->
                     comparison = ranking.comparison(c)
                     against[rule], beaten[rule] = comparison, comparison.verdict == stats.LOWER
                 else:  # reached with some seeds only: compared on those
-                    (a, ra), (b, rb) = _times(ranking.best.runs), _times(c.runs)
+                    (a, ra), (b, rb) = _seed_means([ranking.best, *ranking.twins]), _times(c.runs)
                     comparison = stats.compare(a, b, rules, resolution_a=ra, resolution_b=rb)
                     against[rule], beaten[rule] = comparison, comparison.verdict == stats.LOWER
         out.append(RuleComparison(group[0].global_bs, by_rule, twins, best, against, beaten))

@@ -70,6 +70,12 @@ def _short(configuration: Configuration) -> str:
     return configuration.label
 
 
+def _ranked(ranking: analysis.Ranking, configuration: Configuration) -> str:
+    """A candidate's label, with the configurations that train identically to it: `batch 256 (linear) = batch
+    256 (sqrt)`."""
+    return " = ".join(c.label for c in [configuration, *ranking.twins_of(configuration)])
+
+
 def _sentence(prefix: str, text: str) -> str:
     """`linear: text.` after a series name, else `Text.`"""
     return prefix + (text if prefix else text[0].upper() + text[1:]) + "."
@@ -90,13 +96,6 @@ def _verdict_text(study: Study, comparison: stats.Comparison | None, n_seeds: in
     return "not decided; " + fmt.seeds_advice(comparison.seeds_needed, study.rules)
 
 
-def _times_text(configuration: Configuration) -> str:
-    """`2.33 ± 0.05 s (3 seeds)`, or `2.33 s` for one seed."""
-    train = analysis.stat(run.train_time for run in configuration.runs)
-    seeds = f" ({train.n} seeds)" if train.n > 1 else ""
-    return f"{fmt.mean_std(train.mean, train.std)} s{seeds}"
-
-
 # --- is a bigger batch faster? -----------------------------------------------------------------------------
 
 
@@ -111,18 +110,20 @@ def fastest(study: Study) -> list[Finding]:
                 + ".")
         return [Finding("fastest", text, n_seeds=study.max_seeds)]
     best = ranking.best
-    train = analysis.stat(run.train_time for run in best.runs)
-    wall = analysis.stat(run.wall_time for run in best.runs)
+    train = analysis.stat(ranking.times(best))
+    wall = analysis.stat(run.wall_time for c in [best, *ranking.twins] for run in c.runs)
     n_seeds = analysis.min_seeds(ranking.candidates)
     twins = (f" (as is {', '.join(_short(c) for c in ranking.twins)}, which trains identically with the same LR "
-             f"schedule: not ranked)" if ranking.twins else "")
-    lead = (f"{_named(best)}{twins}, {_times_text(best)} train time ({fmt.seconds(wall.mean)} s wall, evaluation "
-            f"included)")
+             f"schedule: not ranked; times averaged over both per seed)" if ranking.twins else "")
+    seeds = f" ({train.n} seeds)" if train.n > 1 else ""
+    lead = (f"{_named(best)}{twins}, {fmt.mean_std(train.mean, train.std)} s{seeds} train time "
+            f"({fmt.seconds(wall.mean)} s wall, evaluation included)")
     others = sorted(ranking.others, key=lambda c: ranking.comparison(c).ratio or 0, reverse=True)
     numbers: dict[str, Any] = {"configuration": best.label, "global_batch": best.global_bs, "series": best.series,
                                "train_time_s": train.mean, "train_time_std_s": train.std, "wall_time_s": wall.mean,
-                               "against": [{"configuration": c.label, **ranking.comparison(c).to_dict()}
-                                           for c in ranking.others],
+                               "against": [{"configuration": c.label,
+                                            "same_training": [t.label for t in ranking.twins_of(c)],
+                                            **ranking.comparison(c).to_dict()} for c in ranking.others],
                                "identical_training": [c.label for c in ranking.twins],
                                "not_every_seed_reached": [c.label for c in ranking.partial]}
     if not others:
@@ -133,16 +134,16 @@ def fastest(study: Study) -> list[Finding]:
         c = ranking.comparison(nearest)
         text = (f"The fastest configuration to {study.target_text()} is {lead}: faster than every other beyond "
                 f"{fmt.percent(study.rules.threshold, 0)} at {fmt.confidence(study.rules.confidence)} confidence "
-                f"(the nearest, {_short(nearest)}, {fmt.change(c.reversed(), 'train time')})")
+                f"(the nearest, {_ranked(ranking, nearest)}, {fmt.change(c.reversed(), 'train time')})")
         decided = True
     else:
         ties = sorted(ranking.ties, key=lambda c: ranking.comparison(c).ratio or 0, reverse=True)
         named = ", ".join(
-            f"{_short(c)} ({fmt.change(ranking.comparison(c).reversed(), 'train time', interval=n_seeds >= 2)})"
+            f"{_ranked(ranking, c)} ({fmt.change(ranking.comparison(c).reversed(), 'train time', interval=n_seeds >= 2)})"
             for c in ties[:MAX_NAMED])
         more = f" and {len(ties) - MAX_NAMED} more" if len(ties) > MAX_NAMED else ""
         worst = min((ranking.comparison(c) for c in ties), key=lambda c: c.ratio or 0)
-        text = (f"Lowest {'mean ' if n_seeds > 1 else ''}train time to {study.target_text()}: {lead}; the data do "
+        text = (f"Lowest {'mean ' if train.n > 1 else ''}train time to {study.target_text()}: {lead}; the data do "
                 f"not separate it from {named}{more}: {_verdict_text(study, worst, n_seeds)}")
         decided = False
     if ranking.partial:
