@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -65,28 +66,44 @@ def _port() -> int:
 def run_emulated(flags: list[str], processes: int, out: Path) -> dict:
     cmd = [sys.executable, "scaling/run.py", *COMMON, *flags, "--emulate-processes", str(processes),
            "--output-dir", str(out)]
-    return _run(cmd, out)
+    return _run(cmd, out, 1)
 
 
 def run_real(flags: list[str], processes: int, out: Path) -> dict:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
            str(_port()), "scaling/run.py", *COMMON, *flags, "--output-dir", str(out)]
-    return _run(cmd, out)
+    return _run(cmd, out, processes)
 
 
-def _run(cmd: list[str], out: Path) -> dict:
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _run(cmd: list[str], out: Path, processes: int) -> dict:
+    """Run to the end; the result, with `cpu_share` added: the CPU time the run's processes got over their
+    wall time x their number (1.0: each had a core to itself throughout; start-up and evaluation included)."""
     result_path = out / "result.json"
     if result_path.is_file():  # rerunning the script reuses finished runs
         result = json.loads(result_path.read_text())
-        if result.get("status") == "reached":
+        share = result_path.with_name("cpu_share.json")
+        if result.get("status") == "reached" and share.is_file():
+            record = json.loads(share.read_text())
+            result["cpu_share"] = record["cpu_s"] / (record["wall_s"] * record["processes"])
             return result
     for attempt in range(2):  # one retry for gloo's rare teardown abort (tests/conftest.py)
+        cpu, wall = _cpu_seconds(), time.perf_counter()
         proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=1800)
+        cpu, wall = _cpu_seconds() - cpu, time.perf_counter() - wall
         if proc.returncode == 0:
             break
         if attempt or "terminate called without an active exception" not in proc.stderr:
             raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(result_path.read_text())
+    result = json.loads(result_path.read_text())
+    result["cpu_share"] = cpu / (wall * processes)
+    result_path.with_name("cpu_share.json").write_text(json.dumps({"cpu_s": cpu, "wall_s": wall,
+                                                                   "processes": processes}))
+    return result
 
 
 def main() -> None:
@@ -148,13 +165,15 @@ def main() -> None:
                 "latency_us": [m.fit.latency * 1e6 for m in measurements],
                 "bandwidth_gb_s": [m.fit.bus_bandwidth / 1e9 for m in measurements],
                 "link": link.describe(),
+                "cpu_share_emulated": [r.get("cpu_share") for r, _ in emulated],
+                "cpu_share_real": [r.get("cpu_share") for r in real],
                 "load_average": loads,  # (kind, 1-minute load before, after) per run: other work on the machine
             })
             (root / "validation.json").write_text(json.dumps(rows, indent=2))
     print()
     print("| configuration | gradient | N | steps to target (all runs) | emulated (s) | predicted (s) | measured (s) | "
-          "predicted / measured | no-comm prediction / measured | all-reduce fit |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "predicted / measured | no-comm prediction / measured | all-reduce fit | CPU share emulated / real |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         med = {key: statistics.median(row[key]) for key in ("emulated_s", "predicted_s", "measured_s",
                                                            "perfect_scaling_s")}
@@ -163,7 +182,8 @@ def main() -> None:
               f"{row['processes']} | {same}{', '.join(map(str, row['steps_to_target']))} | {med['emulated_s']:.2f} | "
               f"{med['predicted_s']:.2f} | {med['measured_s']:.2f} | {med['predicted_s'] / med['measured_s']:.2f} | "
               f"{med['perfect_scaling_s'] / med['measured_s']:.2f} | "
-              f"{statistics.median(row['latency_us']):.0f} us, {statistics.median(row['bandwidth_gb_s']):.2f} GB/s |")
+              f"{statistics.median(row['latency_us']):.0f} us, {statistics.median(row['bandwidth_gb_s']):.2f} GB/s | "
+              f"{statistics.median(row['cpu_share_emulated']):.0%} / {statistics.median(row['cpu_share_real']):.0%} |")
     print(f"\n(medians over {args.repeats} repeats; every value: {root / 'validation.json'})")
 
 
