@@ -169,6 +169,7 @@ class Comparison:
     reason: str  # why, in words: "one seed", "interval crosses the 5% threshold", ...
     seeds_needed: int | None = None  # seeds per configuration that would likely resolve an undecided one
     resolution: float = 0.0  # the larger resolution of the two sides (0: exact values)
+    variance: float = 0.0  # per-seed variance of the logs, the mean of the two sides (resolution included)
 
     @property
     def decided(self) -> bool:
@@ -187,7 +188,7 @@ class Comparison:
                           None if self.ratio is None else 1.0 / self.ratio,
                           None if self.high is None else 1.0 / self.high, None if self.low is None else 1.0 / self.low,
                           self.confidence, self.threshold, flip.get(self.verdict, self.verdict), self.reason,
-                          self.seeds_needed, self.resolution)
+                          self.seeds_needed, self.resolution, self.variance)
 
     def to_dict(self) -> dict:
         return {"n_a": self.n_a, "n_b": self.n_b, "mean_a": self.mean_a, "mean_b": self.mean_b,
@@ -247,7 +248,7 @@ def compare(a: Sequence[float | None], b: Sequence[float | None], rules: Rules =
         needed = seeds_needed(delta, (var_a + var_b) / 2.0, rules, confidence,
                               current=min(len(values_a), len(values_b)))
     return Comparison(ratio=ratio, low=math.exp(low), high=math.exp(high), verdict=verdict, reason=reason,
-                      seeds_needed=needed, **base)
+                      seeds_needed=needed, variance=(var_a + var_b) / 2.0, **base)
 
 
 def seeds_needed(delta: float, variance: float, rules: Rules, confidence: float, current: int) -> int | None:
@@ -372,6 +373,21 @@ class Rate:
     n_small: int
     n_large: int
     confidence: float = DEFAULT_CONFIDENCE
+    variance: float = 0.0  # per-seed variance of the log values (mean of the two sides)
+    doublings: float = 1.0  # log2(large / small)
+
+    def seeds_to_clear(self, boundaries: Sequence[float]) -> int | None:
+        """Seeds per configuration for the interval of r to clear the nearest boundary with probability POWER,
+        if r is what was observed (the sample-size formula of `seeds_needed`, on the log scale of the
+        ratio between the two batches); None beyond MAX_SEEDS or with no spread to go by."""
+        if self.variance <= 0 or self.n_small < 2 or self.n_large < 2:
+            return None
+        effect = min(abs(math.log(self.ratio) - math.log(b)) for b in boundaries) * self.doublings
+        if effect <= 0:
+            return None
+        z = z_quantile(1.0 - (1.0 - self.confidence) / 2.0) + z_quantile(POWER)
+        n = math.ceil(2.0 * self.variance * z * z / (effect * effect))
+        return None if n > MAX_SEEDS else max(n, min(self.n_small, self.n_large) + 1)
 
 
 def per_doubling(small: Sequence[float | None], large: Sequence[float | None], doublings: float,
@@ -385,4 +401,4 @@ def per_doubling(small: Sequence[float | None], large: Sequence[float | None], d
     power = 1.0 / doublings
     low = c.low ** power if c.low is not None else None
     high = c.high ** power if c.high is not None else None
-    return Rate(c.ratio ** power, low, high, c.n_b, c.n_a, c.confidence)
+    return Rate(c.ratio ** power, low, high, c.n_b, c.n_a, c.confidence, c.variance, doublings)

@@ -97,6 +97,17 @@ def test_a_real_difference_is_decided_with_the_right_winner(tmp_path):
     assert "the data do not separate it from" in fastest["statement"]
 
 
+def test_a_clearly_fastest_configuration_is_decided_and_starred(tmp_path):
+    configs = {**LADDER, (1024, "sqrt"): {"time": 1.4, "steps": 80, "rate": 60_000}}  # 30% ahead of the rest
+    fabricate(tmp_path, configs, seeds=3, noise=0.02, rng=random.Random(11))
+    paths = write_report(tmp_path)
+    fastest = findings(paths)["fastest"]
+    assert fastest["decided"] and fastest["winner"] == "batch 1024 (sqrt)", fastest["statement"]
+    assert all(c["verdict"] == "lower" and c["ci_high"] < 1 / 1.05 for c in fastest["numbers"]["against"])
+    starred = [line for line in paths["report.md"].read_text().splitlines() if line.startswith("| ") and "★" in line]
+    assert len(starred) == 3 and all(line.startswith("| bs1024-sqrt-s") for line in starred)
+
+
 def test_identical_lr_rules_are_not_ranked(tmp_path):
     """At the reference batch linear and sqrt give the same LR schedule: the same training, whatever the
     timing noise says, so neither wins there and the fastest-configuration question counts them once."""

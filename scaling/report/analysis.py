@@ -286,6 +286,16 @@ class Doubling:
         return classify_ratio(rate.low) == classify_ratio(rate.high) == self.regime
 
     @property
+    def gain_decided(self) -> bool:
+        """The whole interval of r lies below NO_GAIN_MIN_RATIO: doubling saves 10% or more of the steps."""
+        return self.rate is not None and self.rate.high is not None and self.rate.high < NO_GAIN_MIN_RATIO
+
+    @property
+    def no_gain_decided(self) -> bool:
+        """The whole interval of r lies at or above NO_GAIN_MIN_RATIO: doubling saves under 10%."""
+        return self.rate is not None and self.rate.low is not None and self.rate.low >= NO_GAIN_MIN_RATIO
+
+    @property
     def super_linear(self) -> bool:
         return self.ratio < SUPER_LINEAR_RATIO
 
@@ -333,15 +343,24 @@ def knee(steps: list[Doubling]) -> int | None:
     return batch
 
 
-def knee_decided(steps: list[Doubling]) -> bool:
-    """The knee (or, without one, "at least the largest batch") holds at the confidence: every doubling from
-    the knee on is decided no-gain and the doubling into the knee decided as a gain."""
+def knee_doublings(steps: list[Doubling]) -> list[Doubling]:
+    """The doublings the largest-useful-batch claim rests on: from the doubling into the knee on (without a
+    knee, the last doubling)."""
     batch = knee(steps)
     if batch is None:
-        return bool(steps) and steps[-1].regime_decided
-    later = [d for d in steps if d.small >= batch]
-    into = [d for d in steps if d.large == batch]
-    return all(d.regime_decided for d in later) and all(d.regime_decided for d in into)
+        return steps[-1:]
+    return [d for d in steps if d.small >= batch or d.large == batch]
+
+
+def knee_decided(steps: list[Doubling]) -> bool:
+    """The knee (or, without one, "at least the largest batch") holds at the confidence: every doubling from
+    the knee on saves under 10% of the steps (its whole interval of r at or above 0.9) and the doubling into
+    the knee saves more (its whole interval below 0.9). Only the 0.9 boundary matters here."""
+    batch = knee(steps)
+    if not steps:
+        return False
+    return all(d.no_gain_decided if batch is not None and d.small >= batch else d.gain_decided
+               for d in knee_doublings(steps))
 
 
 def perfect_until(steps: list[Doubling], decided: bool = False) -> int | None:

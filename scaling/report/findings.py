@@ -238,7 +238,8 @@ def steps_scaling(study: Study) -> list[Finding]:
                          f"perfect scaling allows: the steps to target there are known only to the evaluation "
                          f"interval, so read it as evaluation granularity, not as a gain")
             text += "; " + ("decided" if decided and not odd else "not decided (super-linear)" if decided
-                            else _regime_undecided(study, n_seeds, used))
+                            else _regime_undecided(study, n_seeds, [d for d in used if not d.regime_decided],
+                                                   (analysis.PERFECT_MAX_RATIO,)))
             out.append(Finding(f"perfect_scaling{suffix}", _sentence(prefix, text), decided and not odd,
                                str(perfect), n_seeds, numbers={"up_to": perfect,
                                                                "doublings": [_doubling_numbers(d) for d in used]}))
@@ -258,9 +259,10 @@ def steps_scaling(study: Study) -> list[Finding]:
                     f"{last.large} (no plateau within the batches tried)")
             answer, numbers = last.large, {"batch": last.large, "at_least": True,
                                            "doublings": [_doubling_numbers(d) for d in steps]}
-        involved = [d for d in steps if (knee is not None and (d.small >= knee or d.large == knee))
-                    or (knee is None and d is steps[-1])]
-        text += "; " + ("decided" if decided else _regime_undecided(study, n_seeds, involved))
+        open_ = [d for d in analysis.knee_doublings(steps)
+                 if not (d.no_gain_decided if knee is not None and d.small >= knee else d.gain_decided)]
+        text += "; " + ("decided" if decided else _regime_undecided(study, n_seeds, open_,
+                                                                     (analysis.NO_GAIN_MIN_RATIO,)))
         largest = steps[-1].large
         missed = [p for p in study.series[name] if p.batch > largest and not p.any_reached
                   and any(run.target is not None for run in p.runs)]
@@ -273,13 +275,22 @@ def steps_scaling(study: Study) -> list[Finding]:
     return out
 
 
-def _regime_undecided(study: Study, n_seeds: int, doublings: list[analysis.Doubling]) -> str:
-    """Why a regime claim is open: one seed, or which doubling's interval of r crosses a regime boundary."""
+def _regime_undecided(study: Study, n_seeds: int, open_: list[analysis.Doubling],
+                      bounds: tuple[float, ...] = (analysis.PERFECT_MAX_RATIO, analysis.NO_GAIN_MIN_RATIO)) -> str:
+    """Why a regime claim is open: one seed, or which doubling's interval of r crosses a boundary that matters
+    to the claim, and the seeds that would likely decide it."""
     if n_seeds < 2:
         return _one_seed(study)
-    open_ = [d for d in doublings if not d.regime_decided]
     named = ", ".join(f"{d.small} → {d.large}" for d in open_) or "none"
-    return f"not decided: the {fmt.confidence(study.rules.confidence)} interval of r crosses a regime boundary at {named}"
+    edges = " or ".join(f"{b:g}" for b in bounds)
+    text = (f"not decided: the {fmt.confidence(study.rules.confidence)} interval of r crosses {edges} at "
+            f"{named}")
+    needed = [d.rate.seeds_to_clear(bounds) if d.rate else None for d in open_]
+    if open_ and all(n is not None for n in needed):
+        text += f"; about {max(needed)} seeds per configuration would likely decide it"
+    elif open_:
+        text += "; r lies too close to a boundary for a practical number of seeds to decide it"
+    return text
 
 
 # --- critical batch size -------------------------------------------------------------------------------------
