@@ -394,7 +394,7 @@ def explain(profile: RunProfile, prediction: DevicePrediction) -> str:
         f"{ms(p.allreduce.exposed_s)} not hidden behind backward.")
     if p.link is not None and plan.processes > 1:
         lines.append(f"Interconnect {p.link.describe()}.")
-    lines += p.notes and [f"Note: {note}." for note in p.notes] or []
+    lines += [f"Note: {note}." for note in p.notes]
     return " ".join([lines[0] + ": " + lines[1], *lines[2:]])
 
 

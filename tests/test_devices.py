@@ -170,3 +170,39 @@ def test_cli_refuses_bad_options(tmp_path):
     assert_one_line_error(predict_cli(tmp_path, "--processes", "2", "--interconnect", "nvlink4", "--bandwidth", "1"),
                           "not allowed with")
     assert_one_line_error(predict_cli(tmp_path, "--processes", "0", "--interconnect", "nvlink4"), "--processes")
+
+
+# ---- the report section, on fabricated results ----
+
+
+def write_run(folder, result):
+    folder.mkdir(parents=True)
+    (folder / "result.json").write_text(json.dumps(result))
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in METRICS))
+
+
+def test_report_section_table_and_a_model_that_cannot_be_rebuilt(tmp_path):
+    from scaling.report.devices_section import device_count_findings, device_count_section
+    from scaling.report.render import Note, Table
+    from scaling.report.study import Study
+
+    good = emulating_result(environment={"device": "NVIDIA H100 80GB HBM3", "device_type": "cuda"})
+    good["config"] = {**good["config"], "global_bs": 256}
+    write_run(tmp_path / "good", good)
+    bad = emulating_result(environment={"device": "NVIDIA H100 80GB HBM3", "device_type": "cuda"})
+    bad["config"] = {**bad["config"], "global_bs": 256, "model": "no_such_module_here:build"}
+    write_run(tmp_path / "bad", bad)
+    study = Study.load(tmp_path, tmp_path / "report")
+    (tmp_path / "report").mkdir()
+    blocks = device_count_section(study)
+    table = next(block for block in blocks if isinstance(block, Table))
+    assert len(table.rows) == 1 and table.rows[0][1] == "64 × 2 × 2, emulated on 1 process"
+    assert table.rows[0][2] == "1.5"  # the measured train time to target
+    assert table.rows[0][3] == "1.5"  # one device: the emulating run itself
+    assert table.rows[0][-1].endswith("*")  # 64 devices: a per-device batch of 4, not measured
+    skipped = [block.text for block in blocks if isinstance(block, Note) and block.text.startswith("Not predicted")]
+    assert len(skipped) == 1 and "could not be rebuilt" in skipped[0]
+    findings = device_count_findings(study)
+    assert all(f.numbers["interconnect"]["name"] == "nvlink4" for f in findings)  # an H100: NVLink 4
+    # More devices never lose here (NVLink is fast and the compute scales): the answer uses them all.
+    assert [f.numbers["devices"] for f in findings] == [1, 8, 64]

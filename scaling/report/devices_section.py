@@ -94,16 +94,18 @@ def _analyse(study: Study, link: Interconnect) -> DeviceAnalysis:
             continue
         try:
             rows.append(_row(configuration, reached, link))
-        except (ConfigError, ValueError, KeyError, TypeError) as err:
+        except ConfigError as err:
             skipped.append(f"{configuration.label} ({err})")
-        except Exception as err:  # rebuilding a user's model or data can fail in any way: say so, go on
-            skipped.append(f"{configuration.label} (the model could not be rebuilt: {type(err).__name__}: {err})")
     counts = sorted({n for row in rows for n in row.times})
     return DeviceAnalysis(link, rows, counts, skipped)
 
 
 def _row(configuration: Configuration, runs: list[Run], link: Interconnect) -> DeviceRow:
-    gradient = gradient_bytes_for(runs[0].config)
+    try:
+        gradient = gradient_bytes_for(runs[0].config)
+    except Exception as err:  # rebuilding a user's model or data can fail in any way: say so, go on
+        raise ConfigError(f"its model could not be rebuilt to count its gradient: {type(err).__name__}: "
+                          f"{err}") from None
     row = DeviceRow(configuration, statistics.fmean(run.train_time for run in runs),
                     statistics.fmean(run.steps_to_target for run in runs))
     per_run: dict[int, list[float]] = {}
