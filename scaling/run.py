@@ -31,7 +31,6 @@ from accelerate.utils import set_seed
 from scaling import distributed
 from scaling.batching import BatchPlan, GlobalBatchSampler, plan_batch
 from scaling.checkpoint import StopOnSignals
-from scaling.compat import cache_accelerate_import_probes
 from scaling.config import ConfigError, RunConfig, parse_args
 from scaling.data import Workload, load_workload
 from scaling.hardware import compute_efficiency, count_flops_per_sample, peak_memory, reset_peak_memory
@@ -134,7 +133,6 @@ def start_processes(cfg: RunConfig) -> tuple[RunConfig, PartialState]:
     machine without an accelerator train on the CPU over gloo (as with --cpu): Accelerate would otherwise
     start each of them alone, training on its share of every batch without synchronizing."""
     _quiet_libraries(distributed.is_main_process())
-    cache_accelerate_import_probes()
     launched = distributed.world_size()
     if launched > 1 and not cfg.cpu and not accelerator_available():
         cfg = dataclasses.replace(cfg, cpu=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,40 +61,50 @@ def optimizer_step(
     optimizer: torch.optim.Optimizer,
     micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     timer: PhaseTimer | None = None,
-    after_backward: Callable[[int], None] | None = None,
+    after_backward: Callable[[int, bool], None] | None = None,
     noise: NoiseMonitor | None = None,
 ) -> list[torch.Tensor]:
     """One optimizer step over this process's micro-batches; returns their (device) losses.
 
-    accumulate() skips DDP's all-reduce on all but the last micro-step, and the prepared optimizer only
-    steps on that last one; backward() divides each loss by the micro-step count, so with equal micro-batches
-    the optimizer sees the gradient of the mean loss over the whole global batch. `after_backward(i)` runs
-    after micro-step i's backward (tests use it to observe when gradients are synchronized).
+    DDP skips its all-reduce under `no_sync` on all but the last micro-step, each loss is divided by the
+    micro-step count, so with equal micro-batches the optimizer sees the gradient of the mean loss over the
+    whole global batch. This is what Accelerate's `accumulate`, `backward` and optimizer wrapper do, called
+    directly: their per-call bookkeeping cost 4-10% of a step at batch 32-256 on the default workload
+    (docs/performance.md). Accelerate still builds the process group, wraps the model (DDP, autocast) and
+    owns the fp16 loss scaler used here; tests/test_emulation.py checks every decomposition's trajectory.
+    `after_backward(i, synced)` runs after micro-step i's backward (tests observe gradient sync with it).
     """
     timer = timer or _NO_TIMER
     device = accelerator.device
+    micro_steps = accelerator.gradient_accumulation_steps  # set to the plan's micro-steps per process
+    scaler = accelerator.scaler
+    no_sync = getattr(model, "no_sync", None)  # only a DDP-wrapped model has one
     losses = []
     timer.start_step()
     for index, (inputs, labels) in enumerate(micro_batches):
         timer.mark("data_wait")  # time blocked in the loader since the previous mark
         inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         timer.mark("h2d")
-        with accelerator.accumulate(model):
+        synced = index == micro_steps - 1
+        with nullcontext() if synced or no_sync is None else no_sync():
             loss = F.cross_entropy(model(inputs), labels)
-            accelerator.backward(loss)
-            synced = accelerator.sync_gradients
-            if after_backward is not None:
-                after_backward(index)
-            timer.mark("fwd_bwd_sync" if synced else "fwd_bwd_nosync")
-            timer.count_micro_step(synced)
-            if noise is not None and noise.measuring:
-                noise.after_backward(index, inputs, labels)
-                timer.mark("noise_scale")
-            optimizer.step()
+            scaled = loss / micro_steps if micro_steps > 1 else loss
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        if after_backward is not None:
+            after_backward(index, synced)
+        timer.mark("fwd_bwd_sync" if synced else "fwd_bwd_nosync")
+        timer.count_micro_step(synced)
+        if noise is not None and noise.measuring:
+            noise.after_backward(index, inputs, labels)
+            timer.mark("noise_scale")
         losses.append(loss.detach())  # no host sync here: losses are read once per logging window
-    # Zero once per optimizer step, on the wrapped optimizer: AcceleratedOptimizer.zero_grad calls
-    # inspect.signature on every call (about 40 us, 4% of a batch-32 step on the default workload).
-    optimizer.optimizer.zero_grad(set_to_none=True)
+    inner = optimizer.optimizer  # the torch optimizer inside Accelerate's wrapper
+    if scaler is not None:
+        scaler.step(inner)  # unscales, skips the step on inf/NaN gradients
+        scaler.update()
+    else:
+        inner.step()
+    inner.zero_grad(set_to_none=True)
     timer.mark("optimizer")
     timer.end_step()
     return losses

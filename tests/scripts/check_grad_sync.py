@@ -27,12 +27,12 @@ batches = [(torch.randn(8, 40, generator=generator), torch.randint(0, 10, (8,), 
 records = []
 
 
-def observe(index: int) -> None:
+def observe(index: int, synced: bool) -> None:
     grads = torch.cat([p.grad.flatten() for p in model.parameters()])
     both = accelerator.gather(grads.unsqueeze(0))
     records.append({
         "micro_step": index,
-        "sync_gradients": accelerator.sync_gradients,
+        "sync_gradients": synced,
         "ranks_equal": bool(torch.allclose(both[0], both[1], rtol=0, atol=1e-7)),
     })
 
