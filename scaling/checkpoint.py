@@ -178,17 +178,17 @@ def candidates(directory: Path) -> list[tuple[int, Path]]:
 
 
 def _claimed_step(folder: Path) -> int | None:
+    """The step a copy claims (-1 when it cannot say), or None when it does not claim to be complete: a copy is
+    complete once its manifest exists (or, written before manifests, its trainer state)."""
     for name in (MANIFEST, STATE_FILE):
         path = folder / name
-        if path.is_file():
+        if path.exists() or path.is_symlink():
             try:
-                if name == STATE_FILE and (folder / MANIFEST).exists():
-                    return None  # a manifest that did not parse: not complete
                 data = _read_json(path)
-                step = data.get("step") if isinstance(data, dict) else None
-                return step if isinstance(step, int) else -1
-            except (OSError, ValueError, CheckpointError):
-                continue
+            except CheckpointError:
+                return -1  # claims completeness but is damaged: verify() names the file
+            step = data.get("step") if isinstance(data, dict) else None
+            return step if isinstance(step, int) and not isinstance(step, bool) else -1
     return None
 
 
@@ -215,7 +215,7 @@ def select(directory: Path, num_processes: int = 1, process_index: int = 0) -> t
 def verify(folder: Path, num_processes: int = 1, process_index: int = 0) -> dict:
     """Check every file a resume reads; return the loop state. CheckpointError names the first bad file."""
     manifest_path = folder / MANIFEST
-    if manifest_path.is_file():
+    if manifest_path.exists() or manifest_path.is_symlink():
         manifest = _read_json(manifest_path)
         files = manifest.get("files") if isinstance(manifest, dict) else None
         if not isinstance(files, dict) or STATE_FILE not in files:

@@ -1,0 +1,219 @@
+"""Issue 13: checkpoints after interrupted saves, torn or corrupt files, and the sweep never looping on one.
+
+One real run is interrupted (SIGTERM) to make a real checkpoint; each test copies it and damages the copy.
+"""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, RUN_PY, SMALL, assert_ok, assert_one_line_error, child_env, run_entry
+from scaling.checkpoint import CheckpointError, select, verify
+from scaling.results import read_metrics, read_result
+
+pytestmark = pytest.mark.slow
+
+# About 4 ms a step here: long enough to be interrupted, short enough to finish after a resume.
+ARGS = [*SMALL, "--global-bs", "32", "--max-steps", "600", "--target-accuracy", "none", "--log-every", "20",
+        "--eval-every", "500"]
+
+
+def wait_for_metrics(folder: Path, lines: int, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if len(read_metrics(folder / "metrics.jsonl")) >= lines:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no {lines} metrics lines in {folder}")
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory) -> Path:
+    """A run folder holding a real interrupted run and its checkpoint."""
+    folder = tmp_path_factory.mktemp("interrupted") / "run"
+    proc = subprocess.Popen([sys.executable, str(RUN_PY), *ARGS, "--output-dir", str(folder)], cwd=REPO,
+                            env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_metrics(folder, 3)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-2000:]
+    assert read_result(folder / "result.json", finished_only=False)["status"] == "interrupted"
+    return folder
+
+
+def copy_run(interrupted: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "run"
+    shutil.copytree(interrupted, folder)
+    (folder / ".run.lock").unlink(missing_ok=True)
+    return folder
+
+
+def step_of(folder: Path) -> int:
+    return json.loads((folder / "trainer_state.json").read_text())["step"]
+
+
+# ---------------------------------------------------------------- item 1: leftovers of interrupted saves
+
+
+def test_a_save_succeeds_whatever_earlier_interrupted_saves_left(interrupted, tmp_path):
+    """Before: a leftover non-empty checkpoint.old made the next save fail (Directory not empty) and the run
+    end as `failed`."""
+    run = copy_run(interrupted, tmp_path)
+    shutil.copytree(run / "checkpoint", run / "checkpoint.old")  # a kill between the two renames
+    (run / "checkpoint.tmp").mkdir()  # a kill while writing
+    (run / "checkpoint.tmp" / "model.safetensors").write_bytes(b"torn")
+    proc = run_entry([*ARGS, "--output-dir", str(run), "--resume", "--checkpoint-every", "100"])
+    assert_ok(proc)
+    assert read_result(run / "result.json")["status"] == "completed"
+    assert not (run / "checkpoint.old").exists() and not (run / "checkpoint.tmp").exists()
+    assert step_of(run / "checkpoint") >= 500  # saved again and again after the resume
+    verify(run / "checkpoint")
+
+
+def _torn(folder: Path, name: str = "model.safetensors") -> None:
+    with open(folder / name, "r+b") as handle:
+        handle.truncate(100)
+
+
+def test_loading_takes_the_newest_copy_that_verifies(interrupted, tmp_path):
+    run = copy_run(interrupted, tmp_path)
+    current, tmp, old = run / "checkpoint", run / "checkpoint.tmp", run / "checkpoint.old"
+    step = step_of(current)
+    assert select(current)[0] == current
+    # A complete checkpoint.tmp (killed after its manifest, before the renames) is newer than checkpoint.
+    shutil.copytree(current, tmp)
+    manifest = json.loads((tmp / "manifest.json").read_text())
+    (tmp / "manifest.json").write_text(json.dumps({**manifest, "step": step + 1}))
+    assert select(current)[0] == tmp
+    # An incomplete one (no manifest) is not a candidate.
+    (tmp / "manifest.json").unlink()
+    (tmp / "trainer_state.json").unlink()
+    assert select(current)[0] == current
+    # Killed between the renames: only checkpoint.old holds a complete copy.
+    current.rename(old)
+    chosen, state, skipped = select(current)
+    assert chosen == old and state["step"] == step and skipped is None
+    # A torn newest copy is skipped for an older complete one, and the skip is said.
+    shutil.copytree(old, current)
+    _torn(current)
+    chosen, _, skipped = select(current)
+    assert chosen == old and f"{current / 'model.safetensors'} is 100 bytes" in skipped
+
+
+def test_a_resume_from_the_previous_copy_says_so_and_makes_it_current(interrupted, tmp_path):
+    run = copy_run(interrupted, tmp_path)
+    (run / "checkpoint").rename(run / "checkpoint.old")
+    proc = run_entry([*ARGS, "--output-dir", str(run), "--resume"])
+    assert_ok(proc)
+    assert "scaling: note: resuming from checkpoint.old" in proc.stdout
+    assert (run / "checkpoint").is_dir() and not (run / "checkpoint.old").exists()
+
+
+# ---------------------------------------------------------------- items 4 and 9: torn or corrupt files
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    ("model.safetensors", "model.safetensors is 100 bytes, 32,688 were written"),
+    ("random_states_0.pkl", "random_states_0.pkl is 100 bytes"),
+])
+def test_a_standalone_resume_names_the_damaged_file_in_one_line(interrupted, tmp_path, damage, fragment):
+    run = copy_run(interrupted, tmp_path)
+    _torn(run / "checkpoint", damage)
+    proc = run_entry([*ARGS, "--output-dir", str(run), "--resume"])
+    assert_one_line_error(proc, f"--resume: checkpoint file {run / 'checkpoint'}/{fragment}", "--overwrite")
+    assert read_result(run / "result.json", finished_only=False)["status"] == "interrupted"  # left as it was
+
+
+def _damage(folder: Path, how: str) -> None:
+    if how == "missing optimizer":
+        (folder / "optimizer.bin").unlink()
+    elif how == "state not UTF-8":
+        (folder / "trainer_state.json").write_bytes(b"\xff\xfe")
+    elif how == "model is a folder":
+        (folder / "model.safetensors").unlink()
+        (folder / "model.safetensors").mkdir()
+    elif how == "manifest torn":
+        (folder / "manifest.json").write_text('{"files": {')
+    elif how == "manifest not ours":
+        (folder / "manifest.json").write_text("[1, 2]")
+    elif how == "bit flip":
+        data = bytearray((folder / "optimizer.bin").read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (folder / "optimizer.bin").write_bytes(bytes(data))
+    elif how == "rng not a pickle, no manifest":
+        (folder / "manifest.json").unlink()
+        (folder / "random_states_0.pkl").write_bytes(b"not a pickle at all")
+    elif how == "model torn, no manifest":
+        (folder / "manifest.json").unlink()
+        _torn(folder)
+
+
+@pytest.mark.parametrize("how, fragment", [
+    ("missing optimizer", "optimizer.bin is missing"),
+    ("state not UTF-8", "trainer_state.json is 2 bytes"),
+    ("model is a folder", "model.safetensors is "),
+    ("manifest torn", "manifest.json is not valid JSON"),
+    ("manifest not ours", "manifest.json is not a checkpoint manifest"),
+    ("bit flip", "optimizer.bin is corrupt (its SHA-256 differs"),
+    ("rng not a pickle, no manifest", "random_states_0.pkl cannot be read"),
+    ("model torn, no manifest", "model.safetensors cannot be read"),
+])
+def test_every_file_a_resume_reads_is_verified(interrupted, tmp_path, how, fragment):
+    run = copy_run(interrupted, tmp_path)
+    _damage(run / "checkpoint", how)
+    with pytest.raises(CheckpointError) as err:
+        select(run / "checkpoint")
+    assert str(err.value).startswith("--resume: ") and fragment in str(err.value)
+    assert str(run / "checkpoint") in str(err.value) and len(str(err.value).splitlines()) == 1
+
+
+def test_a_missing_checkpoint_or_a_finished_run_is_refused_in_one_line(interrupted, tmp_path):
+    run = copy_run(interrupted, tmp_path)
+    shutil.rmtree(run / "checkpoint")
+    (run / "checkpoint.tmp").mkdir()
+    assert_one_line_error(run_entry([*ARGS, "--output-dir", str(run), "--resume"], timeout=120),
+                          f"--resume: no checkpoint in {run / 'checkpoint'} (only an incomplete checkpoint.tmp")
+
+
+# ---------------------------------------------------------------- item 4: the sweep does not loop
+
+
+def test_the_sweep_restarts_a_configuration_whose_checkpoint_cannot_be_loaded(tmp_path):
+    """Before: the sweep relaunched it with --resume on every rerun, it crashed each time, and stayed
+    `interrupted` with exit 0."""
+    import yaml
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"name": "corrupt", "base": {
+        "num_samples": 8000, "global_bs": 32, "max_steps": 400, "target_accuracy": None, "log_every": 20,
+        "eval_every": 500, "cpu": True}}))
+    study_dir = tmp_path / "study"
+    command = [sys.executable, "-m", "scaling.cli", "sweep", str(spec), "--dir", str(study_dir), "--no-progress"]
+    sweep = subprocess.Popen(command, cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    deadline = time.time() + 120
+    while not list(study_dir.glob("runs/*/metrics.jsonl")) and time.time() < deadline:
+        time.sleep(0.05)
+    (run,) = [p.parent for p in study_dir.glob("runs/*/metrics.jsonl")]
+    wait_for_metrics(run, 3)
+    sweep.send_signal(signal.SIGTERM)
+    sweep.communicate(timeout=120)
+    assert sweep.returncode == 143
+    assert read_result(run / "result.json", finished_only=False)["status"] == "interrupted"
+    _torn(run / "checkpoint")
+
+    proc = subprocess.run(command, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert_ok(proc)
+    assert f"could not resume (--resume: checkpoint file {run / 'checkpoint' / 'model.safetensors'} is 100 bytes" \
+           in proc.stdout and "starting it again from scratch" in proc.stdout
+    (entry,) = json.loads((study_dir / "study.json").read_text())["configs"]
+    assert entry["status"] == "completed" and entry["resumed"] is False and "is 100 bytes" in entry["restarted"]
+    again = subprocess.run(command, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
+    assert_ok(again)
+    assert "1 already complete" in again.stdout

@@ -1,0 +1,176 @@
+"""Issue 13: data and models the user hands over, the dataset cache, the hub. Real runs of the entry point."""
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import SMALL, assert_ok, assert_one_line_error, run_entry
+
+QUICK = ["--max-steps", "4", "--target-accuracy", "none", "--progress", "false", "--cpu"]
+
+USER_CODE = '''
+import torch
+from torch import nn
+
+
+def raises():
+    raise RuntimeError("model factory broke")
+
+
+def no_parameters():
+    return nn.Flatten()
+
+
+def three_classes():
+    return nn.Linear(40, 3)
+
+
+def not_a_module():
+    return 42
+
+
+def dataset_raises():
+    return {}["missing"]
+
+
+def not_a_pair():
+    return [1, 2, 3]
+
+
+class BadItems(torch.utils.data.Dataset):
+    def __len__(self):
+        return 100
+
+    def __getitem__(self, index):
+        raise ValueError("cannot read item")
+
+
+def bad_items():
+    return BadItems(), BadItems()
+
+
+def float_labels():
+    x = torch.randn(200, 40)
+    y = torch.rand(200) * 3
+    return torch.utils.data.TensorDataset(x, y), torch.utils.data.TensorDataset(x, y)
+
+
+def negative_labels():
+    x = torch.randn(200, 40)
+    y = torch.arange(200) % 3 - 1
+    return torch.utils.data.TensorDataset(x, y), torch.utils.data.TensorDataset(x, y)
+'''
+
+
+@pytest.fixture
+def user_code(tmp_path):
+    (tmp_path / "usercode.py").write_text(USER_CODE)
+    (tmp_path / "broken_syntax.py").write_text("def broken(:\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("flags, fragments", [
+    (["--model", "usercode:raises"], ["--model 'usercode:raises' raised RuntimeError: model factory broke",
+                                      "(at usercode.py:7 in raises)"]),
+    (["--model", "usercode:no_parameters"], ["returned a model with no trainable parameters"]),
+    (["--model", "usercode:not_a_module"], ["returned int, expected a torch.nn.Module"]),
+    (["--model", "usercode:three_classes"], ["gives 3 class scores, but the labels of the data go up to 9"]),
+    (["--model", "broken_syntax:broken"], ["importing module 'broken_syntax' raised SyntaxError",
+                                           "(at broken_syntax.py:1)"]),
+    (["--dataset", "usercode:dataset_raises"], ["raised KeyError: 'missing' (at usercode.py:"]),
+    (["--dataset", "usercode:not_a_pair"], ["must return a (train, eval) pair, got list"]),
+    (["--dataset", "usercode:bad_items"], ["reading sample 0 raised ValueError: cannot read item"]),
+    (["--dataset", "usercode:float_labels"], ["labels are torch.float32; class labels must be whole numbers"]),
+    (["--dataset", "usercode:negative_labels", "--model", "mlp"], ["its train labels include -1"]),
+])
+def test_user_factories_and_their_data_are_checked_in_one_line(user_code, flags, fragments):
+    out = user_code / "out"
+    proc = run_entry([*QUICK, "--num-samples", "8000", "--global-bs", "64", *flags, "--output-dir", str(out)],
+                     cwd=user_code, timeout=120)
+    assert_one_line_error(proc, *fragments)
+    assert not (out / "result.json").exists()  # refused before the run starts: nothing left "running"
+
+
+def _csv(path: Path, rows: int = 300, blank: tuple[int, str] | None = None, nan_row: int | None = None,
+         label_shift: int = 0, features: int = 40) -> Path:
+    rng = np.random.default_rng(0)
+    names = [f"f{i}" for i in range(features)]
+    lines = [",".join([*names, "label"])]
+    for row in range(rows):
+        cells = [f"{v:.3f}" for v in rng.normal(size=features)] + [str(row % 3 + label_shift)]
+        if blank and blank[0] == row:
+            cells[[*names, "label"].index(blank[1])] = ""
+        if nan_row == row:
+            cells[0] = "inf"
+        lines.append(",".join(cells))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("kind, fragments", [
+    ("missing input", ["column 'f3' of split 'train' has 1 missing cell(s), the first in row 7"]),
+    ("missing label", ["column 'label' of split 'train' has 1 missing cell(s), the first in row 9"]),
+    ("nan", ["column 'f0' of split 'train' has 1 row(s) with NaN or infinite values, the first in row 11"]),
+    ("negative labels", ["its train labels include -1"]),
+    ("too few features", ["--model cnn1d cannot be built for inputs of shape (2,)", "--model mlp takes any shape"]),
+])
+def test_csv_cells_and_shapes_are_checked_in_one_line(tmp_path, kind, fragments):
+    path = tmp_path / "data.csv"
+    if kind == "missing input":
+        _csv(path, blank=(7, "f3"))
+    elif kind == "missing label":
+        _csv(path, blank=(9, "label"))
+    elif kind == "nan":
+        _csv(path, nan_row=11)
+    elif kind == "negative labels":
+        _csv(path, label_shift=-1)
+    else:
+        _csv(path, features=2)
+    proc = run_entry([*QUICK, "--dataset", str(path), "--eval-split", "train", "--global-bs", "64",
+                      "--output-dir", str(tmp_path / "out")], timeout=120)
+    assert_one_line_error(proc, *fragments)
+
+
+@pytest.mark.parametrize("flags, fragments", [
+    (["--num-samples", "5", "--global-bs", "8"], ["--num-samples 5 is too small", "use --num-samples 10 or more"]),
+    (["--num-samples", "100", "--global-bs", "256"], ["gives 80 training samples", "fewer than one global batch of "
+                                                      "256", "use --num-samples 320 or more"]),
+    (["--dataset", "synthetic_images", "--model", "cnn2d", "--num-samples", "10", "--global-bs", "64"],
+     ["--num-samples 10 is too small for --dataset synthetic_images"]),
+])
+def test_too_few_samples_for_one_batch_is_refused_before_generating(tmp_path, flags, fragments):
+    proc = run_entry([*QUICK, *flags, "--output-dir", str(tmp_path / "out")], timeout=120)
+    assert_one_line_error(proc, *fragments)
+
+
+def test_a_damaged_dataset_cache_is_rebuilt_and_an_unwritable_one_named(tmp_path):
+    cache = tmp_path / "cache"
+    args = [*QUICK, "--num-samples", "2000", "--global-bs", "64"]
+    assert_ok(run_entry([*args, "--output-dir", str(tmp_path / "a")], SCALING_CACHE=str(cache)))
+    (folder,) = cache.glob("mnist1d-2000-*")
+    arrow = next(folder.glob("train/*.arrow"))
+    with open(arrow, "r+b") as handle:  # torn by a crash or a full disk: the first 500 bytes survive
+        handle.truncate(500)
+    proc = run_entry([*args, "--output-dir", str(tmp_path / "b")], SCALING_CACHE=str(cache))
+    assert_ok(proc)
+    assert f"the MNIST-1D cache {folder} cannot be read" in proc.stderr and "rebuilding it" in proc.stderr
+    (folder / "dataset_dict.json").write_text("{")  # damaged metadata
+    assert_ok(run_entry([*args, "--output-dir", str(tmp_path / "c")], SCALING_CACHE=str(cache)))
+    assert_ok(run_entry([*args, "--output-dir", str(tmp_path / "d")], SCALING_CACHE=str(cache)))
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    proc = run_entry([*args, "--output-dir", str(tmp_path / "e")], SCALING_CACHE=str(blocker))
+    assert_one_line_error(proc, f"cannot write the MNIST-1D cache under {blocker} (a file, not a folder)",
+                          "set SCALING_CACHE")
+
+
+def test_an_unreachable_hub_fails_fast_in_one_line_without_retry_noise(tmp_path):
+    started = time.time()
+    proc = run_entry([*SMALL, "--dataset", "someone/some-dataset", "--output-dir", str(tmp_path / "out")],
+                     timeout=120, HF_HUB_OFFLINE="0", HF_DATASETS_OFFLINE="0", HF_ENDPOINT="http://127.0.0.1:9")
+    assert_one_line_error(proc, "cannot load --dataset 'someone/some-dataset': the Hugging Face hub (127.0.0.1) "
+                                "cannot be reached", "no copy is cached here")
+    assert "Retry" not in proc.stderr and "retry" not in proc.stdout
+    assert time.time() - started < 30
