@@ -86,6 +86,15 @@ def _one_seed(study: Study) -> str:
     return "not decided" if study.one_seed else "one seed per configuration: not decided"
 
 
+def _hardest(comparisons: list[stats.Comparison]) -> stats.Comparison | None:
+    """The open comparison that needs the most seeds (one needing more than any practical number first), so
+    that the seeds a sentence asks for resolve all of them; an equivalent one only when none is open."""
+    if not comparisons:
+        return None
+    return max(comparisons, key=lambda c: (c.verdict == stats.UNDECIDED, c.seeds_needed is None,
+                                           c.seeds_needed or 0))
+
+
 def _verdict_text(study: Study, comparison: stats.Comparison | None, n_seeds: int) -> str:
     """Why a comparison is not decided, and how many seeds would likely decide it."""
     if n_seeds < 2 or comparison is None or comparison.reason == "one seed":
@@ -142,7 +151,7 @@ def fastest(study: Study) -> list[Finding]:
             f"{_ranked(ranking, c)} ({fmt.change(ranking.comparison(c).reversed(), 'train time', interval=n_seeds >= 2)})"
             for c in ties[:MAX_NAMED])
         more = f" and {len(ties) - MAX_NAMED} more" if len(ties) > MAX_NAMED else ""
-        worst = min((ranking.comparison(c) for c in ties), key=lambda c: c.ratio or 0)
+        worst = _hardest([ranking.comparison(c) for c in ties])
         text = (f"Lowest {'mean ' if train.n > 1 else ''}train time to {study.target_text()}: {lead}; the data do "
                 f"not separate it from {named}{more}: {_verdict_text(study, worst, n_seeds)}")
         decided = False
@@ -176,7 +185,7 @@ def time_trend(study: Study) -> list[Finding]:
             text += f" ({'; '.join(parts)}: decided)"
         else:
             undecided = [c for c in trend.comparisons.values() if c.verdict != stats.LOWER]
-            worst = max(undecided, key=lambda c: c.seeds_needed or 10**6)
+            worst = _hardest(undecided)
             text += f" ({'; '.join(parts)}: {_verdict_text(study, worst, trend.n_seeds)})"
         numbers = {"lowest_batch": low.batch, "train_time_s": {p.batch: p.train_time.mean for p in trend.points},
                    "against": {str(batch): c.to_dict() for batch, c in trend.comparisons.items()}}
@@ -448,7 +457,7 @@ def _rule_batch_text(study: Study, r: analysis.RuleComparison) -> tuple[str, dic
     if r.decided:
         return text + ": decided", numbers
     comparisons = [c for c in r.against.values() if isinstance(c, stats.Comparison) and c.verdict != stats.LOWER]
-    worst = max(comparisons, key=lambda c: c.seeds_needed or 10**6) if comparisons else None
+    worst = _hardest(comparisons)
     return f"{text}: {_verdict_text(study, worst, r.n_seeds)}", numbers
 
 
@@ -529,8 +538,7 @@ def power_of_two(study: Study) -> list[Finding]:
             text, winner = f"{lead}: the power of two is slower than every neighbour ({'; '.join(parts)})", neighbours
         else:
             undecided = [c for c in p.comparisons.values() if c.verdict == stats.UNDECIDED]
-            worst = max(undecided, key=lambda c: c.seeds_needed or 10**6) if undecided else next(
-                iter(p.comparisons.values()))
+            worst = _hardest(undecided) or next(iter(p.comparisons.values()))
             if p.verdict == stats.EQUIVALENT:
                 verdict = _verdict_text(study, worst, p.n_seeds)
             elif any(c.decided for c in p.comparisons.values()):
@@ -631,7 +639,7 @@ def decompositions(study: Study) -> list[Finding]:
             text += " (decided)"
         else:
             undecided = [c for c in d.decision.comparisons.values() if c.verdict != stats.LOWER]
-            worst = max(undecided, key=lambda c: c.seeds_needed or 10**6) if undecided else None
+            worst = _hardest(undecided)
             text += f" ({_verdict_text(study, worst, n_seeds)})"
         numbers = {"batch": d.batch, "samples_per_s": {c.runs[0].decomposition: rated[id(c)] for c in d.configurations}}
         out.append(Finding(f"decomposition@{d.batch}{_suffix(d.series)}", text + ".", d.decided,
