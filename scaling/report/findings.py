@@ -418,12 +418,9 @@ def lr_rule_outcomes(study: Study) -> list[Finding]:
 def lr_rule_per_batch(study: Study) -> list[Finding]:
     """Each global batch: the LR rules against each other (details; `lr_rules` sums them up)."""
     out = []
-    seen: Counter[str] = Counter()
     for r in study.rule_comparisons:
-        seen[str(r.batch)] += 1
-        fid = f"lr_rule@{r.batch}" + (f"#{seen[str(r.batch)]}" if seen[str(r.batch)] > 1 else "")
         text, numbers = _rule_batch_text(study, r)
-        out.append(Finding(fid, f"LR rule at batch {r.batch}: {text}.", r.decided, r.best, r.n_seeds,
+        out.append(Finding(f"lr_rule@{r.batch}", f"LR rule at batch {r.batch}: {text}.", r.decided, r.best, r.n_seeds,
                            numbers=numbers, detail=True))
     return out
 
@@ -527,11 +524,17 @@ def status_words(status: str) -> str:
 def power_of_two(study: Study) -> list[Finding]:
     out = []
     for p in study.power_comparisons:
-        fid = f"powers_of_two@{p.power}" if p.key.startswith("global") else f"powers_of_two@per_device={p.power}"
-        neighbours = fmt.batch_list([str(n) for n in p.neighbours])
-        parts = [f"against {n}, {fmt.change(c, 'throughput', interval=p.n_seeds >= 2)}"
+        if p.key.startswith("global"):
+            fid, where = f"powers_of_two@{p.power}", ""
+            name = {n: str(n) for n in p.neighbours}
+        else:  # per-device: the global batches differ too, so they are named
+            fid = f"powers_of_two@per_device={p.power}/global={p.configuration.global_bs}"
+            where = f" (global {p.configuration.global_bs})"
+            name = {n: f"{n} (global {c.global_bs})" for n, c in p.neighbours.items()}
+        neighbours = fmt.batch_list([name[n] for n in p.neighbours])
+        parts = [f"against {name[n]}, {fmt.change(c, 'throughput', interval=p.n_seeds >= 2)}"
                  for n, c in p.comparisons.items()]
-        lead = f"Power of two: {p.key} batch {p.power} against {neighbours}"
+        lead = f"Power of two: {p.key} batch {p.power}{where} against {neighbours}"
         if p.verdict == stats.HIGHER:
             text, winner = f"{lead}: the power of two is faster than every neighbour ({'; '.join(parts)})", str(p.power)
         elif p.verdict == stats.LOWER:
@@ -604,7 +607,7 @@ def throughput(study: Study) -> list[Finding]:
     saturation = study.saturation
     if saturation is not None and saturation.plateau is not None:
         rates = [r for small, _, r in saturation.rates if small >= saturation.plateau]
-        gains = ", ".join(f"{r.ratio - 1:+.0%}" for r in rates)
+        gains = ", ".join(fmt.signed_percent(r.ratio - 1) for r in rates)
         text = (f"Beyond batch {saturation.plateau} throughput grows less than {analysis.THROUGHPUT_GAIN_MIN:.0%} per "
                 f"doubling ({gains}): the device is saturated")
         if saturation.decided:
@@ -710,8 +713,15 @@ FINDINGS: list[FindingFunction] = [fastest, time_trend, steps_scaling, noise_fin
 
 
 def all_findings(study: Study) -> list[Finding]:
-    """Every finding, in the Conclusions' order (findings.json holds them all)."""
-    return [finding for function in FINDINGS for finding in function(study)]
+    """Every finding, in the Conclusions' order (findings.json holds them all). Ids are unique: a second
+    finding under one id (two groups of settings asking the same question) gets `#2`, and so on."""
+    out = [finding for function in FINDINGS for finding in function(study)]
+    seen: Counter[str] = Counter()
+    for finding in out:
+        seen[finding.id] += 1
+        if seen[finding.id] > 1:
+            finding.id = f"{finding.id}#{seen[finding.id]}"
+    return out
 
 
 def conclusions(study: Study) -> list[str]:
