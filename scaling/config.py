@@ -83,6 +83,7 @@ class RunConfig:
     prefetch_factor: int | None = None
     persistent_workers: bool = False
     fast_path: bool = True  # index in-memory tensor datasets a whole batch at a time
+    materialize: str = "auto"  # hold a map-style dataset of fixed tensors in memory: auto | true | false
 
     # measurement
     probe: bool = False  # measure input and compute ceilings before training (DS-Analyzer's differential method)
@@ -97,6 +98,8 @@ class RunConfig:
     log_with: str | None = None  # trackers Accelerate supports, comma-separated: tensorboard, wandb, mlflow, ...
     cpu: bool = False
     mixed_precision: str = "no"
+    compile: str | None = None  # torch.compile backend through Accelerate (inductor, aot_eager, ...); None: eager
+    channels_last: bool = False  # image models: NHWC memory format (faster convolutions on tensor cores)
     output_dir: str = "runs/latest"
     log_every: int = 10  # optimizer steps per logging window (throughput, metrics.jsonl)
     progress: bool = True
@@ -123,7 +126,9 @@ _POSITIVE = {
     "noise_every",
 }
 _NON_NEGATIVE = {"warmup_steps", "warmup_epochs", "momentum", "weight_decay", "num_workers"}
+MATERIALIZE = ("auto", "true", "false")
 _CHOICES = {
+    "materialize": MATERIALIZE,
     "lr_scaling": LR_SCALING_RULES,
     "lr_decay": LR_DECAYS,
     "optimizer": OPTIMIZERS,
@@ -430,6 +435,13 @@ def validate(cfg: RunConfig) -> None:
             if name.strip() not in (*LOGGER_TYPE_TO_CLASS, "all"):
                 raise ConfigError(f"--log-with {name.strip()!r} is not a tracker Accelerate knows; "
                                   f"choose from {', '.join(LOGGER_TYPE_TO_CLASS)}")
+    if cfg.compile is not None:
+        from accelerate.utils import DynamoBackend
+
+        backends = [b.value.lower() for b in DynamoBackend if b.value != "NO"]
+        if cfg.compile.lower() not in backends:
+            raise ConfigError(f"--compile must name a torch.compile backend ({', '.join(backends)}), "
+                              f"got {shown(cfg.compile)}")
     if cfg.num_workers == 0 and (cfg.prefetch_factor is not None or cfg.persistent_workers):
         raise ConfigError("--prefetch-factor and --persistent-workers need --num-workers > 0")
     if not cfg.output_dir:

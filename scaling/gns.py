@@ -126,6 +126,11 @@ class NoiseMonitor:
 
         self.model.register_comm_hook(None, measuring_allreduce)
 
+    def discard_pending(self) -> None:
+        """Drop measurements taken outside training (the compile warm-up)."""
+        self._pending.clear()
+        self.measuring = False
+
     # ---- at logging-window boundaries ----
     def flush(self) -> list[dict]:
         """Read the pending measurements (one host sync); returns the new points of the training series."""
@@ -162,7 +167,7 @@ class NoiseMonitor:
         varies far less than k separate measurements at batch B averaged (both are unbiased): at
         B_simple > B the |G|^2 estimate from one batch is mostly noise. No optimizer step; the caller
         restores BatchNorm buffers and the RNG afterwards."""
-        model = self.accelerator.unwrap_model(self.model)  # no DDP hooks: the sum over ranks is done below
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)  # no DDP hooks: the sum over ranks is done below
         params = [p for p in model.parameters() if p.requires_grad]
         total, small_sq, first = None, [], self.step
         for step_index, micro_batches in enumerate(step_batches):

@@ -47,7 +47,7 @@ def compute_ceiling(accelerator: Accelerator, model: torch.nn.Module, optimizer:
     device = accelerator.device
     source.start(0)
     batches = [(x.to(device), y.to(device)) for x, y in source.micro_batches(0)]
-    model_state = copy.deepcopy(accelerator.unwrap_model(model).state_dict())
+    model_state = copy.deepcopy(accelerator.unwrap_model(model, keep_torch_compile=False).state_dict())
     optimizer_state = copy.deepcopy(optimizer.optimizer.state_dict())
     # LR 0: the same arithmetic, but the weights do not move. Training on one batch over and over would
     # drive the loss and gradients towards zero, into subnormal floats that run many times slower on CPUs.
@@ -63,7 +63,7 @@ def compute_ceiling(accelerator: Accelerator, model: torch.nn.Module, optimizer:
         synchronize(device)
         elapsed = time.perf_counter() - start
     finally:
-        accelerator.unwrap_model(model).load_state_dict(model_state)
+        accelerator.unwrap_model(model, keep_torch_compile=False).load_state_dict(model_state)
         optimizer.optimizer.load_state_dict(optimizer_state)
     per_step = sum(len(y) for _, y in batches) * accelerator.num_processes
     return steps * per_step / elapsed

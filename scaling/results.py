@@ -66,6 +66,8 @@ class Result(TypedDict, total=False):
     eval_samples: int
     peak_memory: dict[str, int | None]
     compute: dict[str, Any]
+    compile_s: float | None
+    materialized: list[str]
     ceilings: dict[str, Any]  # only with --probe
     checkpoint: str  # only when interrupted
     stop_signal: str  # only when interrupted
@@ -129,6 +131,7 @@ def build_result(cfg, plan, schedule, outcome, environment: dict, extra: dict) -
         "per_rank_step_time_s": outcome.per_rank_step_time_s,
         "straggler_ratio": straggler_ratio(outcome.per_rank_step_time_s),
         "noise_scale": outcome.noise_scale,
+        "compile_s": outcome.compile_s,
         "environment": environment,
         **extra,
     }

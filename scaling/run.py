@@ -33,6 +33,7 @@ from scaling.batching import BatchPlan, GlobalBatchSampler, plan_batch
 from scaling.checkpoint import StopOnSignals
 from scaling.config import ConfigError, RunConfig, parse_args
 from scaling.data import Workload, load_workload
+from scaling.data.delivery import materialize
 from scaling.hardware import compute_efficiency, count_flops_per_sample, peak_memory, reset_peak_memory
 from scaling.lock import die_with_parent_if_asked, prepare_output_dir
 from scaling.lr import LRSchedule, build_schedule
@@ -96,6 +97,7 @@ def build(cfg: RunConfig, resume: bool = False) -> Built:
     cfg, state = start_processes(cfg)
     with state.local_main_process_first():  # rank 0 of each node builds the dataset cache
         workload = load_workload(cfg)
+    materialized, notes = materialize_workload(workload, cfg.materialize)
     set_seed(cfg.seed)  # same initial weights in every process and every decomposition
     model = build_model(cfg.model, workload.input_shape, workload.num_classes)
     coupled = has_batch_coupled_layers(model)
@@ -105,6 +107,8 @@ def build(cfg: RunConfig, resume: bool = False) -> Built:
     if cfg.per_device_bs == "auto":
         plan, auto_batch = resolve_auto_batch(cfg, plan, model, workload.train, state.device)
 
+    if cfg.channels_last:
+        model = to_channels_last(model)
     accelerator = build_accelerator(cfg, plan)
     model, optimizer = accelerator.prepare(model, build_optimizer(cfg, model))
     sampler = GlobalBatchSampler(len(workload.train), plan, cfg.seed)
@@ -116,9 +120,11 @@ def build(cfg: RunConfig, resume: bool = False) -> Built:
     env = environment(accelerator.device, accelerator.num_processes, accelerator.distributed_type.value)
     extra = {"batch_coupled_layers": coupled, "decomposition_exact": not coupled, "auto_batch": auto_batch,
              "steps_per_epoch": sampler.steps_per_epoch, "train_samples": len(workload.train),
-             "eval_samples": len(workload.eval)}
+             "eval_samples": len(workload.eval), "materialized": materialized}
     built = Built(cfg, plan, accelerator, trainer, schedule, env, extra)
     announce(built, workload, auto_batch, coupled)
+    for note in notes:
+        built.say(f"scaling: {note}")
     if cfg.cpu and not requested_cpu:
         built.say(f"scaling: note: no GPU here: the {plan.world_size} launched processes train on the CPU over "
                   f"gloo (as with --cpu)")
@@ -126,6 +132,19 @@ def build(cfg: RunConfig, resume: bool = False) -> Built:
         trainer.load_checkpoint()
         built.say(f"scaling: resumed from {trainer.checkpoint.directory} at step {trainer.step}")
     return built
+
+
+def materialize_workload(workload: Workload, mode: str) -> tuple[list[str], list[str]]:
+    """--materialize: hold map-style splits of fixed tensors in memory (scaling/data/delivery.py). Returns
+    the splits materialized and the lines to print."""
+    done, notes = [], []
+    for split in ("train", "eval"):
+        before = getattr(workload, split)
+        after, note = materialize(before, mode, "training" if split == "train" else "evaluation")
+        setattr(workload, split, after)
+        done += [split] if after is not before else []
+        notes += [note] if note else []
+    return done, notes
 
 
 def start_processes(cfg: RunConfig) -> tuple[RunConfig, PartialState]:
@@ -170,6 +189,7 @@ def build_accelerator(cfg: RunConfig, plan: BatchPlan) -> Accelerator:
     accelerator = Accelerator(
         cpu=cfg.cpu,
         mixed_precision=cfg.mixed_precision,
+        dynamo_backend=cfg.compile.upper() if cfg.compile else None,  # prepare() wraps the model in torch.compile
         gradient_accumulation_steps=plan.micro_steps_per_process,
         log_with=[name.strip() for name in cfg.log_with.split(",")] if cfg.log_with else None,
         project_dir=str(Path(cfg.output_dir) / "trackers"),
@@ -181,6 +201,14 @@ def build_accelerator(cfg: RunConfig, plan: BatchPlan) -> Accelerator:
                        num_processes=plan.num_processes)
         accelerator.init_trackers("scaling", config=hparams)
     return accelerator
+
+
+def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    """NHWC memory format for image models (convolutions on tensor cores prefer it); inputs follow in the
+    loop (scaling/data/delivery.py)."""
+    if not any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
+        raise ConfigError("--channels-last applies to image models (2-D convolutions); this model has none")
+    return model.to(memory_format=torch.channels_last)
 
 
 def build_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -219,7 +247,7 @@ def write_running(built: Built) -> None:
 def train(built: Built) -> TrainOutcome:
     """The memory check, the probe and the training loop; an exception leaves an oom/failed result."""
     cfg, plan, trainer, accelerator = built.cfg, built.plan, built.trainer, built.accelerator
-    model = accelerator.unwrap_model(trainer.model)
+    model = trainer.unwrapped  # eager, without DDP: FLOPs are counted on a copy
     flops_per_sample = count_flops_per_sample(model, trainer.source.dataset, plan.per_device_bs, accelerator.device)
     reset_peak_memory(accelerator.device)
     try:
@@ -267,7 +295,7 @@ def write_result(built: Built, outcome: TrainOutcome) -> dict:
     result = build_result(built.cfg, built.plan, built.schedule, outcome, built.environment, built.extra)
     if built.accelerator.is_main_process:
         if built.cfg.save_model:
-            _save_weights(built.accelerator.unwrap_model(built.trainer.model), built.output_dir / "model.pt")
+            _save_weights(built.trainer.unwrapped, built.output_dir / "model.pt")
         write_json_atomic(built.output_dir / "result.json", result)
     return result
 

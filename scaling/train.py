@@ -8,6 +8,7 @@ are checked.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ class TrainOutcome:
     step_time: dict | None = None
     noise_scale: dict | None = None
     per_rank_step_time_s: list[float] = field(default_factory=list)
+    compile_s: float | None = None
 
 
 def optimizer_step(
@@ -164,7 +166,7 @@ class Trainer:
         self.eval_interval = steps_per_eval(cfg, self.steps_per_epoch)
         self.source = BatchSource(train_data, self.sampler, accelerator.process_index, accelerator.device, cfg)
         self.eval_set = eval_data.to(accelerator.device) if isinstance(eval_data, TensorPair) else eval_data
-        self.unwrapped = accelerator.unwrap_model(model)  # eval without DDP's hooks and buffer broadcasts
+        self.unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)  # eval: no DDP hooks, eager
         self.timer = PhaseTimer(accelerator.device, enabled=cfg.time_phases, sync_each_phase=cfg.profile_sync)
         self.windows = ThroughputWindows()
         self.phase_windows: list[dict[str, float]] = []
@@ -193,8 +195,10 @@ class Trainer:
         cfg, accelerator = self.cfg, self.accelerator
         progress = tqdm(total=self.last_step, disable=not (accelerator.is_main_process and cfg.progress),
                         unit="step", dynamic_ncols=True, leave=False)
-        self.source.start(self.step)
         self.model.train()
+        if cfg.compile:
+            self.outcome.compile_s = self.compile_before_the_clock()
+        self.source.start(self.step)
         synchronize(accelerator.device)
         # The clock starts before the first training batch is touched; after a resume it continues from
         # the checkpoint's reading, so the time the job was down does not count (docs/clock.md).
@@ -232,6 +236,22 @@ class Trainer:
             self.probe_noise("final")
         self.metrics.flush()
         return self.finish()
+
+    def compile_before_the_clock(self) -> float:
+        """torch.compile compiles on the first calls: one optimizer step (with a noise measurement, whose
+        half batch has its own shapes) before the clock starts, then the state is restored. Returns the
+        seconds it took (result `compile_s`)."""
+        start = time.perf_counter()
+        snapshot = take_snapshot(self)
+        if self.noise is not None:
+            self.noise.begin_step(self.step, force=True)
+        optimizer_step(self.accelerator, self.model, self.optimizer, self.source.replay_micro_batches(self.step),
+                       noise=self.noise)
+        synchronize(self.accelerator.device)
+        if self.noise is not None:
+            self.noise.discard_pending()
+        restore(self, snapshot)
+        return time.perf_counter() - start
 
     def set_lr(self, step: int) -> float:
         lr = self.schedule(step)

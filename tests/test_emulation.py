@@ -128,18 +128,27 @@ def test_batchnorm_makes_decompositions_differ_and_is_reported(tmp_path):
 
 
 def test_dataloader_path_follows_the_same_global_batches(tmp_path):
+    """In-memory tensors, a plain map-style dataset through the DataLoader (--materialize false), and the
+    same dataset materialized into memory by default: the same batches, the same losses."""
     from test_runs import USER_MODULE
 
     (tmp_path / "usermod.py").write_text(USER_MODULE)
-    losses = {}
-    for dataset, per_device in (("usermod:make_data", "40"), ("usermod:make_plain_data", "10")):
-        out = tmp_path / dataset.split(":")[1]
+    losses, outputs = {}, {}
+    variants = {"tensors": ("usermod:make_data", "40", []),
+                "loader": ("usermod:make_plain_data", "10", ["--materialize", "false"]),
+                "materialized": ("usermod:make_plain_data", "10", [])}
+    for name, (dataset, per_device, extra) in variants.items():
+        out = tmp_path / name
         proc = run_entry(["--dataset", dataset, "--model", "usermod:make_model", "--global-bs", "40",
                           "--per-device-bs", per_device, "--max-steps", "25", "--target-accuracy", "none", "--cpu",
-                          "--progress", "false", "--output-dir", str(out)], cwd=tmp_path)
+                          "--progress", "false", "--output-dir", str(out), *extra], cwd=tmp_path)
         assert_ok(proc)
-        losses[dataset] = torch.tensor(load_result(out)["train_loss"])
-    torch.testing.assert_close(losses["usermod:make_plain_data"], losses["usermod:make_data"], rtol=1e-5, atol=0)
+        losses[name] = torch.tensor(load_result(out)["train_loss"])
+        outputs[name] = proc.stdout
+    assert "training set materialized: 800 samples" in outputs["materialized"]
+    assert "materialized" not in outputs["loader"]
+    for name in ("loader", "materialized"):
+        torch.testing.assert_close(losses[name], losses["tensors"], rtol=1e-5, atol=0)
 
 
 def test_impossible_emulation_is_refused_before_training(tmp_path):

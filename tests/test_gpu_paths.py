@@ -79,3 +79,32 @@ def test_synthetic_images_and_image_columns_through_datasets(tmp_path):
                       "--progress", "false", "--output-dir", str(tmp_path / "syn")])
     assert_ok(proc)
     assert load_result(tmp_path / "syn")["train_samples"] == 400
+
+
+@pytest.mark.slow
+def test_compile_and_channels_last_train_as_eager_and_compile_is_off_the_clock(tmp_path):
+    """--compile (through Accelerate's dynamo settings; aot_eager here: no code generation on the CPU) and
+    --channels-last change how the step runs, not what it computes."""
+    common = ["--dataset", "synthetic_images", "--model", "cnn2d", "--num-samples", "2000", "--global-bs", "64",
+              "--max-steps", "10", "--target-accuracy", "none", "--cpu", "--progress", "false"]
+    results = {}
+    for name, extra in (("eager", []), ("compiled", ["--compile", "aot_eager", "--channels-last"])):
+        assert_ok(run_entry([*common, *extra, "--output-dir", str(tmp_path / name)]))
+        results[name] = load_result(tmp_path / name)
+    assert results["eager"]["compile_s"] is None
+    assert results["compiled"]["compile_s"] > 0
+    assert results["compiled"]["config"]["compile"] == "aot_eager"
+    # NHWC convolutions sum in another order: float32 rounding (5e-5 seen over 10 steps), not a different step.
+    torch.testing.assert_close(torch.tensor(results["compiled"]["train_loss"]),
+                               torch.tensor(results["eager"]["train_loss"]), rtol=1e-3, atol=0)
+    # FLOPs are counted on the eager model: the same for both.
+    assert results["compiled"]["compute"]["flops_per_sample"] == results["eager"]["compute"]["flops_per_sample"]
+
+
+def test_channels_last_and_compile_are_refused_where_they_do_not_apply(tmp_path):
+    from conftest import assert_one_line_error
+
+    assert_one_line_error(run_entry([*SMALL, "--channels-last", "--output-dir", str(tmp_path)]),
+                          "--channels-last applies to image models")
+    assert_one_line_error(run_entry([*SMALL, "--compile", "fastest", "--output-dir", str(tmp_path)]),
+                          "--compile must name a torch.compile backend")

@@ -75,7 +75,8 @@ def test_in_memory_default_is_compute_bound(tmp_path):
 
 def test_slow_dataset_is_input_bound_with_advice(tmp_path):
     (tmp_path / "slowdata.py").write_text(SLOW_MODULE)
-    proc = run_entry(["--dataset", "slowdata:make", "--global-bs", "64", "--probe", "--probe-steps", "5",
+    proc = run_entry(["--dataset", "slowdata:make", "--materialize", "false", "--global-bs", "64", "--probe",
+                      "--probe-steps", "5",
                       "--max-steps", "12", "--log-every", "4", "--target-accuracy", "none", "--cpu",
                       "--progress", "false", "--output-dir", "out"], cwd=tmp_path)
     assert_ok(proc)

@@ -6,13 +6,19 @@ other map-style dataset goes through a DataLoader whose batch sampler follows th
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
 
 from scaling.batching import GlobalBatchSampler
-from scaling.config import RunConfig
+from scaling.config import ConfigError, RunConfig
 from scaling.data.tensors import TensorPair
+
+# `--materialize auto` holds a map-style dataset in memory when it is at most this large and reading it
+# once would take at most this long (estimated from the first items).
+MATERIALIZE_MAX_BYTES = 512 * 2**20
+MATERIALIZE_MAX_SECONDS = 60.0
 
 
 def fetch_batch(dataset: Any, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,6 +33,56 @@ def fetch_batch(dataset: Any, indices: torch.Tensor) -> tuple[torch.Tensor, torc
 def sample_batch(dataset: Any, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first `size` samples (cycling when the dataset is smaller): for memory trials and FLOP counts."""
     return fetch_batch(dataset, torch.arange(size) % len(dataset))
+
+
+def materialize(dataset: Any, mode: str, name: str) -> tuple[Any, str | None]:
+    """A map-style dataset whose items are fixed (input tensor, int label) pairs, read once into a
+    TensorPair, so training takes the whole-batch fast path instead of collating item by item. Returns the
+    dataset (unchanged when not materialized) and a line saying what happened, or None.
+
+    `auto` requires the items to be the same on two reads (random augmentation in __getitem__ must stay
+    random: it is then left as it is), and the whole to fit MATERIALIZE_MAX_BYTES and
+    MATERIALIZE_MAX_SECONDS; `true` materializes whatever the items are; `false` never."""
+    if mode == "false" or isinstance(dataset, TensorPair) or len(dataset) == 0:
+        return dataset, None
+    first = dataset[0]
+    if not (isinstance(first, (tuple, list)) and len(first) == 2 and torch.is_tensor(first[0])):
+        if mode == "true":
+            raise ConfigError(f"--materialize true: the {name} items are not (tensor, label) pairs")
+        return dataset, None
+    if mode == "auto":
+        reason = _why_not_materialize(dataset, first)
+        if reason is not None:
+            return dataset, f"{name} set kept in its loader ({reason}; --materialize true forces it)"
+    start = time.perf_counter()
+    indices = torch.arange(len(dataset))
+    parts = [fetch_batch(dataset, indices[i:i + 4096]) for i in range(0, len(dataset), 4096)]
+    try:
+        inputs = torch.cat([p[0] for p in parts])
+    except RuntimeError:
+        raise ConfigError(f"--materialize: the {name} inputs do not all have one shape") from None
+    pair = TensorPair(inputs, torch.cat([p[1] for p in parts]))
+    return pair, (f"{name} set materialized: {len(pair):,} samples read once into memory "
+                  f"({inputs.numel() * inputs.element_size() / 2**20:,.1f} MiB, {time.perf_counter() - start:.1f} s); "
+                  f"--materialize false keeps the loader")
+
+
+def _why_not_materialize(dataset: Any, first: tuple) -> str | None:
+    last_index = len(dataset) - 1
+    again, last, last_again = dataset[0], dataset[last_index], dataset[last_index]
+    if not (torch.equal(first[0], again[0]) and torch.equal(last[0], last_again[0])):
+        return "its items change from one read to the next: random augmentation"
+    size = first[0].numel() * first[0].element_size() * len(dataset)
+    if size > MATERIALIZE_MAX_BYTES:
+        return f"{size / 2**20:,.0f} MiB is over {MATERIALIZE_MAX_BYTES / 2**20:,.0f} MiB"
+    sample = min(len(dataset), 32)
+    start = time.perf_counter()
+    for index in range(sample):
+        dataset[index]
+    estimate = (time.perf_counter() - start) / sample * len(dataset)
+    if estimate > MATERIALIZE_MAX_SECONDS:
+        return f"reading it once would take about {estimate:,.0f} s"
+    return None
 
 
 class BatchSource:
@@ -44,6 +100,10 @@ class BatchSource:
         self.process_index = process_index
         self.fast = isinstance(dataset, TensorPair) and cfg.fast_path
         self._tensors = dataset.to(device) if self.fast else None
+        # --channels-last: NHWC images; whole-batch indexing keeps the format, loader batches are converted.
+        self.memory_format = torch.channels_last if cfg.channels_last else None
+        if self.fast and self.memory_format is not None and self._tensors.inputs.dim() == 4:
+            self._tensors.inputs = self._tensors.inputs.contiguous(memory_format=self.memory_format)
         self.dataset = dataset
         self._cfg = cfg
         self._iterator = None
@@ -62,6 +122,10 @@ class BatchSource:
         if self.fast:
             for indices in self.sampler.micro_batches(step, self.process_index):
                 yield self._tensors.batch(indices.to(self._tensors.labels.device, non_blocking=True))
+        elif self.memory_format is not None:
+            for _ in range(self.sampler.plan.micro_steps_per_process):
+                inputs, labels = next(self._iterator)
+                yield (inputs.contiguous(memory_format=self.memory_format) if inputs.dim() == 4 else inputs), labels
         else:
             for _ in range(self.sampler.plan.micro_steps_per_process):
                 yield next(self._iterator)
