@@ -81,7 +81,8 @@ class Checkpoint:
             error = _attempt(lambda: _remove(tmp))
         accelerator.wait_for_everyone()
         if error is None:
-            error = _attempt(lambda: accelerator.save_state(str(tmp)))
+            # safetensors and torch report a failed write as their own errors (SafetensorError, RuntimeError)
+            error = _attempt(lambda: accelerator.save_state(str(tmp)), any_error=True)
         error = self._agree(error)
         if accelerator.is_main_process and error is None:
             error = _attempt(lambda: self._finish(tmp, old, loop_state))
@@ -332,7 +333,7 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _attempt(action: Callable[[], Any]) -> str | None:
+def _attempt(action: Callable[[], Any], any_error: bool = False) -> str | None:
     """None if `action` succeeds, else the reason it could not write."""
     try:
         action()
@@ -340,6 +341,10 @@ def _attempt(action: Callable[[], Any]) -> str | None:
         return f"{err.strerror or err}" + (f": {err.filename}" if err.filename else "")
     except OutputError as err:
         return str(err)
+    except Exception as err:
+        if not any_error:
+            raise
+        return f"{type(err).__name__}: {_first_line(err)}"
     return None
 
 

@@ -361,7 +361,7 @@ def _fresh_run_folder(parent: Path) -> Path:
 def _latest_run(latest: Path) -> Path:
     """--resume with the default folder: the run runs/latest points at."""
     if latest.is_symlink():
-        target = latest.resolve()
+        target = latest.parent / os.readlink(latest)  # relative links stay relative, as the run was named
         if target.is_dir():
             return target
     elif latest.is_dir():
