@@ -70,7 +70,7 @@ def test_interrupt_checkpoints_and_resume_reaches_the_target_at_the_same_step(tm
     # The clock excludes the downtime (and both start-ups): it is well under the wall time of it all.
     assert resumed["time_to_target_s"] < time.time() - first_start - downtime
     steps = [m["step"] for m in read_metrics(tmp_path / "metrics.jsonl") if m["type"] == "train"]
-    assert steps == sorted(steps) and steps[-1] == resumed["steps_to_target"]  # one continuous stream
+    assert steps == sorted(steps) and steps[-1] == resumed["steps"]  # one continuous stream
 
 
 def test_resume_refuses_a_changed_configuration_or_a_missing_checkpoint(tmp_path):
@@ -78,12 +78,16 @@ def test_resume_refuses_a_changed_configuration_or_a_missing_checkpoint(tmp_path
 
     proc = run_entry([*LONG, "--output-dir", str(tmp_path), "--resume"])
     assert_one_line_error(proc, "--resume: no checkpoint in")
-    assert_ok(run_entry([*SMALL, "--global-bs", "64", "--max-steps", "20", "--checkpoint-every", "10",
-                         "--target-accuracy", "none", "--output-dir", str(tmp_path)]))
-    assert (tmp_path / "checkpoint" / "trainer_state.json").is_file()  # periodic checkpoint
-    proc = run_entry([*SMALL, "--global-bs", "128", "--max-steps", "20", "--target-accuracy", "none",
-                      "--output-dir", str(tmp_path), "--resume"])
-    assert_one_line_error(proc, "different global_bs (64, now 128)")
+    args = [*SMALL, "--global-bs", "64", "--max-steps", "3000", "--checkpoint-every", "10", "--target-accuracy",
+            "none", "--output-dir", str(tmp_path)]
+    proc = start(args)
+    wait_for_metrics(tmp_path, 3)
+    proc.kill()  # killed outright: `running`, with the periodic checkpoint
+    proc.communicate()
+    assert json.loads((tmp_path / "result.json").read_text())["status"] == "running"
+    assert (tmp_path / "checkpoint" / "trainer_state.json").is_file()
+    changed = [a if a != "64" else "128" for a in args]
+    assert_one_line_error(run_entry([*changed, "--resume"]), "different global_bs (64, now 128)")
 
 
 def test_sigkill_leaves_readable_metrics_and_the_sweep_reruns_the_configuration(tmp_path):
@@ -102,7 +106,9 @@ def test_sigkill_leaves_readable_metrics_and_the_sweep_reruns_the_configuration(
         time.sleep(0.1)
     (run_dir,) = [p.parent for p in study_dir.glob("runs/*/metrics.jsonl")]
     wait_for_metrics(run_dir, 4)
-    os.killpg(sweep.pid, signal.SIGKILL)  # the sweep and its run, with no chance to clean up
+    run_pid = int((run_dir / ".run.lock").read_text().split()[1])
+    os.kill(run_pid, signal.SIGKILL)  # the run first (killed with its sweep it would checkpoint), no cleanup
+    sweep.kill()
     sweep.wait()
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     parsed = read_metrics(run_dir / "metrics.jsonl")
@@ -112,8 +118,9 @@ def test_sigkill_leaves_readable_metrics_and_the_sweep_reruns_the_configuration(
 
     proc = subprocess.run([sys.executable, "-m", "scaling.cli", "sweep", str(spec), "--dir", str(study_dir),
                            "--no-progress"], cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
-    assert_ok(proc)  # the lock of the killed sweep did not survive it
+    assert_ok(proc)  # the locks of the killed sweep and run did not survive them
     assert read_result(run_dir / "result.json")["status"] == "reached"
+    assert read_metrics(run_dir / "metrics.jsonl")[0]["step"] <= parsed[0]["step"]  # started again from scratch
 
 
 def test_out_of_memory_is_a_result_naming_the_decomposition(tmp_path):
