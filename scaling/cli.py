@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         if command == "probe":
             # Flags given later win, so the user's own budget or target replaces these defaults.
             rest = ["--probe", "--max-steps", "50", "--target-accuracy", "none", *rest]
-        return run_main(rest)
+        return run_main(rest, prog=f"scaling {command}")
     try:
         if command == "sweep":
             return sweep(rest)

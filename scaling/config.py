@@ -347,28 +347,45 @@ class ArgumentParser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
-def build_parser() -> ArgumentParser:
+def build_parser(prog: str = "scaling run") -> ArgumentParser:
+    from scaling.flags import GROUPS
+
     parser = ArgumentParser(
-        prog="scaling run",
+        prog=prog,
+        usage="%(prog)s [--config FILE] [--resume] [--print-config] [flags below]",
         description="Train at a global batch size, scale the LR by a named rule, stop at a target accuracy "
-        "and write OUTPUT_DIR/result.json. Precedence: flags > --config YAML > defaults.",
+        "and write OUTPUT_DIR/result.json. Precedence: flags > --config YAML > defaults (docs/config.md).",
         argument_default=argparse.SUPPRESS,
     )
     parser.add_argument("--config", help="YAML file whose keys are the flag names in snake_case")
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint")
-    for name, fld in FIELDS.items():
-        default = fld.default if fld.default is not dataclasses.MISSING else fld.default_factory()
-        if _HINTS[name] is bool:  # `--cpu` alone means true; `--cpu false` is accepted too
-            parser.add_argument(_flag(name), dest=name, nargs="?", const="true", metavar="BOOL",
-                                help=f"default: {default}")
-        else:
-            parser.add_argument(_flag(name), dest=name, metavar=name.upper(), help=f"default: {default}")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config as YAML (flags > --config > defaults) and exit")
+    for title, fields in GROUPS:
+        group = parser.add_argument_group(title)
+        for name, text in fields:
+            _add_flag(group, name, text)
     return parser
 
 
-def parse_args(argv: list[str] | None) -> tuple[RunConfig, dict[str, Any]]:
+def _add_flag(group: argparse._ArgumentGroup, name: str, text: str) -> None:
+    fld = FIELDS[name]
+    default = fld.default if fld.default is not dataclasses.MISSING else fld.default_factory()
+    shown_default = "none" if default is None else default
+    text = text.replace("%", "%%")  # argparse formats help strings with %
+    if _HINTS[name] is bool:  # `--cpu` alone means true; `--cpu false` is accepted too
+        group.add_argument(_flag(name), dest=name, nargs="?", const="true", metavar="BOOL",
+                           help=f"{text} (default: {str(default).lower()})")
+    elif name in _CHOICES:
+        group.add_argument(_flag(name), dest=name, metavar="|".join(_CHOICES[name]),
+                           help=f"{text} (default: {shown_default})")
+    else:
+        group.add_argument(_flag(name), dest=name, metavar=name.upper(), help=f"{text} (default: {shown_default})")
+
+
+def parse_args(argv: list[str] | None, prog: str = "scaling run") -> tuple[RunConfig, dict[str, Any]]:
     """Merge defaults, YAML and flags into a validated RunConfig. Returns it and the extra options."""
-    parser = build_parser()
+    parser = build_parser(prog)
     parsed, unknown = parser.parse_known_args(argv)
     if unknown:
         flag = next((u for u in unknown if u.startswith("-")), unknown[0])
@@ -376,7 +393,7 @@ def parse_args(argv: list[str] | None) -> tuple[RunConfig, dict[str, Any]]:
         what = f"unknown flag {flag.split('=')[0]}" if flag.startswith("-") else f"unexpected argument {flag!r}"
         raise ConfigError(f"{what}{_suggest(key, as_flag=True) if flag.startswith('-') else ''}")
     namespace = vars(parsed)
-    extras = {"resume": namespace.pop("resume", False)}
+    extras = {"resume": namespace.pop("resume", False), "print_config": namespace.pop("print_config", False)}
     config_path = namespace.pop("config", None)
     merged: dict[str, Any] = {}
     if config_path is not None:

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+import yaml
 from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 
@@ -322,11 +323,14 @@ def _quiet_libraries(main: bool) -> None:
         warnings.filterwarnings("ignore")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "scaling run") -> int:
     lock = None
     try:
         die_with_parent_if_asked()  # started by a sweep: do not outlive it (docs/reliability.md)
-        cfg, extras = parse_args(argv)
+        cfg, extras = parse_args(argv, prog)
+        if extras["print_config"]:
+            print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+            return 0
         # Before any data: the folder is writable, ours alone (its lock), and holds nothing we would lose.
         cfg, lock = prepare_output_dir(cfg, extras["resume"])
         result = run(cfg, resume=extras["resume"])

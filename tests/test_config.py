@@ -110,7 +110,7 @@ def test_make_config_refuses_unknown_keys():
         (["--model", "no_such_module:build"], ["cannot import module 'no_such_module'"]),
         (["--dataset", "no_such_module:make"], ["cannot import module 'no_such_module'"]),
         (["--dataset", "./missing-dir/data.csv"], ["no such file or folder"]),
-        (["--global-bs", "16384", "--num-samples", "2000"], ["larger than the training set"]),
+        (["--global-bs", "16384", "--num-samples", "2000"], ["fewer than one global batch of 16384", "--num-samples 20480"]),
     ],
 )
 def test_entry_exits_2_with_one_line_and_writes_no_result(tmp_path, argv, fragments):
@@ -124,3 +124,50 @@ def test_entry_exits_2_with_one_line_and_writes_no_result(tmp_path, argv, fragme
 def test_unparseable_yaml_through_the_entry(tmp_path):
     proc = run_entry(["--config", write(tmp_path, "global_bs: [\n")], timeout=60)
     assert_one_line_error(proc, "not valid YAML")
+
+
+def test_every_field_has_one_line_of_help_in_exactly_one_group():
+    from scaling.config import FIELDS
+    from scaling.flags import GROUPS
+
+    listed = [name for _, fields in GROUPS for name, _ in fields]
+    assert sorted(listed) == sorted(FIELDS), "scaling/flags.py must list every RunConfig field once"
+    assert all(text and "\n" not in text for _, fields in GROUPS for _, text in fields)
+
+
+def test_help_shows_groups_descriptions_and_choices():
+    import subprocess
+    import sys
+
+    from conftest import REPO, child_env
+
+    text = subprocess.run([sys.executable, "-m", "scaling.cli", "run", "--help"], capture_output=True, text=True,
+                          cwd=REPO, env=child_env(), timeout=60).stdout
+    for fragment in ("batch: global = per-device x processes x accumulation steps", "learning rate:", "stopping:",
+                     "data and model:", "measurement:", "machine and output:", "--lr-scaling none|linear|sqrt",
+                     "how the LR follows the global batch", "(default: sqrt)"):
+        assert fragment in text, fragment
+    probe = subprocess.run([sys.executable, "-m", "scaling.cli", "probe", "--help"], capture_output=True, text=True,
+                           cwd=REPO, env=child_env(), timeout=60).stdout
+    assert probe.startswith("usage: scaling probe")
+
+
+def test_print_config_is_the_resolved_yaml_and_reads_back(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import REPO, child_env
+
+    (tmp_path / "base.yaml").write_text("global_bs: 1024\nlr_scaling: linear\n")
+    proc = subprocess.run([sys.executable, "-m", "scaling.cli", "run", "--config", str(tmp_path / "base.yaml"),
+                           "--lr-scaling", "sqrt", "--print-config"], capture_output=True, text=True, cwd=REPO,
+                          env=child_env(), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    printed = yaml.safe_load(proc.stdout)
+    assert printed["global_bs"] == 1024 and printed["lr_scaling"] == "sqrt"  # flags > YAML > defaults
+    assert "scaling: global batch" not in proc.stdout  # nothing was built or trained
+    (tmp_path / "resolved.yaml").write_text(proc.stdout)
+    again, _ = parse_args(["--config", str(tmp_path / "resolved.yaml")])
+    assert again.to_dict() == printed
