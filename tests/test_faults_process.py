@@ -263,6 +263,28 @@ def test_an_interrupted_or_killed_run_is_not_overwritten_without_a_flag(tmp_path
     assert (killed / "metrics.jsonl").read_bytes() == lines  # kept
 
 
+@pytest.mark.parametrize("content, problem", [
+    ('{"status": "reach', "is not valid JSON (torn or damaged)"),
+    (b"\xff\xfe{}", "is not UTF-8 text"),
+    ("dir", "is a folder, not a file"),
+    ('{"steps": 3}', "is not a result of this tool (no status)"),
+])
+def test_an_unreadable_result_in_the_folder_is_named_and_kept(tmp_path, content, problem):
+    out = tmp_path / "run"
+    out.mkdir()
+    if content == "dir":
+        (out / "result.json").mkdir()
+    elif isinstance(content, bytes):
+        (out / "result.json").write_bytes(content)
+    else:
+        (out / "result.json").write_text(content)
+    proc = run_entry([*QUICK, "--output-dir", str(out)], timeout=60)
+    assert_one_line_error(proc, f"output folder {out} holds {out / 'result.json'} {problem}", "--overwrite")
+    assert proc.stdout == ""
+    assert_ok(run_entry([*QUICK, "--output-dir", str(out), "--overwrite"]))
+    assert read_result(out / "result.json")["status"] == "completed"
+
+
 def test_the_default_output_folder_is_fresh_per_run_and_runs_latest_points_at_it(tmp_path):
     assert_ok(run_entry([*QUICK, "--global-bs", "64"], cwd=tmp_path))
     assert_ok(run_entry([*QUICK, "--global-bs", "64"], cwd=tmp_path))
