@@ -99,18 +99,22 @@ def advice(bound: str, input_rate: float, compute_rate: float, cfg: RunConfig, f
            device_type: str) -> list[str]:
     """Concrete changes, most effective first; only those that apply to this configuration."""
     if bound == "compute":
-        tips = [f"compute-bound: the input pipeline delivers {input_rate:,.0f} samples/s, "
+        return [f"compute-bound: the input pipeline delivers {input_rate:,.0f} samples/s, "
                 f"{input_rate / compute_rate:.1f}x what the model consumes; speed comes from the model side "
                 f"(a larger per-device batch, mixed precision, fewer micro-steps)"]
-        return tips
-    tips = [f"input-bound: the loader delivers {input_rate:,.0f} samples/s but the model could train "
-            f"{compute_rate:,.0f}/s ({compute_rate / input_rate:.1f}x faster)"]
+    return [f"input-bound: the loader delivers {input_rate:,.0f} samples/s but the model could train "
+            f"{compute_rate:,.0f}/s ({compute_rate / input_rate:.1f}x faster)", *input_tips(cfg, fast_path, device_type)]
+
+
+def input_tips(cfg: RunConfig, fast_path: bool, device_type: str) -> list[str]:
+    """What to change in an input-bound configuration, most effective first."""
+    tips = []
     if not cfg.fast_path:
         tips.append("turn the in-memory fast path back on (--fast-path true): whole-batch indexing instead of "
                     "collating samples one by one")
     elif not fast_path:
-        tips.append("if the decoded dataset fits in memory, hold it as tensors (a TensorDataset) to get the "
-                    "whole-batch fast path")
+        tips.append("if the items are fixed tensors that fit in memory, --materialize true reads them once for "
+                    "the whole-batch fast path")
     if cfg.num_workers == 0:
         tips.append("load in parallel: --num-workers N (up to the CPU cores per process)")
     elif cfg.num_workers > 0:
@@ -124,3 +128,27 @@ def advice(bound: str, input_rate: float, compute_rate: float, cfg: RunConfig, f
     tips.append("a larger batch does not help an input-bound run: it needs more samples per second from the "
                 "same pipeline")
     return tips
+
+
+# A run that spends this share of its training time waiting for data is input-bound: the input pipeline,
+# not the model, sets its pace (the report uses the same line).
+DATA_WAIT_LIMIT = 0.30
+
+
+def bottleneck(data_wait_fraction: float | None, ceilings: dict | None, cfg: RunConfig, fast_path: bool,
+               device_type: str) -> dict | None:
+    """Input- or compute-bound, from the run's own phase breakdown; the probe's ceilings, when measured,
+    decide instead (they separate the two by measuring each alone)."""
+    if ceilings is not None:
+        return {"bound": ceilings["bound"], "data_wait_fraction": data_wait_fraction, "from": "probe",
+                "advice": ceilings["advice"]}
+    if data_wait_fraction is None:
+        return None  # --time-phases false: nothing to judge from
+    if data_wait_fraction < DATA_WAIT_LIMIT:
+        return {"bound": "compute", "data_wait_fraction": data_wait_fraction, "from": "phase timing",
+                "advice": [f"compute-bound: {data_wait_fraction:.0%} of training time waiting for data"]}
+    speedup = 1 / (1 - data_wait_fraction) if data_wait_fraction < 1 else None
+    gain = f"; with a free input pipeline it would train about {speedup:.1f}x faster" if speedup else ""
+    return {"bound": "input", "data_wait_fraction": data_wait_fraction, "from": "phase timing",
+            "advice": [f"input-bound: {data_wait_fraction:.0%} of training time waiting for data{gain}",
+                       *input_tips(cfg, fast_path, device_type)]}

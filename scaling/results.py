@@ -68,6 +68,7 @@ class Result(TypedDict, total=False):
     compute: dict[str, Any]
     compile_s: float | None
     materialized: list[str]
+    bottleneck: dict[str, Any] | None
     ceilings: dict[str, Any]  # only with --probe
     checkpoint: str  # only when interrupted
     stop_signal: str  # only when interrupted
@@ -174,12 +175,23 @@ def summary_line(result: Result, path: Path) -> str:
         return (
             f"scaling: reached {result['target']['value']:.1%} in {result['time_to_target_s']:.2f} s "
             f"(train {result['train_time_to_target_s']:.2f} s), {result['steps_to_target']} steps, "
-            f"{result['samples_to_target']:,} samples, {result['epochs_to_target']:.2f} epochs; {speed} -> {path}"
+            f"{result['samples_to_target']:,} samples, {result['epochs_to_target']:.2f} epochs; {speed}"
+            f"{_bound_text(result)} -> {path}"
         )
     final = result["final"]
     accuracy = f", final accuracy {final['accuracy']:.1%}" if final else ""
     where = f" at step {result['diverged_at_step']}" if status == "diverged" else f" after {result['steps']} steps"
-    return f"scaling: {status}{where}{accuracy}; {speed} -> {path}"
+    return f"scaling: {status}{where}{accuracy}; {speed}{_bound_text(result)} -> {path}"
+
+
+def _bound_text(result: Result) -> str:
+    """`, compute-bound (data wait 3%)`: the run's bottleneck verdict in the summary line."""
+    verdict = result.get("bottleneck")
+    if not verdict:
+        return ""
+    wait = verdict.get("data_wait_fraction")
+    detail = f" ({wait:.0%} waiting for data)" if wait is not None else ""
+    return f", {verdict['bound']}-bound{detail}"
 
 
 def exit_status(result: Result) -> int:

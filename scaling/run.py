@@ -40,7 +40,7 @@ from scaling.lock import die_with_parent_if_asked, prepare_output_dir
 from scaling.lr import LRSchedule, build_schedule
 from scaling.memory import OutOfMemory, check_fits, is_out_of_memory, oom_suggestion, resolve_auto_batch
 from scaling.models import build_model, has_batch_coupled_layers
-from scaling.probe import measure_ceilings, verdict
+from scaling.probe import bottleneck, measure_ceilings, verdict
 from scaling.results import (
     MetricsWriter,
     OutputError,
@@ -263,11 +263,15 @@ def train(built: Built) -> TrainOutcome:
         raise
     finally:
         trainer.metrics.close()
+    wait = data_wait_fraction(outcome.step_time)
     if ceilings is not None:
-        built.extra["ceilings"] = verdict(ceilings[0], ceilings[1], outcome.throughput_samples_per_s,
-                                          data_wait_fraction(outcome.step_time), cfg, trainer.source.fast,
-                                          accelerator.device.type)
-        for line in built.extra["ceilings"]["advice"]:
+        built.extra["ceilings"] = verdict(ceilings[0], ceilings[1], outcome.throughput_samples_per_s, wait, cfg,
+                                          trainer.source.fast, accelerator.device.type)
+    built.extra["bottleneck"] = bottleneck(wait, built.extra.get("ceilings"), cfg, trainer.source.fast,
+                                           accelerator.device.type)
+    verdict_now = built.extra["bottleneck"]
+    if verdict_now is not None and (verdict_now["bound"] == "input" or ceilings is not None):
+        for line in verdict_now["advice"]:  # an input-bound run says what to change
             built.say(f"scaling: {line}")
     built.extra["peak_memory"] = peak_memory(accelerator.device)
     built.extra["compute"] = compute_efficiency(flops_per_sample, outcome.throughput_samples_per_s,

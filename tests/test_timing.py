@@ -47,6 +47,8 @@ def test_phase_fractions_cover_the_measured_step_time(tmp_path):
     assert phases["grad_sync"]["seconds"] == 0.0  # one process: nothing to synchronize
     assert result["data_wait_fraction"] == phases["data_wait"]["fraction"]
     assert result["straggler_ratio"] == 1.0 and len(result["per_rank_step_time_s"]) == 1
+    assert result["bottleneck"]["bound"] == "compute" and result["bottleneck"]["from"] == "phase timing"
+    assert "compute-bound (" in proc.stdout.splitlines()[-1]
 
 
 def test_two_processes_report_per_rank_times_and_sync_estimate(tmp_path):
@@ -87,6 +89,20 @@ def test_slow_dataset_is_input_bound_with_advice(tmp_path):
     assert ceilings["speedup_if_input_free"] > 2
     assert any("--num-workers" in tip for tip in ceilings["advice"])
     assert result["data_wait_fraction"] > 0.5  # the real run agrees: it mostly waits for data
+
+
+def test_every_run_says_whether_it_waits_for_data(tmp_path):
+    """Without --probe, the run's own phase breakdown decides: a 1 ms/sample dataset is input-bound, said in
+    result.json, in the summary line, with advice."""
+    (tmp_path / "slowdata.py").write_text(SLOW_MODULE)
+    proc = run_entry(["--dataset", "slowdata:make", "--materialize", "false", "--global-bs", "64", "--max-steps", "12",
+                      "--log-every", "4", "--target-accuracy", "none", "--cpu", "--progress", "false",
+                      "--output-dir", "out"], cwd=tmp_path)
+    assert_ok(proc)
+    verdict = load_result(tmp_path / "out")["bottleneck"]
+    assert verdict["bound"] == "input" and verdict["from"] == "phase timing" and verdict["data_wait_fraction"] > 0.5
+    assert "input-bound (" in proc.stdout.splitlines()[-1]
+    assert "scaling: load in parallel: --num-workers N" in proc.stdout
 
 
 def test_scaling_probe_command(tmp_path):
