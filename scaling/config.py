@@ -410,6 +410,28 @@ def make_config(values: dict[str, Any], source: str = "config") -> RunConfig:
     return cfg
 
 
+# Trackers with an extra of their own in pyproject.toml (`pip install 'scaling[tensorboard]'`).
+TRACKER_EXTRAS = ("tensorboard", "wandb", "mlflow")
+
+
+def _check_trackers(log_with: str) -> None:
+    """Every tracker named must be one Accelerate knows and be installed: Accelerate itself only warns and
+    logs nothing when a tracker's package is missing."""
+    import accelerate.utils
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+    for name in (part.strip() for part in log_with.split(",")):
+        if name == "all":
+            continue
+        if name not in LOGGER_TYPE_TO_CLASS:
+            raise ConfigError(f"--log-with {shown(name)} is not a tracker Accelerate knows; "
+                              f"choose from {', '.join(LOGGER_TYPE_TO_CLASS)}")
+        available = getattr(accelerate.utils, f"is_{name}_available", None)
+        if available is not None and not available():
+            install = f"pip install 'scaling[{name}]'" if name in TRACKER_EXTRAS else f"pip install {name}"
+            raise ConfigError(f"--log-with {name}: the {name} package is not installed; {install}")
+
+
 def validate(cfg: RunConfig) -> None:
     """Single-field checks; cross-field batch checks live in batching.plan_batch."""
     for key in _POSITIVE:
@@ -446,12 +468,7 @@ def validate(cfg: RunConfig) -> None:
     if cfg.momentum >= 1:
         raise ConfigError(f"--momentum must be in [0, 1), got {cfg.momentum}")
     if cfg.log_with is not None:
-        from accelerate.tracking import LOGGER_TYPE_TO_CLASS
-
-        for name in cfg.log_with.split(","):
-            if name.strip() not in (*LOGGER_TYPE_TO_CLASS, "all"):
-                raise ConfigError(f"--log-with {name.strip()!r} is not a tracker Accelerate knows; "
-                                  f"choose from {', '.join(LOGGER_TYPE_TO_CLASS)}")
+        _check_trackers(cfg.log_with)
     if cfg.compile is not None:
         from accelerate.utils import DynamoBackend
 

@@ -279,6 +279,9 @@ class Trainer:
         if self.noise is not None:
             for point in self.noise.flush():
                 self.metrics.write({"type": "noise", **point})
+                self._track("noise", {k: v for k, v in point.items() if v is not None})
+        if self.cfg.log_with and rate is not None and self.phase_windows[-1] is not None:
+            self._track("phases", window_phase_shares(self.phase_windows[-1], self.windows.durations[-1]))
         # Mean over this process's micro-batches, then over processes: the global-batch mean loss per step
         # (all micro-batches have the same size).
         local = torch.stack(self.micro_losses).float().view(-1, self.plan.micro_steps_per_process).mean(dim=1)
@@ -407,10 +410,11 @@ class Trainer:
         self.load_state_dict(self.checkpoint.load(self.cfg))
 
     def _track(self, group: str, record: dict) -> None:
-        """Send a record to the trackers of --log-with (Accelerate logs on the main process only)."""
+        """Send a record's numbers to the trackers of --log-with as `group/name` (Accelerate logs on the main
+        process only); a name that repeats the group (`train_loss` under `train`) loses the repetition."""
         if self.cfg.log_with:
-            values = {f"{group}/{k}": v for k, v in record.items()
-                      if k not in ("type", "step") and isinstance(v, (int, float))}
+            values = {f"{group}/{k.removeprefix(group + '_')}": v for k, v in record.items()
+                      if k not in ("type", "step") and isinstance(v, (int, float)) and not isinstance(v, bool)}
             self.accelerator.log(values, step=self.step)
 
     def finish(self) -> TrainOutcome:
@@ -434,6 +438,16 @@ class Trainer:
             own = torch.tensor([sum(w["step_wall"] for w in kept)], device=accelerator.device, dtype=torch.float64)
             outcome.per_rank_step_time_s = accelerator.gather(own).tolist()
         return outcome
+
+
+def window_phase_shares(window: dict[str, float], wall_s: float) -> dict[str, float]:
+    """A logging window's phases as shares of its wall time, for trackers (`phases/data_wait`, ...)."""
+    if wall_s <= 0:
+        return {}
+    shares = {"data_wait": window["data_wait"], "h2d": window["h2d"],
+              "forward_backward": window["fwd_bwd_nosync"] + window["fwd_bwd_sync"],
+              "optimizer": window["optimizer"], "noise_scale": window.get("noise_scale", 0.0)}
+    return {name: seconds / wall_s for name, seconds in shares.items()}
 
 
 def _divergence_step(losses: list[float], first_loss: float, factor: float, end_step: int) -> int | None:

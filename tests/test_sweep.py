@@ -192,22 +192,3 @@ def test_slurm_scripts(tmp_path):
     assert len(per_config) == 3 and all(p.suffix == ".sbatch" for p in per_config)
     config_yaml = Path(commands[0].split("--config ")[1])
     assert config_yaml.is_file() and "global_bs: 1024" in config_yaml.read_text()
-
-
-@pytest.mark.slow
-def test_tensorboard_tracker_receives_config_and_metrics(tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from conftest import SMALL, run_entry
-
-    proc = run_entry([*SMALL, "--log-with", "tensorboard", "--global-bs", "256", "--max-steps", "20",
-                      "--eval-every", "10", "--target-accuracy", "none", "--output-dir", str(tmp_path)])
-    assert_ok(proc)
-    runs = list((tmp_path / "trackers").rglob("events.out.tfevents.*"))
-    assert runs
-    tags = set()
-    for event_file in runs:
-        accumulator = EventAccumulator(str(event_file))
-        accumulator.Reload()
-        tags |= set(accumulator.Tags()["scalars"])
-    assert {"train/train_loss", "train/samples_per_s", "eval/accuracy"} <= tags
