@@ -157,12 +157,25 @@ def predict(argv: list[str]) -> int:
     return 0
 
 
+def quiet_ctrl_c(command: str) -> None:
+    """Ctrl-C ends any command with one line and status 130, no traceback; a run in training and a sweep
+    running a configuration install their own handlers (checkpoint, forward to the run) and restore this one."""
+    import signal
+
+    def interrupted(signum, frame):
+        print(f"scaling: {command} interrupted", file=sys.stderr)
+        raise SystemExit(130)
+
+    signal.signal(signal.SIGINT, interrupted)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
+    quiet_ctrl_c(command)
     if command in ("run", "probe"):
         from scaling.run import main as run_main
 

@@ -19,6 +19,19 @@ if __package__ in (None, ""):
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(_here)]
     sys.path.insert(0, str(Path(_here).parent))
 
+    def _interrupted(signum, frame):
+        """Ctrl-C while importing and building: one line and the shell's status, no traceback. Training
+        replaces this handler with its checkpointing one (scaling/checkpoint.py) and restores it after."""
+        import os
+
+        if os.environ.get("RANK", "0") == "0":
+            print("scaling: interrupted before training started; nothing to resume", file=sys.stderr)
+        raise SystemExit(130)
+
+    import signal
+
+    signal.signal(signal.SIGINT, _interrupted)
+
 import dataclasses
 import os
 import time

@@ -43,7 +43,7 @@ def load_workload(cfg: RunConfig) -> Workload:
         from scaling.data.mnist1d import check_num_samples, load_mnist1d
 
         check_num_samples(cfg.num_samples, cfg.global_bs, name)
-        train, eval_ = load_mnist1d(cfg.num_samples)
+        train, eval_ = load_mnist1d(cfg.num_samples, progress=cfg.progress)
     elif name == "mnist1d_images":
         # MNIST-1D rendered to PNG images, decoded by PIL per sample with crop/flip: a real input pipeline.
         from scaling.data.images import load_builtin

@@ -11,6 +11,8 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -43,19 +45,47 @@ def cache_dir(num_samples: int) -> Path:
     return cache_root() / f"mnist1d-{num_samples}-{key}"
 
 
-def generate(num_samples: int):
-    """Generate MNIST-1D and return a `datasets.DatasetDict` with train and test splits."""
+def generate(num_samples: int, progress: bool = False):
+    """Generate MNIST-1D and return a `datasets.DatasetDict` with train and test splits. `progress` shows a
+    bar (generation runs at about 4,700 samples/s on 2 cores: 9 s for the default 40,000)."""
     import datasets
-    from mnist1d.data import make_dataset
+    import mnist1d.data
     from mnist1d.utils import ObjectView
 
-    data = make_dataset(ObjectView(generation_args(num_samples)))
+    args = ObjectView(generation_args(num_samples))
+    with _counting_transforms(total=(num_samples // CLASSES) * CLASSES, enabled=progress):
+        data = mnist1d.data.make_dataset(args)
     return datasets.DatasetDict(
         train=datasets.Dataset.from_dict({"x": data["x"].astype(np.float32), "label": data["y"].astype(np.int64)}),
         test=datasets.Dataset.from_dict(
             {"x": data["x_test"].astype(np.float32), "label": data["y_test"].astype(np.int64)}
         ),
     )
+
+
+@contextmanager
+def _counting_transforms(total: int, enabled: bool) -> Iterator[None]:
+    """A progress bar over make_dataset's samples: it calls the module-level `transform` once per sample, so
+    that name is wrapped for the duration (the samples and their order are unchanged)."""
+    import mnist1d.data
+    from tqdm.auto import tqdm
+
+    if not enabled:
+        yield
+        return
+    original = mnist1d.data.transform
+    bar = tqdm(total=total, desc="scaling: generating MNIST-1D", unit="sample", leave=False, dynamic_ncols=True)
+
+    def counted(*args, **kwargs):
+        bar.update()
+        return original(*args, **kwargs)
+
+    mnist1d.data.transform = counted
+    try:
+        yield
+    finally:
+        mnist1d.data.transform = original
+        bar.close()
 
 
 def split_sizes(num_samples: int) -> tuple[int, int]:
@@ -78,7 +108,7 @@ def check_num_samples(num_samples: int, global_bs: int, dataset: str = "mnist1d"
                       f"{global_bs}; use --num-samples {needed} or more, or a smaller --global-bs")
 
 
-def load_mnist1d(num_samples: int) -> tuple[TensorPair, TensorPair]:
+def load_mnist1d(num_samples: int, progress: bool = False) -> tuple[TensorPair, TensorPair]:
     """Load from the Arrow cache, generating it first if needed.
 
     The caller runs this on the local main process first (`accelerator.local_main_process_first`),
@@ -87,7 +117,7 @@ def load_mnist1d(num_samples: int) -> tuple[TensorPair, TensorPair]:
     that cannot be read (damaged, truncated, the wrong sizes) is set aside and rebuilt, once, saying so.
     """
     target = cache_dir(num_samples)
-    return with_rebuilt_cache(target, "MNIST-1D", lambda: _build(target, num_samples),
+    return with_rebuilt_cache(target, "MNIST-1D", lambda: _build(target, num_samples, progress),
                               lambda: _read(target, num_samples))
 
 
@@ -126,10 +156,10 @@ def _set_aside(target: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def _build(target: Path, num_samples: int) -> None:
+def _build(target: Path, num_samples: int, progress: bool = False) -> None:
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     target.parent.mkdir(parents=True, exist_ok=True)
-    generate(num_samples).save_to_disk(str(tmp))
+    generate(num_samples, progress).save_to_disk(str(tmp))
     try:
         tmp.rename(target)
     except OSError:  # another process finished first
