@@ -163,7 +163,9 @@ def quiet_ctrl_c(command: str) -> None:
     import signal
 
     def interrupted(signum, frame):
-        print(f"scaling: {command} interrupted", file=sys.stderr)
+        from tqdm.auto import tqdm  # clears a progress bar before the line
+
+        tqdm.write(f"scaling: {command} interrupted", file=sys.stderr)
         raise SystemExit(130)
 
     signal.signal(signal.SIGINT, interrupted)

@@ -25,7 +25,9 @@ if __package__ in (None, ""):
         import os
 
         if os.environ.get("RANK", "0") == "0":
-            print("scaling: interrupted before training started; nothing to resume", file=sys.stderr)
+            from tqdm.auto import tqdm  # clears a progress bar (dataset generation) before the line
+
+            tqdm.write("scaling: interrupted before training started; nothing to resume", file=sys.stderr)
         raise SystemExit(130)
 
     import signal
