@@ -15,6 +15,7 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from matplotlib import colormaps
 
@@ -23,11 +24,13 @@ from scaling.config import ConfigError
 from scaling.predict_devices import device_counts, gradient_bytes_for, predict_on_devices, profile_run
 from scaling.report import formatting as fmt
 from scaling.report import plots
-from scaling.report.findings import ESTIMATE, Finding
 from scaling.report.render import Block, Bullets, Figure, Heading, Note, Paragraph, Table
 from scaling.report.runs import Configuration, Run
 from scaling.report.study import Study
 from scaling.results import read_metrics
+
+if TYPE_CHECKING:
+    from scaling.report.findings import Finding
 
 QUESTION_DEVICES = "How long would it take on N devices?"
 MAX_DEVICES = 64  # the table and plot go up to this many devices (or the global batch, if smaller)
@@ -89,7 +92,8 @@ def device_analysis(study: Study, link: Interconnect | None = None) -> DeviceAna
 def _analyse(study: Study, link: Interconnect) -> DeviceAnalysis:
     rows, skipped = [], []
     for configuration in study.configurations:
-        reached = [run for run in configuration.runs if run.reached]
+        # Runs chasing another target than the study's are not comparable with the rest.
+        reached = [run for run in configuration.runs if run.reached and run.target == study.target]
         if not reached:
             continue
         try:
@@ -141,12 +145,17 @@ def _caps(analysis: DeviceAnalysis) -> list[int]:
 
 
 def device_count_findings(study: Study, link: Interconnect | None = None) -> list[Finding]:
-    """"The fastest way to the target with up to N devices", for N in ANSWER_CAPS (and the largest count)."""
+    """"The fastest way to the target with up to N devices", for N in ANSWER_CAPS (and the largest count);
+    the Conclusions show the largest (the others are `detail`). A finding function for findings.FINDINGS:
+    findings.py may import this module (it imports findings only here, so there is no cycle)."""
+    from scaling.report.findings import ESTIMATE, Finding
+
     analysis = device_analysis(study, link)
     if not analysis.rows:
         return []
     findings = []
-    for cap in _caps(analysis):
+    caps = _caps(analysis)
+    for cap in caps:
         row, n = fastest_within(analysis, cap)
         configuration = row.configuration
         series = "" if configuration.series == "all" else f" ({configuration.series})"
@@ -156,6 +165,7 @@ def device_count_findings(study: Study, link: Interconnect | None = None) -> lis
                 f"{row.accumulation[n]} accumulation): {fmt.seconds(row.times[n])} s train time for "
                 f"{fmt.integer(row.steps)} steps, over {analysis.link.name}{scaled}.")
         findings.append(Finding(f"fastest_with_devices@{cap}", text, kind=ESTIMATE, winner=configuration.label,
+                                detail=cap != caps[-1],
                                 numbers={"devices_cap": cap, "devices": n, "configuration": configuration.label,
                                          "global_batch": configuration.global_bs, "per_device": row.per_device[n],
                                          "accumulation_steps": row.accumulation[n],
@@ -167,7 +177,7 @@ def device_count_findings(study: Study, link: Interconnect | None = None) -> lis
 
 def device_count_section(study: Study) -> list[Block]:
     blocks: list[Block] = [Heading(QUESTION_DEVICES)]
-    if study.target is None or not any(c.reached for c in study.configurations):
+    if study.target is None or not any(run.reached and run.target == study.target for run in study.runs):
         return blocks + [Note("No run reached its target: no time to predict.")]
     analysis = device_analysis(study)
     link = analysis.link
