@@ -27,7 +27,9 @@ the run measured it. The band is the run's own step-time spread: the 16th and 84
 logging windows' step times (after the first) relative to their median, applied to the prediction.
 Assumptions: every device computes a micro-batch as fast as the run's device did (no contention between
 devices, no stragglers); the all-reduce follows scaling.comm's model; steps to target are the run's
-(exact for models without batch-coupled layers). docs/predict.md validates this against real runs.
+(the same trajectory to float rounding for models without batch-coupled layers; over hundreds of steps the
+rounding can still move a crossing of the target, docs/predict.md). docs/predict.md validates all of this
+against real runs.
 """
 
 from __future__ import annotations
