@@ -39,18 +39,10 @@ def _sweep_parser(prog: str, spec_required: bool) -> ArgumentParser:
 
 
 def _load(args) -> tuple:
-    from scaling.sweep import load_study
+    from scaling.sweep import default_study_dir, load_study
 
     spec = Path(args.spec)
-    if not spec.is_file():
-        raise ConfigError(f"study spec {spec} does not exist")
-    import yaml
-
-    try:
-        name = (yaml.safe_load(spec.read_text()) or {}).get("name") or spec.stem
-    except (yaml.YAMLError, AttributeError):
-        name = spec.stem  # load_study reports the parse error itself
-    study_dir = Path(args.dir or f"runs/study-{name}")
+    study_dir = Path(args.dir) if args.dir else default_study_dir(spec)  # bounded load, name validated
     return load_study(spec, study_dir), study_dir
 
 
