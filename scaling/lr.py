@@ -57,14 +57,24 @@ class LRSchedule:
         return self.peak
 
 
+# When neither warmup flag is given and the rule scales the LR above the one tuned at the reference batch,
+# the LR rises over this many epochs (Goyal et al. 2017, sec. 2.2: gradual warmup, a fixed number of epochs
+# whatever the batch). Without it the default workload's 0.4 at batch 4096 diverges or not depending on
+# float rounding (thread count, CPU), so the README's main job would be a coin toss.
+DEFAULT_WARMUP_EPOCHS = 2.0
+
+
 def build_schedule(cfg: RunConfig, global_bs: int, steps_per_epoch: int, total_steps: int | None) -> LRSchedule:
+    peak = scaled_lr(cfg.base_lr, cfg.base_bs, global_bs, cfg.lr_scaling)
     if cfg.warmup_epochs is not None:
         warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    elif cfg.warmup_steps is not None:
+        warmup = cfg.warmup_steps
     else:
-        warmup = cfg.warmup_steps or 0
+        warmup = round(DEFAULT_WARMUP_EPOCHS * steps_per_epoch) if peak > cfg.base_lr else 0
     milestones = tuple(sorted(round(epoch * steps_per_epoch) for epoch in cfg.lr_step_epochs))
     return LRSchedule(
-        peak=scaled_lr(cfg.base_lr, cfg.base_bs, global_bs, cfg.lr_scaling),
+        peak=peak,
         warmup_steps=warmup,
         decay=cfg.lr_decay,
         total_steps=total_steps,

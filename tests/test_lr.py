@@ -46,3 +46,16 @@ def test_sqrt_rule_with_warmup_matches_hand_computation():
     schedule = build_schedule(cfg, 1024, steps_per_epoch=4, total_steps=None)
     peak = 0.05 * math.sqrt(16)
     assert [schedule(s) for s in range(4)] == pytest.approx([peak / 3, 2 * peak / 3, peak, peak])
+
+
+def test_default_warmup_only_when_the_rule_raises_the_lr():
+    """No warmup flag: 2 epochs of warmup when the scaled LR is above the reference one, none otherwise;
+    an explicit --warmup-steps 0 turns it off."""
+    from scaling.lr import DEFAULT_WARMUP_EPOCHS
+
+    raised = build_schedule(RunConfig(lr_scaling="sqrt"), 4096, steps_per_epoch=7, total_steps=None)
+    assert raised.peak == pytest.approx(0.4) and raised.warmup_steps == round(DEFAULT_WARMUP_EPOCHS * 7) == 14
+    lowered = build_schedule(RunConfig(lr_scaling="sqrt"), 64, steps_per_epoch=500, total_steps=None)
+    assert lowered.peak < 0.1 and lowered.warmup_steps == 0
+    assert build_schedule(RunConfig(lr_scaling="none"), 4096, 7, None).warmup_steps == 0
+    assert build_schedule(RunConfig(warmup_steps=0), 4096, 7, None).warmup_steps == 0
