@@ -114,6 +114,7 @@ def build(cfg: RunConfig, resume: bool = False) -> Built:
     with state.local_main_process_first():  # rank 0 of each node builds the dataset cache
         workload = load_workload(cfg)
     materialized, notes = materialize_workload(workload, cfg.materialize)
+    notes = workload.notes + notes
     set_seed(cfg.seed)  # same initial weights in every process and every decomposition
     model = build_model(cfg.model, workload.input_shape, workload.num_classes)
     coupled = has_batch_coupled_layers(model)

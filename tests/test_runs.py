@@ -114,10 +114,35 @@ def test_local_csv_files_through_datasets(tmp_path):
     assert result["train_samples"] == 600 and result["eval_samples"] == 200
 
 
+def test_one_csv_file_is_a_dataset_with_a_held_out_split_or_sliced_splits(tmp_path):
+    """One generated CSV: with no evaluation split, 20% of each class is held out (fixed seed) and the run
+    says so; datasets' split slicing (train[:75%] / train[75%:]) chooses the split instead."""
+    _write_split_files(tmp_path / "csvdata", "csv")
+    path = tmp_path / "csvdata" / "train.csv"  # 600 rows, 3 classes
+    common = ["--dataset", str(path), "--model", "mlp", "--global-bs", "32", "--max-steps", "5", "--cpu",
+              "--progress", "false"]
+    held = run_entry([*common, "--output-dir", str(tmp_path / "held")])
+    assert_ok(held)
+    assert "no evaluation split, so 20% of each class" in held.stdout
+    result = load_result(tmp_path / "held")
+    assert result["eval_samples"] == 120 and result["train_samples"] == 480
+    again = run_entry([*common, "--seed", "3", "--output-dir", str(tmp_path / "again")])
+    assert_ok(again)  # the held-out rows do not depend on the run's seed
+    assert load_result(tmp_path / "again")["history"][-1]["loss"] is not None
+    sliced = run_entry([*common, "--train-split", "train[:75%]", "--eval-split", "train[75%:]",
+                        "--output-dir", str(tmp_path / "sliced")])
+    assert_ok(sliced)
+    assert "held out" not in sliced.stdout
+    result = load_result(tmp_path / "sliced")
+    assert result["train_samples"] == 450 and result["eval_samples"] == 150
+    bad = run_entry([*common, "--train-split", "train[:75%", "--output-dir", str(tmp_path / "bad")])
+    assert_one_line_error(bad, "split 'train[:75%'", "slices look like train[:80%]")
+
+
 def test_local_jsonl_with_named_columns(tmp_path):
     _write_split_files(tmp_path / "jsondata", "json")
     base = ["--dataset", str(tmp_path / "jsondata"), "--model", "mlp", "--global-bs", "50", "--max-steps", "5",
-            "--cpu", "--progress", "false", "--output-dir", str(tmp_path / "out")]
+            "--cpu", "--progress", "false", "--output-dir", str(tmp_path / "out"), "--overwrite"]
     assert_ok(run_entry([*base, "--input-column", "feats", "--label-column", "y"]))
     assert load_result(tmp_path / "out")["steps"] == 5
     missing = run_entry([*base, "--input-column", "feats"])  # label column defaults to "label"

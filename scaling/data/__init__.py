@@ -7,7 +7,7 @@ data becomes a `TensorPair`, which the training loop indexes a whole batch at a 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -24,6 +24,7 @@ class Workload:
     eval: Any
     num_classes: int
     input_shape: tuple[int, ...]
+    notes: list[str] = field(default_factory=list)  # what loading decided for the user (printed by the run)
 
 
 class InputShape(tuple):
@@ -39,6 +40,7 @@ class InputShape(tuple):
 
 def load_workload(cfg: RunConfig) -> Workload:
     name = cfg.dataset
+    notes: list[str] = []
     if name == "mnist1d":
         from scaling.data.mnist1d import check_num_samples, load_mnist1d
 
@@ -65,12 +67,12 @@ def load_workload(cfg: RunConfig) -> Workload:
     else:
         from scaling.data.hf import load_hf
 
-        train, eval_ = load_hf(cfg)
+        train, eval_, notes = load_hf(cfg)
     if len(train) == 0 or len(eval_) == 0:
         raise ConfigError(f"--dataset {name!r}: the train and eval sets must both be non-empty")
     x0 = _first_input(train, name)
     num_classes = _num_classes(train, eval_, name)
-    return Workload(train, eval_, num_classes, InputShape(x0.shape, x0.dtype))
+    return Workload(train, eval_, num_classes, InputShape(x0.shape, x0.dtype), notes)
 
 
 def _looks_like_path(name: str) -> bool:

@@ -25,7 +25,7 @@ def _load_dataset_dict(cfg: RunConfig):
             builder = _FILE_BUILDERS.get(path.suffix.lower())
             if builder is None:
                 raise ConfigError(f"--dataset {name}: unsupported file type {path.suffix!r}; use csv, json, parquet or arrow")
-            return datasets.load_dataset(builder, data_files={cfg.train_split: str(path)})
+            return datasets.load_dataset(builder, data_files={split_name(cfg.train_split): str(path)})
         if path.is_dir():
             return datasets.load_dataset(str(path), cfg.dataset_config)
         if name.startswith((".", "/")) or name.endswith(tuple(_FILE_BUILDERS)):
@@ -82,13 +82,55 @@ def _hub_unreachable(endpoint: str, timeout: float = 3.0) -> tuple[str, str | No
         return host, (err.strerror or str(err) or type(err).__name__).strip()
 
 
-def _split(dataset_dict, split: str, name: str):
-    if split not in dataset_dict:
+# A file with a single split and no evaluation split of its own: this share is held out for evaluation.
+HOLDOUT_FRACTION = 0.2
+HOLDOUT_SEED = 0  # fixed, so that every seed of a study evaluates on the same samples
+
+
+def split_name(spec: str) -> str:
+    """`train` for `train[:80%]` (datasets' split slicing)."""
+    return spec.split("[", 1)[0].strip()
+
+
+def _split(dataset_dict, spec: str, name: str):
+    """The split `spec` names, sliced as datasets does (`train[:80%]`, `train[100:200]`, `test[-10%:]`)."""
+    import datasets
+
+    base = split_name(spec)
+    if base not in dataset_dict:
         raise ConfigError(
-            f"--dataset {name!r} has no split {split!r}; splits: {', '.join(dataset_dict)} "
+            f"--dataset {name!r} has no split {base!r}; splits: {', '.join(dataset_dict)} "
             f"(set --train-split / --eval-split)"
         )
-    return dataset_dict[split]
+    split = dataset_dict[base]
+    if "[" not in spec:
+        return split
+    try:
+        instructions = datasets.ReadInstruction.from_spec(spec).to_absolute({base: len(split)})
+    except (ValueError, AssertionError) as err:
+        raise ConfigError(f"split {spec!r}: {err}; slices look like train[:80%] or train[100:200]") from None
+    indices = [i for part in instructions for i in range(part.from_, part.to)]
+    return split.select(indices)
+
+
+def _holdout(split, label_column: str, name: str) -> tuple[Any, Any, str]:
+    """(train, eval, note): HOLDOUT_FRACTION of each class held out, chosen with a fixed seed."""
+    labels = torch.as_tensor(split.with_format("torch", columns=[label_column])[:][label_column])
+    generator = torch.Generator().manual_seed(HOLDOUT_SEED)
+    held: list[int] = []
+    for label in torch.unique(labels):
+        members = (labels == label).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        held += members[: round(len(members) * HOLDOUT_FRACTION)].tolist()
+    held_set = set(held)
+    kept = [i for i in range(len(labels)) if i not in held_set]
+    if not kept or not held:
+        raise ConfigError(f"--dataset {name!r} has too few rows ({len(labels)}) to hold out an evaluation split; "
+                          f"give one with --eval-split")
+    note = (f"{name}: no evaluation split, so {HOLDOUT_FRACTION:.0%} of each class ({len(held):,} of {len(labels):,} "
+            f"rows, fixed seed) is held out for evaluation; --eval-split chooses one instead (e.g. "
+            f"'--train-split train[:80%] --eval-split train[80%:]')")
+    return split.select(kept), split.select(sorted(held)), note
 
 
 def _decode_images(split, column: str) -> torch.Tensor:
@@ -157,10 +199,19 @@ def _to_tensor_pair(split, input_columns: list[str], label_column: str, name: st
     return TensorPair(inputs, labels)
 
 
-def load_hf(cfg: RunConfig) -> tuple[Any, Any]:
+def load_hf(cfg: RunConfig) -> tuple[Any, Any, list[str]]:
+    """(train, eval, notes to print) from any `datasets` source."""
     dataset_dict = _load_dataset_dict(cfg)
     train = _split(dataset_dict, cfg.train_split, cfg.dataset)
-    eval_ = _split(dataset_dict, cfg.eval_split, cfg.dataset)
+    notes = []
+    if len(dataset_dict) == 1 and split_name(cfg.eval_split) not in dataset_dict:
+        if cfg.label_column not in train.column_names:
+            raise ConfigError(f"--dataset {cfg.dataset!r} has no label column {cfg.label_column!r}; columns: "
+                              f"{', '.join(train.column_names)} (set --label-column)")
+        train, eval_, note = _holdout(train, cfg.label_column, cfg.dataset)
+        notes.append(note)
+    else:
+        eval_ = _split(dataset_dict, cfg.eval_split, cfg.dataset)
     columns = list(train.column_names)
     if cfg.label_column not in columns:
         raise ConfigError(
@@ -181,4 +232,4 @@ def load_hf(cfg: RunConfig) -> tuple[Any, Any]:
         if absent:
             raise ConfigError(f"split {cfg.eval_split!r} of --dataset {cfg.dataset!r} lacks column {absent[0]!r}")
     return (_to_tensor_pair(train, inputs, cfg.label_column, cfg.dataset, cfg.train_split),
-            _to_tensor_pair(eval_, inputs, cfg.label_column, cfg.dataset, cfg.eval_split))
+            _to_tensor_pair(eval_, inputs, cfg.label_column, cfg.dataset, cfg.eval_split), notes)
