@@ -8,9 +8,6 @@ from pathlib import Path
 
 from scaling.config import ArgumentParser, ConfigError
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_STUDY = REPO / "configs" / "studies" / "default.yaml"
-
 USAGE = """usage: scaling COMMAND [options]
 
 commands:
@@ -27,27 +24,36 @@ commands:
 def _sweep_parser(prog: str, spec_required: bool) -> ArgumentParser:
     parser = ArgumentParser(prog=prog)
     if spec_required:
-        parser.add_argument("spec", help="study spec (YAML), e.g. configs/studies/batch_size.yaml")
+        parser.add_argument("spec", help="study spec (YAML), e.g. configs/studies/batch_size.yaml, or the name of "
+                                         "a shipped study (batch_size, lr_rules, ...)")
     else:
-        parser.add_argument("spec", nargs="?", default=str(DEFAULT_STUDY), help="default: %(default)s")
+        parser.add_argument("spec", nargs="?", default="default",
+                            help="study spec (YAML) or a shipped study's name (default: the shipped default study)")
     parser.add_argument("--dir", help="study folder (default: runs/study-NAME)")
     parser.add_argument("--dry-run", action="store_true", help="list every configuration; run nothing")
     parser.add_argument("--slurm", choices=("array", "per-config"),
                         help="write sbatch scripts (one array job, or one script per configuration); run nothing")
+    slurm = parser.add_argument_group("allocation of the --slurm jobs (override the spec's slurm: section)")
+    slurm.add_argument("--gpus-per-node", type=int, help="default: the study's largest process count")
+    slurm.add_argument("--cpus-per-task", type=int, help="default: 8")
+    slurm.add_argument("--time", help="wall-time limit per job, e.g. 02:00:00 (default) or 1-00:00:00")
+    slurm.add_argument("--partition", help="SLURM partition")
+    slurm.add_argument("--account", help="SLURM account")
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
 
 def _load(args) -> tuple:
+    from scaling.resources import study_spec
     from scaling.sweep import default_study_dir, load_study
 
-    spec = Path(args.spec)
+    spec = study_spec(args.spec)
     study_dir = Path(args.dir) if args.dir else default_study_dir(spec)  # bounded load, name validated
     return load_study(spec, study_dir), study_dir
 
 
 def sweep(argv: list[str], spec_required: bool = True, report: bool = False) -> int:
-    from scaling.sweep import run_study, write_slurm
+    from scaling.sweep import run_study, slurm_settings, write_slurm
 
     args = _sweep_parser("scaling study" if report else "scaling sweep", spec_required).parse_args(argv)
     study, study_dir = _load(args)
@@ -57,7 +63,10 @@ def sweep(argv: list[str], spec_required: bool = True, report: bool = False) -> 
             print(study_config.describe())
         return 0
     if args.slurm:
-        for path in write_slurm(study, study_dir, array=args.slurm == "array"):
+        overrides = {key: getattr(args, key) for key in ("gpus_per_node", "cpus_per_task", "time", "partition",
+                                                         "account")}
+        settings = slurm_settings(study.spec.get("slurm"), overrides)
+        for path in write_slurm(study, study_dir, array=args.slurm == "array", settings=settings):
             print(f"scaling: wrote {path}")
         return 0
     from scaling.lock import StudyLock

@@ -47,11 +47,12 @@ from scaling.lock import (
     wait_for_run_lock,
 )
 from scaling.lr import scaled_lr
+from scaling.resources import resource
 from scaling.results import read_result, write_json_atomic
 
 RUN_PY = Path(__file__).resolve().parent / "run.py"
 LAUNCHER_TYPES = ("python", "torchrun", "accelerate")
-SPEC_KEYS = {"name", "description", "base", "grid", "zip", "seeds", "launcher"}
+SPEC_KEYS = {"name", "description", "base", "grid", "zip", "seeds", "launcher", "slurm"}
 LAUNCHER_KEYS = {"type", "nproc", "config_file", "nnodes", "master_addr", "master_port", "local_nodes", "timeout_s",
                  "grace_s"}
 LAUNCH_AXES = {"nproc"}  # axis keys that belong to the launcher, not the run config
@@ -97,6 +98,47 @@ class StudyPlan:
     name: str
     spec: dict[str, Any]
     configs: list[StudyConfig] = field(default_factory=list)
+
+
+@dataclass
+class SlurmSettings:
+    """The allocation each generated sbatch job asks for: the spec's `slurm:` section, then the flags of
+    `scaling sweep --slurm`. `gpus_per_node` defaults to the largest process count of the study."""
+
+    gpus_per_node: int | None = None
+    cpus_per_task: int = 8
+    time: str = "02:00:00"
+    partition: str | None = None
+    account: str | None = None
+
+
+# Values that go into #SBATCH lines unquoted: SLURM's own time formats, and names of letters, digits, . _ -
+_SLURM_TIME = re.compile(r"(\d+-)?\d{1,3}(:\d{2}){0,2}")
+_SLURM_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def slurm_settings(section: Any, overrides: dict[str, Any] | None = None) -> SlurmSettings:
+    """Validate the spec's `slurm:` section (a mapping) and the command line's overrides, in one line each."""
+    if section is not None and not isinstance(section, dict):
+        raise ConfigError("study spec: 'slurm' must be a mapping")
+    section = dict(section or {})
+    known = {f.name for f in dataclasses.fields(SlurmSettings)}
+    unknown = [k for k in section if k not in known]
+    if unknown:
+        raise ConfigError(f"study spec: unknown slurm key {shown(str(unknown[0]), 40)}; known: {', '.join(sorted(known))}")
+    section.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    settings = SlurmSettings(**section)
+    for key in ("gpus_per_node", "cpus_per_task"):
+        value = getattr(settings, key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < (key != "gpus_per_node")):
+            raise ConfigError(f"slurm {key} must be a whole number >= {int(key != 'gpus_per_node')}, got {shown(value)}")
+    if not isinstance(settings.time, str) or not _SLURM_TIME.fullmatch(settings.time):
+        raise ConfigError(f"slurm time must be a SLURM time such as 02:00:00 or 1-12:00:00, got {shown(settings.time)}")
+    for key in ("partition", "account"):
+        value = getattr(settings, key)
+        if value is not None and (not isinstance(value, str) or not _SLURM_NAME.fullmatch(value)):
+            raise ConfigError(f"slurm {key} must be a name of letters, digits, '.', '_' or '-', got {shown(value)}")
+    return settings
 
 
 def _axes(section: Any, where: str) -> dict[str, list]:
@@ -233,6 +275,7 @@ def load_study(path: str | Path, study_dir: str | Path) -> StudyPlan:
 
     grid_points = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
     zip_points = [[dict(zip(g, values, strict=True)) for values in zip(*g.values(), strict=True)] for g in groups]
+    slurm_settings(spec.get("slurm"))  # checked with the rest of the spec, --dry-run included
     study = StudyPlan(name=name, spec=spec)
     seen: set[str] = set()
     for point in grid_points:
@@ -612,7 +655,7 @@ def _previous_entries(path: Path) -> dict[str, dict]:
 
 # ---------------------------------------------------------------- clusters: SLURM
 
-SLURM_TEMPLATE = Path(__file__).resolve().parent.parent / "launch" / "slurm.sbatch"
+SLURM_TEMPLATE = resource("slurm.sbatch")  # package data; launch/slurm.sbatch is the repository's copy
 # `#SBATCH --output=STUDY_DIR/...` cannot be quoted: the study folder must be a plain path.
 SLURM_SAFE_PATH = re.compile(r"[A-Za-z0-9._/+,@=:-]+")
 
@@ -647,7 +690,8 @@ def launch_mode(out: str | Path) -> str:
     return "done" if folder.finished else "resume" if folder.resumable else "overwrite"
 
 
-def write_slurm(study: StudyPlan, study_dir: Path, array: bool = True) -> list[Path]:
+def write_slurm(study: StudyPlan, study_dir: Path, array: bool = True,
+                settings: SlurmSettings | None = None) -> list[Path]:
     """Write sbatch scripts: one array job over every configuration, or one script per configuration.
 
     Configurations that already have a complete result are left out, so resubmitting resumes the study; each
@@ -659,6 +703,7 @@ def write_slurm(study: StudyPlan, study_dir: Path, array: bool = True) -> list[P
         raise ConfigError(f"--slurm: the study folder {shown(str(root), 80)} holds characters a SLURM script cannot "
                           f"carry safely (its #SBATCH lines are not quoted); use a path of letters, digits and "
                           f"'._-/' (--dir)")
+    settings = settings or slurm_settings(study.spec.get("slurm"))
     template = SLURM_TEMPLATE.read_text()
     folder = study_dir / "slurm"
     try:
@@ -672,7 +717,9 @@ def write_slurm(study: StudyPlan, study_dir: Path, array: bool = True) -> list[P
             config_path.write_text(yaml.safe_dump(study_config.config.to_dict(), sort_keys=False))
             jobs.append((study_config, out.resolve(), slurm_words(study_config, config_path.resolve())))
         nodes = max((c.launcher.nnodes for c in study.configs), default=1)
-        gpus = max((c.launcher.nproc for c in study.configs), default=1)
+        gpus = settings.gpus_per_node
+        if gpus is None:
+            gpus = max((c.launcher.nproc for c in study.configs), default=1)
         written = []
         if array:
             (folder / "commands.txt").write_text("".join(_shell_join(words) + "\n" for _, _, words in jobs))
@@ -682,14 +729,15 @@ def write_slurm(study: StudyPlan, study_dir: Path, array: bool = True) -> list[P
                     f'  *) echo "scaling: no configuration for task $SLURM_ARRAY_TASK_ID" >&2; exit 1 ;;\nesac\n'
                     + _RUN_BODY)
             script = _fill(template, study.name, nodes, gpus, f"#SBATCH --array=0-{max(0, len(jobs) - 1)}", root,
-                           body)
+                           body, settings)
             written.append(folder / "array.sbatch")
             written[-1].write_text(script)
         else:
             for study_config, out, words in jobs:
                 body = f"OUT={shlex.quote(str(out))}\nCMD=({_shell_join(words)})\n" + _RUN_BODY
-                script = _fill(template, f"{study.name}-{study_config.id}", study_config.launcher.nnodes,
-                               study_config.launcher.nproc, "", root, body)
+                per_config = study_config.launcher.nproc if settings.gpus_per_node is None else settings.gpus_per_node
+                script = _fill(template, f"{study.name}-{study_config.id}", study_config.launcher.nnodes, per_config,
+                               "", root, body, settings)
                 written.append(folder / f"{study_config.id}.sbatch")
                 written[-1].write_text(script)
     except OSError as err:
@@ -705,8 +753,13 @@ _RUN_BODY = (
 )
 
 
-def _fill(template: str, name: str, nodes: int, gpus: int, array_line: str, study_dir: Path, body: str) -> str:
+def _fill(template: str, name: str, nodes: int, gpus: int, array_line: str, study_dir: Path, body: str,
+          settings: SlurmSettings) -> str:
+    extra = "".join(f"#SBATCH --{key}={value}\n" for key, value in (("partition", settings.partition),
+                                                                   ("account", settings.account)) if value)
     return (template.replace("{{NAME}}", name).replace("{{NODES}}", str(nodes)).replace("{{GPUS}}", str(gpus))
+            .replace("{{CPUS}}", str(settings.cpus_per_task)).replace("{{TIME}}", settings.time)
+            .replace("{{ALLOCATION}}\n", extra)
             .replace("{{ARRAY}}", array_line).replace("{{STUDY_DIR_QUOTED}}", shlex.quote(str(study_dir)))
             .replace("{{STUDY_DIR}}", str(study_dir)).replace("{{COMMAND}}", body))
 

@@ -192,3 +192,32 @@ def test_slurm_scripts(tmp_path):
     assert len(per_config) == 3 and all(p.suffix == ".sbatch" for p in per_config)
     config_yaml = Path(commands[0].split("--config ")[1])
     assert config_yaml.is_file() and "global_bs: 1024" in config_yaml.read_text()
+
+
+def test_slurm_allocation_comes_from_the_spec_and_the_flags(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO, assert_one_line_error, child_env
+
+    spec = write_spec(tmp_path, {"name": "alloc", "base": {"global_bs": 512}, "grid": {"seed": [0, 1]},
+                                 "launcher": {"type": "torchrun", "nproc": 4},
+                                 "slurm": {"cpus_per_task": 16, "time": "1-00:00:00", "partition": "gpu"}})
+
+    def sweep(*flags):
+        return subprocess.run([sys.executable, "-m", "scaling.cli", "sweep", str(spec), "--dir",
+                               str(tmp_path / "study"), *flags], capture_output=True, text=True, cwd=REPO,
+                              env=child_env(), timeout=120)
+
+    proc = sweep("--slurm", "array", "--account", "proj-7", "--gpus-per-node", "8")
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "study" / "slurm" / "array.sbatch").read_text()
+    for line in ("#SBATCH --cpus-per-task=16", "#SBATCH --time=1-00:00:00", "#SBATCH --partition=gpu",
+                 "#SBATCH --account=proj-7", "#SBATCH --gpus-per-node=8"):
+        assert line in text.splitlines(), line
+    assert_one_line_error(sweep("--slurm", "array", "--time", "soon"), "slurm time must be a SLURM time")
+    assert_one_line_error(sweep("--slurm", "array", "--partition", "gpu;rm"), "slurm partition must be a name")
+    bad = write_spec(tmp_path, {"name": "bad", "base": {"global_bs": 512}, "slurm": {"gpus": 4}}, name="bad.yaml")
+    proc = subprocess.run([sys.executable, "-m", "scaling.cli", "sweep", str(bad), "--dry-run"], capture_output=True,
+                          text=True, cwd=REPO, env=child_env(), timeout=120)
+    assert_one_line_error(proc, "unknown slurm key 'gpus'")
