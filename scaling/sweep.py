@@ -83,6 +83,10 @@ class StudyConfig:
     config: RunConfig
     launcher: Launcher
 
+    def label(self) -> str:
+        """`global_bs=256 lr_scaling=sqrt seed=0`: what varies, for progress bars (the id when nothing does)."""
+        return " ".join(f"{k}={v}" for k, v in self.overrides.items()) or self.id
+
     def describe(self) -> str:
         plan = plan_batch(self.config, self.launcher.nproc * self.launcher.nnodes)
         lr = scaled_lr(self.config.base_lr, self.config.base_bs, plan.global_bs, self.config.lr_scaling)
@@ -606,7 +610,7 @@ def run_study(study: StudyPlan, study_dir: Path, progress: bool = True, say=prin
         for study_config in bar:
             if signals.signum:
                 break
-            bar.set_description(study_config.id)
+            bar.set_description(study_config.label())
             result = read_result(Path(study_config.config.output_dir) / "result.json")
             if result is not None:
                 entries[study_config.id] = {**previous.get(study_config.id, {}), "status": result["status"],
