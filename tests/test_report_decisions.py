@@ -155,6 +155,10 @@ def test_a_configuration_that_missed_the_target_is_never_recommended(tmp_path):
     best_rows = [line for line in paths["report.md"].read_text().splitlines()
                  if line.startswith("| bs4096") and ("★" in line or "☆" in line)]
     assert not best_rows
+    # Nor is it a useful batch: the steps of the seeds that happened to reach the target are no ladder rung.
+    useful = found["largest_useful_batch[sqrt]"]
+    assert int(useful["numbers"]["batch"]) < 4096 and "4096" in useful["numbers"]["not_reached"]
+    assert "4096: 2 of 3 seeds reached it" in useful["statement"]
 
 
 def test_predicted_fastest_batch_never_recommends_a_batch_that_failed(tmp_path):

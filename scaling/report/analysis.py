@@ -309,9 +309,10 @@ def classify_ratio(ratio: float) -> str:
 
 
 def doublings(series: str, points: list[Point], rules: stats.Rules = stats.DEFAULT_RULES) -> list[Doubling]:
-    """Consecutive steps of the batch ladder that reached the target. Batches closer than 1.5x to the last
-    kept one (127/128/129 throughput probes) are skipped: their step ratio is noise, not scaling."""
-    kept = ladder([p for p in points if p.steps.mean is not None], lambda p: p.batch)
+    """Consecutive steps of the batch ladder where every seed reached the target (a batch that one lucky seed
+    in three reached is not a useful batch, and its steps are that seed's alone). Batches closer than 1.5x to
+    the last kept one (127/128/129 throughput probes) are skipped: their step ratio is noise, not scaling."""
+    kept = ladder([p for p in points if p.all_reached and p.steps.mean is not None], lambda p: p.batch)
     out = []
     for a, b in pairwise(kept):
         steps_a, res_a = _steps(a.runs)

@@ -233,10 +233,10 @@ def steps_scaling(study: Study) -> list[Finding]:
     out = []
     for name, steps in ladders.items():
         prefix, suffix = _prefix(name, len(study.series)), _suffix(name)
-        n_seeds = min(min(d.n_small, d.n_large) for d in steps)
         perfect = analysis.perfect_until(steps)
         if perfect is not None:
             used = [d for d in steps if d.large <= perfect]
+            n_seeds = min(min(d.n_small, d.n_large) for d in used)
             decided = analysis.perfect_until(steps, decided=True) == perfect
             text = (f"perfect scaling (r ≤ {analysis.PERFECT_MAX_RATIO}) holds up to batch {perfect} "
                     f"(r = {', '.join(_ratio_text(d) for d in used)})")
@@ -254,6 +254,7 @@ def steps_scaling(study: Study) -> list[Finding]:
                                                                "doublings": [_doubling_numbers(d) for d in used]}))
         knee = analysis.knee(steps)
         decided = analysis.knee_decided(steps)
+        n_seeds = min(min(d.n_small, d.n_large) for d in analysis.knee_doublings(steps))
         if knee is not None:
             later = [d for d in steps if d.small >= knee]
             text = (f"beyond global batch {knee}, doubling the batch saves under {1 - analysis.NO_GAIN_MIN_RATIO:.0%} "
@@ -273,15 +274,22 @@ def steps_scaling(study: Study) -> list[Finding]:
         text += "; " + ("decided" if decided else _regime_undecided(study, n_seeds, open_,
                                                                      (analysis.NO_GAIN_MIN_RATIO,)))
         largest = steps[-1].large
-        missed = [p for p in study.series[name] if p.batch > largest and not p.any_reached
+        missed = [p for p in study.series[name] if p.batch > largest and not p.all_reached
                   and any(run.target is not None for run in p.runs)]
         if missed:
-            text += ("; larger batches did not reach the target ("
-                     + ", ".join(f"{p.batch} {status_words(p.outcome)}" for p in missed) + ")")
+            text += ("; larger batches did not reach the target with every seed ("
+                     + ", ".join(_missed_text(p) for p in missed) + ")")
             numbers["not_reached"] = {str(p.batch): p.outcome for p in missed}
         out.append(Finding(f"largest_useful_batch{suffix}", _sentence(prefix, text), decided, str(answer), n_seeds,
                            numbers=numbers))
     return out
+
+
+def _missed_text(point: analysis.Point) -> str:
+    """`4096 diverged`, or `2048: 1 of 3 seeds reached it`."""
+    if point.any_reached:
+        return f"{point.batch}: {len(point.reached)} of {len(point.runs)} seeds reached it"
+    return f"{point.batch} {status_words(point.outcome)}"
 
 
 def _regime_undecided(study: Study, n_seeds: int, open_: list[analysis.Doubling],

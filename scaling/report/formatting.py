@@ -6,6 +6,8 @@ import math
 import statistics
 from typing import TYPE_CHECKING
 
+from scaling.stats import MAX_SEEDS
+
 if TYPE_CHECKING:
     from scaling.predict import Estimate
     from scaling.stats import Comparison, Rate, Rules
@@ -89,8 +91,8 @@ def change(comparison: Comparison, what: str, interval: bool = True) -> str:
 def seeds_advice(needed: int | None, rules: Rules) -> str:
     """How many seeds per configuration would likely decide an open comparison."""
     if needed is None:
-        return (f"the difference is too close to the {rules.threshold:.0%} threshold for any practical number of "
-                f"seeds to resolve")
+        return (f"more than {MAX_SEEDS} seeds per configuration would be needed: the difference lies too close "
+                f"to the {rules.threshold:.0%} threshold for the run-to-run spread")
     return f"about {needed} seeds per configuration would likely resolve it"
 
 
