@@ -162,7 +162,8 @@ def test_one_reached_batch_gets_the_skip_note(tmp_path):
     fabricate_study(tmp_path, rules=("linear",), batches=[64, 128, 256], reached=lambda _, batch: batch == 128)
     paths = write_report(tmp_path)
     section = _section(paths["report.md"].read_text())
-    assert "Fewer than 2 distinct batch sizes reached the target in every series (all: 1): no fit" in section
+    assert ("Fewer than 2 distinct batch sizes reached the target with every seed in every series (all: 1): no "
+            "fit") in section
     assert "critical_batch_steps" not in paths and "predicted_time_to_target" not in paths
     assert "noise_scale_over_training" in paths  # B_simple was still measured
     assert "critical batch size B_crit" not in paths["report.md"].read_text()

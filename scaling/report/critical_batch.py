@@ -153,7 +153,8 @@ class SeriesFit:
     @property
     def failed_from(self) -> int | None:
         """The smallest batch run in the series where no seed reached the target."""
-        return min((b for b, outcome in self.run_batches.items() if outcome != "reached"), default=None)
+        return min((b for b, outcome in self.run_batches.items()
+                    if outcome != "reached" and not outcome.startswith("reached by")), default=None)
 
     @property
     def extrapolated(self) -> bool:
@@ -229,7 +230,7 @@ class SeriesFit:
                 notes.append(f"run, {self.run_batches[batch]}: the fit assumes it trains as the others do")
             missed = [b for b, outcome in self.run_batches.items() if b < batch and b not in self.batches]
             if missed and batch not in self.run_batches:
-                notes.append(f"beyond batch {min(missed)}, which did not reach the target")
+                notes.append(f"beyond batch {min(missed)}, which did not reach the target with every seed")
             range_note = self._range_note(batch)
             if range_note:
                 notes.append(range_note)
@@ -285,8 +286,9 @@ class SeriesFit:
         rng = np.random.default_rng(CHOICE_SEED)
         hits = dict.fromkeys(chosen, 0)
         for _ in range(CHOICE_RESAMPLES):
+            # Fitted batches only (every seed reached): the others add throughput, not steps, and stay as run.
             resampled = [analysis.Point(p.batch, [p.runs[i] for i in rng.integers(0, len(p.runs), len(p.runs))])
-                         for p in self.points]
+                         if p.all_reached else p for p in self.points]
             refit = _fit_parts(resampled)
             if refit is None or not refit[2].fit.physical or not refit[4]:
                 continue
@@ -320,17 +322,27 @@ def analyse(runs: list[Run], series: dict[str, list[analysis.Point]],
                 continue
             fit = _fit_series(name, points, rules)
             if fit is None:
-                too_few[name] = sum(1 for p in points if p.steps.mean is not None)
+                too_few[name] = sum(1 for p in points if p.all_reached and p.steps.mean is not None)
             else:
                 fits.append(fit)
     return NoiseAnalysis(present, fits, too_few, b_all, methods)
 
 
+def _outcome(point: analysis.Point) -> str:
+    """`reached` (every seed), `reached by 1 of 3 seeds`, or the status of the runs that missed."""
+    if point.all_reached:
+        return "reached"
+    if point.any_reached:
+        return f"reached by {len(point.reached)} of {len(point.runs)} seeds"
+    return point.outcome
+
+
 def _fit_parts(points: list[analysis.Point], bootstrap: bool = False):
-    """(batches, steps, tradeoff, samples, per-device throughput) from the runs of each point that reached the
-    target (the mean over them); None with fewer than 2 such batches. Without `bootstrap` the fit has no
-    uncertainty (the refits of DeviceChoice's agreement need only the values)."""
-    reached = [p for p in points if p.steps.mean is not None]
+    """(batches, steps, tradeoff, samples, per-device throughput) from the batches where every seed reached the
+    target (the mean over the seeds; one that some seed missed is not fitted: its steps would be those of the
+    lucky seeds); None with fewer than 2 such batches. Without `bootstrap` the fit has no uncertainty (the
+    refits of DeviceChoice's agreement need only the values)."""
+    reached = [p for p in points if p.all_reached and p.steps.mean is not None]
     if len(reached) < 2 or len({p.batch for p in reached}) < 2:
         return None
     batches = [p.batch for p in reached]
@@ -352,7 +364,7 @@ def _fit_parts(points: list[analysis.Point], bootstrap: bool = False):
 
 
 def _fit_series(name: str, points: list[analysis.Point], rules: stats.Rules = stats.DEFAULT_RULES) -> SeriesFit | None:
-    reached = [p for p in points if p.steps.mean is not None]
+    reached = [p for p in points if p.all_reached and p.steps.mean is not None]
     if len(reached) < 2:
         return None
     batches, steps, tradeoff, samples, per_device = _fit_parts(points, bootstrap=True)
@@ -363,7 +375,7 @@ def _fit_series(name: str, points: list[analysis.Point], rules: stats.Rules = st
         throughput={p.batch: p.throughput.mean for p in points if p.throughput.mean},
         per_device=per_device,
         train_time={p.batch: p.train_time.mean for p in reached if p.train_time.mean is not None},
-        run_batches={p.batch: "reached" if p.any_reached else p.outcome for p in points},
+        run_batches={p.batch: _outcome(p) for p in points},
         n_seeds=min(len(p.reached) for p in reached),
         incomplete={p.batch for p in points if not p.all_reached},
         points=points, rules=rules,

@@ -235,8 +235,8 @@ def critical_batch_size(study: Study) -> list[Block]:
         "interval of bootstrap refits over the batch sizes."))
     if not result.fits:
         detail = ", ".join(f"{name}: {n}" for name, n in result.too_few.items()) or "none"
-        blocks.append(Note(f"Fewer than 2 distinct batch sizes reached the target in every series ({detail}): no "
-                           f"fit of S(B), no B_crit and no predictions."))
+        blocks.append(Note(f"Fewer than 2 distinct batch sizes reached the target with every seed in every series "
+                           f"({detail}): no fit of S(B), no B_crit and no predictions."))
         if result.b_simple_all:
             blocks.append(Paragraph(f"Measured B_simple at the target: {fmt.b_simple_text(result.b_simple_all)}."))
         blocks += figure_or_note(plots.plot_noise_over_training(study), "B_simple over training, per run.",
