@@ -387,7 +387,7 @@ def device_findings(fit: critical_batch.SeriesFit, count: int, study: Study) -> 
                 reasons.append(f"the runner-up within {fmt.percent(study.rules.threshold, 0)}")
             text += f"; not decided ({' and '.join(reasons) or 'too little data'})"
         if fit.failed_from is not None:
-            text += f" (no batch from {fit.failed_from}, where no seed reached the target, is a candidate)"
+            text += f"; no batch from {fit.failed_from}, where no seed reached the target, is a candidate"
         numbers = {"devices": c.devices, "batch": c.choice.batch, "time_s": c.choice.time_s,
                    "steps": c.choice.steps, "runner_up": c.runner_up, "margin": c.margin,
                    "agreement": c.agreement, "candidates": fit.eligible(c.devices)}
