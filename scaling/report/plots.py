@@ -163,6 +163,20 @@ def _draw_missed(ax, missed: dict[str, list[int]], colors: dict[str, str]) -> li
                    label="above the frame: did not reach the target")]
 
 
+def _mark_partial(ax, points: list[analysis.Point], value, color: str) -> bool:
+    """Hollow markers over batches where some seed missed the target: the value is that of the seeds that
+    reached it, not of the configuration. True when any was drawn."""
+    partial = [p for p in points if p.any_reached and not p.all_reached and value(p) is not None]
+    if partial:
+        ax.plot([p.batch for p in partial], [value(p) for p in partial], "o", markersize=9, markerfacecolor="white",
+                markeredgecolor=color, markeredgewidth=1.8, zorder=5)
+    return bool(partial)
+
+
+PARTIAL_HANDLE = Line2D([], [], ls="", marker="o", markerfacecolor="white", markeredgecolor="#555555",
+                        markeredgewidth=1.8, label="hollow: not every seed reached the target")
+
+
 def _title(ax, text: str, missed: dict[str, list[int]]) -> None:
     """The title, raised above the row(s) of not-reached marks."""
     ax.set_title(text, pad=6 + 14 * len(missed))
@@ -171,7 +185,7 @@ def _title(ax, text: str, missed: dict[str, list[int]]) -> None:
 def plot_time_to_target(study: Study) -> Path | None:
     colors = _series_colors(study)
     figure, ax = new_figure()
-    drawn, missed, counts = False, {}, []
+    drawn, missed, counts, partial = False, {}, [], False
     for name, points in study.series.items():
         points = _target_points(points)
         timed = [p for p in points if p.train_time.mean is not None]
@@ -181,10 +195,11 @@ def plot_time_to_target(study: Study) -> Path | None:
             ax.errorbar([p.batch for p in timed], [p.train_time.mean for p in timed],
                         yerr=[p.train_time.std or 0 for p in timed], marker="o", capsize=3, color=colors[name],
                         label=name)
+            partial = _mark_partial(ax, timed, lambda p: p.train_time.mean, colors[name]) or partial
         _missed(points, name, missed)
     if not drawn:
         return None
-    handles = _draw_missed(ax, missed, colors)
+    handles = _draw_missed(ax, missed, colors) + [PARTIAL_HANDLE] * partial
     _batch_axis(ax)
     _log_y(ax)
     ax.set_ylabel(f"train time to {study.target_text()} (s)")
@@ -198,7 +213,7 @@ def plot_steps_to_target(study: Study) -> Path | None:
     doubling shaded by its regime (Shallue et al. 2018); grey where the data do not decide the regime."""
     colors = _series_colors(study)
     figure, ax = new_figure()
-    drawn, missed, counts = False, {}, []
+    drawn, missed, counts, partial = False, {}, [], False
     for name, points in study.series.items():
         points = _target_points(points)
         reached = [p for p in points if p.steps.mean is not None]
@@ -210,6 +225,7 @@ def plot_steps_to_target(study: Study) -> Path | None:
         batches = [p.batch for p in reached]
         ax.errorbar(batches, [p.steps.mean for p in reached], yerr=[p.steps.std or 0 for p in reached],
                     marker="o", capsize=3, color=colors[name], label=name, zorder=3)
+        partial = _mark_partial(ax, reached, lambda p: p.steps.mean, colors[name]) or partial
         first = reached[0]
         ax.plot(batches, [first.steps.mean * first.batch / b for b in batches], ":", color=colors[name],
                 alpha=0.7, zorder=2)
@@ -219,7 +235,7 @@ def plot_steps_to_target(study: Study) -> Path | None:
                     color=color, lw=9, alpha=0.3, solid_capstyle="butt", zorder=1)
     if not drawn:
         return None
-    extra = _draw_missed(ax, missed, colors)
+    extra = _draw_missed(ax, missed, colors) + [PARTIAL_HANDLE] * partial
     _batch_axis(ax)
     _log_y(ax)
     ax.set_ylabel(f"optimizer steps to {study.target_text()}")
