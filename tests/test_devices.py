@@ -206,3 +206,15 @@ def test_report_section_table_and_a_model_that_cannot_be_rebuilt(tmp_path):
     assert all(f.numbers["interconnect"]["name"] == "nvlink4" for f in findings)  # an H100: NVLink 4
     # More devices never lose here (NVLink is fast and the compute scales): the answer uses them all.
     assert [f.numbers["devices"] for f in findings] == [1, 8, 64]
+
+
+def test_a_run_without_a_target_predicts_the_time_of_its_steps():
+    from scaling.predict_devices import explain
+
+    result = emulating_result(status="not_reached", steps_to_target=None, train_time_to_target_s=None)
+    profile = profile_run(result, METRICS)
+    prediction = predict_on_devices(profile, [1000], 2, Interconnect("free", float("inf"), 0.0, "given"))
+    assert prediction.train_time_to_target_s is None and prediction.band_s is None
+    # 1.6 s for the run's 32 steps, plus 32 times the per-step difference (two of four micro-steps saved).
+    assert prediction.train_time_s == pytest.approx(1.6 + 32 * -(2 * 0.0105))
+    assert "did not reach a target (not_reached)" in explain(profile, prediction)
