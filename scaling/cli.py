@@ -45,7 +45,7 @@ def _sweep_parser(prog: str, spec_required: bool) -> ArgumentParser:
 
 def _load(args) -> tuple:
     from scaling.resources import study_spec
-    from scaling.sweep import default_study_dir, load_study
+    from scaling.spec import default_study_dir, load_study
 
     spec = study_spec(args.spec)
     study_dir = Path(args.dir) if args.dir else default_study_dir(spec)  # bounded load, name validated
@@ -53,7 +53,9 @@ def _load(args) -> tuple:
 
 
 def sweep(argv: list[str], spec_required: bool = True, report: bool = False) -> int:
-    from scaling.sweep import run_study, slurm_settings, write_slurm
+    from scaling.slurm import write_slurm
+    from scaling.spec import slurm_settings
+    from scaling.sweep import run_study
 
     args = _sweep_parser("scaling study" if report else "scaling sweep", spec_required).parse_args(argv)
     study, study_dir = _load(args)

@@ -1,0 +1,295 @@
+"""Study specs: a YAML spec expands to configurations, each validated before anything runs.
+
+Spec (docs/studies.md):
+
+    name: batch_size_scaling
+    base: {target_accuracy: 0.9, max_epochs: 30}     # any run-config keys
+    grid: {global_bs: [32, 64, 128], lr_scaling: [linear, sqrt]}   # cartesian product
+    zip:  {per_device_bs: [32, 64], accumulation_steps: [4, 2]}    # varied together (or a list of such groups)
+    seeds: [0, 1, 2]                                  # shorthand for a grid axis over `seed`
+    launcher: {type: python | torchrun | accelerate, nproc: 1, config_file: launch/multi_gpu.yaml,
+               nnodes: 1, master_addr: 127.0.0.1, local_nodes: false, timeout_s: null}
+
+`nproc` may also be an axis (in grid or zip). Every configuration is validated (keys, types, batch
+arithmetic for its process count) before anything runs. A configuration's id is a hash of its resolved
+config and process count, so rerunning a spec finds the finished ones and skips them. scaling/sweep.py
+runs the configurations here; scaling/slurm.py writes them as sbatch jobs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scaling.batching import plan_batch
+from scaling.config import FIELDS, ConfigError, RunConfig, load_yaml, make_config, shown
+from scaling.lr import scaled_lr
+
+RUN_PY = Path(__file__).resolve().parent / "run.py"
+LAUNCHER_TYPES = ("python", "torchrun", "accelerate")
+SPEC_KEYS = {"name", "description", "base", "grid", "zip", "seeds", "launcher", "slurm"}
+LAUNCHER_KEYS = {"type", "nproc", "config_file", "nnodes", "master_addr", "master_port", "local_nodes", "timeout_s",
+                 "grace_s"}
+LAUNCH_AXES = {"nproc"}  # axis keys that belong to the launcher, not the run config
+MAX_CONFIGS = 10_000  # configurations one spec may expand to (counted before expanding)
+# A study name becomes a folder name (runs/study-NAME) and a SLURM job name: a plain file name only.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+@dataclass
+class Launcher:
+    type: str = "python"
+    nproc: int = 1
+    config_file: str | None = None
+    nnodes: int = 1
+    master_addr: str = "127.0.0.1"
+    master_port: int | None = None
+    local_nodes: bool = False  # start every node's torchrun here (tests; one-machine rehearsal)
+    timeout_s: float | None = None
+    grace_s: float = 120.0  # on SIGINT/SIGTERM, how long a run gets to checkpoint and stop before it is killed
+
+
+@dataclass
+class StudyConfig:
+    id: str
+    overrides: dict[str, Any]
+    config: RunConfig
+    launcher: Launcher
+
+    def label(self) -> str:
+        """`global_bs=256 lr_scaling=sqrt seed=0`: what varies, for progress bars (the id when nothing does)."""
+        return " ".join(f"{k}={v}" for k, v in self.overrides.items()) or self.id
+
+    def describe(self) -> str:
+        plan = plan_batch(self.config, self.launcher.nproc * self.launcher.nnodes)
+        lr = scaled_lr(self.config.base_lr, self.config.base_bs, plan.global_bs, self.config.lr_scaling)
+        axes = " ".join(f"{k}={v}" for k, v in self.overrides.items())
+        return (f"{self.id}  {axes}\n    {plan.describe()}; lr {self.config.lr_scaling} "
+                f"{self.config.base_lr:g}@{self.config.base_bs} -> {lr:g}; {self.launcher.type}")
+
+
+@dataclass
+class StudyPlan:
+    """A study spec expanded into its configurations."""
+
+    name: str
+    spec: dict[str, Any]
+    configs: list[StudyConfig] = field(default_factory=list)
+
+
+@dataclass
+class SlurmSettings:
+    """The allocation each generated sbatch job asks for: the spec's `slurm:` section, then the flags of
+    `scaling sweep --slurm`. `gpus_per_node` defaults to the largest process count of the study."""
+
+    gpus_per_node: int | None = None
+    cpus_per_task: int = 8
+    time: str = "02:00:00"
+    partition: str | None = None
+    account: str | None = None
+
+
+# Values that go into #SBATCH lines unquoted: SLURM's own time formats, and names of letters, digits, . _ -
+_SLURM_TIME = re.compile(r"(\d+-)?\d{1,3}(:\d{2}){0,2}")
+_SLURM_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def slurm_settings(section: Any, overrides: dict[str, Any] | None = None) -> SlurmSettings:
+    """Validate the spec's `slurm:` section (a mapping) and the command line's overrides, in one line each."""
+    if section is not None and not isinstance(section, dict):
+        raise ConfigError("study spec: 'slurm' must be a mapping")
+    section = dict(section or {})
+    known = {f.name for f in dataclasses.fields(SlurmSettings)}
+    unknown = [k for k in section if k not in known]
+    if unknown:
+        raise ConfigError(f"study spec: unknown slurm key {shown(str(unknown[0]), 40)}; known: {', '.join(sorted(known))}")
+    section.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    settings = SlurmSettings(**section)
+    for key in ("gpus_per_node", "cpus_per_task"):
+        value = getattr(settings, key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < (key != "gpus_per_node")):
+            raise ConfigError(f"slurm {key} must be a whole number >= {int(key != 'gpus_per_node')}, got {shown(value)}")
+    if not isinstance(settings.time, str) or not _SLURM_TIME.fullmatch(settings.time):
+        raise ConfigError(f"slurm time must be a SLURM time such as 02:00:00 or 1-12:00:00, got {shown(settings.time)}")
+    for key in ("partition", "account"):
+        value = getattr(settings, key)
+        if value is not None and (not isinstance(value, str) or not _SLURM_NAME.fullmatch(value)):
+            raise ConfigError(f"slurm {key} must be a name of letters, digits, '.', '_' or '-', got {shown(value)}")
+    return settings
+
+
+def _axes(section: Any, where: str) -> dict[str, list]:
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"study spec: '{where}' must map config keys to lists of values")
+    for key, values in section.items():
+        if not isinstance(key, str) or (key not in FIELDS and key not in LAUNCH_AXES):
+            raise ConfigError(f"study spec: unknown key {shown(key, 40)} in '{where}' (not a run-config key)")
+        if not isinstance(values, list):
+            raise ConfigError(f"study spec: axis '{key}' in '{where}' must be a list, got {type(values).__name__}")
+        if not values:
+            raise ConfigError(f"study spec: axis '{key}' in '{where}' is empty")
+    return section
+
+
+def _zip_groups(section: Any) -> list[dict[str, list]]:
+    groups = section if isinstance(section, list) else ([section] if section is not None else [])
+    checked = []
+    for index, group in enumerate(groups):
+        group = _axes(group, "zip")
+        lengths = {key: len(values) for key, values in group.items()}
+        if len(set(lengths.values())) > 1:
+            shown_lengths = ", ".join(f"{k}: {n}" for k, n in lengths.items())
+            raise ConfigError(f"study spec: zipped axes must have equal lengths (group {index + 1}: {shown_lengths})")
+        if group:
+            checked.append(group)
+    return checked
+
+
+def _check_launcher_value(key: str, value: Any) -> Any:
+    """One launcher field, typed and in range (a value goes into a command line: nothing is taken on trust)."""
+    def whole(low: int, high: int | None = None) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= low and (
+            high is None or value <= high)
+
+    if key == "type":
+        if value not in LAUNCHER_TYPES:
+            raise ConfigError(f"study spec: launcher type must be one of {', '.join(LAUNCHER_TYPES)}, got {shown(value)}")
+    elif key in ("nproc", "nnodes"):
+        if not whole(1):
+            raise ConfigError(f"study spec: launcher '{key}' must be a whole number >= 1, got {shown(value)}")
+    elif key == "master_port":
+        if value is not None and not whole(1, 65535):
+            raise ConfigError(f"study spec: launcher 'master_port' must be a port number (1-65535), got {shown(value)}")
+    elif key == "master_addr":
+        if not (isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9._:\[\]-]{1,255}", value)):
+            raise ConfigError(f"study spec: launcher 'master_addr' must be a host name or address, got {shown(value)}")
+    elif key == "config_file":
+        if value is not None and not (isinstance(value, str) and value):
+            raise ConfigError(f"study spec: launcher 'config_file' must be a file path, got {shown(value)}")
+    elif key == "local_nodes":
+        if not isinstance(value, bool):
+            raise ConfigError(f"study spec: launcher 'local_nodes' must be true or false, got {shown(value)}")
+    elif key in ("timeout_s", "grace_s"):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if (value is None and key == "timeout_s") or (number and math.isfinite(value) and value > 0):
+            return float(value) if value is not None else None
+        raise ConfigError(f"study spec: launcher '{key}' must be a number of seconds > 0, got {shown(value)}")
+    return value
+
+
+def _launcher(section: Any) -> Launcher:
+    section = section or {}
+    if not isinstance(section, dict):
+        raise ConfigError("study spec: 'launcher' must be a mapping")
+    unknown = [k for k in section if k not in LAUNCHER_KEYS]
+    if unknown:
+        raise ConfigError(f"study spec: unknown launcher key {shown(sorted(map(str, unknown))[0], 40)}; known: "
+                          f"{', '.join(sorted(LAUNCHER_KEYS))}")
+    launcher = Launcher(**{key: _check_launcher_value(key, value) for key, value in section.items()})
+    if launcher.type == "python" and (launcher.nproc != 1 or launcher.nnodes != 1):
+        raise ConfigError("study spec: the python launcher runs one process; use torchrun or accelerate for more")
+    if launcher.type == "accelerate" and launcher.config_file and not Path(launcher.config_file).is_file():
+        raise ConfigError(f"study spec: accelerate config file {launcher.config_file} does not exist")
+    return launcher
+
+
+_DEFAULTS = dataclasses.asdict(RunConfig())
+
+
+def config_id(config: RunConfig, launcher: Launcher) -> str:
+    """Stable id: the settings that differ from the defaults (so a new field with a default does not
+    change existing ids) and the process topology. The output folder and progress bar are not settings."""
+    settings = {k: v for k, v in config.to_dict().items()
+                if k not in ("output_dir", "progress") and v != _DEFAULTS[k]}
+    settings["_processes"] = [launcher.type, launcher.nproc, launcher.nnodes]
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def study_name(spec: dict, path: str | Path) -> str:
+    """The spec's `name` (default: the file name), refused unless it is a plain file name: it becomes a
+    folder (runs/study-NAME) and a SLURM job name."""
+    name = spec.get("name")
+    source = "'name'"
+    if name is None or name == "":
+        name, source = Path(path).stem, "the file name (set 'name' in the spec)"
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise ConfigError(f"study spec {path}: the study name {shown(name, 40)} from {source} must be a plain file "
+                          f"name: letters, digits, '.', '_' and '-', at most 100 characters")
+    return name
+
+
+def default_study_dir(path: str | Path) -> Path:
+    """runs/study-NAME for a spec (the spec is read with the same bounds as load_study)."""
+    return Path(f"runs/study-{study_name(load_yaml(path, what='study spec'), path)}")
+
+
+def load_study(path: str | Path, study_dir: str | Path) -> StudyPlan:
+    """Parse, expand and validate a spec; every configuration is checked before anything runs."""
+    spec = load_yaml(path, what="study spec")
+    unknown = [k for k in spec if k not in SPEC_KEYS]
+    if unknown:
+        raise ConfigError(f"study spec {path}: unknown section {shown(str(unknown[0]), 40)}; sections: "
+                          f"{', '.join(sorted(SPEC_KEYS))}")
+    name = study_name(spec, path)
+    base = spec.get("base") or {}
+    if not isinstance(base, dict):
+        raise ConfigError(f"study spec {path}: 'base' must be a mapping of run-config keys")
+    grid = dict(_axes(spec.get("grid"), "grid"))
+    if spec.get("seeds") is not None:
+        grid["seed"] = _axes({"seed": spec["seeds"]}, "seeds")["seed"]
+    groups = _zip_groups(spec.get("zip"))
+    launcher = _launcher(spec.get("launcher"))
+    clash = set(grid) & {k for g in groups for k in g}
+    if clash:
+        raise ConfigError(f"study spec {path}: key '{sorted(clash)[0]}' is both a grid and a zip axis")
+    sizes = [len(values) for values in grid.values()] + [len(next(iter(g.values()))) for g in groups]
+    count = math.prod(sizes)
+    if count > MAX_CONFIGS:
+        raise ConfigError(f"study spec {path}: {count:,} configurations ({' x '.join(map(str, sizes))}) are over the "
+                          f"limit of {MAX_CONFIGS:,}; split the study into several specs")
+
+    grid_points = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+    zip_points = [[dict(zip(g, values, strict=True)) for values in zip(*g.values(), strict=True)] for g in groups]
+    slurm_settings(spec.get("slurm"))  # checked with the rest of the spec, --dry-run included
+    study = StudyPlan(name=name, spec=spec)
+    seen: set[str] = set()
+    for point in grid_points:
+        for combo in itertools.product(*zip_points) if zip_points else [()]:
+            overrides = dict(point)
+            for part in combo:
+                overrides.update(part)
+            study_config = _make_config(base, overrides, launcher, Path(study_dir), path)
+            if study_config.id not in seen:
+                seen.add(study_config.id)
+                study.configs.append(study_config)
+    return study
+
+
+def _make_config(base: dict, overrides: dict, launcher: Launcher, study_dir: Path, path: Any) -> StudyConfig:
+    run_keys = {k: v for k, v in overrides.items() if k not in LAUNCH_AXES}
+    launch_keys = {k: _check_launcher_value(k, v) for k, v in overrides.items() if k in LAUNCH_AXES}
+    this_launcher = dataclasses.replace(launcher, **launch_keys)
+    if this_launcher.type == "python" and this_launcher.nproc != 1:
+        raise ConfigError("study spec: the python launcher runs one process; an 'nproc' axis needs torchrun "
+                          "or accelerate")
+    values = {**base, **run_keys, "progress": False}
+    try:
+        config = make_config(values, source=f"study spec {path}")
+        if config.overwrite:
+            raise ConfigError("'overwrite' is not a setting of a study: a sweep decides per configuration")
+        config_key = config_id(config, this_launcher)
+        config = dataclasses.replace(config, output_dir=str(study_dir / "runs" / config_key))
+        plan_batch(config, this_launcher.nproc * this_launcher.nnodes)
+    except ConfigError as err:
+        axes = ", ".join(f"{k}={shown(v, 30)}" for k, v in overrides.items())
+        raise ConfigError(f"{err} (configuration {axes})") from None
+    return StudyConfig(config_key, overrides, config, this_launcher)
