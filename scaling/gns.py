@@ -20,6 +20,7 @@ reached, not only every `every` steps.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 import torch
@@ -167,6 +168,7 @@ class NoiseMonitor:
         varies far less than k separate measurements at batch B averaged (both are unbiased): at
         B_simple > B the |G|^2 estimate from one batch is mostly noise. No optimizer step; the caller
         restores BatchNorm buffers and the RNG afterwards."""
+        start = time.perf_counter()
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)  # no DDP hooks: the sum over ranks is done below
         params = [p for p in model.parameters() if p.requires_grad]
         total, small_sq, first = None, [], self.step
@@ -189,7 +191,7 @@ class NoiseMonitor:
         grad_sq, trace = unbiased_estimates(torch.stack(small_sq).mean().item(), batch, big_sq.item(), count * batch)
         self.probes[label] = {"b_simple": ratio_of_means([(grad_sq, trace)]), "grad_sq": grad_sq, "trace": trace,
                               "batches": count, "samples": count * batch, "first_step": first + 1,
-                              "last_step": last + 1}
+                              "last_step": last + 1, "seconds": time.perf_counter() - start}
 
     def summary(self) -> dict:
         target, final = self.probes.get("target"), self.probes.get("final")
