@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from scaling.callables import call_factory, describe_exception
+from scaling.callables import call_factory, describe_exception, load_callable
 from scaling.config import ConfigError
 
 
@@ -65,6 +65,17 @@ BUILTIN_MODELS: dict[str, Callable[[tuple[int, ...], int], nn.Module]] = {
     "cnn1d_bn": lambda shape, classes: CNN1DBatchNorm(shape[-1], num_classes=classes),
     "mlp": lambda shape, classes: MLP(math.prod(shape), num_classes=classes),
 }
+
+
+def check_model_name(name: str) -> None:
+    """A built-in name, or a `module:callable` that imports: checked before any data is loaded or generated."""
+    if name in BUILTIN_MODELS:
+        return
+    if ":" not in name:
+        raise ConfigError(
+            f"unknown model {name!r}; built-in models: {', '.join(BUILTIN_MODELS)}, or give 'module:callable'"
+        )
+    load_callable(name, "--model")  # imports the module (cached for build_model), calls nothing
 
 
 def build_model(name: str, input_shape: tuple[int, ...] = (40,), num_classes: int = 10) -> nn.Module:

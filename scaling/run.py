@@ -54,7 +54,7 @@ from scaling.hardware import compute_efficiency, count_flops_per_sample, peak_me
 from scaling.lock import die_with_parent_if_asked, prepare_output_dir
 from scaling.lr import LRSchedule, build_schedule
 from scaling.memory import OutOfMemory, check_fits, is_out_of_memory, oom_suggestion, resolve_auto_batch
-from scaling.models import build_model, has_batch_coupled_layers
+from scaling.models import build_model, check_model_name, has_batch_coupled_layers
 from scaling.probe import bottleneck, measure_ceilings, verdict
 from scaling.results import (
     MetricsWriter,
@@ -111,6 +111,7 @@ def build(cfg: RunConfig, resume: bool = False) -> Built:
     plan = plan_batch(cfg, distributed.world_size())  # every batch error, before any process group exists
     requested_cpu = cfg.cpu
     cfg, state = start_processes(cfg)
+    check_model_name(cfg.model)  # a typo must not wait for the dataset to be generated
     with state.local_main_process_first():  # rank 0 of each node builds the dataset cache
         workload = load_workload(cfg)
     materialized, notes = materialize_workload(workload, cfg.materialize)

@@ -30,11 +30,25 @@ def test_ctrl_c_before_training_prints_one_line(tmp_path, entry):
     assert "Traceback" not in stderr
 
 
-def test_generation_shows_a_progress_bar_and_the_process_line_is_plain(tmp_path):
-    proc = subprocess.run([sys.executable, str(RUN_PY), "--num-samples", "2000", "--cpu", "--max-steps", "2",
-                           "--target-accuracy", "none", "--output-dir", str(tmp_path / "out")],
-                          capture_output=True, text=True, cwd=REPO, timeout=300,
-                          env=child_env(SCALING_CACHE=str(tmp_path / "cache")))
-    assert proc.returncode == 0, proc.stderr
-    assert "scaling: generating MNIST-1D" in proc.stderr and "/2000 [" in proc.stderr
-    assert "1 process on the CPU" in proc.stdout and "NO on cpu" not in proc.stdout
+def test_generation_shows_a_progress_bar_on_a_terminal_and_the_process_line_is_plain(tmp_path):
+    """On a terminal (util-linux `script` gives the run one) generation shows a bar; captured output has none."""
+    import shlex
+    import shutil
+
+    command = [sys.executable, str(RUN_PY), "--num-samples", "2000", "--cpu", "--max-steps", "2",
+               "--target-accuracy", "none"]
+    env = child_env(SCALING_CACHE=str(tmp_path / "cache"))
+    captured = subprocess.run([*command, "--output-dir", str(tmp_path / "a")], capture_output=True, text=True,
+                              cwd=REPO, timeout=300, env=env)
+    assert captured.returncode == 0, captured.stderr
+    assert "generating MNIST-1D" not in captured.stderr
+    assert "1 process on the CPU" in captured.stdout and "NO on cpu" not in captured.stdout
+    if shutil.which("script") is None:
+        pytest.skip("no `script` command to give the run a terminal")
+    (tmp_path / "cache").rename(tmp_path / "old-cache")  # generate again, now on a terminal
+    # A pseudo-terminal from `script` has no size until one is set; tqdm draws nothing in zero columns.
+    line = "stty cols 120 rows 40; " + shlex.join([*command, "--output-dir", str(tmp_path / "b")])
+    tty = subprocess.run(["script", "-qec", line, "/dev/null"], capture_output=True, text=True, cwd=REPO,
+                         timeout=300, env=env)
+    assert tty.returncode == 0, tty.stdout
+    assert "scaling: generating MNIST-1D" in tty.stdout and "/2000 [" in tty.stdout

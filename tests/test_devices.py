@@ -182,8 +182,9 @@ def write_run(folder, result):
 
 
 def test_report_section_table_and_a_model_that_cannot_be_rebuilt(tmp_path):
-    from scaling.report.devices_section import device_count_findings, device_count_section
+    from scaling.report.findings import device_count_findings
     from scaling.report.render import Note, Table
+    from scaling.report.sections import device_count_section
     from scaling.report.study import Study
 
     good = emulating_result(environment={"device": "NVIDIA H100 80GB HBM3", "device_type": "cuda"})

@@ -71,8 +71,9 @@ def test_console_explanation_is_one_paragraph(runs):
 
 
 def test_report_section_predicts_every_configuration(runs, tmp_path):
-    from scaling.report.devices_section import device_count_findings, device_count_section
+    from scaling.report.findings import device_count_findings
     from scaling.report.render import Bullets, Figure, Table, to_markdown
+    from scaling.report.sections import device_count_section
     from scaling.report.study import Study
 
     root, _, _ = runs

@@ -137,7 +137,7 @@ def _rows(markdown: str, run_id: str) -> list[str]:
 
 def test_report_lists_every_configuration_id(five):
     study, paths, md, html = five
-    assert set(paths) == {"report.md", "report.html", "findings.json"} | PLOTS
+    assert set(paths) == {"report.md", "report.html", "findings.json", "devices_time_to_target"} | PLOTS
     for entry in study["configs"]:
         assert len(_rows(md, entry["id"])) == 1, entry["id"]
         assert f"<td>{entry['id']}</td>" in html

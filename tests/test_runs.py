@@ -29,8 +29,9 @@ def test_default_workload_reaches_its_default_target(tmp_path):
     assert result["epochs_to_target"] == pytest.approx(steps / result["steps_per_epoch"])
     assert result["steps_per_epoch"] >= 5  # several optimizer steps per epoch at the largest default batch
     assert 0 < result["train_time_to_target_s"] <= result["time_to_target_s"]
-    assert len(result["train_loss"]) == steps == len(result["lr_per_step"])
-    assert result["history"][-1]["step"] == steps
+    # The run stops at its first evaluation at the target; steps_to_target is the exact first step at it.
+    assert len(result["train_loss"]) == result["steps"] == len(result["lr_per_step"])
+    assert result["history"][-1]["step"] == result["first_eval_at_target"]["step"] == result["steps"] >= steps
     assert result["throughput_samples_per_s"] > 0
     assert result["environment"]["world_size"] == 1 and result["environment"]["torch"]
     metrics = read_metrics(tmp_path / "metrics.jsonl")

@@ -74,7 +74,9 @@ def _counting_transforms(total: int, enabled: bool) -> Iterator[None]:
         yield
         return
     original = mnist1d.data.transform
-    bar = tqdm(total=total, desc="scaling: generating MNIST-1D", unit="sample", leave=False, dynamic_ncols=True)
+    # disable=None: shown on a terminal only; in logs and captured output a bar is noise around a one-line error.
+    bar = tqdm(total=total, desc="scaling: generating MNIST-1D", unit="sample", leave=False, dynamic_ncols=True,
+               disable=None)
 
     def counted(*args, **kwargs):
         bar.update()

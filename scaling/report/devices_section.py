@@ -24,13 +24,13 @@ from scaling.config import ConfigError
 from scaling.predict_devices import device_counts, gradient_bytes_for, predict_on_devices, profile_run
 from scaling.report import formatting as fmt
 from scaling.report import plots
-from scaling.report.render import Block, Bullets, Figure, Heading, Note, Paragraph, Table
+from scaling.report.render import Block, Figure, Heading, Note, Paragraph, Table
 from scaling.report.runs import Configuration, Run
 from scaling.report.study import Study
 from scaling.results import read_metrics
 
 if TYPE_CHECKING:
-    from scaling.report.findings import Finding
+    pass
 
 QUESTION_DEVICES = "How long would it take on N devices?"
 MAX_DEVICES = 64  # the table and plot go up to this many devices (or the global batch, if smaller)
@@ -139,43 +139,7 @@ def fastest_within(analysis: DeviceAnalysis, cap: int) -> tuple[DeviceRow, int] 
     return row, n
 
 
-def _caps(analysis: DeviceAnalysis) -> list[int]:
-    largest = max(analysis.counts, default=1)
-    return sorted({cap for cap in ANSWER_CAPS if cap <= largest} | {largest})
-
-
-def device_count_findings(study: Study, link: Interconnect | None = None) -> list[Finding]:
-    """"The fastest way to the target with up to N devices", for N in ANSWER_CAPS (and the largest count);
-    the Conclusions show the largest (the others are `detail`). A finding function for findings.FINDINGS:
-    findings.py may import this module (it imports findings only here, so there is no cycle)."""
-    from scaling.report.findings import ESTIMATE, Finding
-
-    analysis = device_analysis(study, link)
-    if not analysis.rows:
-        return []
-    findings = []
-    caps = _caps(analysis)
-    for cap in caps:
-        row, n = fastest_within(analysis, cap)
-        configuration = row.configuration
-        series = "" if configuration.series == "all" else f" ({configuration.series})"
-        scaled = " (per-device batch not measured: compute scaled per sample)" if n in row.scaled else ""
-        text = (f"With up to {fmt.devices(cap)}, the fastest predicted way to {study.target_text()} is global batch "
-                f"{configuration.global_bs}{series} on {fmt.devices(n)} (per-device {row.per_device[n]} × "
-                f"{row.accumulation[n]} accumulation): {fmt.seconds(row.times[n])} s train time for "
-                f"{fmt.integer(row.steps)} steps, over {analysis.link.name}{scaled}.")
-        findings.append(Finding(f"fastest_with_devices@{cap}", text, kind=ESTIMATE, winner=configuration.label,
-                                detail=cap != caps[-1],
-                                numbers={"devices_cap": cap, "devices": n, "configuration": configuration.label,
-                                         "global_batch": configuration.global_bs, "per_device": row.per_device[n],
-                                         "accumulation_steps": row.accumulation[n],
-                                         "predicted_train_time_s": row.times[n], "steps_to_target": row.steps,
-                                         "interconnect": analysis.link.to_dict(),
-                                         "measured_micro_batch": n not in row.scaled}))
-    return findings
-
-
-def device_count_section(study: Study) -> list[Block]:
+def device_count_blocks(study: Study) -> list[Block]:
     blocks: list[Block] = [Heading(QUESTION_DEVICES)]
     if study.target is None or not any(run.reached and run.target == study.target for run in study.runs):
         return blocks + [Note("No run reached its target: no time to predict.")]
@@ -215,10 +179,7 @@ def device_count_section(study: Study) -> list[Block]:
         blocks.append(Figure(path, f"Predicted train time to target against device count, one line per "
                                    f"configuration, all-reduce over {link.name}; hollow: per-device batch not "
                                    f"measured (scaled per sample)."))
-    findings = device_count_findings(study)
-    if findings:
-        blocks.append(Bullets([finding.statement for finding in findings]))
-    return blocks
+    return blocks  # the sentences: findings.device_count_findings (sections.py adds them)
 
 
 def plot_devices(study: Study, analysis: DeviceAnalysis) -> Path | None:

@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scaling import stats
+from scaling.comm import Interconnect
 from scaling.report import analysis, critical_batch
 from scaling.report import formatting as fmt
+from scaling.report.devices_section import ANSWER_CAPS, DeviceAnalysis, device_analysis, fastest_within
 from scaling.report.runs import Configuration, Run
 from scaling.report.study import Study
 
@@ -714,8 +716,45 @@ def failures(study: Study) -> list[Finding]:
     return [Finding("failures", text + ".", kind=OBSERVATION, n_seeds=study.max_seeds, numbers=numbers)]
 
 
+# --- devices ----------------------------------------------------------------------------------------------
+
+
+def _caps(analysis: DeviceAnalysis) -> list[int]:
+    largest = max(analysis.counts, default=1)
+    return sorted({cap for cap in ANSWER_CAPS if cap <= largest} | {largest})
+
+
+def device_count_findings(study: Study, link: Interconnect | None = None) -> list[Finding]:
+    """"The fastest way to the target with up to N devices", for N in ANSWER_CAPS (and the largest count);
+    the Conclusions show the largest (the others are `detail`)."""
+    analysis = device_analysis(study, link)
+    if not analysis.rows:
+        return []
+    findings = []
+    caps = _caps(analysis)
+    for cap in caps:
+        row, n = fastest_within(analysis, cap)
+        configuration = row.configuration
+        series = "" if configuration.series == "all" else f" ({configuration.series})"
+        scaled = " (per-device batch not measured: compute scaled per sample)" if n in row.scaled else ""
+        text = (f"With up to {fmt.devices(cap)}, the fastest predicted way to {study.target_text()} is global batch "
+                f"{configuration.global_bs}{series} on {fmt.devices(n)} (per-device {row.per_device[n]} × "
+                f"{row.accumulation[n]} accumulation): {fmt.seconds(row.times[n])} s train time for "
+                f"{fmt.integer(row.steps)} steps, over {analysis.link.name}{scaled}.")
+        findings.append(Finding(f"fastest_with_devices@{cap}", text, kind=ESTIMATE, winner=configuration.label,
+                                detail=cap != caps[-1],
+                                numbers={"devices_cap": cap, "devices": n, "configuration": configuration.label,
+                                         "global_batch": configuration.global_bs, "per_device": row.per_device[n],
+                                         "accumulation_steps": row.accumulation[n],
+                                         "predicted_train_time_s": row.times[n], "steps_to_target": row.steps,
+                                         "interconnect": analysis.link.to_dict(),
+                                         "measured_micro_batch": n not in row.scaled}))
+    return findings
+
+
 # The order of the Conclusions list. Append a function to add a conclusion.
-FINDINGS: list[FindingFunction] = [fastest, time_trend, steps_scaling, noise_findings, lr_rule_outcomes,
+FINDINGS: list[FindingFunction] = [fastest, time_trend, steps_scaling, noise_findings, device_count_findings,
+                                   lr_rule_outcomes,
                                    lr_rule_per_batch, lr_rules, power_of_two, data_wait, throughput, decompositions,
                                    seeds, failures]
 

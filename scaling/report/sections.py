@@ -16,6 +16,7 @@ from pathlib import Path
 from scaling import stats
 from scaling.report import analysis, critical_batch, findings, plots
 from scaling.report import formatting as fmt
+from scaling.report.devices_section import device_count_blocks
 from scaling.report.render import Block, Bullets, Figure, Heading, Note, Paragraph, Table
 from scaling.report.runs import Configuration, Run
 from scaling.report.study import Study
@@ -449,6 +450,13 @@ def _seed_row(configuration: Configuration, score: float | None, show_score: boo
     return row + [fmt.seconds(score)] * show_score
 
 
+def device_count_section(study: Study) -> list[Block]:
+    """Predicted time to target on 1, 2, 4, ... devices (scaling/report/devices_section.py) and its answers."""
+    found = findings.device_count_findings(study)
+    return device_count_blocks(study) + ([Bullets([finding.statement for finding in found])] if found else [])
+
+
 # The report, in order. Insert a function here to add a section.
 SECTIONS: list[Section] = [title, conclusions, configurations_table, bigger_batch_faster, largest_useful_batch,
-                           critical_batch_size, lr_rules, power_of_two, data_loading, seed_variation]
+                           critical_batch_size, device_count_section, lr_rules, power_of_two, data_loading,
+                           seed_variation]
