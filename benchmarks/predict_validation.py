@@ -97,6 +97,9 @@ def _run(cmd: list[str], out: Path, processes: int) -> dict:
         cpu, wall = _cpu_seconds() - cpu, time.perf_counter() - wall
         if proc.returncode == 0:
             break
+        finished = result_path.is_file() and json.loads(result_path.read_text()).get("status") == "reached"
+        if finished and "terminate called without an active exception" in proc.stderr:
+            break  # gloo's teardown abort (tests/conftest.py) came after the result was written
         if attempt or "terminate called without an active exception" not in proc.stderr:
             raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     result = json.loads(result_path.read_text())
