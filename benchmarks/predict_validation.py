@@ -145,12 +145,15 @@ def main() -> None:
                 gradient = gradient_bytes_for(config)
                 buckets = comm.ddp_buckets(gradient)
                 # The all-reduce is measured between the repeats too: the machine's load changes.
-                measurements.append(comm.measure_allreduce(processes, comm.measurement_sizes(buckets)))
+                measurements.append(comm.measure_allreduce(processes, comm.measurement_sizes(buckets),
+                                                           parameter_bytes=list(reversed(gradient))))
             link = measurements[-1].interconnect()
-            predictions, ideal = [], []
+            predictions, alpha_beta, ideal = [], [], []
             for (result, out), measurement in zip(emulated, measurements, strict=True):
                 profile = profile_run(result, read_metrics(out / "metrics.jsonl"))
-                predictions.append(predict_on_devices(profile, gradient, processes, measurement.interconnect()))
+                predictions.append(predict_on_devices(profile, gradient, processes, measurement.interconnect(),
+                                                      ddp=measurement.ddp))
+                alpha_beta.append(predict_on_devices(profile, gradient, processes, measurement.interconnect()))
                 free = comm.Interconnect("free", float("inf"), 0.0, "given")
                 ideal.append(predict_on_devices(profile, gradient, processes, free).train_time_to_target_s)
             measured = [r["train_time_to_target_s"] for r in real]
@@ -164,6 +167,10 @@ def main() -> None:
                 "emulated_s": [r["train_time_to_target_s"] for r, _ in emulated], "predicted_s": predicted,
                 "measured_s": measured, "perfect_scaling_s": ideal,
                 "predicted_allreduce_ms": [p.allreduce.exposed_s * 1e3 for p in predictions],
+                "alpha_beta_s": [p.train_time_to_target_s for p in alpha_beta],
+                "alpha_beta_allreduce_ms": [p.allreduce.exposed_s * 1e3 for p in alpha_beta],
+                "ddp_sync_ms": [m.ddp.sync_s * 1e3 for m in measurements],
+                "ddp_micro_overhead_ms": [m.ddp.micro_overhead_s * 1e3 for m in measurements],
                 "real_grad_sync_s": real_sync,
                 "latency_us": [m.fit.latency * 1e6 for m in measurements],
                 "bandwidth_gb_s": [m.fit.bus_bandwidth / 1e9 for m in measurements],
@@ -175,17 +182,20 @@ def main() -> None:
             (root / "validation.json").write_text(json.dumps(rows, indent=2))
     print()
     print("| configuration | gradient | N | steps to target (all runs) | emulated (s) | predicted (s) | measured (s) | "
-          "predicted / measured | no-comm prediction / measured | all-reduce fit | CPU share emulated / real |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "predicted / measured | alpha-beta only / measured | no-comm / measured | all-reduce fit | DDP sync, "
+          "wrapper per micro-step | CPU share emulated / real |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         med = {key: statistics.median(row[key]) for key in ("emulated_s", "predicted_s", "measured_s",
-                                                           "perfect_scaling_s")}
+                                                           "perfect_scaling_s", "alpha_beta_s", "ddp_sync_ms",
+                                                           "ddp_micro_overhead_ms")}
         same = "identical: " if len(row["steps_to_target"]) == 1 else "DIFFER: "
         print(f"| {row['config']} | {row['gradient_bytes'] / 2**10:,.0f} KiB in {len(row['buckets'])} bucket(s) | "
               f"{row['processes']} | {same}{', '.join(map(str, row['steps_to_target']))} | {med['emulated_s']:.2f} | "
               f"{med['predicted_s']:.2f} | {med['measured_s']:.2f} | {med['predicted_s'] / med['measured_s']:.2f} | "
-              f"{med['perfect_scaling_s'] / med['measured_s']:.2f} | "
+              f"{med['alpha_beta_s'] / med['measured_s']:.2f} | {med['perfect_scaling_s'] / med['measured_s']:.2f} | "
               f"{statistics.median(row['latency_us']):.0f} us, {statistics.median(row['bandwidth_gb_s']):.2f} GB/s | "
+              f"{med['ddp_sync_ms']:.2f} ms, {med['ddp_micro_overhead_ms']:.2f} ms | "
               f"{statistics.median(row['cpu_share_emulated']):.0%} / {statistics.median(row['cpu_share_real']):.0%} |")
     print(f"\n(medians over {args.repeats} repeats; every value: {root / 'validation.json'})")
 

@@ -143,12 +143,14 @@ def predict(argv: list[str]) -> int:
                   f"processes ({'nccl' if on_gpu else 'gloo'})...", flush=True)
         measurement = comm.measure_allreduce(args.processes, comm.measurement_sizes(buckets),
                                              device="cuda" if on_gpu else "cpu",
-                                             threads=predict_devices.run_threads(result))
+                                             threads=predict_devices.run_threads(result),
+                                             parameter_bytes=list(reversed(gradient_bytes)))
         link = measurement.interconnect()
     if link is not None and args.no_overlap:
         link = dataclasses.replace(link, overlap=False)
     prediction = predict_devices.predict_on_devices(profile, gradient_bytes, args.processes, link,
-                                                    args.per_device_bs, args.bucket_cap_mb)
+                                                    args.per_device_bs, args.bucket_cap_mb,
+                                                    ddp=measurement.ddp if measurement else None)
     text = predict_devices.explain(profile, prediction)
     if args.json:
         report = predict_devices.PredictionReport(

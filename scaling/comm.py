@@ -168,16 +168,21 @@ class AllReduceEstimate:
         return asdict(self)
 
 
-def exposed_allreduce(buckets: Sequence[int], processes: int, link: Interconnect, backward_s: float
-                      ) -> AllReduceEstimate:
+def exposed_allreduce(buckets: Sequence[int], processes: int, link: Interconnect, backward_s: float,
+                      measured_total_s: float | None = None) -> AllReduceEstimate:
     """The all-reduce of `buckets` (bytes, DDP order) overlapped with a backward pass of `backward_s`.
 
     Bucket k is ready at backward_s * (bytes of buckets 1..k) / (all bytes); all-reduces run one at a time
     in bucket order; the exposed time is when the last one ends minus backward_s (never below the last
     bucket's own time, which cannot start before backward ends). With `link.overlap` false nothing overlaps:
-    the whole sum is exposed.
+    the whole sum is exposed. `measured_total_s` (DDPCost.sync_s: what DDP's synchronization of all the
+    buckets took) replaces the modelled sum, shared between the buckets in the model's proportions.
     """
     times = [allreduce_time(b, processes, link) for b in buckets]
+    if measured_total_s is not None and processes > 1 and buckets:
+        modelled = sum(times)
+        shares = [t / modelled for t in times] if modelled > 0 else [1 / len(times)] * len(times)
+        times = [measured_total_s * share for share in shares]
     total = sum(times)
     if processes == 1 or not buckets:
         return AllReduceEstimate(list(buckets), times, 0.0, 0.0, backward_s)
@@ -228,6 +233,24 @@ def fit_alpha_beta(nbytes: Sequence[float], seconds: Sequence[float], processes:
 # ---------------------------------------------------------------------------------------------- measurement
 
 
+@dataclass(frozen=True)
+class DDPCost:
+    """What DistributedDataParallel adds for one model's parameter layout on N processes, measured on a
+    stand-in module (`_stand_in`: the model's parameter sizes in its order, a backward that costs nothing):
+
+    - `sync_s`: one synchronized backward minus one inside `no_sync`: the bucketed all-reduce as DDP issues
+      it (copying gradients into buckets, the all-reduce, averaging, copying back, its hooks and thread
+      hand-offs), with no compute to hide behind;
+    - `micro_overhead_s`: a backward inside `no_sync` minus the same module without DDP: the wrapper's cost
+      on every micro-step (its forward and autograd hooks).
+    """
+
+    processes: int
+    parameter_bytes: tuple[int, ...]  # per parameter, registration order
+    sync_s: float
+    micro_overhead_s: float
+
+
 @dataclass
 class CommMeasurement:
     processes: int
@@ -238,6 +261,7 @@ class CommMeasurement:
     fit: AlphaBetaFit | None = None
     elapsed_s: float = 0.0
     threads: int = 1
+    ddp: DDPCost | None = None
     extra: dict = field(default_factory=dict)
 
     def interconnect(self) -> Interconnect:
@@ -268,11 +292,13 @@ def measurement_sizes(buckets: Sequence[int]) -> list[int]:
 
 
 def measure_allreduce(processes: int, sizes: Sequence[int], device: str = "cpu", threads: int = 1,
-                      min_time_s: float = 0.2, repeats: int = 5, timeout_s: float = 600) -> CommMeasurement:
+                      min_time_s: float = 0.2, repeats: int = 5, timeout_s: float = 600,
+                      parameter_bytes: Sequence[int] | None = None) -> CommMeasurement:
     """Time float32 all-reduces of `sizes` bytes across `processes` local processes (gloo on the CPU, NCCL on
     `cuda`), and fit latency and bus bandwidth. Each size: a warm-up, then `repeats` timings of a loop of
     back-to-back all-reduces lasting about `min_time_s`; a timing is the slowest rank's, the result the
-    median of the repeats."""
+    median of the repeats. With `parameter_bytes` (a model's per-parameter gradient bytes, registration
+    order), also what DDP adds for that layout (`DDPCost`), timed the same way."""
     import torch.multiprocessing as mp
 
     if processes < 2:
@@ -284,25 +310,50 @@ def measure_allreduce(processes: int, sizes: Sequence[int], device: str = "cpu",
             raise ConfigError(f"--measure-comm with {processes} processes on GPUs needs {processes} GPUs here, "
                               f"found {torch.cuda.device_count()}")
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="scaling-comm-") as tmp:
-        out = os.path.join(tmp, "times.json")
-        port = _free_port()
-        context = mp.start_processes(_worker, args=(processes, port, list(sizes), device, threads, min_time_s,
-                                                     repeats, out), nprocs=processes, join=False,
-                                     start_method="spawn")
-        deadline = time.monotonic() + timeout_s
-        while not context.join(timeout=1.0):
-            if time.monotonic() > deadline:
-                for process in context.processes:
-                    process.kill()
-                raise RuntimeError(f"all-reduce measurement did not finish in {timeout_s:.0f} s")
-        with open(out) as handle:
-            seconds = json.load(handle)
+    layout = [int(b) for b in parameter_bytes] if parameter_bytes else []
+    args = (processes, list(sizes), device, threads, min_time_s, repeats, layout)
+    for attempt in range(2):
+        try:
+            record = _spawn(mp, args, timeout_s)
+            break
+        except (mp.ProcessRaisedException, mp.ProcessExitedException) as err:  # a worker failed before the end
+            if attempt:
+                raise RuntimeError(f"all-reduce measurement failed: {err}") from None
     backend = "nccl" if device == "cuda" else "gloo"
+    seconds = record["allreduce"]
+    ddp = None
+    if record.get("ddp"):
+        ddp = DDPCost(processes, tuple(layout), max(0.0, record["ddp"]["sync"] - record["ddp"]["nosync"]),
+                      max(0.0, record["ddp"]["nosync"] - record["ddp"]["plain"]))
     measurement = CommMeasurement(processes, backend, device, [int(s) for s in sizes], seconds,
-                                  elapsed_s=time.perf_counter() - start, threads=threads)
+                                  elapsed_s=time.perf_counter() - start, threads=threads, ddp=ddp)
     measurement.fit = fit_alpha_beta(measurement.sizes, seconds, processes)
     return measurement
+
+
+def _spawn(mp, args: tuple, timeout_s: float) -> dict:
+    """Run the workers; rank 0's record. A worker that dies after rank 0 has written the record (gloo's
+    rare abort while tearing its threads down, tests/conftest.py) does not lose the measurement."""
+    with tempfile.TemporaryDirectory(prefix="scaling-comm-") as tmp:
+        out = os.path.join(tmp, "times.json")
+        processes, *rest = args
+        context = mp.start_processes(_worker, args=(processes, _free_port(), *rest, out), nprocs=processes,
+                                     join=False, start_method="spawn")
+        deadline = time.monotonic() + timeout_s
+        try:
+            while not context.join(timeout=1.0):
+                if time.monotonic() > deadline:
+                    for process in context.processes:
+                        process.kill()
+                    raise RuntimeError(f"all-reduce measurement did not finish in {timeout_s:.0f} s")
+        except mp.ProcessExitedException:
+            if not os.path.isfile(out):
+                raise
+            for process in context.processes:  # the others may still wait for the one that died
+                if process.is_alive():
+                    process.kill()
+        with open(out) as handle:
+            return json.load(handle)
 
 
 def _free_port() -> int:
@@ -313,8 +364,25 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _stand_in(parameter_bytes: list[int], device):
+    """The stand-in module for DDPCost: float32 parameters of the model's sizes, in its order, and a loss
+    whose backward costs next to nothing (d loss / d p = scale for every element)."""
+    import torch
+
+    class StandIn(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weights = torch.nn.ParameterList(
+                [torch.nn.Parameter(torch.zeros(max(1, b // 4), device=device)) for b in parameter_bytes])
+
+        def forward(self, scale):
+            return sum((p * scale).sum() for p in self.weights)
+
+    return StandIn()
+
+
 def _worker(rank: int, processes: int, port: int, sizes: list[int], device: str, threads: int,
-            min_time_s: float, repeats: int, out: str) -> None:
+            min_time_s: float, repeats: int, parameter_bytes: list[int], out: str) -> None:
     import torch
     import torch.distributed as dist
 
@@ -329,30 +397,62 @@ def _worker(rank: int, processes: int, port: int, sizes: list[int], device: str,
         if device == "cuda":
             torch.cuda.synchronize(target)
 
-    def timed(tensor: torch.Tensor, iterations: int) -> float:
+    def timed(action, iterations: int) -> float:
         dist.barrier()
         sync()
         begin = time.perf_counter()
         for _ in range(iterations):
-            dist.all_reduce(tensor)
+            action()
         sync()
         elapsed = torch.tensor([(time.perf_counter() - begin) / iterations], dtype=torch.float64, device=target)
         dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)  # the collective ends when the slowest rank does
         return float(elapsed)
 
+    def median_time(action) -> float:
+        first = timed(action, 2)  # warm-up (connections, allocations, DDP's bucket rebuild) and an estimate
+        iterations = int(max(1, min(1000, min_time_s / max(first, 1e-7))))
+        # Every rank must run the same number of iterations: rank 0's choice.
+        agreed = torch.tensor([iterations], dtype=torch.int64, device=target)
+        dist.broadcast(agreed, 0)
+        return statistics.median(timed(action, int(agreed)) for _ in range(repeats))
+
     try:
-        medians = []
+        record: dict = {"allreduce": []}
         for nbytes in sizes:
             tensor = torch.ones(max(1, nbytes // 4), dtype=torch.float32, device=target)
-            first = timed(tensor, 2)  # warm-up (connections, allocations) and a first estimate
-            iterations = int(max(1, min(1000, min_time_s / max(first, 1e-7))))
-            # Every rank must run the same number of iterations: rank 0's choice.
-            agreed = torch.tensor([iterations], dtype=torch.int64, device=target)
-            dist.broadcast(agreed, 0)
-            medians.append(statistics.median(timed(tensor, int(agreed)) for _ in range(repeats)))
-        if rank == 0:
-            with open(out, "w") as handle:
-                json.dump(medians, handle)
+            record["allreduce"].append(median_time(lambda tensor=tensor: dist.all_reduce(tensor)))
+        if parameter_bytes:
+            record["ddp"] = _time_ddp(parameter_bytes, target, median_time)
+        if rank == 0:  # atomically: the parent takes the file as the measurement
+            with open(out + ".tmp", "w") as handle:
+                json.dump(record, handle)
+            os.replace(out + ".tmp", out)
     finally:
         dist.barrier()
         dist.destroy_process_group()
+
+
+def _time_ddp(parameter_bytes: list[int], target, median_time) -> dict:
+    """Seconds per backward of the stand-in module: without DDP, with DDP inside no_sync, and synchronized."""
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    plain = _stand_in(parameter_bytes, target)
+    wrapped = DistributedDataParallel(_stand_in(parameter_bytes, target),
+                                      device_ids=[target.index] if target.type == "cuda" else None)
+    scale = torch.ones((), device=target)
+
+    def step(module) -> None:
+        module(scale).backward()
+
+    def nosync() -> None:
+        with wrapped.no_sync():
+            step(wrapped)
+
+    times = {"plain": median_time(lambda: step(plain)), "nosync": median_time(nosync),
+             "sync": median_time(lambda: step(wrapped))}
+    # Once more in the other order: a drift of the machine between the three would bias the differences.
+    times["sync"] = (times["sync"] + median_time(lambda: step(wrapped))) / 2
+    times["nosync"] = (times["nosync"] + median_time(nosync)) / 2
+    times["plain"] = (times["plain"] + median_time(lambda: step(plain))) / 2
+    return times

@@ -51,6 +51,7 @@ from scaling.comm import (
     FIRST_BUCKET_BYTES,
     MIB,
     AllReduceEstimate,
+    DDPCost,
     Interconnect,
     allreduce_time,
     ddp_buckets,
@@ -261,6 +262,7 @@ class DevicePrediction:
     band_s: tuple[float, float] | None
     train_time_s: float  # for all of the run's steps (also when no target was reached)
     measured_micro_batch: bool  # the per-device batch is the run's (else scaled per sample)
+    ddp_measured: bool = False  # the all-reduce and DDP's overhead are DDPCost's measurement, not the model
     notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -273,9 +275,12 @@ class DevicePrediction:
 
 def predict_on_devices(profile: RunProfile, gradient_bytes: list[int], processes: int,
                        link: Interconnect | None, per_device_bs: int | None = None,
-                       bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB) -> DevicePrediction:
+                       bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB, ddp: DDPCost | None = None
+                       ) -> DevicePrediction:
     """Step time and train time to target on `processes` devices (module docstring). `gradient_bytes` are
-    per parameter, in the order backward produces them (scaling.comm.model_gradient_bytes)."""
+    per parameter, in the order backward produces them (scaling.comm.model_gradient_bytes). `ddp` (from
+    `--measure-comm` at the same process count) replaces the modelled all-reduce by DDP's measured
+    synchronization and adds DDP's per-micro-step overhead."""
     plan = plan_devices(profile, processes, per_device_bs)
     if processes > 1 and link is None:
         raise ConfigError("predicting more than one device needs an interconnect: --measure-comm, "
@@ -286,8 +291,10 @@ def predict_on_devices(profile: RunProfile, gradient_bytes: list[int], processes
     first = FIRST_BUCKET_BYTES if bucket_cap_mb == DEFAULT_BUCKET_CAP_MB else int(bucket_cap_mb * MIB)
     buckets = ddp_buckets(gradient_bytes, bucket_cap_mb, first)
     backward = BACKWARD_SHARE * micro_compute
-    comm = exposed_allreduce(buckets, processes, link, backward) if link is not None else \
-        exposed_allreduce(buckets, 1, _NO_LINK, backward)
+    if ddp is not None and (ddp.processes != processes or processes == 1):
+        ddp = None  # measured for another process count: the model alone
+    comm = exposed_allreduce(buckets, processes, link or _NO_LINK, backward,
+                             measured_total_s=ddp.sync_s if ddp is not None else None)
     window_sync = 0.0
     if processes > 1:
         window_sync = WINDOW_COLLECTIVES * allreduce_time(SMALL_COLLECTIVE_BYTES, processes, link) \
@@ -299,6 +306,7 @@ def predict_on_devices(profile: RunProfile, gradient_bytes: list[int], processes
         "noise_scale": profile.noise_s,
         "other": profile.other_s,
         "allreduce": comm.exposed_s,
+        "ddp_overhead": plan.accumulation_steps * ddp.micro_overhead_s if ddp is not None else 0.0,
         "window_collectives": window_sync,
     }
     delta = sum(components.values()) - profile.steady_step_s
@@ -317,7 +325,7 @@ def predict_on_devices(profile: RunProfile, gradient_bytes: list[int], processes
         plan=plan, link=link, gradient_bytes=int(sum(gradient_bytes)), allreduce=comm, components=components,
         step_s=step_s, run_step_s=profile.step_s, delta_step_s=delta, steps_to_target=profile.steps_to_target,
         train_time_to_target_s=time_to_target, band_s=band, train_time_s=profile.train_elapsed_s + profile.steps * delta,
-        measured_micro_batch=scale == 1, notes=tuple(notes),
+        measured_micro_batch=scale == 1, ddp_measured=ddp is not None, notes=tuple(notes),
     )
 
 
@@ -387,12 +395,14 @@ def explain(profile: RunProfile, prediction: DevicePrediction) -> str:
         lines.append(f"the run did not reach a target ({profile.status}); its {profile.steps:,} steps take a "
                      f"predicted {p.train_time_s:.3g} s of train time, against {profile.train_elapsed_s:.3g} s "
                      f"for the run ({profile.decomposition}).")
+    ddp = f", DDP's wrapper {ms(c['ddp_overhead'])}" if p.ddp_measured else ""
+    how = "DDP's synchronization, measured" if p.ddp_measured else "modelled"
     lines.append(
         f"Per step {ms(p.step_s)} (the run: {ms(profile.step_s)}): {plan.accumulation_steps} x "
         f"{ms(c['compute'] / plan.accumulation_steps)} forward/backward ({micro} at batch {plan.per_device_bs}), "
-        f"data {ms(c['data'])}, optimizer {ms(c['optimizer'])}, other {ms(c['other'] + c['noise_scale'])}, and "
-        f"the all-reduce of {_bytes(p.gradient_bytes)} of gradients in {len(p.allreduce.bucket_bytes)} "
-        f"bucket{'s' * (len(p.allreduce.bucket_bytes) != 1)}: {ms(p.allreduce.total_s)}, of which "
+        f"data {ms(c['data'])}, optimizer {ms(c['optimizer'])}, other {ms(c['other'] + c['noise_scale'])}{ddp}, "
+        f"and the all-reduce of {_bytes(p.gradient_bytes)} of gradients in {len(p.allreduce.bucket_bytes)} "
+        f"bucket{'s' * (len(p.allreduce.bucket_bytes) != 1)} ({how}): {ms(p.allreduce.total_s)}, of which "
         f"{ms(p.allreduce.exposed_s)} not hidden behind backward.")
     if p.link is not None and plan.processes > 1:
         lines.append(f"Interconnect {p.link.describe()}.")

@@ -60,6 +60,10 @@ def test_exposed_allreduce_overlaps_all_but_the_tail_with_backward():
     # Without overlap, the whole sum; on one process, nothing.
     assert exposed_allreduce([3000, 1000], 2, link(1000.0, overlap=False), 10.0).exposed_s == pytest.approx(4.0)
     assert exposed_allreduce([3000, 1000], 1, slow, 10.0).exposed_s == 0.0
+    # A measured total (DDP's own synchronization, 8 s) is shared in the model's proportions, 6 s and 2 s:
+    # bucket 1 ready at 7.5, done at 13.5; bucket 2 done at 15.5: exposed 5.5 s.
+    measured = exposed_allreduce([3000, 1000], 2, slow, 10.0, measured_total_s=8.0)
+    assert measured.bucket_s == pytest.approx([6.0, 2.0]) and measured.exposed_s == pytest.approx(5.5)
 
 
 def test_fit_recovers_latency_and_bandwidth():
@@ -138,7 +142,13 @@ def test_buckets_match_the_ones_ddp_builds():
 
 @pytest.mark.slow
 def test_measured_allreduce_grows_with_size_and_fits():
-    measurement = comm.measure_allreduce(2, [4, 4096, MIB, 8 * MIB], min_time_s=0.05, repeats=3)
+    layout = [4 * MIB, 4096, 40_960]  # registration order: a 1 M-parameter layer, its bias, a head
+    measurement = comm.measure_allreduce(2, [4, 4096, MIB, 8 * MIB], min_time_s=0.05, repeats=3,
+                                         parameter_bytes=layout)
+    ddp = measurement.ddp
+    assert ddp.processes == 2 and ddp.parameter_bytes == tuple(layout)
+    # DDP's synchronization of 4.2 MB moves at least the bytes the bare all-reduce of 1 MiB does.
+    assert ddp.sync_s > measurement.seconds[2] > 0 and ddp.micro_overhead_s >= 0
     assert measurement.backend == "gloo" and len(measurement.seconds) == 4
     assert all(t > 0 for t in measurement.seconds)
     assert measurement.seconds[-1] > measurement.seconds[0]

@@ -219,3 +219,20 @@ def test_a_run_without_a_target_predicts_the_time_of_its_steps():
     # 1.6 s for the run's 32 steps, plus 32 times the per-step difference (two of four micro-steps saved).
     assert prediction.train_time_s == pytest.approx(1.6 + 32 * -(2 * 0.0105))
     assert "did not reach a target (not_reached)" in explain(profile, prediction)
+
+
+def test_a_measured_ddp_cost_replaces_the_modelled_all_reduce():
+    from scaling.comm import DDPCost
+
+    profile = profile_run(emulating_result(), METRICS)
+    link = Interconnect("test", 1e9, 100e-6, "given")
+    ddp = DDPCost(2, (1_000_000,), sync_s=0.004, micro_overhead_s=0.0001)
+    modelled = predict_on_devices(profile, [1_000_000], 2, link)
+    measured = predict_on_devices(profile, [1_000_000], 2, link, ddp=ddp)
+    assert measured.ddp_measured and not modelled.ddp_measured
+    assert measured.components["allreduce"] == pytest.approx(0.004)  # one bucket: all of it exposed
+    assert measured.components["ddp_overhead"] == pytest.approx(2 * 0.0001)  # per micro-step, 2 of them
+    assert measured.delta_step_s - modelled.delta_step_s == pytest.approx(0.004 + 0.0002 - 1.1e-3)
+    # Measured at another process count: not used.
+    other = predict_on_devices(profile, [1_000_000], 4, link, ddp=ddp)
+    assert not other.ddp_measured and other.components["ddp_overhead"] == 0.0

@@ -49,6 +49,7 @@ def test_prediction_from_the_emulating_run_matches_the_real_run(runs):
     measurement = report["comm_measurement"]
     assert measurement["backend"] == "gloo" and measurement["processes"] == 2
     assert prediction["link"]["source"] == "measured"
+    assert prediction["ddp_measured"] and measurement["ddp"]["sync_s"] > 0
     # One bucket (the CNN's gradient is 31 KiB): all of it exposed.
     assert len(prediction["allreduce"]["bucket_bytes"]) == 1
     assert prediction["allreduce"]["exposed_s"] == pytest.approx(prediction["allreduce"]["total_s"])
