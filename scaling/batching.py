@@ -153,18 +153,23 @@ class GlobalBatchSampler:
             self._epoch = epoch
         return self._perm
 
-    def global_batch(self, step: int) -> torch.Tensor:
+    def locate(self, step: int) -> tuple[int, int]:
+        """(epoch, position of the global batch's first sample in that epoch's permutation) of `step`."""
         epoch, position = divmod(step, self.steps_per_epoch)
-        start = position * self.plan.global_bs
+        return epoch, position * self.plan.global_bs
+
+    def global_batch(self, step: int) -> torch.Tensor:
+        epoch, start = self.locate(step)
         return self.permutation(epoch)[start : start + self.plan.global_bs]
+
+    def slices(self, process_index: int) -> list[tuple[int, int]]:
+        """[start, end) of each micro-batch that real process `process_index` runs, within a global batch."""
+        size = self.plan.per_device_bs
+        first_slot = process_index * self.plan.ranks_per_process * self.plan.accumulation_steps
+        return [((first_slot + k) * size, (first_slot + k + 1) * size)
+                for k in range(self.plan.micro_steps_per_process)]
 
     def micro_batches(self, step: int, process_index: int) -> list[torch.Tensor]:
         """The index tensors this real process runs, in order, for optimizer step `step`."""
         batch = self.global_batch(step)
-        size = self.plan.per_device_bs
-        first_rank = process_index * self.plan.ranks_per_process
-        first_slot = first_rank * self.plan.accumulation_steps
-        return [
-            batch[(first_slot + k) * size : (first_slot + k + 1) * size]
-            for k in range(self.plan.micro_steps_per_process)
-        ]
+        return [batch[start:end] for start, end in self.slices(process_index)]

@@ -11,6 +11,10 @@ the topology allows (scaling/noise.py explains each):
   batch, computed separately with `torch.autograd.grad` (one extra half forward/backward per measurement),
   big = the batch's own gradient.
 
+The measurements are the tool's own work, so they run off the training clock (the caller's `off_clock`
+context pauses it, after a device synchronization), like the probes; `measure_s` sums their time. Only the
+"ranks" hook's squared norm of each bucket stays on the clock, inside DDP's backward.
+
 Measurements stay on the device; `flush()` (at logging-window boundaries) reads them, turns each into raw
 (|G|^2, tr(Sigma)) estimates, feeds the windowed estimator in step order and records the series (raw values
 and the running B_simple). `probe()` measures on PROBE_BATCHES global batches at fixed weights, from
@@ -21,7 +25,8 @@ reached, not only every `every` steps.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -53,8 +58,12 @@ PROBE_BATCHES = 16
 
 
 class NoiseMonitor:
-    def __init__(self, accelerator: Accelerator, model: nn.Module, plan: BatchPlan, every: int | None):
+    def __init__(self, accelerator: Accelerator, model: nn.Module, plan: BatchPlan, every: int | None,
+                 off_clock: Callable[[], AbstractContextManager] = nullcontext):
         self.accelerator, self.model, self.plan = accelerator, model, plan
+        self._off_clock = off_clock
+        self.measure_s = 0.0  # the measurements' time, all off the training clock
+        self.last_measure_s = 0.0
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.estimator = NoiseScaleEstimator(WINDOW)
         if accelerator.num_processes > 1:
@@ -84,8 +93,18 @@ class NoiseMonitor:
         self._local_sq = None
 
     def after_backward(self, index: int, inputs: torch.Tensor, labels: torch.Tensor) -> None:
+        """The measurement's part after micro-step `index`'s backward, off the clock; its seconds are in
+        `last_measure_s` (the phase timer leaves them out)."""
         if not self.measuring:
+            self.last_measure_s = 0.0
             return
+        with self._off_clock():
+            start = time.perf_counter()
+            self._measure(index, inputs, labels)
+        self.last_measure_s = time.perf_counter() - start  # the context's closing synchronization included
+        self.measure_s += self.last_measure_s
+
+    def _measure(self, index: int, inputs: torch.Tensor, labels: torch.Tensor) -> None:
         last = index == self.plan.micro_steps_per_process - 1
         n = self.plan.micro_steps_per_process
         if self.method == "micro_batches" and index == 0:
@@ -201,11 +220,13 @@ class NoiseMonitor:
             "big_batch": self.big_batch, "window": WINDOW, "b_simple": b_simple,
             "b_simple_at_target": target["b_simple"] if target else None,
             "at_target": target, "final": final or target, "series": self.series,
+            "measure_s": self.measure_s,
         }
 
     def state_dict(self) -> dict:
-        return {"estimator": self.estimator.state_dict(), "series": self.series}
+        return {"estimator": self.estimator.state_dict(), "series": self.series, "measure_s": self.measure_s}
 
     def load_state_dict(self, state: dict) -> None:
         self.estimator.load_state_dict(state["estimator"])
+        self.measure_s = state.get("measure_s", 0.0)
         self.series = state["series"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -55,12 +55,15 @@ class RunClock:
 
 
 class ThroughputWindows:
-    """samples/s per logging window, measured on training time only (evaluation excluded)."""
+    """samples/s per logging window, measured on training time only (evaluation excluded). `now` is the
+    clock the windows read: the run's clock, so that time it excludes (the tool's own measurements) is out
+    of the windows too."""
 
-    def __init__(self) -> None:
+    def __init__(self, now: Callable[[], float] = time.perf_counter) -> None:
         self.rates: list[float] = []
         self.durations: list[float] = []
-        self._window_start = time.perf_counter()
+        self._now = now
+        self._window_start = now()
         self._samples = 0
 
     def add_samples(self, samples: int) -> None:
@@ -68,8 +71,7 @@ class ThroughputWindows:
 
     def close(self) -> float | None:
         """Close the current window (call after a device sync); returns its samples/s."""
-        now = time.perf_counter()
-        duration = now - self._window_start
+        duration = self._now() - self._window_start
         rate = self._samples / duration if self._samples and duration > 0 else None
         if rate is not None:
             self.rates.append(rate)
@@ -79,7 +81,7 @@ class ThroughputWindows:
 
     def restart(self) -> None:
         """Start a new window now (after an evaluation, whose time must not count)."""
-        self._window_start = time.perf_counter()
+        self._window_start = self._now()
         self._samples = 0
 
     def median_after_warmup(self) -> float | None:
@@ -115,7 +117,7 @@ class PhaseTimer:
 
     def _reset_window(self) -> None:
         self.window: dict[str, float] = {"data_wait": 0.0, "h2d": 0.0, "fwd_bwd_nosync": 0.0,
-                                         "fwd_bwd_sync": 0.0, "optimizer": 0.0, "noise_scale": 0.0}
+                                         "fwd_bwd_sync": 0.0, "optimizer": 0.0}
         self.counts = {"nosync": 0, "sync": 0}
         self._event_pairs: list[tuple[str, object, object]] = []
         self._step_start = 0.0
@@ -149,6 +151,17 @@ class PhaseTimer:
             if self.use_events:
                 self._last_event = self._record_event()
         self._last = now
+
+    def skip(self, seconds: float) -> None:
+        """The tool's own work since the previous mark took `seconds` off the clock: the next phase starts
+        now (nothing since the previous mark is attributed to a phase; on CUDA the device work before it
+        was timed by that mark's event) and the step's wall time leaves the `seconds` out."""
+        if not self.enabled:
+            return
+        self._last = time.perf_counter()
+        self._step_start += seconds
+        if self.use_events:
+            self._last_event = self._record_event()
 
     def count_micro_step(self, synced: bool) -> None:
         if self.enabled:
@@ -194,7 +207,6 @@ def summarize_phases(windows: list[dict[str, float]], world_size: int, window_wa
         "forward_backward": nosync + synced - (grad_sync or 0.0),
         "grad_sync": grad_sync,
         "optimizer": total["optimizer"],
-        "noise_scale": total.get("noise_scale", 0.0),
     }
     covered = sum(v for v in phases.values() if v is not None)
     phases["other"] = max(0.0, window_wall_s - covered)

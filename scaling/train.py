@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,59 +57,77 @@ class TrainOutcome:
     compile_s: float | None = None
 
 
-def optimizer_step(
-    accelerator: Accelerator,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    timer: PhaseTimer | None = None,
-    after_backward: Callable[[int, bool], None] | None = None,
-    noise: NoiseMonitor | None = None,
-) -> list[torch.Tensor]:
+class StepRunner:
     """One optimizer step over this process's micro-batches; returns their (device) losses.
 
     DDP skips its all-reduce under `no_sync` on all but the last micro-step, each loss is divided by the
     micro-step count, so with equal micro-batches the optimizer sees the gradient of the mean loss over the
     whole global batch. This is what Accelerate's `accumulate`, `backward` and optimizer wrapper do, called
-    directly: their per-call bookkeeping cost 4-10% of a step at batch 32-256 on the default workload
-    (docs/performance.md). Accelerate still builds the process group, wraps the model (DDP, autocast) and
-    owns the fp16 loss scaler used here; tests/test_emulation.py checks every decomposition's trajectory.
-    `after_backward(i, synced)` runs after micro-step i's backward (tests observe gradient sync with it).
+    directly, with what they look up on every call read once here: their per-call bookkeeping cost 4-10% of
+    a step at batch 32-256 on the default workload (docs/performance.md). Accelerate still builds the
+    process group, wraps the model (DDP, autocast) and owns the fp16 loss scaler used here;
+    tests/test_emulation.py checks every decomposition's trajectory. `after_backward(i, synced)` runs after
+    micro-step i's backward (tests observe gradient sync with it).
     """
-    timer = timer or _NO_TIMER
-    device = accelerator.device
-    micro_steps = accelerator.gradient_accumulation_steps  # set to the plan's micro-steps per process
-    scaler = accelerator.scaler
-    no_sync = getattr(model, "no_sync", None)  # only a DDP-wrapped model has one
-    losses = []
-    timer.start_step()
-    for index, (inputs, labels) in enumerate(micro_batches):
-        timer.mark("data_wait")  # time blocked in the loader since the previous mark
-        inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        timer.mark("h2d")
-        synced = index == micro_steps - 1
-        with nullcontext() if synced or no_sync is None else no_sync():
-            loss = F.cross_entropy(model(inputs), labels)
-            scaled = loss / micro_steps if micro_steps > 1 else loss
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        if after_backward is not None:
-            after_backward(index, synced)
-        timer.mark("fwd_bwd_sync" if synced else "fwd_bwd_nosync")
-        timer.count_micro_step(synced)
-        if noise is not None and noise.measuring:
-            noise.after_backward(index, inputs, labels)
-            timer.mark("noise_scale")
-        losses.append(loss.detach())  # no host sync here: losses are read once per logging window
-    inner = optimizer.optimizer  # the torch optimizer inside Accelerate's wrapper
-    if scaler is not None:
-        scaler.step(inner)  # unscales, skips the step on inf/NaN gradients
-        scaler.update()
-    else:
-        inner.step()
-    inner.zero_grad(set_to_none=True)
-    timer.mark("optimizer")
-    timer.end_step()
-    return losses
+
+    def __init__(self, accelerator: Accelerator, model: nn.Module, optimizer: torch.optim.Optimizer):
+        self.model = model
+        self.device = accelerator.device
+        self.to_device = accelerator.device.type != "cpu"  # on the CPU, .to() has nothing to do
+        self.micro_steps = accelerator.gradient_accumulation_steps  # the plan's micro-steps per process
+        self.scaler = accelerator.scaler
+        self.no_sync = getattr(model, "no_sync", None)  # only a DDP-wrapped model has one
+        self.inner = getattr(optimizer, "optimizer", optimizer)  # the torch optimizer inside Accelerate's wrapper
+
+    def __call__(self, micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]], timer: PhaseTimer | None = None,
+                 after_backward: Callable[[int, bool], None] | None = None, noise: NoiseMonitor | None = None,
+                 ) -> list[torch.Tensor]:
+        timer = timer or _NO_TIMER
+        last = self.micro_steps - 1
+        losses = []
+        timer.start_step()
+        for index, (inputs, labels) in enumerate(micro_batches):
+            timer.mark("data_wait")  # time blocked in the loader since the previous mark
+            if self.to_device:
+                inputs, labels = inputs.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+                timer.mark("h2d")
+            synced = index == last
+            if synced or self.no_sync is None:
+                loss = self.forward_backward(inputs, labels)
+            else:
+                with self.no_sync():
+                    loss = self.forward_backward(inputs, labels)
+            if after_backward is not None:
+                after_backward(index, synced)
+            timer.mark("fwd_bwd_sync" if synced else "fwd_bwd_nosync")
+            timer.count_micro_step(synced)
+            if noise is not None and noise.measuring:
+                noise.after_backward(index, inputs, labels)
+                timer.skip(noise.last_measure_s)  # off the clock (scaling/gns.py)
+            losses.append(loss.detach())  # no host sync here: losses are read once per logging window
+        if self.scaler is not None:
+            self.scaler.step(self.inner)  # unscales, skips the step on inf/NaN gradients
+            self.scaler.update()
+        else:
+            self.inner.step()
+        self.inner.zero_grad(set_to_none=True)
+        timer.mark("optimizer")
+        timer.end_step()
+        return losses
+
+    def forward_backward(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        loss = F.cross_entropy(self.model(inputs), labels)
+        scaled = loss / self.micro_steps if self.micro_steps > 1 else loss
+        (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        return loss
+
+
+def optimizer_step(accelerator: Accelerator, model: nn.Module, optimizer: torch.optim.Optimizer,
+                   micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]], timer: PhaseTimer | None = None,
+                   after_backward: Callable[[int, bool], None] | None = None, noise: NoiseMonitor | None = None,
+                   ) -> list[torch.Tensor]:
+    """One optimizer step (StepRunner) for callers that take one now and then (the probe, tests)."""
+    return StepRunner(accelerator, model, optimizer)(micro_batches, timer, after_backward, noise)
 
 
 _NO_TIMER = PhaseTimer(torch.device("cpu"), enabled=False)
@@ -168,20 +186,21 @@ class Trainer:
         self.eval_set = eval_data.to(accelerator.device) if isinstance(eval_data, TensorPair) else eval_data
         self.unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)  # eval: no DDP hooks, eager
         self.timer = PhaseTimer(accelerator.device, enabled=cfg.time_phases, sync_each_phase=cfg.profile_sync)
-        self.windows = ThroughputWindows()
+        self.step_runner = StepRunner(accelerator, model, optimizer)
+        self.clock = RunClock()  # replaced by the run's clock when training starts
+        self.windows = ThroughputWindows(now=lambda: self.clock.elapsed())  # the clock of the moment
         self.phase_windows: list[dict[str, float]] = []
         self.outcome = TrainOutcome(status="running", steps=0)
         self.micro_losses: list[torch.Tensor] = []
         self.first_loss: float | None = None
         self.step = 0
-        self.clock = RunClock()
         self._clock_offsets = (0.0, 0.0)  # (elapsed, evaluation) seconds before a resume
         self.stop_signal: str | None = None  # set by a signal handler; acted on at the next window boundary
         self.checkpoint = Checkpoint(accelerator, Path(cfg.output_dir) / "checkpoint")
         self.noise = None
         if cfg.noise_scale and (accelerator.num_processes > 1 or plan.micro_steps_per_process > 1
                                 or plan.per_device_bs >= 2):
-            self.noise = NoiseMonitor(accelerator, model, plan, cfg.noise_every)
+            self.noise = NoiseMonitor(accelerator, model, plan, cfg.noise_every, off_clock=self.off_the_clock)
         self.target_search = TargetSearch(self, enabled=cfg.exact_target and cfg.target_accuracy is not None)
         self.clock_points: list[tuple[int, float]] = []  # (step, training clock) at window boundaries
         self._checkpointed_at = 0
@@ -245,13 +264,21 @@ class Trainer:
         snapshot = take_snapshot(self)
         if self.noise is not None:
             self.noise.begin_step(self.step, force=True)
-        optimizer_step(self.accelerator, self.model, self.optimizer, self.source.replay_micro_batches(self.step),
-                       noise=self.noise)
+        self.step_runner(self.source.replay_micro_batches(self.step), noise=self.noise)
         synchronize(self.accelerator.device)
         if self.noise is not None:
             self.noise.discard_pending()
         restore(self, snapshot)
         return time.perf_counter() - start
+
+    @contextmanager
+    def off_the_clock(self):
+        """The tool's own work inside a step (the noise measurement): the device finishes the training work
+        queued before it on the clock, then the clock is paused until the device has finished this work."""
+        synchronize(self.accelerator.device)
+        with self.clock.paused():
+            yield
+            synchronize(self.accelerator.device)
 
     def set_lr(self, step: int) -> float:
         lr = self.schedule(step)
@@ -263,8 +290,7 @@ class Trainer:
         self.outcome.lr.append(self.set_lr(self.step))
         if self.noise is not None:
             self.noise.begin_step(self.step)
-        self.micro_losses.extend(optimizer_step(self.accelerator, self.model, self.optimizer,
-                                                self.source.micro_batches(self.step), self.timer, noise=self.noise))
+        self.micro_losses.extend(self.step_runner(self.source.micro_batches(self.step), self.timer, noise=self.noise))
         self.step += 1
         self.windows.add_samples(self.plan.global_bs)
 
@@ -284,10 +310,15 @@ class Trainer:
             self._track("phases", window_phase_shares(self.phase_windows[-1], self.windows.durations[-1]))
         # Mean over this process's micro-batches, then over processes: the global-batch mean loss per step
         # (all micro-batches have the same size).
-        local = torch.stack(self.micro_losses).float().view(-1, self.plan.micro_steps_per_process).mean(dim=1)
-        window_losses = accelerator.reduce(local, reduction="mean").tolist()
-        flags = torch.tensor([self.clock.elapsed(), float(self.stop_signal is not None)], device=accelerator.device)
-        elapsed, stop = accelerator.reduce(flags, "max").tolist()
+        local = torch.stack(self.micro_losses).float()
+        if self.plan.micro_steps_per_process > 1:
+            local = local.view(-1, self.plan.micro_steps_per_process).mean(dim=1)
+        if accelerator.num_processes > 1:
+            window_losses = accelerator.reduce(local, reduction="mean").tolist()
+            flags = torch.tensor([self.clock.elapsed(), float(self.stop_signal is not None)], device=accelerator.device)
+            elapsed, stop = accelerator.reduce(flags, "max").tolist()
+        else:
+            window_losses, elapsed, stop = local.tolist(), self.clock.elapsed(), float(self.stop_signal is not None)
         self.micro_losses.clear()
         self.clock_points.append((self.step, self.clock.train_elapsed()))
         if self.first_loss is None:
@@ -359,7 +390,7 @@ class Trainer:
         self.set_lr(step)
         if self.noise is not None:
             self.noise.measuring = False
-        losses = optimizer_step(self.accelerator, self.model, self.optimizer, self.source.replay_micro_batches(step))
+        losses = self.step_runner(self.source.replay_micro_batches(step))
         self.step = step + 1
         local = torch.stack(losses).float().view(-1, self.plan.micro_steps_per_process).mean(dim=1)
         return self.accelerator.reduce(local, reduction="mean").item()  # host sync: replay is off the clock
@@ -446,7 +477,7 @@ def window_phase_shares(window: dict[str, float], wall_s: float) -> dict[str, fl
         return {}
     shares = {"data_wait": window["data_wait"], "h2d": window["h2d"],
               "forward_backward": window["fwd_bwd_nosync"] + window["fwd_bwd_sync"],
-              "optimizer": window["optimizer"], "noise_scale": window.get("noise_scale", 0.0)}
+              "optimizer": window["optimizer"]}
     return {name: seconds / wall_s for name, seconds in shares.items()}
 
 

@@ -32,7 +32,7 @@ def emulating_result(**changes) -> dict:
         "throughput_windows": [256 / 0.05, 256 / 0.04, 256 / 0.05, 256 / 0.06, 256 / 0.05, 256 / 0.05],
         "step_time_breakdown": {
             "phases": {"data_wait": phase(0.04), "h2d": phase(0.0), "forward_backward": phase(0.8),
-                       "grad_sync": phase(0.0), "optimizer": phase(0.1), "noise_scale": phase(0.0),
+                       "grad_sync": phase(0.0), "optimizer": phase(0.1),
                        "other": phase(0.06)},
             "measured_s": 1.0, "covered_fraction": 0.94, "windows": 2},
     }

@@ -38,7 +38,7 @@ def test_phase_fractions_cover_the_measured_step_time(tmp_path):
     result = load_result(tmp_path)
     breakdown = result["step_time_breakdown"]
     phases = breakdown["phases"]
-    assert set(phases) == {"data_wait", "h2d", "forward_backward", "grad_sync", "optimizer", "noise_scale", "other"}
+    assert set(phases) == {"data_wait", "h2d", "forward_backward", "grad_sync", "optimizer", "other"}
     fractions = sum(p["fraction"] for p in phases.values())
     assert fractions == pytest.approx(1.0, abs=0.01)
     # the measured phases (everything but "other") account for the step time within a few percent

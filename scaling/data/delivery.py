@@ -107,6 +107,8 @@ class BatchSource:
         self.dataset = dataset
         self._cfg = cfg
         self._iterator = None
+        self._slices = sampler.slices(process_index)
+        self._epoch, self._permutation = -1, None
 
     def start(self, first_step: int) -> None:
         if not self.fast:
@@ -120,8 +122,11 @@ class BatchSource:
 
     def micro_batches(self, step: int):
         if self.fast:
-            for indices in self.sampler.micro_batches(step, self.process_index):
-                yield self._tensors.batch(indices.to(self._tensors.labels.device, non_blocking=True))
+            epoch, first = self.sampler.locate(step)
+            if epoch != self._epoch:  # the epoch's permutation on the device, copied once per epoch
+                self._permutation, self._epoch = self.sampler.permutation(epoch).to(self._tensors.labels.device), epoch
+            for start, end in self._slices:
+                yield self._tensors.batch(self._permutation[first + start : first + end])
         elif self.memory_format is not None:
             for _ in range(self.sampler.plan.micro_steps_per_process):
                 inputs, labels = next(self._iterator)
