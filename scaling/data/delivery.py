@@ -159,8 +159,12 @@ class StepBatchSampler(torch.utils.data.Sampler):
         self.first_step = first_step
 
     def __iter__(self):
-        step = self.first_step
+        step, epoch, order = self.first_step, -1, []
+        slices = self.sampler.slices(self.process_index)
         while True:
-            for indices in self.sampler.micro_batches(step, self.process_index):
-                yield indices.tolist()
+            step_epoch, first = self.sampler.locate(step)
+            if step_epoch != epoch:  # the epoch's permutation as Python ints, once per epoch
+                epoch, order = step_epoch, self.sampler.permutation(step_epoch).tolist()
+            for start, end in slices:
+                yield order[first + start : first + end]
             step += 1
