@@ -139,6 +139,69 @@ def measure(path: str, batch_size: int, steps: int, repeats: int, output_dir: st
     return rates
 
 
+def interleaved(path: str, batch_size: int, pairs: int, chunk: int, output_dir: str, train, items) -> list[float]:
+    """tool/bare ratios of `pairs` pairs of `chunk`-step chunks in one process: the tool's Trainer, built as a
+    run builds it (phase timing, noise scale, logging on), and the bare step on the same model, optimizer and
+    data, alternating which goes first. A finer instrument than whole runs: the two halves of a pair are a
+    fraction of a second apart, so the machine's drift cancels. It times the loop's steps as the training
+    clock does (logging-window boundaries in, the noise measurement's off-clock time out), not the run's
+    start-up around them, and without the progress bar."""
+    from scaling.run import build
+
+    extra = {"dataset": MAP_DATASET, "materialize": "false"} if path == "map" else {}
+    cfg = RunConfig(global_bs=batch_size, per_device_bs=batch_size, base_lr=0.1, base_bs=batch_size,
+                    lr_scaling="none", target_accuracy=None, max_steps=10**9, max_epochs=None, eval_every=10**9,
+                    cpu=True, output_dir=output_dir, overwrite=True, progress=False, **extra)
+    trainer = build(cfg).trainer
+    trainer.source.start(0)
+    model, optimizer = trainer.model, trainer.step_runner.inner
+
+    def bare_batches():
+        while True:
+            if path == "map":
+                yield from torch.utils.data.DataLoader(items, batch_size=batch_size, shuffle=True, drop_last=True)
+            else:
+                perm = torch.randperm(len(train))
+                for start in range(0, len(train) - batch_size + 1, batch_size):
+                    idx = perm[start : start + batch_size]
+                    yield train.inputs[idx], train.labels[idx]
+
+    batches = bare_batches()
+
+    def bare(steps: int) -> float:
+        start = time.perf_counter()
+        for _ in range(steps):
+            inputs, labels = next(batches)
+            loss = F.cross_entropy(model(inputs), labels)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return steps * batch_size / (time.perf_counter() - start)
+
+    def tool(steps: int) -> float:
+        off_clock = trainer.noise.measure_s if trainer.noise is not None else 0.0
+        start = time.perf_counter()
+        for _ in range(steps):
+            trainer.train_step()
+            if trainer.step % cfg.log_every == 0:
+                trainer.close_window()
+        elapsed = time.perf_counter() - start
+        if trainer.noise is not None:
+            elapsed -= trainer.noise.measure_s - off_clock
+        return steps * batch_size / elapsed
+
+    bare(chunk), tool(chunk)  # warm-up
+    ratios = []
+    for pair in range(pairs):
+        if pair % 2:
+            tool_rate, bare_rate = tool(chunk), bare(chunk)
+        else:
+            bare_rate, tool_rate = bare(chunk), tool(chunk)
+        ratios.append(tool_rate / bare_rate)
+    trainer.metrics.close()
+    return ratios
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-sizes", default="32,256")
@@ -146,6 +209,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=0, help="optimizer steps per timing (default: ~2 s of work)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--output-dir", default="runs/bench-overhead")
+    parser.add_argument("--pairs", type=int, default=40,
+                        help="pairs of chunks for the in-process comparison (0: whole runs only)")
+    parser.add_argument("--chunk-steps", type=int, default=100, help="optimizer steps per chunk")
+    parser.add_argument("--no-runs", action="store_true", help="the in-process comparison only")
     args = parser.parse_args()
 
     train, _ = load_mnist1d(RunConfig().num_samples)
@@ -155,7 +222,7 @@ def main() -> None:
           f"training clock")
     print(f"{'path':>6} {'batch':>6} {'steps':>6} {'bare/s':>9} {'tool/s':>9} {'tool/bare':>9} {'min-max':>11} "
           f"{'timing cost':>12} {'noise cost':>11} {'noise off-clock':>16}")
-    for path in args.paths.split(","):
+    for path in args.paths.split(",") if not args.no_runs else []:
         for batch_size in (int(b) for b in args.batch_sizes.split(",")):
             steps = args.steps or max(100, int(400_000 / batch_size))
             bare_loop(train, batch_size, min(steps, 20))  # warm-up: allocator, thread pool
@@ -172,6 +239,15 @@ def main() -> None:
             print(f"{path:>6} {batch_size:>6} {steps:>6} {median['bare']:>9,.0f} {median['tool']:>9,.0f} "
                   f"{tool:>9.3f} {min(ratio['tool']):>5.2f}-{max(ratio['tool']):<5.2f} "
                   f"{timing_cost:>+12.1%} {noise_cost:>+11.1%} {median['off_clock']:>16.1%}", flush=True)
+    if args.pairs:
+        print(f"\nIn one process, the tool's steps against bare steps on the same model: median of {args.pairs} "
+              f"pairs of {args.chunk_steps}-step chunks")
+        print(f"{'path':>6} {'batch':>6} {'tool/bare':>9} {'min-max':>11}")
+        for path in args.paths.split(","):
+            for batch_size in (int(b) for b in args.batch_sizes.split(",")):
+                ratios = interleaved(path, batch_size, args.pairs, args.chunk_steps, args.output_dir, train, items)
+                print(f"{path:>6} {batch_size:>6} {statistics.median(ratios):>9.3f} "
+                      f"{min(ratios):>5.2f}-{max(ratios):<5.2f}", flush=True)
 
 
 if __name__ == "__main__":
