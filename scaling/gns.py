@@ -64,7 +64,6 @@ class NoiseMonitor:
         self.accelerator, self.model, self.plan = accelerator, model, plan
         self._off_clock = off_clock
         self.measure_s = 0.0  # the measurements' time, all off the training clock
-        self.last_measure_s = 0.0
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.estimator = NoiseScaleEstimator(WINDOW)
         if accelerator.num_processes > 1:
@@ -93,17 +92,17 @@ class NoiseMonitor:
         self.measuring = force or is_measurement_step(step, self.every)
         self._local_sq = None
 
-    def after_backward(self, index: int, inputs: torch.Tensor, labels: torch.Tensor) -> None:
-        """The measurement's part after micro-step `index`'s backward, off the clock; its seconds are in
-        `last_measure_s` (the phase timer leaves them out)."""
+    def after_backward(self, index: int, inputs: torch.Tensor, labels: torch.Tensor) -> float:
+        """The measurement's part after micro-step `index`'s backward, off the clock; returns its seconds
+        (the phase timer leaves them out)."""
         if not self.measuring:
-            self.last_measure_s = 0.0
-            return
+            return 0.0
         with self._off_clock():
             start = time.perf_counter()
             self._measure(index, inputs, labels)
-        self.last_measure_s = time.perf_counter() - start  # the context's closing synchronization included
-        self.measure_s += self.last_measure_s
+        seconds = time.perf_counter() - start  # the context's closing synchronization included
+        self.measure_s += seconds
+        return seconds
 
     def _measure(self, index: int, inputs: torch.Tensor, labels: torch.Tensor) -> None:
         last = index == self.plan.micro_steps_per_process - 1

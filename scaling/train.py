@@ -102,8 +102,7 @@ class StepRunner:
             timer.mark("fwd_bwd_sync" if synced else "fwd_bwd_nosync")
             timer.count_micro_step(synced)
             if noise is not None and noise.measuring:
-                noise.after_backward(index, inputs, labels)
-                timer.skip(noise.last_measure_s)  # off the clock (scaling/gns.py)
+                timer.skip(noise.after_backward(index, inputs, labels))  # off the clock (scaling/gns.py)
             losses.append(loss.detach())  # no host sync here: losses are read once per logging window
         if self.scaler is not None:
             self.scaler.step(self.inner)  # unscales, skips the step on inf/NaN gradients
