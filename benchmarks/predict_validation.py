@@ -1,6 +1,6 @@
 """Validate `scaling predict` against real multi-process runs on this machine (docs/predict.md).
 
-    python benchmarks/predict_validation.py                        # every configuration, 2 processes, 3 repeats
+    python benchmarks/predict_validation.py                        # every configuration, 2 processes, 4 repeats
     python benchmarks/predict_validation.py --configs cnn1d --processes 2,4 --repeats 2
 
 For each configuration and process count N: a one-process run that emulates N devices
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import socket
@@ -111,13 +112,13 @@ def _run(cmd: list[str], out: Path, processes: int) -> dict:
 
 def main() -> None:
     from scaling import comm
-    from scaling.predict_devices import gradient_bytes_for, predict_on_devices, profile_run
+    from scaling.predict_devices import compute_load_for, gradient_bytes_for, predict_on_devices, profile_run
     from scaling.results import read_metrics
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--processes", default="2")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--out", default="runs/predict-validation")
     args = parser.parse_args()
     os.chdir(REPO)  # the wide MLP is named by a path relative to the repository
@@ -145,13 +146,16 @@ def main() -> None:
                 gradient = gradient_bytes_for(config)
                 buckets = comm.ddp_buckets(gradient)
                 # The all-reduce is measured between the repeats too: the machine's load changes.
+                load = compute_load_for(config, emulated[0][0]["batch"]["per_device"])
                 measurements.append(comm.measure_allreduce(processes, comm.measurement_sizes(buckets),
-                                                           parameter_bytes=list(reversed(gradient))))
+                                                           parameter_bytes=list(reversed(gradient)), compute=load))
             link = measurements[-1].interconnect()
-            predictions, alpha_beta, ideal = [], [], []
+            predictions, uncontended, alpha_beta, ideal = [], [], [], []
             for (result, out), measurement in zip(emulated, measurements, strict=True):
                 profile = profile_run(result, read_metrics(out / "metrics.jsonl"))
                 predictions.append(predict_on_devices(profile, gradient, processes, measurement.interconnect(),
+                                                      ddp=measurement.ddp, contention=measurement.contention))
+                uncontended.append(predict_on_devices(profile, gradient, processes, measurement.interconnect(),
                                                       ddp=measurement.ddp))
                 alpha_beta.append(predict_on_devices(profile, gradient, processes, measurement.interconnect()))
                 free = comm.Interconnect("free", float("inf"), 0.0, "given")
@@ -166,6 +170,10 @@ def main() -> None:
                 "buckets": buckets, "steps_to_target": sorted(steps),
                 "emulated_s": [r["train_time_to_target_s"] for r, _ in emulated], "predicted_s": predicted,
                 "measured_s": measured, "perfect_scaling_s": ideal,
+                "pair_ratio": [p / m for p, m in zip(predicted, measured, strict=True)],
+                "pair_order": ["emulated first" if i % 2 == 0 else "real first" for i in range(args.repeats)],
+                "contention_factor": [m.contention.measured_factor for m in measurements],
+                "uncontended_s": [p.train_time_to_target_s for p in uncontended],
                 "predicted_allreduce_ms": [p.allreduce.exposed_s * 1e3 for p in predictions],
                 "alpha_beta_s": [p.train_time_to_target_s for p in alpha_beta],
                 "alpha_beta_allreduce_ms": [p.allreduce.exposed_s * 1e3 for p in alpha_beta],
@@ -182,23 +190,32 @@ def main() -> None:
             (root / "validation.json").write_text(json.dumps(rows, indent=2))
     print()
     print("| configuration | gradient | N | steps to target (all runs) | emulated (s) | predicted (s) | measured (s) | "
-          "predicted / measured | alpha-beta only / measured | no-comm / measured | all-reduce fit | DDP sync, "
-          "wrapper per micro-step | CPU share emulated / real |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "predicted / measured (pairs) | without contention | alpha-beta only | no-comm | contention | "
+          "all-reduce fit | DDP sync, wrapper per micro-step | CPU share emulated / real |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
-        med = {key: statistics.median(row[key]) for key in ("emulated_s", "predicted_s", "measured_s",
-                                                           "perfect_scaling_s", "alpha_beta_s", "ddp_sync_ms",
-                                                           "ddp_micro_overhead_ms")}
+        med = {key: statistics.median(row[key]) for key in ("emulated_s", "predicted_s", "measured_s", "ddp_sync_ms",
+                                                           "ddp_micro_overhead_ms", "contention_factor")}
+        ratio = {key: _pair_mean(row[key], row["measured_s"]) for key in ("predicted_s", "uncontended_s",
+                                                                         "alpha_beta_s", "perfect_scaling_s")}
         same = "identical: " if len(row["steps_to_target"]) == 1 else "DIFFER: "
         print(f"| {row['config']} | {row['gradient_bytes'] / 2**10:,.0f} KiB in {len(row['buckets'])} bucket(s) | "
               f"{row['processes']} | {same}{', '.join(map(str, row['steps_to_target']))} | {med['emulated_s']:.2f} | "
-              f"{med['predicted_s']:.2f} | {med['measured_s']:.2f} | {med['predicted_s'] / med['measured_s']:.2f} | "
-              f"{med['alpha_beta_s'] / med['measured_s']:.2f} | {med['perfect_scaling_s'] / med['measured_s']:.2f} | "
+              f"{med['predicted_s']:.2f} | {med['measured_s']:.2f} | **{ratio['predicted_s']:.2f}** "
+              f"({min(row['pair_ratio']):.2f}–{max(row['pair_ratio']):.2f}) | {ratio['uncontended_s']:.2f} | "
+              f"{ratio['alpha_beta_s']:.2f} | {ratio['perfect_scaling_s']:.2f} | x{med['contention_factor']:.2f} | "
               f"{statistics.median(row['latency_us']):.0f} us, {statistics.median(row['bandwidth_gb_s']):.2f} GB/s | "
               f"{med['ddp_sync_ms']:.2f} ms, {med['ddp_micro_overhead_ms']:.2f} ms | "
               f"{statistics.median(row['cpu_share_emulated']):.0%} / {statistics.median(row['cpu_share_real']):.0%} |")
-    print(f"\n(medians over {args.repeats} repeats; every value: {root / 'validation.json'})")
+    print(f"\n(ratios: geometric mean over the {args.repeats} pairs of predicted / measured, each pair an emulated and a "
+          f"real run back to back, the order flipping every pair, so that with an even number of repeats the machine's "
+          f"drift from the first run of a pair to the second falls on both sides equally; in brackets the pairs' "
+          f"range. Times: medians. Every value: {root / 'validation.json'})")
 
+
+def _pair_mean(predicted: list[float], measured: list[float]) -> float:
+    """Geometric mean of predicted / measured over the pairs."""
+    return math.exp(statistics.fmean(math.log(p / m) for p, m in zip(predicted, measured, strict=True)))
 
 if __name__ == "__main__":
     main()

@@ -96,7 +96,8 @@ def _predict_parser() -> ArgumentParser:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--measure-comm", action="store_true",
                         help="time real all-reduces of the model's buckets across N local processes (gloo on the "
-                             "CPU, NCCL on GPUs) and fit latency and bandwidth")
+                             "CPU, NCCL on GPUs) and fit latency and bandwidth; also time DDP's synchronization "
+                             "and how much slower the model computes when N devices compute at once")
     source.add_argument("--interconnect", metavar="NAME", help=f"a preset: {', '.join(PRESETS)}")
     source.add_argument("--bandwidth", type=float, metavar="GB/S", help="all-reduce bus bandwidth (with --latency)")
     parser.add_argument("--latency", type=float, metavar="US", help="per all-reduce latency in microseconds")
@@ -121,7 +122,7 @@ def predict(argv: list[str]) -> int:
         raise ConfigError(f"--bucket-cap-mb must be > 0, got {args.bucket_cap_mb}")
     result, metrics, folder = predict_devices.load_result(args.run_dir)
     profile = predict_devices.profile_run(result, metrics)
-    predict_devices.plan_devices(profile, args.processes, args.per_device_bs)  # refuse a bad split before work
+    plan = predict_devices.plan_devices(profile, args.processes, args.per_device_bs)  # refuse a bad split first
     link, measurement = None, None
     if args.interconnect:
         link = comm.preset(args.interconnect)
@@ -144,13 +145,16 @@ def predict(argv: list[str]) -> int:
         measurement = comm.measure_allreduce(args.processes, comm.measurement_sizes(buckets),
                                              device="cuda" if on_gpu else "cpu",
                                              threads=predict_devices.run_threads(result),
-                                             parameter_bytes=list(reversed(gradient_bytes)))
+                                             parameter_bytes=list(reversed(gradient_bytes)),
+                                             compute=predict_devices.compute_load_for(result.get("config") or {},
+                                                                                      plan.per_device_bs))
         link = measurement.interconnect()
     if link is not None and args.no_overlap:
         link = dataclasses.replace(link, overlap=False)
     prediction = predict_devices.predict_on_devices(profile, gradient_bytes, args.processes, link,
                                                     args.per_device_bs, args.bucket_cap_mb,
-                                                    ddp=measurement.ddp if measurement else None)
+                                                    ddp=measurement.ddp if measurement else None,
+                                                    contention=measurement.contention if measurement else None)
     text = predict_devices.explain(profile, prediction)
     if args.json:
         report = predict_devices.PredictionReport(

@@ -23,6 +23,12 @@ gradients come last) is exposed; when it is slower, the rest of the queue is exp
 Parameters come from `measure_allreduce` (real all-reduces between N local processes, gloo on the CPU,
 NCCL on GPUs, fitted by `fit_alpha_beta`), from a named preset (`PRESETS`, datasheet link bandwidths,
 docs/predict.md cites them), or are given.
+
+N devices on one host also share what is not a device: CPU processes share the last-level cache and the
+memory bandwidth (and cores, when there are fewer than processes x threads); GPU processes share the host's
+CPU for their Python and launches. `measure_allreduce(compute=...)` also times each device's own work (the
+run's model, forward, backward and an optimizer step at the per-device batch) alone and with all N at once:
+`Contention`.
 """
 
 from __future__ import annotations
@@ -251,6 +257,41 @@ class DDPCost:
     micro_overhead_s: float
 
 
+@dataclass(frozen=True)
+class ComputeLoad:
+    """One device's own work for `Contention`: the run's model (scaling.models.build_model's name, input
+    shape and class count) on a synthetic micro-batch of `batch` inputs of `input_dtype`, cross-entropy,
+    backward, and an SGD step with momentum."""
+
+    model: str
+    input_shape: tuple[int, ...]
+    input_dtype: str  # a torch dtype's name: "float32", "int64", ...
+    num_classes: int
+    batch: int
+
+
+@dataclass(frozen=True)
+class Contention:
+    """Seconds per training step of a `ComputeLoad` (forward, backward, optimizer step) on one of N local
+    devices, with the others idle (`alone_s`: the median over every rank's turn and repeat) and with all N
+    computing at once (`together_s`: the slowest rank's, median over repeats; every step of a data-parallel
+    run waits for its slowest rank). `factor` is their ratio, not below 1: a device does not compute faster
+    because others compute too (a measured ratio below 1 is the machine's noise; `measured_factor` keeps it)."""
+
+    processes: int
+    batch: int
+    alone_s: float
+    together_s: float
+
+    @property
+    def measured_factor(self) -> float:
+        return self.together_s / self.alone_s
+
+    @property
+    def factor(self) -> float:
+        return max(1.0, self.measured_factor)
+
+
 @dataclass
 class CommMeasurement:
     processes: int
@@ -262,6 +303,7 @@ class CommMeasurement:
     elapsed_s: float = 0.0
     threads: int = 1
     ddp: DDPCost | None = None
+    contention: Contention | None = None
     extra: dict = field(default_factory=dict)
 
     def interconnect(self) -> Interconnect:
@@ -280,6 +322,9 @@ class CommMeasurement:
         out["fit"] = None if self.fit is None else {
             "latency_us": self.fit.latency * 1e6, "bus_bandwidth_gb_s": self.fit.bus_bandwidth / GB,
             "max_relative_residual": self.fit.max_relative_residual}
+        if self.contention is not None:
+            out["contention"]["factor"] = self.contention.factor
+            out["contention"]["measured_factor"] = self.contention.measured_factor
         return out
 
 
@@ -293,12 +338,14 @@ def measurement_sizes(buckets: Sequence[int]) -> list[int]:
 
 def measure_allreduce(processes: int, sizes: Sequence[int], device: str = "cpu", threads: int = 1,
                       min_time_s: float = 0.2, repeats: int = 5, timeout_s: float = 600,
-                      parameter_bytes: Sequence[int] | None = None) -> CommMeasurement:
+                      parameter_bytes: Sequence[int] | None = None, compute: ComputeLoad | None = None
+                      ) -> CommMeasurement:
     """Time float32 all-reduces of `sizes` bytes across `processes` local processes (gloo on the CPU, NCCL on
     `cuda`), and fit latency and bus bandwidth. Each size: a warm-up, then `repeats` timings of a loop of
     back-to-back all-reduces lasting about `min_time_s`; a timing is the slowest rank's, the result the
     median of the repeats. With `parameter_bytes` (a model's per-parameter gradient bytes, registration
-    order), also what DDP adds for that layout (`DDPCost`), timed the same way."""
+    order), also what DDP adds for that layout (`DDPCost`), timed the same way; with `compute`, each device's
+    own work alone and all at once (`Contention`)."""
     import torch.multiprocessing as mp
 
     if processes < 2:
@@ -311,7 +358,8 @@ def measure_allreduce(processes: int, sizes: Sequence[int], device: str = "cpu",
                               f"found {torch.cuda.device_count()}")
     start = time.perf_counter()
     layout = [int(b) for b in parameter_bytes] if parameter_bytes else []
-    args = (processes, list(sizes), device, threads, min_time_s, repeats, layout)
+    load = asdict(compute) if compute is not None else None
+    args = (processes, list(sizes), device, threads, min_time_s, repeats, layout, load)
     for attempt in range(2):
         try:
             record = _spawn(mp, args, timeout_s)
@@ -325,8 +373,13 @@ def measure_allreduce(processes: int, sizes: Sequence[int], device: str = "cpu",
     if record.get("ddp"):
         ddp = DDPCost(processes, tuple(layout), max(0.0, record["ddp"]["sync"] - record["ddp"]["nosync"]),
                       max(0.0, record["ddp"]["nosync"] - record["ddp"]["plain"]))
+    contention = None
+    if record.get("contention"):
+        contention = Contention(processes, compute.batch, record["contention"]["alone"],
+                                record["contention"]["together"])
     measurement = CommMeasurement(processes, backend, device, [int(s) for s in sizes], seconds,
-                                  elapsed_s=time.perf_counter() - start, threads=threads, ddp=ddp)
+                                  elapsed_s=time.perf_counter() - start, threads=threads, ddp=ddp,
+                                  contention=contention)
     measurement.fit = fit_alpha_beta(measurement.sizes, seconds, processes)
     return measurement
 
@@ -382,7 +435,7 @@ def _stand_in(parameter_bytes: list[int], device):
 
 
 def _worker(rank: int, processes: int, port: int, sizes: list[int], device: str, threads: int,
-            min_time_s: float, repeats: int, parameter_bytes: list[int], out: str) -> None:
+            min_time_s: float, repeats: int, parameter_bytes: list[int], load: dict | None, out: str) -> None:
     import torch
     import torch.distributed as dist
 
@@ -397,24 +450,33 @@ def _worker(rank: int, processes: int, port: int, sizes: list[int], device: str,
         if device == "cuda":
             torch.cuda.synchronize(target)
 
-    def timed(action, iterations: int) -> float:
+    def timed(action, iterations: int, alone: int | None = None) -> list[float]:
+        """Seconds per call of `action` on every rank (all at once, or only rank `alone` while the others
+        wait in a barrier, which takes no CPU); the other ranks' entries are 0 in a turn alone."""
         dist.barrier()
         sync()
-        begin = time.perf_counter()
-        for _ in range(iterations):
-            action()
-        sync()
-        elapsed = torch.tensor([(time.perf_counter() - begin) / iterations], dtype=torch.float64, device=target)
-        dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)  # the collective ends when the slowest rank does
-        return float(elapsed)
+        elapsed = torch.zeros(processes, dtype=torch.float64, device=target)
+        if alone is None or alone == rank:
+            begin = time.perf_counter()
+            for _ in range(iterations):
+                action()
+            sync()
+            elapsed[rank] = (time.perf_counter() - begin) / iterations
+        dist.all_reduce(elapsed)  # every rank's time, on every rank
+        return elapsed.tolist()
 
-    def median_time(action) -> float:
-        first = timed(action, 2)  # warm-up (connections, allocations, DDP's bucket rebuild) and an estimate
+    def agreed_iterations(action) -> int:
+        first = max(timed(action, 2))  # warm-up (connections, allocations, DDP's bucket rebuild) and an estimate
         iterations = int(max(1, min(1000, min_time_s / max(first, 1e-7))))
         # Every rank must run the same number of iterations: rank 0's choice.
         agreed = torch.tensor([iterations], dtype=torch.int64, device=target)
         dist.broadcast(agreed, 0)
-        return statistics.median(timed(action, int(agreed)) for _ in range(repeats))
+        return int(agreed)
+
+    def median_time(action) -> float:
+        """The median over repeats of the slowest rank's time: a collective ends when the slowest rank does."""
+        iterations = agreed_iterations(action)
+        return statistics.median(max(timed(action, iterations)) for _ in range(repeats))
 
     try:
         record: dict = {"allreduce": []}
@@ -423,6 +485,9 @@ def _worker(rank: int, processes: int, port: int, sizes: list[int], device: str,
             record["allreduce"].append(median_time(lambda tensor=tensor: dist.all_reduce(tensor)))
         if parameter_bytes:
             record["ddp"] = _time_ddp(parameter_bytes, target, median_time)
+        if load:
+            record["contention"] = _time_contention(ComputeLoad(**load), target, processes, repeats, timed,
+                                                    agreed_iterations)
         if rank == 0:  # atomically: the parent takes the file as the measurement
             with open(out + ".tmp", "w") as handle:
                 json.dump(record, handle)
@@ -456,3 +521,36 @@ def _time_ddp(parameter_bytes: list[int], target, median_time) -> dict:
     times["nosync"] = (times["nosync"] + median_time(nosync)) / 2
     times["plain"] = (times["plain"] + median_time(lambda: step(plain))) / 2
     return times
+
+
+def _time_contention(load: ComputeLoad, target, processes: int, repeats: int, timed, agreed_iterations) -> dict:
+    """Seconds per training step of `load` alone (each rank in turn) and all at once, alternating (Contention)."""
+    import torch
+
+    from scaling.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(load.model, tuple(load.input_shape), load.num_classes).to(target)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    dtype = getattr(torch, load.input_dtype)
+    shape = (load.batch, *load.input_shape)
+    inputs = (torch.randn(shape, device=target).to(dtype) if dtype.is_floating_point
+              else torch.zeros(shape, dtype=dtype, device=target))
+    labels = torch.randint(0, load.num_classes, (load.batch,), device=target)
+
+    def step() -> None:
+        torch.nn.functional.cross_entropy(model(inputs), labels).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    iterations = agreed_iterations(step)
+    alone, together = [], []
+    for repeat in range(repeats):
+        turns: list[int | None] = [*range(processes), None]
+        for turn in (turns if repeat % 2 == 0 else turns[::-1]):  # the machine's drift falls on both sides
+            times = timed(step, iterations, alone=turn)
+            if turn is None:
+                together.append(max(times))
+            else:
+                alone.append(times[turn])
+    return {"alone": statistics.median(alone), "together": statistics.median(together)}

@@ -16,6 +16,7 @@ as every other rank:
 
     step(N) = A' (t_micro + t_data) + t_opt + t_noise + t_other + exposed all-reduce (scaling.comm)
               + the loop's two small collectives per logging window (the loss and stop-flag reductions)
+              + (c - 1) (A' (t_micro + t_data) + t_opt + t_other)       with --measure-comm's contention c
 
 The run's own steady-state step is M (t_micro + t_data) + t_opt + t_noise + t_other + t_sync, so the
 prediction is the run's measured time plus the difference, step by step:
@@ -25,8 +26,11 @@ prediction is the run's measured time plus the difference, step by step:
 which keeps whatever the breakdown does not see (the first, warm-up window; the clock's own overheads) as
 the run measured it. The band is the run's own step-time spread: the 16th and 84th percentiles of its
 logging windows' step times (after the first) relative to their median, applied to the prediction.
-Assumptions: every device computes a micro-batch as fast as the run's device did (no contention between
-devices, no stragglers); the all-reduce follows scaling.comm's model; steps to target are the run's
+c (scaling.comm.Contention, 1 unless measured) is how much slower each device's own work runs when all N
+compute at once than when one does alone: on a CPU host the processes share the cache, the memory bandwidth
+(and the cores), on a GPU host the CPU that launches the kernels. Assumptions: every device computes a
+micro-batch as fast as the run's device did, times c (no stragglers beyond what c measured); the
+all-reduce follows scaling.comm's model; steps to target are the run's
 (the same trajectory to float rounding for models without batch-coupled layers; over hundreds of steps the
 rounding can still move a crossing of the target, docs/predict.md). docs/predict.md validates all of this
 against real runs.
@@ -51,6 +55,8 @@ from scaling.comm import (
     FIRST_BUCKET_BYTES,
     MIB,
     AllReduceEstimate,
+    ComputeLoad,
+    Contention,
     DDPCost,
     Interconnect,
     allreduce_time,
@@ -263,6 +269,7 @@ class DevicePrediction:
     train_time_s: float  # for all of the run's steps (also when no target was reached)
     measured_micro_batch: bool  # the per-device batch is the run's (else scaled per sample)
     ddp_measured: bool = False  # the all-reduce and DDP's overhead are DDPCost's measurement, not the model
+    contention_factor: float | None = None  # Contention.factor applied to every rank's own work (None: not measured)
     notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -275,12 +282,13 @@ class DevicePrediction:
 
 def predict_on_devices(profile: RunProfile, gradient_bytes: list[int], processes: int,
                        link: Interconnect | None, per_device_bs: int | None = None,
-                       bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB, ddp: DDPCost | None = None
-                       ) -> DevicePrediction:
+                       bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB, ddp: DDPCost | None = None,
+                       contention: Contention | None = None) -> DevicePrediction:
     """Step time and train time to target on `processes` devices (module docstring). `gradient_bytes` are
     per parameter, in the order backward produces them (scaling.comm.model_gradient_bytes). `ddp` (from
     `--measure-comm` at the same process count) replaces the modelled all-reduce by DDP's measured
-    synchronization and adds DDP's per-micro-step overhead."""
+    synchronization and adds DDP's per-micro-step overhead; `contention` (the same) slows every rank's own
+    work (compute, data, optimizer, other) by its factor."""
     plan = plan_devices(profile, processes, per_device_bs)
     if processes > 1 and link is None:
         raise ConfigError("predicting more than one device needs an interconnect: --measure-comm, "
@@ -293,6 +301,8 @@ def predict_on_devices(profile: RunProfile, gradient_bytes: list[int], processes
     backward = BACKWARD_SHARE * micro_compute
     if ddp is not None and (ddp.processes != processes or processes == 1):
         ddp = None  # measured for another process count: the model alone
+    if contention is not None and (contention.processes != processes or processes == 1):
+        contention = None
     comm = exposed_allreduce(buckets, processes, link or _NO_LINK, backward,
                              measured_total_s=ddp.sync_s if ddp is not None else None)
     window_sync = 0.0
@@ -309,6 +319,8 @@ def predict_on_devices(profile: RunProfile, gradient_bytes: list[int], processes
         "ddp_overhead": plan.accumulation_steps * ddp.micro_overhead_s if ddp is not None else 0.0,
         "window_collectives": window_sync,
     }
+    own_work = components["compute"] + components["data"] + components["optimizer"] + components["other"]
+    components["contention"] = (contention.factor - 1.0) * own_work if contention is not None else 0.0
     delta = sum(components.values()) - profile.steady_step_s
     step_s = profile.step_s + delta
     low, high = profile.band()
@@ -325,7 +337,8 @@ def predict_on_devices(profile: RunProfile, gradient_bytes: list[int], processes
         plan=plan, link=link, gradient_bytes=int(sum(gradient_bytes)), allreduce=comm, components=components,
         step_s=step_s, run_step_s=profile.step_s, delta_step_s=delta, steps_to_target=profile.steps_to_target,
         train_time_to_target_s=time_to_target, band_s=band, train_time_s=profile.train_elapsed_s + profile.steps * delta,
-        measured_micro_batch=scale == 1, ddp_measured=ddp is not None, notes=tuple(notes),
+        measured_micro_batch=scale == 1, ddp_measured=ddp is not None,
+        contention_factor=contention.factor if contention is not None else None, notes=tuple(notes),
     )
 
 
@@ -345,19 +358,20 @@ def device_counts(global_bs: int, limit: int) -> list[int]:
 # ------------------------------------------------------------------------------------------------ the model
 
 
-_GRADIENT_CACHE: dict[str, list[int]] = {}
+_MODEL_CACHE: dict[str, tuple[list[int], ComputeLoad]] = {}
 
 
-def gradient_bytes_for(config: dict) -> list[int]:
-    """Per-parameter gradient bytes (backward order) of the run's model, rebuilt from its config (the data
-    is loaded, from the cache, only for its input shape and class count). Cached per model and data."""
+def _model_facts(config: dict) -> tuple[list[int], ComputeLoad]:
+    """The run's model rebuilt from its config (the data is loaded, from the cache, only for its input shape,
+    dtype and class count): its per-parameter gradient bytes (backward order) and its work at batch 1.
+    Cached per model and data."""
     from scaling.config import FIELDS, RunConfig
 
     values = {key: value for key, value in config.items() if key in FIELDS}
     key = json.dumps({k: values.get(k) for k in ("model", "dataset", "dataset_config", "train_split",
                                                 "eval_split", "input_column", "label_column", "num_samples")},
                      sort_keys=True, default=str)
-    if key not in _GRADIENT_CACHE:
+    if key not in _MODEL_CACHE:
         import torch
 
         from scaling.comm import model_gradient_bytes
@@ -368,8 +382,20 @@ def gradient_bytes_for(config: dict) -> list[int]:
         workload = load_workload(cfg)
         with torch.random.fork_rng():
             model = build_model(cfg.model, workload.input_shape, workload.num_classes)
-        _GRADIENT_CACHE[key] = model_gradient_bytes(model)
-    return list(_GRADIENT_CACHE[key])
+        dtype = str(getattr(workload.input_shape, "dtype", torch.float32)).removeprefix("torch.")
+        load = ComputeLoad(cfg.model, tuple(workload.input_shape), dtype, workload.num_classes, 1)
+        _MODEL_CACHE[key] = (model_gradient_bytes(model), load)
+    return _MODEL_CACHE[key]
+
+
+def gradient_bytes_for(config: dict) -> list[int]:
+    """Per-parameter gradient bytes (backward order) of the run's model, rebuilt from its config."""
+    return list(_model_facts(config)[0])
+
+
+def compute_load_for(config: dict, per_device_bs: int) -> ComputeLoad:
+    """One device's work for `--measure-comm`'s contention timing: the run's model at `per_device_bs`."""
+    return replace(_model_facts(config)[1], batch=per_device_bs)
 
 
 # ------------------------------------------------------------------------------------------------ the words
@@ -397,10 +423,14 @@ def explain(profile: RunProfile, prediction: DevicePrediction) -> str:
                      f"for the run ({profile.decomposition}).")
     ddp = f", DDP's wrapper {ms(c['ddp_overhead'])}" if p.ddp_measured else ""
     how = "DDP's synchronization, measured" if p.ddp_measured else "modelled"
+    shared = "" if p.contention_factor is None else (
+        f", {ms(c['contention'])} more for {plan.processes} devices computing at once on this host "
+        f"(measured: x{p.contention_factor:.3g})")
     lines.append(
         f"Per step {ms(p.step_s)} (the run: {ms(profile.step_s)}): {plan.accumulation_steps} x "
         f"{ms(c['compute'] / plan.accumulation_steps)} forward/backward ({micro} at batch {plan.per_device_bs}), "
-        f"data {ms(c['data'])}, optimizer {ms(c['optimizer'])}, other {ms(c['other'] + c['noise_scale'])}{ddp}, "
+        f"data {ms(c['data'])}, optimizer {ms(c['optimizer'])}, other {ms(c['other'] + c['noise_scale'])}{ddp}"
+        f"{shared}, "
         f"and the all-reduce of {_bytes(p.gradient_bytes)} of gradients in {len(p.allreduce.bucket_bytes)} "
         f"bucket{'s' * (len(p.allreduce.bucket_bytes) != 1)} ({how}): {ms(p.allreduce.total_s)}, of which "
         f"{ms(p.allreduce.exposed_s)} not hidden behind backward.")

@@ -143,8 +143,15 @@ def test_buckets_match_the_ones_ddp_builds():
 @pytest.mark.slow
 def test_measured_allreduce_grows_with_size_and_fits():
     layout = [4 * MIB, 4096, 40_960]  # registration order: a 1 M-parameter layer, its bias, a head
+    load = comm.ComputeLoad("mlp", (40,), "float32", 10, 32)
     measurement = comm.measure_allreduce(2, [4, 4096, MIB, 8 * MIB], min_time_s=0.05, repeats=3,
-                                         parameter_bytes=layout)
+                                         parameter_bytes=layout, compute=load)
+    # The model's training step, alone and both at once: the real thing, so only its shape is asserted
+    # (on 2 cores the two processes may or may not slow each other down).
+    contention = measurement.contention
+    assert contention.processes == 2 and contention.batch == 32
+    assert contention.alone_s > 0 and contention.together_s > 0 and contention.factor >= 1.0
+    assert measurement.to_dict()["contention"]["measured_factor"] == pytest.approx(contention.measured_factor)
     ddp = measurement.ddp
     assert ddp.processes == 2 and ddp.parameter_bytes == tuple(layout)
     # DDP's synchronization of 4.2 MB moves at least the bytes the bare all-reduce of 1 MiB does.

@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO, assert_one_line_error, child_env
 from scaling.comm import Interconnect
 from scaling.config import ConfigError
-from scaling.predict_devices import device_counts, plan_devices, predict_on_devices, profile_run
+from scaling.predict_devices import device_counts, explain, plan_devices, predict_on_devices, profile_run
 
 
 def phase(seconds):
@@ -210,8 +210,6 @@ def test_report_section_table_and_a_model_that_cannot_be_rebuilt(tmp_path):
 
 
 def test_a_run_without_a_target_predicts_the_time_of_its_steps():
-    from scaling.predict_devices import explain
-
     result = emulating_result(status="not_reached", steps_to_target=None, train_time_to_target_s=None)
     profile = profile_run(result, METRICS)
     prediction = predict_on_devices(profile, [1000], 2, Interconnect("free", float("inf"), 0.0, "given"))
@@ -236,3 +234,26 @@ def test_a_measured_ddp_cost_replaces_the_modelled_all_reduce():
     # Measured at another process count: not used.
     other = predict_on_devices(profile, [1_000_000], 4, link, ddp=ddp)
     assert not other.ddp_measured and other.components["ddp_overhead"] == 0.0
+
+
+def test_measured_contention_slows_every_ranks_own_work_by_its_factor():
+    from scaling.comm import Contention
+
+    profile = profile_run(emulating_result(), METRICS)
+    link = Interconnect("test", 1e9, 100e-6, "given")
+    shared = Contention(2, 64, alone_s=0.010, together_s=0.013)
+    assert shared.factor == pytest.approx(1.3)
+    plain = predict_on_devices(profile, [1_000_000], 2, link)
+    slowed = predict_on_devices(profile, [1_000_000], 2, link, contention=shared)
+    # Own work per step on 2 devices: 2 x (10 ms compute + 0.5 ms data) + 5 ms optimizer + 3 ms other = 29 ms;
+    # 30% more of it, and nothing else changes.
+    assert slowed.components["contention"] == pytest.approx(0.3 * 0.029)
+    assert slowed.delta_step_s - plain.delta_step_s == pytest.approx(0.3 * 0.029)
+    assert slowed.contention_factor == pytest.approx(1.3) and plain.contention_factor is None
+    assert "2 devices computing at once on this host (measured: x1.3)" in explain(profile, slowed)
+    # A ratio below 1 is the machine's noise: no speed-up is predicted from it.
+    faster = Contention(2, 64, alone_s=0.010, together_s=0.009)
+    assert faster.measured_factor == pytest.approx(0.9) and faster.factor == 1.0
+    assert predict_on_devices(profile, [1_000_000], 2, link, contention=faster).components["contention"] == 0.0
+    # Measured for another process count: not used.
+    assert predict_on_devices(profile, [1_000_000], 4, link, contention=shared).contention_factor is None

@@ -50,6 +50,9 @@ def test_prediction_from_the_emulating_run_matches_the_real_run(runs):
     assert measurement["backend"] == "gloo" and measurement["processes"] == 2
     assert prediction["link"]["source"] == "measured"
     assert prediction["ddp_measured"] and measurement["ddp"]["sync_s"] > 0
+    assert measurement["contention"]["batch"] == 64 and measurement["contention"]["alone_s"] > 0
+    assert prediction["contention_factor"] == pytest.approx(measurement["contention"]["factor"])
+    assert prediction["contention_factor"] >= 1.0
     # One bucket (the CNN's gradient is 31 KiB): all of it exposed.
     assert len(prediction["allreduce"]["bucket_bytes"]) == 1
     assert prediction["allreduce"]["exposed_s"] == pytest.approx(prediction["allreduce"]["total_s"])
