@@ -169,22 +169,23 @@ def interleaved(path: str, batch_size: int, pairs: int, chunk: int, output_dir: 
     batches = bare_batches()
 
     def bare(steps: int) -> float:
-        start = time.perf_counter()
-        for _ in range(steps):
-            inputs, labels = next(batches)
-            loss = F.cross_entropy(model(inputs), labels)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        return steps * batch_size / (time.perf_counter() - start)
+        with trainer.clock.paused():  # the run's clock (window lengths, throughput) sees only the tool's steps
+            start = time.perf_counter()
+            for _ in range(steps):
+                inputs, labels = next(batches)
+                loss = F.cross_entropy(model(inputs), labels)
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            return steps * batch_size / (time.perf_counter() - start)
 
     def tool(steps: int) -> float:
         off_clock = trainer.noise.measure_s if trainer.noise is not None else 0.0
         start = time.perf_counter()
         for _ in range(steps):
             trainer.train_step()
-            if trainer.step % cfg.log_every == 0:
-                trainer.close_window()
+            if trainer.step % trainer.window_steps == 0:  # as Trainer.run closes windows
+                trainer.window_length(trainer.close_window()[1])
         elapsed = time.perf_counter() - start
         if trainer.noise is not None:
             elapsed -= trainer.noise.measure_s - off_clock

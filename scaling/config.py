@@ -101,7 +101,8 @@ class RunConfig:
     compile: str | None = None  # torch.compile backend through Accelerate (inductor, aot_eager, ...); None: eager
     channels_last: bool = False  # image models: NHWC memory format (faster convolutions on tensor cores)
     output_dir: str = "runs/latest"
-    log_every: int = 10  # optimizer steps per logging window (throughput, metrics.jsonl)
+    log_every: int = 10  # optimizer steps per logging window (throughput, metrics.jsonl), at least
+    log_min_s: float = 0.1  # a window spans a multiple of log_every steps lasting at least this long (0: no minimum)
     progress: bool = True
     save_model: bool = False  # write OUTPUT_DIR/model.pt (final weights) at the end
     checkpoint_every: int | None = None  # also checkpoint every N optimizer steps (always on SIGTERM/SIGINT)
@@ -125,7 +126,7 @@ _POSITIVE = {
     "lr_step_gamma", "diverge_factor", "memory_cap_mb", "prefetch_factor", "probe_steps", "checkpoint_every",
     "noise_every",
 }
-_NON_NEGATIVE = {"warmup_steps", "warmup_epochs", "momentum", "weight_decay", "num_workers"}
+_NON_NEGATIVE = {"warmup_steps", "warmup_epochs", "momentum", "weight_decay", "num_workers", "log_min_s"}
 MATERIALIZE = ("auto", "true", "false")
 _CHOICES = {
     "materialize": MATERIALIZE,
@@ -465,6 +466,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("--lr-decay step needs --lr-step-epochs, e.g. --lr-step-epochs 30,60,80")
     if any(e <= 0 for e in cfg.lr_step_epochs):
         raise ConfigError(f"--lr-step-epochs must be positive epochs, got {shown(cfg.lr_step_epochs)}")
+    if not cfg.log_min_s < float("inf"):  # inf or NaN (a negative value was refused above)
+        raise ConfigError(f"--log-min-s must be a finite number of seconds, got {cfg.log_min_s}")
     if cfg.momentum >= 1:
         raise ConfigError(f"--momentum must be in [0, 1), got {cfg.momentum}")
     if cfg.log_with is not None:

@@ -202,6 +202,8 @@ class Trainer:
             self.noise = NoiseMonitor(accelerator, model, plan, cfg.noise_every, off_clock=self.off_the_clock)
         self.target_search = TargetSearch(self, enabled=cfg.exact_target and cfg.target_accuracy is not None)
         self.clock_points: list[tuple[int, float]] = []  # (step, training clock) at window boundaries
+        self.window_steps = cfg.log_every  # steps per logging window (window_length)
+        self._boundary: tuple[int, float] | None = None  # (step, agreed elapsed) at the last window boundary
         self._checkpointed_at = 0
 
     def request_stop(self, signal_name: str) -> None:
@@ -227,9 +229,10 @@ class Trainer:
         while self.last_step is None or self.step < self.last_step:
             self.train_step()
             eval_due = self.step % self.eval_interval == 0 or self.step == self.last_step
-            if not (eval_due or self.step % cfg.log_every == 0):
+            if not (eval_due or self.step % self.window_steps == 0):
                 continue
             window_losses, elapsed, stop = self.close_window()
+            self.window_length(elapsed)
             progress.update(self.step - progress.n)
             if self.check_divergence(window_losses):
                 break
@@ -334,6 +337,21 @@ class Trainer:
         self.metrics.flush()
         return window_losses, elapsed, stop > 0
 
+    def window_length(self, elapsed: float) -> None:
+        """Steps in the next logging windows: a multiple of `--log-every` lasting at least `--log-min-s`, from
+        the last window's time per step. A boundary costs a fixed ~0.15 ms on the CPU (the metrics line, the
+        loss read-back; a device synchronization on GPUs): 0.8% of a 1.8 ms step every 10 steps, nothing once
+        windows last 0.1 s. `elapsed` is agreed by all processes (max-reduced), so all choose alike; a window
+        with an evaluation in it (`_boundary` cleared) keeps the length."""
+        cfg = self.cfg
+        if self._boundary is not None and cfg.log_min_s > 0:
+            step, then = self._boundary
+            per_step = (elapsed - then) / max(1, self.step - step)
+            if per_step > 0:
+                multiple = max(1, math.ceil(cfg.log_min_s / (cfg.log_every * per_step)))
+                self.window_steps = cfg.log_every * multiple
+        self._boundary = (self.step, elapsed)
+
     def check_divergence(self, window_losses: list[float]) -> bool:
         diverged_at = _divergence_step(window_losses, self.first_loss, self.cfg.diverge_factor, self.step)
         if diverged_at is not None:
@@ -357,6 +375,7 @@ class Trainer:
         self._track("eval", record)
         self.metrics.flush()
         self.windows.restart()
+        self._boundary = None  # the next window starts after the evaluation: no time per step across it
         return accuracy
 
     # ---- the exact step at the target (scaling/target.py) and the noise scale there ----

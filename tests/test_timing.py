@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import SMALL, assert_ok, load_result, run_entry, run_torchrun
+from conftest import SMALL, assert_ok, assert_one_line_error, load_result, run_entry, run_torchrun
 from scaling.timing import summarize_phases
 
 pytestmark = pytest.mark.slow
@@ -147,3 +147,30 @@ def test_loader_workers_change_the_input_ceiling_of_the_decoding_pipeline(tmp_pa
     # Whether two workers beat none depends on idle cores (10.3k -> 15.2k samples/s on a quiet 2-core machine,
     # docs/performance.md): a speed claim for a benchmark, not a test. Here: both pipelines were measured.
     assert all(rate > 0 for rate in ceilings.values())
+
+
+def _train_steps(args: list[str], out) -> list[int]:
+    proc = run_entry(["--global-bs", "32", "--max-steps", "300", "--eval-every", "150", "--target-accuracy", "none",
+                      "--noise-scale", "false", "--cpu", "--progress", "false", "--output-dir", str(out), *args])
+    assert_ok(proc)
+    from scaling.results import read_metrics
+
+    return [r["step"] for r in read_metrics(out / "metrics.jsonl") if r["type"] == "train"]
+
+
+def test_logging_windows_last_a_multiple_of_log_every_and_at_least_log_min_s(tmp_path):
+    """At batch 32 a step takes about 2 ms here: windows of 5 steps would last 10 ms, so with --log-min-s
+    0.05 they grow to a multiple of 5 steps lasting 50 ms; evaluations (every 150 steps) still close one.
+    With --log-min-s 0 every window is exactly --log-every steps."""
+    fixed = _train_steps(["--log-every", "5", "--log-min-s", "0"], tmp_path / "fixed")
+    assert fixed == list(range(5, 301, 5))
+    timed = _train_steps(["--log-every", "5", "--log-min-s", "0.05"], tmp_path / "timed")
+    assert all(step % 5 == 0 for step in timed) and {150, 300} <= set(timed)
+    gaps = [b - a for a, b in zip([0, *timed], timed, strict=False)]
+    assert max(gaps) >= 10 and len(timed) < len(fixed)  # the windows grew (each step is well under 10 ms)
+
+
+def test_bad_log_min_s_is_refused():
+    for value in ("-1", "nan", "inf"):
+        proc = run_entry(["--log-min-s", value, "--max-steps", "1", "--cpu"])
+        assert_one_line_error(proc, "--log-min-s")
