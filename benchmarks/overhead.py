@@ -2,6 +2,7 @@
 
     python benchmarks/overhead.py                          # batches 32 and 256, both data paths
     python benchmarks/overhead.py --batch-sizes 256 --paths memory --steps 400 --repeats 7
+    python benchmarks/overhead.py --ablate --batch-sizes 32 --paths memory --pairs 30 --repeats 2
 
 Two data paths, each against the bare loop a person would write for it:
 - `memory`: in-memory tensors; the tool's whole-batch fast path against a bare loop that indexes the
@@ -16,7 +17,9 @@ logging, progress bar). The noise-scale measurement runs off the training clock 
 printed as a share of the training time (`noise off-clock`). The tool is also run with phase timing off and
 with the noise scale off, to list what each optional measurement costs on the clock. The loops run in turn,
 in an order rotated every repeat; each repeat's ratio is taken between runs minutes apart at most, and the
-median over repeats is printed, with the min–max as the machine's noise.
+median over repeats is printed, with the min–max as the machine's noise. Then (`--pairs`) the same loops
+compared in one process, in alternating chunks a fraction of a second apart (`interleaved`), which the
+machine's drift cannot swamp; `--ablate` runs that comparison with each part of the loop off in turn.
 """
 
 from __future__ import annotations
@@ -115,6 +118,14 @@ VARIANTS = {
     "no_noise": {"noise_scale": False},
 }
 MAP_DATASET = f"{Path(__file__).resolve()}:map_style_data"
+# --ablate: the in-process comparison with one part of the loop off at a time, then all of them.
+ABLATIONS = {
+    "everything on": {},
+    "no window boundaries": {"log_every": 10**9, "log_min_s": 0.0},
+    "no phase timing": {"time_phases": False},
+    "no noise scale": {"noise_scale": False},
+    "none of the three": {"log_every": 10**9, "log_min_s": 0.0, "time_phases": False, "noise_scale": False},
+}
 
 
 def measure(path: str, batch_size: int, steps: int, repeats: int, output_dir: str, train, items) -> dict:
@@ -139,19 +150,20 @@ def measure(path: str, batch_size: int, steps: int, repeats: int, output_dir: st
     return rates
 
 
-def interleaved(path: str, batch_size: int, pairs: int, chunk: int, output_dir: str, train, items) -> list[float]:
+def interleaved(path: str, batch_size: int, pairs: int, chunk: int, output_dir: str, train, items,
+                **overrides) -> list[float]:
     """tool/bare ratios of `pairs` pairs of `chunk`-step chunks in one process: the tool's Trainer, built as a
     run builds it (phase timing, noise scale, logging on), and the bare step on the same model, optimizer and
     data, alternating which goes first. A finer instrument than whole runs: the two halves of a pair are a
     fraction of a second apart, so the machine's drift cancels. It times the loop's steps as the training
     clock does (logging-window boundaries in, the noise measurement's off-clock time out), not the run's
-    start-up around them, and without the progress bar."""
+    start-up around them, and without the progress bar. `overrides` switch parts of the loop off (ABLATIONS)."""
     from scaling.run import build
 
     extra = {"dataset": MAP_DATASET, "materialize": "false"} if path == "map" else {}
     cfg = RunConfig(global_bs=batch_size, per_device_bs=batch_size, base_lr=0.1, base_bs=batch_size,
                     lr_scaling="none", target_accuracy=None, max_steps=10**9, max_epochs=None, eval_every=10**9,
-                    cpu=True, output_dir=output_dir, overwrite=True, progress=False, **extra)
+                    cpu=True, output_dir=output_dir, overwrite=True, progress=False, **extra, **overrides)
     trainer = build(cfg).trainer
     trainer.source.start(0)
     model, optimizer = trainer.model, trainer.step_runner.inner
@@ -214,6 +226,8 @@ def main() -> None:
                         help="pairs of chunks for the in-process comparison (0: whole runs only)")
     parser.add_argument("--chunk-steps", type=int, default=100, help="optimizer steps per chunk")
     parser.add_argument("--no-runs", action="store_true", help="the in-process comparison only")
+    parser.add_argument("--ablate", action="store_true",
+                        help="the in-process comparison with each part of the loop off in turn (no whole runs)")
     args = parser.parse_args()
 
     train, _ = load_mnist1d(RunConfig().num_samples)
@@ -223,6 +237,9 @@ def main() -> None:
           f"training clock")
     print(f"{'path':>6} {'batch':>6} {'steps':>6} {'bare/s':>9} {'tool/s':>9} {'tool/bare':>9} {'min-max':>11} "
           f"{'timing cost':>12} {'noise cost':>11} {'noise off-clock':>16}")
+    if args.ablate:
+        ablate(args, train, items)
+        return
     for path in args.paths.split(",") if not args.no_runs else []:
         for batch_size in (int(b) for b in args.batch_sizes.split(",")):
             steps = args.steps or max(100, int(400_000 / batch_size))
@@ -249,6 +266,22 @@ def main() -> None:
                 ratios = interleaved(path, batch_size, args.pairs, args.chunk_steps, args.output_dir, train, items)
                 print(f"{path:>6} {batch_size:>6} {statistics.median(ratios):>9.3f} "
                       f"{min(ratios):>5.2f}-{max(ratios):<5.2f}", flush=True)
+
+
+def ablate(args, train, items) -> None:
+    """What each part of the loop costs, in one process: `--pairs` pairs per variant, the variants in turn,
+    the whole sequence `--repeats` times (the drift between variants falls on all of them)."""
+    print(f"In one process, tool / bare with parts of the loop off: median of {args.pairs} pairs of "
+          f"{args.chunk_steps}-step chunks, each of {args.repeats} passes")
+    for path in args.paths.split(","):
+        for batch_size in (int(b) for b in args.batch_sizes.split(",")):
+            ratios: dict[str, list[float]] = {name: [] for name in ABLATIONS}
+            for _ in range(args.repeats):
+                for name, overrides in ABLATIONS.items():
+                    ratios[name].append(statistics.median(interleaved(
+                        path, batch_size, args.pairs, args.chunk_steps, args.output_dir, train, items, **overrides)))
+            for name, values in ratios.items():
+                print(f"{path:>6} {batch_size:>6}  {name:<22} " + " ".join(f"{v:.3f}" for v in values), flush=True)
 
 
 if __name__ == "__main__":
