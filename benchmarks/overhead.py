@@ -232,14 +232,14 @@ def main() -> None:
 
     train, _ = load_mnist1d(RunConfig().num_samples)
     items = Items(train)
+    if args.ablate:
+        ablate(args, train, items)
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; default CNN on MNIST-1D "
           f"({len(train)} training samples); medians of {args.repeats} alternating runs; tool counted over its "
           f"training clock")
     print(f"{'path':>6} {'batch':>6} {'steps':>6} {'bare/s':>9} {'tool/s':>9} {'tool/bare':>9} {'min-max':>11} "
           f"{'timing cost':>12} {'noise cost':>11} {'noise off-clock':>16}")
-    if args.ablate:
-        ablate(args, train, items)
-        return
     for path in args.paths.split(",") if not args.no_runs else []:
         for batch_size in (int(b) for b in args.batch_sizes.split(",")):
             steps = args.steps or max(100, int(400_000 / batch_size))
