@@ -197,7 +197,7 @@ def interleaved(path: str, batch_size: int, pairs: int, chunk: int, output_dir: 
         for _ in range(steps):
             trainer.train_step()
             if trainer.step % trainer.window_steps == 0:  # as Trainer.run closes windows
-                trainer.window_length(trainer.close_window()[1])
+                trainer.close_window()
         elapsed = time.perf_counter() - start
         if trainer.noise is not None:
             elapsed -= trainer.noise.measure_s - off_clock

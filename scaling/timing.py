@@ -2,8 +2,8 @@
 
 Rules (docs/clock.md): the run clock starts before the first training batch is touched; evaluation time
 is measured separately so training-only time excludes it; a logging window closes every `log_every`
-optimizer steps (or a multiple lasting at least `log_min_s`: Trainer.window_length) and before each evaluation, after a device synchronization, so the time it reports covers
-finished work only.
+optimizer steps (or a multiple of them lasting at least `log_min_s`: Trainer.window_length) and before each
+evaluation, after a device synchronization, so the time it reports covers finished work only.
 """
 
 from __future__ import annotations

@@ -232,7 +232,6 @@ class Trainer:
             if not (eval_due or self.step % self.window_steps == 0):
                 continue
             window_losses, elapsed, stop = self.close_window()
-            self.window_length(elapsed)
             progress.update(self.step - progress.n)
             if self.check_divergence(window_losses):
                 break
@@ -299,7 +298,7 @@ class Trainer:
     def close_window(self) -> tuple[list[float], float, bool]:
         """Logging-window boundary: the one host sync per window. Returns the window's per-step global
         mean losses, the elapsed wall time and whether any process was asked to stop (both reduced with
-        max over processes, so all processes decide alike)."""
+        max over processes, so all processes decide alike), and sets the next windows' length."""
         accelerator = self.accelerator
         synchronize(accelerator.device)
         rate = self.windows.close()
@@ -312,9 +311,7 @@ class Trainer:
             self._track("phases", window_phase_shares(self.phase_windows[-1], self.windows.durations[-1]))
         # Mean over this process's micro-batches, then over processes: the global-batch mean loss per step
         # (all micro-batches have the same size).
-        local = torch.stack(self.micro_losses).float()
-        if self.plan.micro_steps_per_process > 1:
-            local = local.view(-1, self.plan.micro_steps_per_process).mean(dim=1)
+        local = self.step_means(self.micro_losses)
         if accelerator.num_processes > 1:
             window_losses = accelerator.reduce(local, reduction="mean").tolist()
             flags = torch.tensor([self.clock.elapsed(), float(self.stop_signal is not None)], device=accelerator.device)
@@ -335,7 +332,14 @@ class Trainer:
         self.metrics.write(record)
         self._track("train", record)
         self.metrics.flush()
+        self.window_length(elapsed)
         return window_losses, elapsed, stop > 0
+
+    def step_means(self, losses: list[torch.Tensor]) -> torch.Tensor:
+        """This process's mean loss per optimizer step from its micro-steps' losses (equal micro-batches)."""
+        local = torch.stack(losses).float()
+        micro_steps = self.plan.micro_steps_per_process
+        return local.view(-1, micro_steps).mean(dim=1) if micro_steps > 1 else local
 
     def window_length(self, elapsed: float) -> None:
         """Steps in the next logging windows: a multiple of `--log-every` lasting at least `--log-min-s`, from
@@ -410,8 +414,7 @@ class Trainer:
             self.noise.measuring = False
         losses = self.step_runner(self.source.replay_micro_batches(step))
         self.step = step + 1
-        local = torch.stack(losses).float().view(-1, self.plan.micro_steps_per_process).mean(dim=1)
-        return self.accelerator.reduce(local, reduction="mean").item()  # host sync: replay is off the clock
+        return self.accelerator.reduce(self.step_means(losses), reduction="mean").item()  # host sync: replay is off the clock
 
     def evaluate_accuracy(self) -> float:
         return evaluate(self.unwrapped, self.eval_set, self.accelerator)[0]

@@ -51,11 +51,13 @@ def run_torchrun(args: list[str], nproc: int = 2, timeout: float = 300, cwd: Pat
     Rarely (about 1 in 15 runs here, even with barrier + destroy_process_group before exit), a gloo worker
     thread aborts the process while it shuts down, after all the work is done (a known PyTorch teardown
     race, pytorch/pytorch PR 179291). That one signature gets a single retry; any other failure is final.
+    The aborted attempt may have written its result: the retry of a run (not a resume) replaces it.
     """
     for attempt in range(2):
+        retry = ["--overwrite"] if attempt and script == RUN_PY and "--resume" not in args else []
         proc = subprocess.run(
             [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-             "--master_port", str(_free_port()), str(script), *args],
+             "--master_port", str(_free_port()), str(script), *args, *retry],
             capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO, env=child_env(),
         )
         if proc.returncode == 0 or GLOO_TEARDOWN_ABORT not in proc.stderr or attempt:
