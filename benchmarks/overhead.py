@@ -1,8 +1,8 @@
 """Samples/s of the tool's training loop against a bare PyTorch loop: same model, data, batch, machine.
 
     python benchmarks/overhead.py                          # batches 32 and 256, both data paths
-    python benchmarks/overhead.py --batch-sizes 256 --paths memory --steps 400 --repeats 7
-    python benchmarks/overhead.py --ablate --batch-sizes 32 --paths memory --pairs 30 --repeats 2
+    python benchmarks/overhead.py --batch-sizes 256 --paths memory --repeats 11 --pairs 60
+    python benchmarks/overhead.py --ablate --batch-sizes 32 --paths memory --pairs 60 --repeats 2
 
 Two data paths, each against the bare loop a person would write for it:
 - `memory`: in-memory tensors; the tool's whole-batch fast path against a bare loop that indexes the
@@ -10,16 +10,18 @@ Two data paths, each against the bare loop a person would write for it:
 - `map`: a plain map-style dataset (one item per `__getitem__`); the tool's DataLoader path
   (`--materialize false`) against a bare loop over `DataLoader(dataset, batch_size, shuffle=True)` with the
   same (zero) workers.
-Both train the default CNN on MNIST-1D with SGD+momentum for the same number of optimizer steps. The tool
-is counted as its training clock counts (all samples over `train_elapsed_s`, window boundaries included;
-evaluation only at the end and excluded), with everything on by default (phase timing, noise scale,
-logging, progress bar). The noise-scale measurement runs off the training clock (docs/clock.md); its time is
-printed as a share of the training time (`noise off-clock`). The tool is also run with phase timing off and
-with the noise scale off, to list what each optional measurement costs on the clock. The loops run in turn,
-in an order rotated every repeat; each repeat's ratio is taken between runs minutes apart at most, and the
-median over repeats is printed, with the min–max as the machine's noise. Then (`--pairs`) the same loops
-compared in one process, in alternating chunks a fraction of a second apart (`interleaved`), which the
-machine's drift cannot swamp; `--ablate` runs that comparison with each part of the loop off in turn.
+Both train the default CNN on MNIST-1D with SGD+momentum. Two instruments:
+- whole runs: the tool's `run()` counted as its training clock counts (all samples over `train_elapsed_s`,
+  window boundaries and progress bar included; the one evaluation at the end and the noise-scale
+  measurement off the clock, the latter's share printed as `noise off-clock`), with everything on by
+  default (phase timing, noise scale, logging, progress bar), against a bare loop run right before or after
+  it (the order alternating), `--repeats` such pairs;
+- in one process (`--pairs`): chunks of the tool's steps against chunks of bare steps on the same model,
+  optimizer and data, alternating which goes first; the two halves of a pair are a fraction of a second
+  apart, so the machine's drift cancels. `--ablate` runs it with each part of the loop off in turn: what
+  each optional measurement costs.
+Each instrument prints the median of its per-pair ratios (tool / bare), the median's 95% confidence
+interval (distribution-free: scaling.stats.median_interval) and the min-max: the machine's noise.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from scaling.config import RunConfig
 from scaling.data.mnist1d import load_mnist1d
 from scaling.models import CNN1D
 from scaling.run import run
+from scaling.stats import median_interval
 
 
 def bare_loop(train, batch_size: int, steps: int, seed: int = 0) -> float:
@@ -112,11 +115,6 @@ def tool_loop(batch_size: int, steps: int, output_dir: str, **overrides) -> tupl
     return result["steps"] * batch_size / result["train_elapsed_s"], off_clock
 
 
-VARIANTS = {
-    "tool": {},  # defaults: phase timing, noise scale, logging and progress bar on
-    "no_timing": {"time_phases": False},
-    "no_noise": {"noise_scale": False},
-}
 MAP_DATASET = f"{Path(__file__).resolve()}:map_style_data"
 # --ablate: the in-process comparison with one part of the loop off at a time, then all of them.
 ABLATIONS = {
@@ -128,31 +126,41 @@ ABLATIONS = {
 }
 
 
-def measure(path: str, batch_size: int, steps: int, repeats: int, output_dir: str, train, items) -> dict:
-    """Rates of the bare loop and each tool variant, `repeats` times in rotated order."""
+def whole_runs(path: str, batch_size: int, steps: int, repeats: int, output_dir: str, train, items) -> dict:
+    """`repeats` pairs of a bare loop and a whole tool run, back to back, the order alternating: whichever
+    loop runs second after another is systematically a little slower here (allocator and cache state), which
+    a fixed order would charge to one of them. Returns the per-pair ratios, both rates and the noise
+    measurement's off-clock share."""
     extra = {"per_device_bs": batch_size}
     if path == "map":
         extra.update(dataset=MAP_DATASET, materialize="false")
-    rates: dict[str, list[float]] = {"bare": [], **{name: [] for name in VARIANTS}, "off_clock": []}
-    order = ["bare", *VARIANTS]
+    rates: dict[str, list[float]] = {"bare": [], "tool": [], "off_clock": []}
     for repeat in range(repeats):
-        # Rotate the order each repeat: whichever loop runs first after another is systematically slower
-        # here (allocator and cache state), which a fixed order would charge to one variant.
-        for name in order[repeat % len(order):] + order[: repeat % len(order)]:
+        for name in ("bare", "tool") if repeat % 2 == 0 else ("tool", "bare"):
             if name == "bare":
                 rate = (bare_loop(train, batch_size, steps) if path == "memory"
                         else bare_dataloader_loop(items, batch_size, steps))
             else:
-                rate, off_clock = tool_loop(batch_size, steps, output_dir, **extra, **VARIANTS[name])
-                if name == "tool":
-                    rates["off_clock"].append(off_clock)
+                rate, off_clock = tool_loop(batch_size, steps, output_dir, **extra)
+                rates["off_clock"].append(off_clock)
             rates[name].append(rate)
+    rates["ratio"] = [tool / bare for tool, bare in zip(rates["tool"], rates["bare"], strict=True)]
     return rates
+
+
+CHUNK_S = 0.2  # seconds of bare steps per in-process chunk
+
+
+def summary(ratios: list[float]) -> str:
+    """median [95% CI of the median] min-max, as the tables print it."""
+    interval = median_interval(ratios)
+    shown = f"{interval[0]:.3f}-{interval[1]:.3f}" if interval else "(too few)"
+    return f"{statistics.median(ratios):>9.3f} {shown:>13} {min(ratios):>5.2f}-{max(ratios):<5.2f}"
 
 
 def interleaved(path: str, batch_size: int, pairs: int, chunk: int, output_dir: str, train, items,
                 **overrides) -> list[float]:
-    """tool/bare ratios of `pairs` pairs of `chunk`-step chunks in one process: the tool's Trainer, built as a
+    """tool/bare ratios of `pairs` pairs of `chunk`-step chunks (0: as many steps as take CHUNK_S) in one process: the tool's Trainer, built as a
     run builds it (phase timing, noise scale, logging on), and the bare step on the same model, optimizer and
     data, alternating which goes first. A finer instrument than whole runs: the two halves of a pair are a
     fraction of a second apart, so the machine's drift cancels. It times the loop's steps as the training
@@ -203,7 +211,10 @@ def interleaved(path: str, batch_size: int, pairs: int, chunk: int, output_dir: 
             elapsed -= trainer.noise.measure_s - off_clock
         return steps * batch_size / elapsed
 
-    bare(chunk), tool(chunk)  # warm-up
+    warm_up = 20
+    bare(warm_up), tool(warm_up)
+    if not chunk:  # steps of about CHUNK_S: long enough to time, short enough that the drift within a pair is small
+        chunk = max(10, round(CHUNK_S * bare(warm_up) / batch_size))
     ratios = []
     for pair in range(pairs):
         if pair % 2:
@@ -219,69 +230,60 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-sizes", default="32,256")
     parser.add_argument("--paths", default="memory,map", help="memory, map or both")
-    parser.add_argument("--steps", type=int, default=0, help="optimizer steps per timing (default: ~2 s of work)")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=800, help="optimizer steps per whole run")
+    parser.add_argument("--repeats", type=int, default=10, help="pairs of whole runs (0: in one process only)")
     parser.add_argument("--output-dir", default="runs/bench-overhead")
-    parser.add_argument("--pairs", type=int, default=40,
+    parser.add_argument("--pairs", type=int, default=100,
                         help="pairs of chunks for the in-process comparison (0: whole runs only)")
-    parser.add_argument("--chunk-steps", type=int, default=100, help="optimizer steps per chunk")
-    parser.add_argument("--no-runs", action="store_true", help="the in-process comparison only")
+    parser.add_argument("--chunk-steps", type=int, default=0,
+                        help=f"optimizer steps per chunk (default: about {CHUNK_S} s of bare steps)")
     parser.add_argument("--ablate", action="store_true",
                         help="the in-process comparison with each part of the loop off in turn (no whole runs)")
     args = parser.parse_args()
 
     train, _ = load_mnist1d(RunConfig().num_samples)
     items = Items(train)
-    if args.ablate:
-        ablate(args, train, items)
-        return
+    cases = [(path, int(batch)) for path in args.paths.split(",") for batch in args.batch_sizes.split(",")]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; default CNN on MNIST-1D "
-          f"({len(train)} training samples); medians of {args.repeats} alternating runs; tool counted over its "
-          f"training clock")
-    print(f"{'path':>6} {'batch':>6} {'steps':>6} {'bare/s':>9} {'tool/s':>9} {'tool/bare':>9} {'min-max':>11} "
-          f"{'timing cost':>12} {'noise cost':>11} {'noise off-clock':>16}")
-    for path in args.paths.split(",") if not args.no_runs else []:
-        for batch_size in (int(b) for b in args.batch_sizes.split(",")):
-            steps = args.steps or max(100, int(400_000 / batch_size))
-            bare_loop(train, batch_size, min(steps, 20))  # warm-up: allocator, thread pool
-            rates = measure(path, batch_size, steps, args.repeats, args.output_dir, train, items)
-            median = {name: statistics.median(values) for name, values in rates.items()}
-            # Each repeat's variants against that repeat's bare loop (the machine's load drifts between
-            # repeats more than within one), then the median over repeats.
-            ratio = {name: [rate / bare for rate, bare in zip(rates[name], rates["bare"], strict=True)]
-                     for name in VARIANTS}
-            tool = statistics.median(ratio["tool"])
-            # Cost of a feature on the clock: throughput without it over throughput with everything on, minus 1.
-            timing_cost = statistics.median(ratio["no_timing"]) / tool - 1
-            noise_cost = statistics.median(ratio["no_noise"]) / tool - 1
-            print(f"{path:>6} {batch_size:>6} {steps:>6} {median['bare']:>9,.0f} {median['tool']:>9,.0f} "
-                  f"{tool:>9.3f} {min(ratio['tool']):>5.2f}-{max(ratio['tool']):<5.2f} "
-                  f"{timing_cost:>+12.1%} {noise_cost:>+11.1%} {median['off_clock']:>16.1%}", flush=True)
+          f"({len(train)} training samples); tool / bare: median [its 95% confidence interval] min-max")
+    if args.ablate:
+        ablate(args, cases, train, items)
+        return
+    if args.repeats:
+        print(f"\nWhole runs: {args.repeats} pairs of {args.steps}-step runs, the tool over its training clock")
+        print(f"{'path':>6} {'batch':>6} {'bare/s':>9} {'tool/s':>9} {'tool/bare':>9} {'95% CI':>13} {'min-max':>11} "
+              f"{'noise off-clock':>16}")
+        for path, batch_size in cases:
+            bare_loop(train, batch_size, 20)  # warm-up: allocator, thread pool
+            rates = whole_runs(path, batch_size, args.steps, args.repeats, args.output_dir, train, items)
+            print(f"{path:>6} {batch_size:>6} {statistics.median(rates['bare']):>9,.0f} "
+                  f"{statistics.median(rates['tool']):>9,.0f} {summary(rates['ratio'])} "
+                  f"{statistics.median(rates['off_clock']):>16.1%}", flush=True)
     if args.pairs:
-        print(f"\nIn one process, the tool's steps against bare steps on the same model: median of {args.pairs} "
-              f"pairs of {args.chunk_steps}-step chunks")
-        print(f"{'path':>6} {'batch':>6} {'tool/bare':>9} {'min-max':>11}")
-        for path in args.paths.split(","):
-            for batch_size in (int(b) for b in args.batch_sizes.split(",")):
-                ratios = interleaved(path, batch_size, args.pairs, args.chunk_steps, args.output_dir, train, items)
-                print(f"{path:>6} {batch_size:>6} {statistics.median(ratios):>9.3f} "
-                      f"{min(ratios):>5.2f}-{max(ratios):<5.2f}", flush=True)
+        print(f"\nIn one process: {args.pairs} pairs of chunks of the tool's steps and bare steps on the same model")
+        print(f"{'path':>6} {'batch':>6} {'tool/bare':>9} {'95% CI':>13} {'min-max':>11}")
+        for path, batch_size in cases:
+            ratios = interleaved(path, batch_size, args.pairs, args.chunk_steps, args.output_dir, train, items)
+            print(f"{path:>6} {batch_size:>6} {summary(ratios)}", flush=True)
 
 
-def ablate(args, train, items) -> None:
+def ablate(args, cases, train, items) -> None:
     """What each part of the loop costs, in one process: `--pairs` pairs per variant, the variants in turn,
-    the whole sequence `--repeats` times (the drift between variants falls on all of them)."""
-    print(f"In one process, tool / bare with parts of the loop off: median of {args.pairs} pairs of "
-          f"{args.chunk_steps}-step chunks, each of {args.repeats} passes")
-    for path in args.paths.split(","):
-        for batch_size in (int(b) for b in args.batch_sizes.split(",")):
-            ratios: dict[str, list[float]] = {name: [] for name in ABLATIONS}
-            for _ in range(args.repeats):
-                for name, overrides in ABLATIONS.items():
-                    ratios[name].append(statistics.median(interleaved(
-                        path, batch_size, args.pairs, args.chunk_steps, args.output_dir, train, items, **overrides)))
-            for name, values in ratios.items():
-                print(f"{path:>6} {batch_size:>6}  {name:<22} " + " ".join(f"{v:.3f}" for v in values), flush=True)
+    the whole sequence `--repeats` times (the drift between variants falls on all of them); each variant's
+    pairs pooled over the passes."""
+    print(f"\nIn one process, with parts of the loop off: {args.pairs} pairs per variant and pass, "
+          f"{args.repeats} passes")
+    print(f"{'path':>6} {'batch':>6}  {'':<22} {'tool/bare':>9} {'95% CI':>13} {'min-max':>11}  per pass")
+    for path, batch_size in cases:
+        ratios: dict[str, list[list[float]]] = {name: [] for name in ABLATIONS}
+        for _ in range(max(1, args.repeats)):
+            for name, overrides in ABLATIONS.items():
+                ratios[name].append(interleaved(path, batch_size, args.pairs, args.chunk_steps, args.output_dir,
+                                                train, items, **overrides))
+        for name, passes in ratios.items():
+            pooled = [ratio for one in passes for ratio in one]
+            print(f"{path:>6} {batch_size:>6}  {name:<22} {summary(pooled)}  "
+                  + " ".join(f"{statistics.median(one):.3f}" for one in passes), flush=True)
 
 
 if __name__ == "__main__":

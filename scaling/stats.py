@@ -301,6 +301,23 @@ def geometric_mean(values: Sequence[float | None]) -> float | None:
     return math.exp(statistics.fmean(math.log(v) for v in clean)) if clean else None
 
 
+def median_interval(values: Sequence[float | None], confidence: float = DEFAULT_CONFIDENCE,
+                    ) -> tuple[float, float] | None:
+    """A distribution-free confidence interval of the median: the order statistics x_(j) and x_(n+1-j), j the
+    largest rank with P(Binomial(n, 1/2) < j) <= (1 - confidence) / 2 (Conover, *Practical Nonparametric
+    Statistics*, 3.2: the sign test's interval). Coverage is at least `confidence` whatever the distribution.
+    None when there are too few values for that confidence (fewer than 6 at 95%)."""
+    clean = sorted(_clean(values))
+    n, alpha = len(clean), (1 - confidence) / 2
+    rank, tail = 0, 0.0  # tail = P(Binomial(n, 1/2) < rank + 1) once the rank is taken
+    while rank < n // 2:
+        tail += math.comb(n, rank) / 2**n
+        if tail > alpha:
+            break
+        rank += 1
+    return (clean[rank - 1], clean[n - rank]) if rank else None
+
+
 def best_of(samples: Mapping[Hashable, Sequence[float | None]], rules: Rules = DEFAULT_RULES, *, lower: bool = True,
             resolutions: Mapping[Hashable, Sequence[float]] | None = None) -> Best | None:
     """The candidate with the lowest (or, lower=False, highest) geometric mean against every other, each

@@ -345,3 +345,20 @@ def test_log_axis_labels_do_not_crowd_and_share_one_style(low, high):
     assert all(low <= t <= high * (1 + 1e-9) for t in ticks) and ticks == sorted(ticks)
     labels = [plain_number(t) for t in ticks]
     assert len(set(labels)) == len(labels) and not any("e" in label for label in labels)
+
+
+def test_median_interval_takes_the_sign_test_order_statistics_and_covers_the_median():
+    values = [float(v) for v in range(1, 101)]
+    assert stats.median_interval(values[:10]) == (2.0, 9.0)  # the published ranks for n = 10 at 95%: 2 and 9
+    assert stats.median_interval(values) == (40.0, 61.0)  # n = 100: 40 and 61
+    assert stats.median_interval(values[:6]) == (1.0, 6.0)  # the smallest n at 95%: min-max, coverage 31/32
+    assert stats.median_interval(values[:5]) is None  # min-max covers only 15/16 < 95%
+    assert stats.median_interval([3.0, None, 1.0, 2.0, 6.0, 5.0, 4.0]) == (1.0, 6.0)  # None dropped, unsorted input
+    # Coverage on a skewed distribution (exponential, true median ln 2): at least 95%, as promised.
+    rng = random.Random(0)
+    trials = 2000
+    covered = 0
+    for _ in range(trials):
+        low, high = stats.median_interval([rng.expovariate(1.0) for _ in range(15)])
+        covered += low <= math.log(2) <= high
+    assert 0.95 <= covered / trials <= 0.995  # exact coverage for n = 15: 1 - 2 * P(B <= 3) = 0.965
