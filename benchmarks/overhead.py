@@ -14,8 +14,8 @@ Both train the default CNN on MNIST-1D with SGD+momentum. Two instruments:
 - whole runs: the tool's `run()` counted as its training clock counts (all samples over `train_elapsed_s`,
   window boundaries and progress bar included; the one evaluation at the end and the noise-scale
   measurement off the clock, the latter's share printed as `noise off-clock`), with everything on by
-  default (phase timing, noise scale, logging, progress bar), against a bare loop run right before or after
-  it (the order alternating), `--repeats` such pairs;
+  default (phase timing, noise scale, logging, progress bar), against the bare loops run right before and
+  after it, `--repeats` such runs;
 - in one process (`--pairs`): chunks of the tool's steps against chunks of bare steps on the same model,
   optimizer and data, alternating which goes first; the two halves of a pair are a fraction of a second
   apart, so the machine's drift cancels. `--ablate` runs it with each part of the loop off in turn: what
@@ -27,6 +27,7 @@ interval (distribution-free: scaling.stats.median_interval) and the min-max: the
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -127,28 +128,31 @@ ABLATIONS = {
 
 
 def whole_runs(path: str, batch_size: int, steps: int, repeats: int, output_dir: str, train, items) -> dict:
-    """`repeats` pairs of a bare loop and a whole tool run, back to back, the order alternating: whichever
-    loop runs second after another is systematically a little slower here (allocator and cache state), which
-    a fixed order would charge to one of them. Returns the per-pair ratios, both rates and the noise
-    measurement's off-clock share."""
+    """`repeats` whole tool runs, each bracketed by bare loops (bare, tool, bare, tool, ..., bare): each tool
+    run is compared with the geometric mean of the bare loops just before and after it, which cancels the
+    machine's drift across the pair and puts every tool run in the same position (after a bare loop, before
+    one). Returns the per-run ratios, both rates and the noise measurement's off-clock share."""
     extra = {"per_device_bs": batch_size}
     if path == "map":
         extra.update(dataset=MAP_DATASET, materialize="false")
-    rates: dict[str, list[float]] = {"bare": [], "tool": [], "off_clock": []}
-    for repeat in range(repeats):
-        for name in ("bare", "tool") if repeat % 2 == 0 else ("tool", "bare"):
-            if name == "bare":
-                rate = (bare_loop(train, batch_size, steps) if path == "memory"
-                        else bare_dataloader_loop(items, batch_size, steps))
-            else:
-                rate, off_clock = tool_loop(batch_size, steps, output_dir, **extra)
-                rates["off_clock"].append(off_clock)
-            rates[name].append(rate)
-    rates["ratio"] = [tool / bare for tool, bare in zip(rates["tool"], rates["bare"], strict=True)]
+
+    def bare() -> float:
+        return (bare_loop(train, batch_size, steps) if path == "memory"
+                else bare_dataloader_loop(items, batch_size, steps))
+
+    rates: dict[str, list[float]] = {"bare": [bare()], "tool": [], "off_clock": []}
+    for _ in range(repeats):
+        rate, off_clock = tool_loop(batch_size, steps, output_dir, **extra)
+        rates["tool"].append(rate)
+        rates["off_clock"].append(off_clock)
+        rates["bare"].append(bare())
+    rates["ratio"] = [tool / math.sqrt(before * after)
+                      for tool, before, after in zip(rates["tool"], rates["bare"], rates["bare"][1:], strict=False)]
     return rates
 
 
 CHUNK_S = 0.2  # seconds of bare steps per in-process chunk
+RUN_S = 4.0  # seconds of bare steps per whole run: long enough that a burst of the machine's other work averages out
 
 
 def summary(ratios: list[float]) -> str:
@@ -230,8 +234,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-sizes", default="32,256")
     parser.add_argument("--paths", default="memory,map", help="memory, map or both")
-    parser.add_argument("--steps", type=int, default=800, help="optimizer steps per whole run")
-    parser.add_argument("--repeats", type=int, default=10, help="pairs of whole runs (0: in one process only)")
+    parser.add_argument("--steps", type=int, default=0,
+                        help="optimizer steps per whole run (default: about 4 s of bare steps)")
+    parser.add_argument("--repeats", type=int, default=10,
+                        help="whole tool runs, each between two bare loops (0: in one process only)")
     parser.add_argument("--output-dir", default="runs/bench-overhead")
     parser.add_argument("--pairs", type=int, default=100,
                         help="pairs of chunks for the in-process comparison (0: whole runs only)")
@@ -250,13 +256,15 @@ def main() -> None:
         ablate(args, cases, train, items)
         return
     if args.repeats:
-        print(f"\nWhole runs: {args.repeats} pairs of {args.steps}-step runs, the tool over its training clock")
-        print(f"{'path':>6} {'batch':>6} {'bare/s':>9} {'tool/s':>9} {'tool/bare':>9} {'95% CI':>13} {'min-max':>11} "
+        print(f"\nWhole runs: {args.repeats} tool runs, each against the bare loops before and after it; the tool over "
+              f"its training clock")
+        print(f"{'path':>6} {'batch':>6} {'steps':>6} {'bare/s':>9} {'tool/s':>9} {'tool/bare':>9} {'95% CI':>13} {'min-max':>11} "
               f"{'noise off-clock':>16}")
         for path, batch_size in cases:
-            bare_loop(train, batch_size, 20)  # warm-up: allocator, thread pool
-            rates = whole_runs(path, batch_size, args.steps, args.repeats, args.output_dir, train, items)
-            print(f"{path:>6} {batch_size:>6} {statistics.median(rates['bare']):>9,.0f} "
+            warm_up = bare_loop(train, batch_size, 50)  # also the allocator's and thread pool's warm-up
+            steps = args.steps or max(100, round(RUN_S * warm_up / batch_size))
+            rates = whole_runs(path, batch_size, steps, args.repeats, args.output_dir, train, items)
+            print(f"{path:>6} {batch_size:>6} {steps:>6} {statistics.median(rates['bare']):>9,.0f} "
                   f"{statistics.median(rates['tool']):>9,.0f} {summary(rates['ratio'])} "
                   f"{statistics.median(rates['off_clock']):>16.1%}", flush=True)
     if args.pairs:

@@ -306,8 +306,9 @@ def median_interval(values: Sequence[float | None], confidence: float = DEFAULT_
     """A distribution-free confidence interval of the median: the order statistics x_(j) and x_(n+1-j), j the
     largest rank with P(Binomial(n, 1/2) < j) <= (1 - confidence) / 2 (Conover, *Practical Nonparametric
     Statistics*, 3.2: the sign test's interval). Coverage is at least `confidence` whatever the distribution.
-    None when there are too few values for that confidence (fewer than 6 at 95%)."""
-    clean = sorted(_clean(values))
+    None when there are too few values for that confidence (fewer than 6 at 95%); None and non-finite values
+    are left out."""
+    clean = sorted(float(v) for v in values if v is not None and math.isfinite(v))
     n, alpha = len(clean), (1 - confidence) / 2
     rank, tail = 0, 0.0  # tail = P(Binomial(n, 1/2) < rank + 1) once the rank is taken
     while rank < n // 2:

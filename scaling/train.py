@@ -33,6 +33,7 @@ from scaling.target import TargetSearch, restore, take_snapshot
 from scaling.timing import PhaseTimer, RunClock, ThroughputWindows, summarize_phases, synchronize
 
 EVAL_BATCH_SIZE = 1024
+PROGRESS_REFRESH_S = 0.5
 
 
 @dataclass
@@ -213,8 +214,10 @@ class Trainer:
     # ---- the loop ----
     def run(self) -> TrainOutcome:
         cfg, accelerator = self.cfg, self.accelerator
+        # Redrawn at most every PROGRESS_REFRESH_S: a redraw costs ~0.35 ms (tqdm's formatting and write), 0.35%
+        # of the clock at tqdm's default of every 0.1 s (benchmarks/overhead.py, docs/performance.md).
         progress = tqdm(total=self.last_step, disable=not (accelerator.is_main_process and cfg.progress),
-                        unit="step", dynamic_ncols=True, leave=False)
+                        unit="step", dynamic_ncols=True, leave=False, mininterval=PROGRESS_REFRESH_S)
         self.model.train()
         if cfg.compile:
             self.outcome.compile_s = self.compile_before_the_clock()

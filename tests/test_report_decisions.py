@@ -353,7 +353,7 @@ def test_median_interval_takes_the_sign_test_order_statistics_and_covers_the_med
     assert stats.median_interval(values) == (40.0, 61.0)  # n = 100: 40 and 61
     assert stats.median_interval(values[:6]) == (1.0, 6.0)  # the smallest n at 95%: min-max, coverage 31/32
     assert stats.median_interval(values[:5]) is None  # min-max covers only 15/16 < 95%
-    assert stats.median_interval([3.0, None, 1.0, 2.0, 6.0, 5.0, 4.0]) == (1.0, 6.0)  # None dropped, unsorted input
+    assert stats.median_interval([3.0, None, 1.0, 2.0, -6.0, 5.0, 4.0]) == (-6.0, 5.0)  # None dropped; any sign
     # Coverage on a skewed distribution (exponential, true median ln 2): at least 95%, as promised.
     rng = random.Random(0)
     trials = 2000
