@@ -14,6 +14,8 @@ round, with the 95% confidence interval of that median (scaling.stats.median_int
 - `Trainer.train_step`: the whole step with everything on (the LR set, the noise-scale bookkeeping; its
   measurements run off the training clock and are taken out here as there), the logging-window boundaries
   included as `Trainer.run` closes them.
+Then what one redraw of the run's progress bar costs (tqdm, to stderr), which `Trainer.run` does at most every
+`PROGRESS_REFRESH_S`.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from scaling.config import RunConfig
 from scaling.run import build
 from scaling.stats import median_interval
+from scaling.train import PROGRESS_REFRESH_S
 
 
 def linear() -> torch.nn.Module:
@@ -90,6 +94,20 @@ def variants(trainer, batch_size: int) -> dict:
             "+ phase marks": lambda n: step_runner(n, trainer.timer), "Trainer.train_step": train_step}
 
 
+def progress_redraw_s(redraws: int = 20) -> float:
+    """Seconds per redraw of a bar set up as the run's, the redraws 50 ms apart as a run's windows are."""
+    bar = tqdm(total=10**6, unit="step", dynamic_ncols=True, leave=False)
+    spent = 0.0
+    for _ in range(redraws):
+        time.sleep(0.05)
+        start = time.perf_counter()
+        bar.n += 100
+        bar.refresh()
+        spent += time.perf_counter() - start
+    bar.close()
+    return spent / redraws
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=f"{Path(__file__).resolve()}:linear")
@@ -121,6 +139,9 @@ def main() -> None:
         interval = median_interval(extra)
         shown = f"{interval[0]:+.1f}..{interval[1]:+.1f}" if interval else ""
         print(f"{name:<20} {statistics.median(times):>8.1f} {statistics.median(extra):>+16.1f} {shown:>15}")
+    redraw = progress_redraw_s()
+    print(f"\nprogress bar: {redraw * 1e6:,.0f} us per redraw, at most one per {PROGRESS_REFRESH_S} s: "
+          f"{redraw / PROGRESS_REFRESH_S:.2%} of the clock at most (tqdm's default 0.1 s: {redraw / 0.1:.2%})")
 
 
 if __name__ == "__main__":

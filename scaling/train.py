@@ -214,8 +214,8 @@ class Trainer:
     # ---- the loop ----
     def run(self) -> TrainOutcome:
         cfg, accelerator = self.cfg, self.accelerator
-        # Redrawn at most every PROGRESS_REFRESH_S: a redraw costs ~0.35 ms (tqdm's formatting and write), 0.35%
-        # of the clock at tqdm's default of every 0.1 s (benchmarks/overhead.py, docs/performance.md).
+        # Redrawn at most every PROGRESS_REFRESH_S: a redraw costs 0.3-0.4 ms (tqdm's formatting and write), up
+        # to 0.4% of the clock at tqdm's default of every 0.1 s (benchmarks/step_cost.py, docs/performance.md).
         progress = tqdm(total=self.last_step, disable=not (accelerator.is_main_process and cfg.progress),
                         unit="step", dynamic_ncols=True, leave=False, mininterval=PROGRESS_REFRESH_S)
         self.model.train()
