@@ -89,3 +89,60 @@ def test_epochs_draw_new_permutations_and_drop_the_incomplete_batch():
 def test_training_set_smaller_than_global_batch_is_refused():
     with pytest.raises(ConfigError, match="larger than the training set"):
         GlobalBatchSampler(100, BatchPlan(128, 128, 1, 1, 1), seed=0)
+
+
+class _Items(torch.utils.data.Dataset):
+    """A map-style dataset of (tensor, int) items that counts how it is read."""
+
+    def __init__(self, size: int):
+        self.inputs = torch.arange(size * 3, dtype=torch.float32).view(size, 3)
+        self.item_calls = 0
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, index: int):
+        self.item_calls += 1
+        return self.inputs[index], index % 3
+
+
+class _BatchedItems(_Items):
+    """The same items, with the batched-fetch protocol (`datasets.Dataset` has it too)."""
+
+    def __init__(self, size: int):
+        super().__init__(size)
+        self.batch_calls: list[list[int]] = []
+
+    def __getitems__(self, indices: list[int]):
+        self.batch_calls.append(list(indices))
+        return [(self.inputs[i], i % 3) for i in indices]
+
+
+def test_a_dataset_with_getitems_is_fetched_one_call_per_batch():
+    from scaling.data.delivery import BatchSource, fetch_batch
+
+    plain, batched = _Items(40), _BatchedItems(40)
+    indices = torch.tensor([5, 1, 7, 30])
+    inputs, labels = fetch_batch(batched, indices)
+    assert batched.batch_calls == [[5, 1, 7, 30]] and batched.item_calls == 0
+    expected = fetch_batch(plain, indices)
+    assert plain.item_calls == 4
+    assert torch.equal(inputs, expected[0]) and torch.equal(labels, expected[1])
+    assert labels.tolist() == [2, 1, 1, 0]
+    # The DataLoader path (one process, 2 micro-batches of 4 per step): one call per micro-batch, the
+    # sampler's indices in order, and the batches the item-by-item path gives.
+    cfg = RunConfig(global_bs=8, per_device_bs=4)
+    plan = plan_batch(cfg, 1)
+    sampler = GlobalBatchSampler(len(batched), plan, seed=0)
+    sources = {name: BatchSource(data, sampler, 0, torch.device("cpu"), cfg)
+               for name, data in (("plain", plain), ("batched", batched))}
+    batched.batch_calls.clear()
+    for source in sources.values():
+        source.start(first_step=3)
+    for step in (3, 4):
+        got = list(sources["batched"].micro_batches(step))
+        want = list(sources["plain"].micro_batches(step))
+        assert [b[0].tolist() for b in got] == [b[0].tolist() for b in want]
+        assert [b[1].tolist() for b in got] == [b[1].tolist() for b in want]
+    assert batched.batch_calls == [ix.tolist() for step in (3, 4) for ix in sampler.micro_batches(step, 0)]
+    assert batched.item_calls == 0

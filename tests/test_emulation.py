@@ -128,14 +128,16 @@ def test_batchnorm_makes_decompositions_differ_and_is_reported(tmp_path):
 
 
 def test_dataloader_path_follows_the_same_global_batches(tmp_path):
-    """In-memory tensors, a plain map-style dataset through the DataLoader (--materialize false), and the
-    same dataset materialized into memory by default: the same batches, the same losses."""
+    """In-memory tensors, a plain map-style dataset through the DataLoader (--materialize false), the same
+    with batched fetches (`__getitems__`; no item but the first, which the loader checks, read by itself), and the same dataset materialized into
+    memory by default: the same batches, the same losses."""
     from test_runs import USER_MODULE
 
     (tmp_path / "usermod.py").write_text(USER_MODULE)
     losses, outputs = {}, {}
     variants = {"tensors": ("usermod:make_data", "40", []),
                 "loader": ("usermod:make_plain_data", "10", ["--materialize", "false"]),
+                "batched": ("usermod:make_batched_data", "10", ["--materialize", "false"]),
                 "materialized": ("usermod:make_plain_data", "10", [])}
     for name, (dataset, per_device, extra) in variants.items():
         out = tmp_path / name
@@ -147,7 +149,7 @@ def test_dataloader_path_follows_the_same_global_batches(tmp_path):
         outputs[name] = proc.stdout
     assert "training set materialized: 800 samples" in outputs["materialized"]
     assert "materialized" not in outputs["loader"]
-    for name in ("loader", "materialized"):
+    for name in ("loader", "batched", "materialized"):
         torch.testing.assert_close(losses[name], losses["tensors"], rtol=1e-5, atol=0)
 
 

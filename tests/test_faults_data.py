@@ -51,6 +51,22 @@ def bad_items():
     return BadItems(), BadItems()
 
 
+class ShortBatches(torch.utils.data.Dataset):
+    """Items read one by one are fine; its batched fetch drops the last item of every batch."""
+    def __len__(self):
+        return 100
+
+    def __getitem__(self, index):
+        return torch.zeros(40), index % 10
+
+    def __getitems__(self, indices):
+        return [self[i] for i in indices[:-1]]
+
+
+def short_batches():
+    return ShortBatches(), ShortBatches()
+
+
 def float_labels():
     x = torch.randn(200, 40)
     y = torch.rand(200) * 3
@@ -82,6 +98,7 @@ def user_code(tmp_path):
     (["--dataset", "usercode:dataset_raises"], ["raised KeyError: 'missing' (at usercode.py:"]),
     (["--dataset", "usercode:not_a_pair"], ["must return a (train, eval) pair, got list"]),
     (["--dataset", "usercode:bad_items"], ["reading sample 0 raised ValueError: cannot read item"]),
+    (["--dataset", "usercode:short_batches"], ["__getitems__ of 100 indices must return a list of 100 items"]),
     (["--dataset", "usercode:float_labels"], ["labels are torch.float32; class labels must be whole numbers"]),
     (["--dataset", "usercode:negative_labels", "--model", "mlp"], ["its train labels include -1"]),
 ])

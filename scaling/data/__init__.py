@@ -75,6 +75,9 @@ def load_workload(cfg: RunConfig) -> Workload:
     return Workload(train, eval_, num_classes, InputShape(x0.shape, x0.dtype), notes)
 
 
+LABEL_CHUNK = 1024  # items per `__getitems__` call when sampling labels
+
+
 def _looks_like_path(name: str) -> bool:
     # "C:\\data" or "./dir:x" are paths; "pkg.mod:fn" is a callable.
     from pathlib import Path
@@ -94,6 +97,30 @@ def _item(dataset: Any, index: int, name: str) -> tuple[Any, Any]:
         item = dataset[index]
     except Exception as err:  # the user's dataset code
         raise ConfigError(f"--dataset {name!r}: reading sample {index} raised {describe_exception(err)}") from None
+    return _pair(item, name)
+
+
+def _items(dataset: Any, count: int, name: str):
+    """(index, item) for the first `count` items: one `__getitems__` call per LABEL_CHUNK items when the dataset
+    has the batched-fetch protocol (as `fetch_batch` reads batches), else one read per item."""
+    getitems = getattr(dataset, "__getitems__", None)
+    if getitems is None:
+        yield from ((index, _item(dataset, index, name)) for index in range(count))
+        return
+    for start in range(0, count, LABEL_CHUNK):
+        indices = list(range(start, min(start + LABEL_CHUNK, count)))
+        try:
+            items = getitems(indices)
+        except Exception as err:  # the user's dataset code
+            raise ConfigError(f"--dataset {name!r}: reading samples {indices[0]}-{indices[-1]} raised "
+                              f"{describe_exception(err)}") from None
+        if not (isinstance(items, (list, tuple)) and len(items) == len(indices)):
+            raise ConfigError(f"--dataset {name!r}: __getitems__ of {len(indices)} indices must return a list of "
+                              f"{len(indices)} items, got {shown(items)}")
+        yield from ((index, _pair(item, name)) for index, item in zip(indices, items, strict=True))
+
+
+def _pair(item: Any, name: str) -> tuple[Any, Any]:
     if not (isinstance(item, (tuple, list)) and len(item) == 2):
         raise ConfigError(f"--dataset {name!r}: samples must be (input tensor, int label) pairs, got "
                           f"{type(item).__name__}" + (f" of length {len(item)}" if isinstance(item, (tuple, list)) else ""))
@@ -118,8 +145,7 @@ def _num_classes(train: Any, eval_: Any, name: str = "") -> int:
 
 def _sample_labels(dataset: Any, name: str, limit: int = 10_000) -> torch.Tensor:
     labels = []
-    for index in range(min(len(dataset), limit)):
-        label = _item(dataset, index, name)[1]
+    for index, (_, label) in _items(dataset, min(len(dataset), limit), name):
         if isinstance(label, torch.Tensor) and label.numel() == 1:
             if label.is_floating_point():
                 raise ConfigError(f"--dataset {name!r}: sample {index} has label {label.item()!r}; class labels must "

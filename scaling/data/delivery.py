@@ -22,11 +22,15 @@ MATERIALIZE_MAX_SECONDS = 60.0
 
 
 def fetch_batch(dataset: Any, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inputs, labels) of the samples at `indices`: one index op for in-memory tensors, else one item at a
-    time, stacked (the default collation of a DataLoader over (tensor, int) pairs)."""
+    """(inputs, labels) of the samples at `indices`, stacked (the default collation of a DataLoader over
+    (tensor, int) pairs): one index op for in-memory tensors; one `__getitems__(list of indices)` call for a
+    dataset that has it (the batched-fetch protocol a DataLoader also uses, returning the list of items);
+    else one item at a time."""
     if isinstance(dataset, TensorPair):
         return dataset.batch(indices.to(dataset.labels.device))
-    pairs = [dataset[int(i)] for i in indices]
+    index_list = indices.tolist()
+    getitems = getattr(dataset, "__getitems__", None)
+    pairs = getitems(index_list) if getitems is not None else [dataset[i] for i in index_list]
     return torch.stack([p[0] for p in pairs]), torch.as_tensor([int(p[1]) for p in pairs])
 
 
