@@ -104,7 +104,7 @@ def _items(dataset: Any, count: int, name: str):
     """(index, item) for the first `count` items: one `__getitems__` call per LABEL_CHUNK items when the dataset
     has the batched-fetch protocol (as `fetch_batch` reads batches), else one read per item."""
     getitems = getattr(dataset, "__getitems__", None)
-    if getitems is None:
+    if not callable(getitems):
         yield from ((index, _item(dataset, index, name)) for index in range(count))
         return
     for start in range(0, count, LABEL_CHUNK):

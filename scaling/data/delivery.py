@@ -30,7 +30,7 @@ def fetch_batch(dataset: Any, indices: torch.Tensor) -> tuple[torch.Tensor, torc
         return dataset.batch(indices.to(dataset.labels.device))
     index_list = indices.tolist()
     getitems = getattr(dataset, "__getitems__", None)
-    pairs = getitems(index_list) if getitems is not None else [dataset[i] for i in index_list]
+    pairs = getitems(index_list) if callable(getitems) else [dataset[i] for i in index_list]
     return torch.stack([p[0] for p in pairs]), torch.as_tensor([int(p[1]) for p in pairs])
 
 
