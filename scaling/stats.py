@@ -310,7 +310,7 @@ def median_interval(values: Sequence[float | None], confidence: float = DEFAULT_
     are left out."""
     clean = sorted(float(v) for v in values if v is not None and math.isfinite(v))
     n, alpha = len(clean), (1 - confidence) / 2
-    rank, tail = 0, 0.0  # tail = P(Binomial(n, 1/2) < rank + 1) once the rank is taken
+    rank, tail = 0, 0.0  # after each rank taken: tail = P(Binomial(n, 1/2) < rank)
     while rank < n // 2:
         tail += math.comb(n, rank) / 2**n
         if tail > alpha:

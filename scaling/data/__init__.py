@@ -75,9 +75,6 @@ def load_workload(cfg: RunConfig) -> Workload:
     return Workload(train, eval_, num_classes, InputShape(x0.shape, x0.dtype), notes)
 
 
-LABEL_CHUNK = 1024  # items per `__getitems__` call when sampling labels
-
-
 def _looks_like_path(name: str) -> bool:
     # "C:\\data" or "./dir:x" are paths; "pkg.mod:fn" is a callable.
     from pathlib import Path
@@ -98,6 +95,9 @@ def _item(dataset: Any, index: int, name: str) -> tuple[Any, Any]:
     except Exception as err:  # the user's dataset code
         raise ConfigError(f"--dataset {name!r}: reading sample {index} raised {describe_exception(err)}") from None
     return _pair(item, name)
+
+
+LABEL_CHUNK = 1024  # items per `__getitems__` call when sampling labels
 
 
 def _items(dataset: Any, count: int, name: str):
