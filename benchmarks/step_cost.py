@@ -13,7 +13,7 @@ round, with the 95% confidence interval of that median (scaling.stats.median_int
 - `+ phase marks`: the same with the phase timer on;
 - `Trainer.train_step`: the whole step with everything on (the LR set, the noise-scale bookkeeping; its
   measurements run off the training clock and are taken out here as there), the logging-window boundaries
-  included as `Trainer.run` closes them.
+  included as `Trainer.run` closes them (each boundary's time is printed after the table).
 Then what one redraw of the run's progress bar costs (tqdm, to stderr), which `Trainer.run` does at most every
 `PROGRESS_REFRESH_S`.
 """
@@ -43,8 +43,9 @@ def linear() -> torch.nn.Module:
     return torch.nn.Linear(40, 10)
 
 
-def variants(trainer, batch_size: int) -> dict:
-    """name -> function running n steps; returns the seconds to leave out (the noise measurements')."""
+def variants(trainer, batch_size: int, boundaries: list) -> dict:
+    """name -> function running n steps; returns the seconds to leave out (the noise measurements'). The
+    whole step's variant appends (seconds, steps per window) of each window boundary to `boundaries`."""
     source, runner, model, optimizer = trainer.source, trainer.step_runner, trainer.model, trainer.step_runner.inner
     data = source._tensors
     step = [0]
@@ -87,7 +88,9 @@ def variants(trainer, batch_size: int) -> dict:
         for _ in range(n):
             trainer.train_step()
             if trainer.step % trainer.window_steps == 0:  # as Trainer.run closes windows
+                start = time.perf_counter()
                 trainer.close_window()
+                boundaries.append((time.perf_counter() - start, trainer.window_steps))
         return trainer.noise.measure_s - off_clock if trainer.noise is not None else 0.0
 
     return {"bare": bare, "+ batch generator": generator, "+ step runner": step_runner,
@@ -114,14 +117,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=100, help="steps per variant and round")
     parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--log-min-s", type=float, default=RunConfig.log_min_s)
     parser.add_argument("--output-dir", default="runs/bench-step-cost")
     args = parser.parse_args()
     cfg = RunConfig(global_bs=args.batch_size, per_device_bs=args.batch_size, base_lr=0.1, base_bs=args.batch_size,
                     lr_scaling="none", target_accuracy=None, max_steps=10**9, max_epochs=None, eval_every=10**9,
-                    cpu=True, output_dir=args.output_dir, overwrite=True, progress=False, model=args.model)
+                    cpu=True, output_dir=args.output_dir, overwrite=True, progress=False, model=args.model,
+                    log_min_s=args.log_min_s)
     trainer = build(cfg).trainer
     trainer.source.start(0)
-    steps = variants(trainer, args.batch_size)
+    boundaries: list[tuple[float, int]] = []
+    steps = variants(trainer, args.batch_size, boundaries)
     for run in steps.values():
         run(20)  # warm-up
     per_step: dict[str, list[float]] = {name: [] for name in steps}
@@ -139,6 +145,12 @@ def main() -> None:
         interval = median_interval(extra)
         shown = f"{interval[0]:+.1f}..{interval[1]:+.1f}" if interval else ""
         print(f"{name:<20} {statistics.median(times):>8.1f} {statistics.median(extra):>+16.1f} {shown:>15}")
+    boundaries = boundaries[2:]  # the warm-up's and the first timed boundary set the windows' length
+    if boundaries:
+        each = statistics.median(seconds for seconds, _ in boundaries)
+        print(f"\nlogging-window boundaries (included above): {len(boundaries)}, {each * 1e6:,.0f} us each, windows "
+              f"of {boundaries[-1][1]} steps (--log-min-s {trainer.cfg.log_min_s}): "
+              f"{each / boundaries[-1][1] * 1e6:.1f} us per step")
     redraw = progress_redraw_s()
     print(f"\nprogress bar: {redraw * 1e6:,.0f} us per redraw, at most one per {PROGRESS_REFRESH_S} s: "
           f"{redraw / PROGRESS_REFRESH_S:.2%} of the clock at most (tqdm's default 0.1 s: {redraw / 0.1:.2%})")

@@ -102,7 +102,7 @@ class RunConfig:
     channels_last: bool = False  # image models: NHWC memory format (faster convolutions on tensor cores)
     output_dir: str = "runs/latest"
     log_every: int = 10  # optimizer steps per logging window (throughput, metrics.jsonl), at least
-    log_min_s: float = 0.1  # a window spans a multiple of log_every steps lasting at least this long (0: no minimum)
+    log_min_s: float = 0.5  # a window spans a multiple of log_every steps lasting at least this long (0: no minimum)
     progress: bool = True
     save_model: bool = False  # write OUTPUT_DIR/model.pt (final weights) at the end
     checkpoint_every: int | None = None  # also checkpoint every N optimizer steps (always on SIGTERM/SIGINT)

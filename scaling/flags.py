@@ -74,7 +74,7 @@ GROUPS: list[tuple[str, list[tuple[str, str]]]] = [
         ("overwrite", "replace an earlier run in --output-dir"),
         ("log_every", "optimizer steps per logging window (throughput, metrics.jsonl, stop checks), at least"),
         ("log_min_s", "a logging window lasts a multiple of --log-every steps and at least this many seconds "
-                      "(default 0.1; 0: exactly --log-every steps)"),
+                      "(default 0.5; 0: exactly --log-every steps)"),
         ("progress", "a progress bar on the main process"),
         ("save_model", "write the final weights to OUTPUT_DIR/model.pt"),
         ("checkpoint_every", "also checkpoint every N optimizer steps (always on SIGTERM/SIGINT)"),

@@ -57,32 +57,32 @@ class RunClock:
 class ThroughputWindows:
     """samples/s per logging window, measured on training time only (evaluation excluded). `now` is the
     clock the windows read: the run's clock, so that time it excludes (the tool's own measurements) is out
-    of the windows too."""
+    of the windows too. Windows are given the run's sample count at their ends, so the steps in between
+    do no bookkeeping."""
 
     def __init__(self, now: Callable[[], float] = time.perf_counter) -> None:
         self.rates: list[float] = []
         self.durations: list[float] = []
         self._now = now
-        self._window_start = now()
-        self._samples = 0
+        self.restart(0)
 
-    def add_samples(self, samples: int) -> None:
-        self._samples += samples
-
-    def close(self) -> float | None:
-        """Close the current window (call after a device sync); returns its samples/s."""
+    def close(self, samples: int) -> float | None:
+        """Close the current window at `samples` trained so far (call after a device sync); returns its
+        samples/s."""
         duration = self._now() - self._window_start
-        rate = self._samples / duration if self._samples and duration > 0 else None
+        window_samples = samples - self._start_samples
+        rate = window_samples / duration if window_samples and duration > 0 else None
         if rate is not None:
             self.rates.append(rate)
             self.durations.append(duration)
-        self.restart()
+        self.restart(samples)
         return rate
 
-    def restart(self) -> None:
-        """Start a new window now (after an evaluation, whose time must not count)."""
+    def restart(self, samples: int) -> None:
+        """Start a new window now, at `samples` trained so far (after an evaluation, whose time must not
+        count)."""
         self._window_start = self._now()
-        self._samples = 0
+        self._start_samples = samples
 
     def median_after_warmup(self) -> float | None:
         """Median over windows, skipping the first (allocator warm-up, first-touch page faults)."""
@@ -163,13 +163,17 @@ class PhaseTimer:
         if self.use_events:
             self._last_event = self._record_event()
 
-    def count_micro_step(self, synced: bool) -> None:
+    def end_micro_step(self, synced: bool) -> None:
+        """A micro-step's forward and backward are done: its phase (synchronized or not) and its count."""
         if self.enabled:
+            self.mark("fwd_bwd_sync" if synced else "fwd_bwd_nosync")
             self.counts["sync" if synced else "nosync"] += 1
 
     def end_step(self) -> None:
+        """The optimizer step is done: its phase, and the step's wall time."""
         if self.enabled:
-            self.step_wall += time.perf_counter() - self._step_start
+            self.mark("optimizer")
+            self.step_wall += self._last - self._step_start
 
     def close_window(self) -> dict[str, float] | None:
         """Phase seconds of the window (call after a device sync), then start a new window."""

@@ -100,8 +100,7 @@ class StepRunner:
                     loss = self.forward_backward(inputs, labels)
             if after_backward is not None:
                 after_backward(index, synced)
-            timer.mark("fwd_bwd_sync" if synced else "fwd_bwd_nosync")
-            timer.count_micro_step(synced)
+            timer.end_micro_step(synced)
             if noise is not None and noise.measuring:
                 timer.skip(noise.after_backward(index, inputs, labels))  # off the clock (scaling/gns.py)
             losses.append(loss.detach())  # no host sync here: losses are read once per logging window
@@ -111,7 +110,6 @@ class StepRunner:
         else:
             self.inner.step()
         self.inner.zero_grad(set_to_none=True)
-        timer.mark("optimizer")
         timer.end_step()
         return losses
 
@@ -226,7 +224,7 @@ class Trainer:
         # The clock starts before the first training batch is touched; after a resume it continues from
         # the checkpoint's reading, so the time the job was down does not count (docs/clock.md).
         self.clock = RunClock(*self._clock_offsets)
-        self.windows.restart()
+        self.windows.restart(self.step * self.plan.global_bs)
         self.clock_points.append((self.step, self.clock.train_elapsed()))
         self.target_search.window_start()
         while self.last_step is None or self.step < self.last_step:
@@ -291,12 +289,12 @@ class Trainer:
         return lr
 
     def train_step(self) -> None:
-        self.outcome.lr.append(self.set_lr(self.step))
+        step = self.step
+        self.outcome.lr.append(self.set_lr(step))
         if self.noise is not None:
-            self.noise.begin_step(self.step)
-        self.micro_losses.extend(self.step_runner(self.source.micro_batches(self.step), self.timer, noise=self.noise))
-        self.step += 1
-        self.windows.add_samples(self.plan.global_bs)
+            self.noise.begin_step(step)
+        self.micro_losses.extend(self.step_runner(self.source.micro_batches(step), self.timer, noise=self.noise))
+        self.step = step + 1
 
     def close_window(self) -> tuple[list[float], float, bool]:
         """Logging-window boundary: the one host sync per window. Returns the window's per-step global
@@ -304,7 +302,7 @@ class Trainer:
         max over processes, so all processes decide alike), and sets the next windows' length."""
         accelerator = self.accelerator
         synchronize(accelerator.device)
-        rate = self.windows.close()
+        rate = self.windows.close(self.step * self.plan.global_bs)
         self.phase_windows.append(self.timer.close_window())
         if self.noise is not None:
             for point in self.noise.flush():
@@ -381,7 +379,7 @@ class Trainer:
         self.metrics.write({"type": "eval", **record})
         self._track("eval", record)
         self.metrics.flush()
-        self.windows.restart()
+        self.windows.restart(self.step * self.plan.global_bs)
         self._boundary = None  # the next window starts after the evaluation: no time per step across it
         return accuracy
 
