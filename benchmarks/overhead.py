@@ -1,6 +1,6 @@
 """Samples/s of the tool's training loop against a bare PyTorch loop: same model, data, batch, machine.
 
-    python benchmarks/overhead.py                          # batches 32 and 256, both data paths
+    python benchmarks/overhead.py                          # batches 32 and 256, both data paths (~20 min)
     python benchmarks/overhead.py --batch-sizes 256 --paths memory --repeats 11 --pairs 60
     python benchmarks/overhead.py --ablate --batch-sizes 32 --paths memory --pairs 60 --repeats 2
 
@@ -236,7 +236,7 @@ def main() -> None:
     parser.add_argument("--paths", default="memory,map", help="memory, map or both")
     parser.add_argument("--steps", type=int, default=0,
                         help="optimizer steps per whole run (default: about 4 s of bare steps)")
-    parser.add_argument("--repeats", type=int, default=10,
+    parser.add_argument("--repeats", type=int, default=20,
                         help="whole tool runs, each between two bare loops (0: in one process only)")
     parser.add_argument("--output-dir", default="runs/bench-overhead")
     parser.add_argument("--pairs", type=int, default=100,

@@ -344,9 +344,9 @@ class Trainer:
 
     def window_length(self, elapsed: float) -> None:
         """Steps in the next logging windows: a multiple of `--log-every` lasting at least `--log-min-s`, from
-        the last window's time per step. A boundary costs a fixed ~0.15 ms on the CPU (the metrics line, the
-        loss read-back; a device synchronization on GPUs): 0.8% of a 1.8 ms step every 10 steps, nothing once
-        windows last 0.1 s. `elapsed` is agreed by all processes (max-reduced), so all choose alike; a window
+        the last window's time per step. A boundary costs 0.3-0.4 ms on the CPU with the default CNN (the
+        metrics line, the loss read-back, the noise-scale points; a device synchronization on GPUs): 1.5-2% of
+        a 1.8 ms step every 10 steps, under 0.1% once windows last 0.5 s (benchmarks/step_cost.py). `elapsed` is agreed by all processes (max-reduced), so all choose alike; a window
         with an evaluation in it (`_boundary` cleared) keeps the length."""
         cfg = self.cfg
         if self._boundary is not None and cfg.log_min_s > 0:
