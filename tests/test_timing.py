@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import SMALL, assert_ok, assert_one_line_error, load_result, run_entry, run_torchrun
-from scaling.timing import summarize_phases
+from scaling.timing import ThroughputWindows, summarize_phases
 
 pytestmark = pytest.mark.slow
 
@@ -168,6 +168,22 @@ def test_logging_windows_last_a_multiple_of_log_every_and_at_least_log_min_s(tmp
     assert all(step % 5 == 0 for step in timed) and {150, 300} <= set(timed)
     gaps = [b - a for a, b in zip([0, *timed], timed, strict=False)]
     assert max(gaps) >= 10 and len(timed) < len(fixed)  # the windows grew (each step is well under 10 ms)
+
+
+def test_throughput_windows_count_the_samples_between_their_ends():
+    """A window's rate is the samples trained between its start and its end over its time; time between a
+    window's end and a restart (an evaluation) is in no window, and a window with no samples is not one."""
+    now = [10.0]
+    windows = ThroughputWindows(now=lambda: now[0])
+    now[0] = 12.0
+    assert windows.close(64) == 32.0  # 64 samples in 2 s
+    now[0] = 15.0  # an evaluation: 3 s in no window
+    windows.restart(64)
+    now[0] = 16.0
+    assert windows.close(96) == 32.0  # 32 more samples in 1 s
+    now[0] = 17.0
+    assert windows.close(96) is None  # nothing trained
+    assert windows.rates == [32.0, 32.0] and windows.durations == [2.0, 1.0]
 
 
 def test_bad_log_min_s_is_refused():
