@@ -224,7 +224,7 @@ class Trainer:
         # The clock starts before the first training batch is touched; after a resume it continues from
         # the checkpoint's reading, so the time the job was down does not count (docs/clock.md).
         self.clock = RunClock(*self._clock_offsets)
-        self.windows.restart(self.step * self.plan.global_bs)
+        self.windows.restart(self.samples)
         self.clock_points.append((self.step, self.clock.train_elapsed()))
         self.target_search.window_start()
         while self.last_step is None or self.step < self.last_step:
@@ -288,6 +288,11 @@ class Trainer:
             group["lr"] = lr
         return lr
 
+    @property
+    def samples(self) -> int:
+        """Samples trained so far (all processes)."""
+        return self.step * self.plan.global_bs
+
     def train_step(self) -> None:
         step = self.step
         self.outcome.lr.append(self.set_lr(step))
@@ -302,7 +307,7 @@ class Trainer:
         max over processes, so all processes decide alike), and sets the next windows' length."""
         accelerator = self.accelerator
         synchronize(accelerator.device)
-        rate = self.windows.close(self.step * self.plan.global_bs)
+        rate = self.windows.close(self.samples)
         self.phase_windows.append(self.timer.close_window())
         if self.noise is not None:
             for point in self.noise.flush():
@@ -326,7 +331,7 @@ class Trainer:
         self.outcome.train_loss.extend(finite_or_none(v) for v in window_losses)
         self.outcome.steps = self.step
         record = {
-            "type": "train", "step": self.step, "samples": self.step * self.plan.global_bs,
+            "type": "train", "step": self.step, "samples": self.samples,
             "epoch": self.step / self.steps_per_epoch, "time_s": elapsed, "lr": self.outcome.lr[-1],
             "train_loss": finite_or_none(sum(window_losses) / len(window_losses)), "samples_per_s": rate,
         }
@@ -346,8 +351,9 @@ class Trainer:
         """Steps in the next logging windows: a multiple of `--log-every` lasting at least `--log-min-s`, from
         the last window's time per step. A boundary costs 0.3-0.4 ms on the CPU with the default CNN (the
         metrics line, the loss read-back, the noise-scale points; a device synchronization on GPUs): 1.5-2% of
-        a 1.8 ms step every 10 steps, under 0.1% once windows last 0.5 s (benchmarks/step_cost.py). `elapsed` is agreed by all processes (max-reduced), so all choose alike; a window
-        with an evaluation in it (`_boundary` cleared) keeps the length."""
+        a 1.8 ms step every 10 steps, under 0.1% once windows last 0.5 s (benchmarks/step_cost.py). `elapsed`
+        is agreed by all processes (max-reduced), so all choose alike; a window with an evaluation in it
+        (`_boundary` cleared) keeps the length."""
         cfg = self.cfg
         if self._boundary is not None and cfg.log_min_s > 0:
             step, then = self._boundary
@@ -371,7 +377,7 @@ class Trainer:
         # Time to an evaluation counts up to its end (MLPerf: the clock stops once quality is known);
         # train_time_s is the same moment with every evaluation's time taken out.
         record = {
-            "step": self.step, "samples": self.step * self.plan.global_bs, "epoch": self.step / self.steps_per_epoch,
+            "step": self.step, "samples": self.samples, "epoch": self.step / self.steps_per_epoch,
             "time_s": clock.elapsed(), "train_time_s": clock.train_elapsed(),
             "accuracy": accuracy, "loss": finite_or_none(eval_loss),
         }
@@ -379,7 +385,7 @@ class Trainer:
         self.metrics.write({"type": "eval", **record})
         self._track("eval", record)
         self.metrics.flush()
-        self.windows.restart(self.step * self.plan.global_bs)
+        self.windows.restart(self.samples)
         self._boundary = None  # the next window starts after the evaluation: no time per step across it
         return accuracy
 
@@ -478,7 +484,7 @@ class Trainer:
         if outcome.status == "running":
             outcome.status = "not_reached" if self.cfg.target_accuracy is not None else "completed"
         if outcome.train_elapsed_s > 0 and self.step:
-            outcome.throughput_samples_per_s = self.step * self.plan.global_bs / outcome.train_elapsed_s
+            outcome.throughput_samples_per_s = self.samples / outcome.train_elapsed_s
         outcome.median_window_rate = self.windows.median_after_warmup()
         outcome.window_rates = self.windows.rates
         # Phases after warm-up (the first window holds allocator and cache warm-up, as for throughput).
