@@ -146,3 +146,19 @@ def test_a_dataset_with_getitems_is_fetched_one_call_per_batch():
         assert [b[1].tolist() for b in got] == [b[1].tolist() for b in want]
     assert batched.batch_calls == [ix.tolist() for step in (3, 4) for ix in sampler.micro_batches(step, 0)]
     assert batched.item_calls == 0
+
+
+@pytest.mark.parametrize("shape", [(50, 40), (50, 1, 40), (50, 3, 8, 8)])
+def test_whole_batch_gather_equals_indexing_and_keeps_a_channels_last_layout(shape):
+    """TensorPair.batch gathers with index_select (faster on the CPU): the same values and label dtype as
+    advanced indexing, and channels-last images stay channels-last (what --channels-last relies on)."""
+    from scaling.data.tensors import TensorPair
+
+    inputs, labels = torch.randn(*shape), torch.randint(0, 10, (50,), dtype=torch.int32)
+    indices = torch.randperm(50)[:17]
+    layouts = [inputs] + ([inputs.contiguous(memory_format=torch.channels_last)] if len(shape) == 4 else [])
+    for layout in layouts:
+        got_inputs, got_labels = TensorPair(layout, labels).batch(indices)
+        assert torch.equal(got_inputs, inputs[indices])
+        assert torch.equal(got_labels, labels[indices].long()) and got_labels.dtype == torch.int64
+        assert got_inputs.is_contiguous(memory_format=torch.channels_last) == (layout is not inputs)

@@ -107,7 +107,8 @@ class BatchSource:
         # --channels-last: NHWC images; whole-batch indexing keeps the format, loader batches are converted.
         self.memory_format = torch.channels_last if cfg.channels_last else None
         if self.fast and self.memory_format is not None and self._tensors.inputs.dim() == 4:
-            self._tensors.inputs = self._tensors.inputs.contiguous(memory_format=self.memory_format)
+            self._tensors = TensorPair(self._tensors.inputs.contiguous(memory_format=self.memory_format),
+                                       self._tensors.labels)
         self.dataset = dataset
         self._cfg = cfg
         self._iterator = None

