@@ -170,9 +170,10 @@ def interleaved(path: str, batch_size: int, pairs: int, chunk: int, output_dir: 
     """tool/bare ratios of `pairs` pairs of `chunk`-step chunks (0: about CHUNK_S of bare steps) in one process:
     the tool's Trainer, built as a run builds it (phase timing, noise scale, logging on), and the bare step on
     the same model, optimizer and data, alternating which goes first. A finer instrument than whole runs: the
-    two halves of a pair are a fraction of a second apart, so the machine's drift cancels. It times the loop's steps as the training
-    clock does (logging-window boundaries in, the noise measurement's off-clock time out), not the run's
-    start-up around them, and without the progress bar. `overrides` switch parts of the loop off (ABLATIONS)."""
+    two halves of a pair are a fraction of a second apart, so the machine's drift cancels. It times the loop's
+    steps as the training clock does (logging-window boundaries in, the noise measurement's off-clock time
+    out), not the run's start-up around them, and without the progress bar. `overrides` switch parts of the
+    loop off (ABLATIONS)."""
     from scaling.run import build
 
     extra = {"dataset": MAP_DATASET, "materialize": "false"} if path == "map" else {}
