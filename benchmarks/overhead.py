@@ -25,11 +25,18 @@ interval (distribution-free: scaling.stats.median_interval) and the min-max: the
 also print the tool's fastest run over the bare loop's fastest (`fastest/fastest`, the bare loops after
 each tool run: as many of each): other tenants' work only ever slows a run down, so each loop's fastest run
 is the nearest to its speed on a quiet machine (as `timeit` reports the minimum).
+
+The tool's own output in whole runs (its lines, its progress bar: still drawn, still on the clock) goes to
+`<output-dir>/runs.log`, so the tables stay readable. `--save FILE` writes every per-pair ratio as JSON, and
+`--pool FILE...` prints the tables for the ratios of several saved passes together: on a shared machine
+one pass of 20 whole runs cannot tell 0.95 from 1.0, the pooled runs of several passes can.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import math
 import statistics
 import sys
@@ -144,8 +151,11 @@ def whole_runs(path: str, batch_size: int, steps: int, repeats: int, output_dir:
                 else bare_dataloader_loop(items, batch_size, steps))
 
     rates: dict[str, list[float]] = {"bare": [bare()], "tool": [], "off_clock": []}
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
     for _ in range(repeats):
-        rate, off_clock = tool_loop(batch_size, steps, output_dir, **extra)
+        with open(Path(output_dir) / "runs.log", "a") as log, contextlib.redirect_stdout(log), \
+                contextlib.redirect_stderr(log):
+            rate, off_clock = tool_loop(batch_size, steps, output_dir, **extra)
         rates["tool"].append(rate)
         rates["off_clock"].append(off_clock)
         rates["bare"].append(bare())
@@ -180,7 +190,9 @@ def interleaved(path: str, batch_size: int, pairs: int, chunk: int, output_dir: 
     cfg = RunConfig(global_bs=batch_size, per_device_bs=batch_size, base_lr=0.1, base_bs=batch_size,
                     lr_scaling="none", target_accuracy=None, max_steps=10**9, max_epochs=None, eval_every=10**9,
                     cpu=True, output_dir=output_dir, overwrite=True, progress=False, **extra, **overrides)
-    trainer = build(cfg).trainer
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(output_dir) / "runs.log", "a") as log, contextlib.redirect_stdout(log):
+        trainer = build(cfg).trainer
     trainer.source.start(0)
     model, optimizer = trainer.model, trainer.step_runner.inner
 
@@ -249,7 +261,13 @@ def main() -> None:
                         help=f"optimizer steps per chunk (default: about {CHUNK_S} s of bare steps)")
     parser.add_argument("--ablate", action="store_true",
                         help="the in-process comparison with each part of the loop off in turn (no whole runs)")
+    parser.add_argument("--save", metavar="FILE", help="write every per-pair ratio of this pass to FILE (JSON)")
+    parser.add_argument("--pool", nargs="+", metavar="FILE",
+                        help="print the tables for the ratios of saved passes together (runs nothing)")
     args = parser.parse_args()
+    if args.pool:
+        pool(args.pool)
+        return
 
     train, _ = load_mnist1d(RunConfig().num_samples)
     items = Items(train)
@@ -259,9 +277,11 @@ def main() -> None:
     if args.ablate:
         ablate(args, cases, train, items)
         return
+    saved: dict = {"started": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__,
+                   "whole_runs": [], "in_process": []}
     if args.repeats:
         print(f"\nWhole runs: {args.repeats} tool runs, each against the bare loops before and after it; the tool over "
-              f"its training clock")
+              f"its training clock (its own output: {Path(args.output_dir) / 'runs.log'})")
         print(f"{'path':>6} {'batch':>6} {'steps':>6} {'bare/s':>9} {'tool/s':>9} {'tool/bare':>9} {'95% CI':>13} {'min-max':>11} "
               f"{'fastest/fastest':>16} {'noise off-clock':>16}")
         for path, batch_size in cases:
@@ -272,12 +292,41 @@ def main() -> None:
                   f"{statistics.median(rates['tool']):>9,.0f} {summary(rates['ratio'])} "
                   f"{max(rates['tool']) / max(rates['bare'][1:]):>16.3f} {statistics.median(rates['off_clock']):>16.1%}",
                   flush=True)
+            saved["whole_runs"].append({"path": path, "batch": batch_size, "steps": steps, **rates})
+            save(args.save, saved)
     if args.pairs:
         print(f"\nIn one process: {args.pairs} pairs of chunks of the tool's steps and bare steps on the same model")
         print(f"{'path':>6} {'batch':>6} {'tool/bare':>9} {'95% CI':>13} {'min-max':>11}")
         for path, batch_size in cases:
             ratios = interleaved(path, batch_size, args.pairs, args.chunk_steps, args.output_dir, train, items)
             print(f"{path:>6} {batch_size:>6} {summary(ratios)}", flush=True)
+            saved["in_process"].append({"path": path, "batch": batch_size, "ratio": ratios})
+            save(args.save, saved)
+
+
+def save(file: str | None, saved: dict) -> None:
+    """Write the pass so far (after each case: an interrupted pass keeps what it measured)."""
+    if file:
+        Path(file).write_text(json.dumps(saved, indent=1) + "\n")
+
+
+def pool(files: list[str]) -> None:
+    """Each case's per-pair ratios from all the saved passes together, with each pass's median beside them."""
+    passes = [json.loads(Path(file).read_text()) for file in files]
+    print(f"{len(passes)} saved passes, started " + ", ".join(one["started"] for one in passes))
+    for key, title in (("whole_runs", "Whole runs"), ("in_process", "In one process")):
+        cases: dict[tuple[str, int], list[list[float]]] = {}
+        for one in passes:
+            for case in one[key]:
+                cases.setdefault((case["path"], case["batch"]), []).append(case["ratio"])
+        if not cases:
+            continue
+        print(f"\n{title}, pooled")
+        print(f"{'path':>6} {'batch':>6} {'pairs':>6} {'tool/bare':>9} {'95% CI':>13} {'min-max':>11}  per pass")
+        for (path, batch_size), per_pass in cases.items():
+            pooled = [ratio for one in per_pass for ratio in one]
+            print(f"{path:>6} {batch_size:>6} {len(pooled):>6} {summary(pooled)}  "
+                  + " ".join(f"{statistics.median(one):.3f}" for one in per_pass))
 
 
 def ablate(args, cases, train, items) -> None:
