@@ -137,6 +137,15 @@ ABLATIONS = {
 }
 
 
+@contextlib.contextmanager
+def output_to_log(output_dir: str):
+    """The tool's own lines and progress bar (still drawn, still on its clock) into <output-dir>/runs.log."""
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(output_dir) / "runs.log", "a") as log, contextlib.redirect_stdout(log), \
+            contextlib.redirect_stderr(log):
+        yield
+
+
 def whole_runs(path: str, batch_size: int, steps: int, repeats: int, output_dir: str, train, items) -> dict:
     """`repeats` whole tool runs, each bracketed by bare loops (bare, tool, bare, tool, ..., bare): each tool
     run is compared with the geometric mean of the bare loops just before and after it, which cancels the
@@ -151,10 +160,8 @@ def whole_runs(path: str, batch_size: int, steps: int, repeats: int, output_dir:
                 else bare_dataloader_loop(items, batch_size, steps))
 
     rates: dict[str, list[float]] = {"bare": [bare()], "tool": [], "off_clock": []}
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
     for _ in range(repeats):
-        with open(Path(output_dir) / "runs.log", "a") as log, contextlib.redirect_stdout(log), \
-                contextlib.redirect_stderr(log):
+        with output_to_log(output_dir):
             rate, off_clock = tool_loop(batch_size, steps, output_dir, **extra)
         rates["tool"].append(rate)
         rates["off_clock"].append(off_clock)
@@ -190,8 +197,7 @@ def interleaved(path: str, batch_size: int, pairs: int, chunk: int, output_dir: 
     cfg = RunConfig(global_bs=batch_size, per_device_bs=batch_size, base_lr=0.1, base_bs=batch_size,
                     lr_scaling="none", target_accuracy=None, max_steps=10**9, max_epochs=None, eval_every=10**9,
                     cpu=True, output_dir=output_dir, overwrite=True, progress=False, **extra, **overrides)
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    with open(Path(output_dir) / "runs.log", "a") as log, contextlib.redirect_stdout(log):
+    with output_to_log(output_dir):
         trainer = build(cfg).trainer
     trainer.source.start(0)
     model, optimizer = trainer.model, trainer.step_runner.inner
@@ -266,7 +272,17 @@ def main() -> None:
                         help="print the tables for the ratios of saved passes together (runs nothing)")
     args = parser.parse_args()
     if args.pool:
-        pool(args.pool)
+        passes = []
+        for file in args.pool:
+            try:
+                one = json.loads(Path(file).read_text())
+                cases = [case for key in ("whole_runs", "in_process") for case in one[key]]
+                if not all(isinstance(case["ratio"], list) and {"path", "batch"} <= case.keys() for case in cases):
+                    raise ValueError("a case without its path, batch and ratios")
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                parser.error(f"--pool: {file} is not a pass saved by --save ({type(err).__name__}: {err})")
+            passes.append(one)
+        pool(passes)
         return
 
     train, _ = load_mnist1d(RunConfig().num_samples)
@@ -310,10 +326,9 @@ def save(file: str | None, saved: dict) -> None:
         Path(file).write_text(json.dumps(saved, indent=1) + "\n")
 
 
-def pool(files: list[str]) -> None:
+def pool(passes: list[dict]) -> None:
     """Each case's per-pair ratios from all the saved passes together, with each pass's median beside them."""
-    passes = [json.loads(Path(file).read_text()) for file in files]
-    print(f"{len(passes)} saved passes, started " + ", ".join(one["started"] for one in passes))
+    print(f"{len(passes)} saved passes, started " + ", ".join(one.get("started", "?") for one in passes))
     for key, title in (("whole_runs", "Whole runs"), ("in_process", "In one process")):
         cases: dict[tuple[str, int], list[list[float]]] = {}
         for one in passes:

@@ -55,3 +55,13 @@ def test_overhead_benchmark_saves_the_ratios_it_prints_and_pools_passes(tmp_path
     assert float(row[3]) == round(statistics.median(whole + whole), 3)
     assert row[-2:] == [f"{statistics.median(whole):.3f}"] * 2
     assert ("map", "32", "6") in lines  # the in-process pairs, 3 per pass
+
+
+def test_overhead_benchmark_pool_refuses_a_file_it_did_not_save(tmp_path):
+    other = tmp_path / "other.json"
+    other.write_text('{"whole_runs": [{"path": "memory"}]}')
+    for file in (other, tmp_path / "missing.json"):
+        out = overhead("--pool", str(file))
+        assert out.returncode == 2
+        assert f"--pool: {file} is not a pass saved by --save" in out.stderr.splitlines()[-1]
+        assert "Traceback" not in out.stderr
