@@ -21,8 +21,8 @@ class TensorPair:
             raise ValueError(f"inputs ({len(inputs)}) and labels ({len(labels)}) differ in length")
         self.inputs = inputs
         self.labels = labels.long()
-        self._select = not (inputs.dim() == 4 and not inputs.is_contiguous()
-                            and inputs.is_contiguous(memory_format=torch.channels_last))
+        self._channels_last = (inputs.dim() == 4 and not inputs.is_contiguous()
+                               and inputs.is_contiguous(memory_format=torch.channels_last))
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -31,9 +31,8 @@ class TensorPair:
         return self.inputs[index], self.labels[index]
 
     def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._select:
-            return self.inputs.index_select(0, indices), self.labels.index_select(0, indices)
-        return self.inputs[indices], self.labels.index_select(0, indices)
+        inputs = self.inputs[indices] if self._channels_last else self.inputs.index_select(0, indices)
+        return inputs, self.labels.index_select(0, indices)
 
     def to(self, device: torch.device) -> TensorPair:
         return TensorPair(self.inputs.to(device), self.labels.to(device))
