@@ -61,8 +61,11 @@ def test_two_processes_report_per_rank_times_and_sync_estimate(tmp_path):
     assert result["straggler_ratio"] == pytest.approx(max(per_rank) / (sum(per_rank) / 2))  # median of two
     phases = result["step_time_breakdown"]["phases"]
     # With 4 micro-steps per rank the all-reduce is separable: the synced micro-step minus a no-sync one.
-    assert phases["grad_sync"]["seconds"] is not None
-    assert phases["grad_sync"]["seconds"] < phases["forward_backward"]["seconds"]
+    # Every step all-reduces real gradients between two processes, so the estimate is a positive time. It
+    # is the *exposed* sync: it includes waiting for the slower rank, so on an oversubscribed machine (CI
+    # runs two ranks beside two test workers on two cores) it may exceed forward_backward; no bound on it.
+    assert phases["grad_sync"]["seconds"] > 0
+    assert sum(p["fraction"] for p in phases.values()) == pytest.approx(1.0, abs=0.01)
 
 
 def test_in_memory_default_is_compute_bound(tmp_path):
