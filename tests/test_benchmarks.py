@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import statistics
 import subprocess
 import sys
+
+import pytest
 
 from conftest import REPO, child_env
 
@@ -65,3 +68,38 @@ def test_overhead_benchmark_pool_refuses_a_file_it_did_not_save(tmp_path):
         assert out.returncode == 2
         assert f"--pool: {file} is not a pass saved by --save" in out.stderr.splitlines()[-1]
         assert "Traceback" not in out.stderr
+
+
+INSTRUCTIONS = REPO / "benchmarks" / "instructions.py"
+
+
+def instructions(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(INSTRUCTIONS), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO, env=child_env())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("valgrind") is None or shutil.which("cc") is None,
+                    reason="counting instructions needs valgrind and a C compiler")
+def test_instructions_benchmark_counts_the_work_of_both_loops():
+    # Windows of 40 steps: the counted steps 20-59 hold a window boundary (step 40) and a noise-scale
+    # measurement (step 50; every 50 steps at this batch), whose instructions must be left out as the clock
+    # leaves out its time: counted, its extra half-batch forward and backward alone would add about 1% per step.
+    out = instructions("--paths", "map", "--batch-sizes", "32", "--window-steps", "40")
+    assert out.returncode == 0, out.stderr
+    row = next(line.split() for line in out.stdout.splitlines() if line.split()[:2] == ["map", "32"])
+    window, bare, tool, extra, ratio = int(row[2]), *(float(v.replace(",", "")) for v in row[3:])
+    assert window == 40
+    assert bare > 1e6  # a forward and backward of the CNN at batch 32: millions of instructions
+    # The tool's step does the bare step's work and its own bookkeeping on top: more, but by well under 1%
+    # (deterministic counts: about +0.6% here, the window boundary included).
+    assert extra == pytest.approx(tool - bare, abs=1)  # the printed counts are rounded
+    assert 0 < extra < 0.01 * bare
+    assert ratio == pytest.approx(bare / tool, abs=2e-4)
+
+
+def test_instructions_benchmark_refuses_bad_input():
+    for args, message in ((["--paths", "gpu"], "--paths: 'gpu'"), (["--batch-sizes", "0"], "at least 1")):
+        out = instructions(*args, timeout=120)
+        assert out.returncode == 2 and "Traceback" not in out.stderr
+        assert message in out.stderr.splitlines()[-1]
