@@ -1,12 +1,12 @@
 """Instructions per training step of the tool's loop against the bare loop, counted by valgrind's callgrind.
 
-    python benchmarks/instructions.py                  # batches 32 and 256, both data paths (~25 min)
+    python benchmarks/instructions.py                  # batches 32 and 256, both data paths (~40 min)
     python benchmarks/instructions.py --paths map --batch-sizes 32
 
 benchmarks/overhead.py times the tool's loop against a bare loop in seconds, on a machine whose other
 tenants move a run's speed by 5-30%: a 1% difference takes hundreds of pairs to resolve. This counts the
 work instead: the instructions each loop executes per optimizer step, which are the same whatever else the
-machine is doing (a pass repeats to within about 0.3%). It counts what the training clock counts:
+machine is doing (two passes of the bare loop: 0.1% apart). It counts what the training clock counts:
 - the same steps as overhead.py's in-process comparison: the tool's `Trainer.train_step` with its logging
   windows closed as `Trainer.run` closes them (everything on: phase timing, noise scale, logging), against
   the bare step (forward, backward, SGD step, zero_grad) on the same model, optimizer and data; the batches
@@ -93,8 +93,7 @@ def window_steps(step_s: float) -> int:
 
 def child(loop: str, path: str, batch_size: int, window: int, output_dir: str, helper: str) -> None:
     import torch
-    import torch.nn.functional as F
-    from overhead import MAP_DATASET, Items, output_to_log
+    from overhead import MAP_DATASET, Items, bare_batches, bare_steps, output_to_log, tool_steps
 
     from scaling.config import RunConfig
     from scaling.data.mnist1d import load_mnist1d
@@ -126,35 +125,9 @@ def child(loop: str, path: str, batch_size: int, window: int, output_dir: str, h
         trainer.noise._off_clock = uncounted
 
     torch.manual_seed(0)
-    items = Items(train)
-
-    def bare_batches():
-        while True:
-            if path == "map":
-                yield from torch.utils.data.DataLoader(items, batch_size=batch_size, shuffle=True, drop_last=True)
-            else:
-                perm = torch.randperm(len(train))
-                for start in range(0, len(train) - batch_size + 1, batch_size):
-                    idx = perm[start : start + batch_size]
-                    yield train.inputs[idx], train.labels[idx]
-
-    batches = bare_batches()
-
-    def bare(steps: int) -> None:
-        for _ in range(steps):
-            inputs, labels = next(batches)
-            loss = F.cross_entropy(model(inputs), labels)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-    def tool(steps: int) -> None:
-        for _ in range(steps):
-            trainer.train_step()
-            if trainer.step % trainer.window_steps == 0:  # as Trainer.run closes windows
-                trainer.close_window()
-
-    run_steps = bare if loop == "bare" else tool
+    batches = bare_batches(path, batch_size, train, Items(train))
+    run_steps = (lambda steps: bare_steps(model, optimizer, batches, steps)) if loop == "bare" else \
+        (lambda steps: tool_steps(trainer, steps))
     run_steps(WARM_UP)
     cg.cg_start()
     run_steps(window)  # any `window` consecutive steps hold one window boundary

@@ -182,6 +182,37 @@ def summary(ratios: list[float]) -> str:
     return f"{statistics.median(ratios):>9.3f} {shown:>13} {min(ratios):>5.2f}-{max(ratios):<5.2f}"
 
 
+def bare_batches(path: str, batch_size: int, train, items):
+    """The bare loop's batches, without end: a shuffling DataLoader over the map-style items, or the
+    in-memory tensors indexed with a fresh permutation each epoch."""
+    while True:
+        if path == "map":
+            yield from torch.utils.data.DataLoader(items, batch_size=batch_size, shuffle=True, drop_last=True)
+        else:
+            perm = torch.randperm(len(train))
+            for start in range(0, len(train) - batch_size + 1, batch_size):
+                idx = perm[start : start + batch_size]
+                yield train.inputs[idx], train.labels[idx]
+
+
+def bare_steps(model, optimizer, batches, steps: int) -> None:
+    """`steps` bare steps: forward, backward, SGD step, zero_grad."""
+    for _ in range(steps):
+        inputs, labels = next(batches)
+        loss = F.cross_entropy(model(inputs), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def tool_steps(trainer, steps: int) -> None:
+    """`steps` of the tool's steps, its logging windows closed as `Trainer.run` closes them."""
+    for _ in range(steps):
+        trainer.train_step()
+        if trainer.step % trainer.window_steps == 0:
+            trainer.close_window()
+
+
 def interleaved(path: str, batch_size: int, pairs: int, chunk: int, output_dir: str, train, items,
                 **overrides) -> list[float]:
     """tool/bare ratios of `pairs` pairs of `chunk`-step chunks (0: about CHUNK_S of bare steps) in one process:
@@ -202,36 +233,18 @@ def interleaved(path: str, batch_size: int, pairs: int, chunk: int, output_dir: 
     trainer.source.start(0)
     model, optimizer = trainer.model, trainer.step_runner.inner
 
-    def bare_batches():
-        while True:
-            if path == "map":
-                yield from torch.utils.data.DataLoader(items, batch_size=batch_size, shuffle=True, drop_last=True)
-            else:
-                perm = torch.randperm(len(train))
-                for start in range(0, len(train) - batch_size + 1, batch_size):
-                    idx = perm[start : start + batch_size]
-                    yield train.inputs[idx], train.labels[idx]
-
-    batches = bare_batches()
+    batches = bare_batches(path, batch_size, train, items)
 
     def bare(steps: int) -> float:
         with trainer.clock.paused():  # the run's clock (window lengths, throughput) sees only the tool's steps
             start = time.perf_counter()
-            for _ in range(steps):
-                inputs, labels = next(batches)
-                loss = F.cross_entropy(model(inputs), labels)
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+            bare_steps(model, optimizer, batches, steps)
             return steps * batch_size / (time.perf_counter() - start)
 
     def tool(steps: int) -> float:
         off_clock = trainer.noise.measure_s if trainer.noise is not None else 0.0
         start = time.perf_counter()
-        for _ in range(steps):
-            trainer.train_step()
-            if trainer.step % trainer.window_steps == 0:  # as Trainer.run closes windows
-                trainer.close_window()
+        tool_steps(trainer, steps)
         elapsed = time.perf_counter() - start
         if trainer.noise is not None:
             elapsed -= trainer.noise.measure_s - off_clock

@@ -82,8 +82,8 @@ class StepRunner:
         # The last step's loss, kept (graph and all, its buffers already freed by backward) until the next
         # step's forward has run, as a training loop's `loss` variable keeps it: the parameters' gradient
         # accumulators, which autograd holds only weakly, then live on and are reused instead of being rebuilt
-        # and freed every step. 25,000 fewer instructions per step at batch 32 on the default workload, 0.3%
-        # (benchmarks/instructions.py, docs/performance.md).
+        # and freed every step. About 35,000 fewer instructions per step (0.4%) at batch 32 on the default
+        # workload's loader path (benchmarks/instructions.py, docs/performance.md).
         self._spent_loss: torch.Tensor | None = None
 
     def __call__(self, micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]], timer: PhaseTimer | None = None,

@@ -85,7 +85,7 @@ def test_instructions_benchmark_counts_the_work_of_both_loops():
     # Windows of 40 steps: the counted steps 20-59 hold a window boundary (step 40) and a noise-scale
     # measurement (step 50; every 50 steps at this batch), whose instructions must be left out as the clock
     # leaves out its time: counted, its extra half-batch forward and backward alone would add about 1% per step.
-    out = instructions("--paths", "map", "--batch-sizes", "32", "--window-steps", "40")
+    out = instructions("--paths", "map", "--batch-sizes", "32", "--window-steps", "40", "--jobs", "1")
     assert out.returncode == 0, out.stderr
     row = next(line.split() for line in out.stdout.splitlines() if line.split()[:2] == ["map", "32"])
     window, bare, tool, extra, ratio = int(row[2]), *(float(v.replace(",", "")) for v in row[3:])
