@@ -36,7 +36,6 @@ import argparse
 import concurrent.futures
 import contextlib
 import ctypes
-import math
 import os
 import re
 import shutil
@@ -58,8 +57,6 @@ void cg_start(void) { CALLGRIND_START_INSTRUMENTATION; CALLGRIND_ZERO_STATS; }
 void cg_toggle(void) { CALLGRIND_TOGGLE_COLLECT; }
 void cg_stop(void) { CALLGRIND_DUMP_STATS_AT("steps"); CALLGRIND_STOP_INSTRUMENTATION; }
 """
-LOG_MIN_S = 0.5  # the tool's default --log-min-s: the windows a run here has
-LOG_EVERY = 10  # the tool's default --log-every
 WARM_UP = 20  # steps before counting starts (the tool's first window boundary comes later, at step W)
 
 
@@ -85,8 +82,12 @@ def build_helper(directory: Path) -> Path:
 
 
 def window_steps(step_s: float) -> int:
-    """The window length `Trainer.window_length` chooses for this step time with the default options."""
-    return LOG_EVERY * max(1, math.ceil(LOG_MIN_S / (LOG_EVERY * step_s)))
+    """The window length a run chooses for this step time with the default --log-every and --log-min-s."""
+    from scaling.config import RunConfig
+    from scaling.train import steps_per_window
+
+    defaults = RunConfig()
+    return steps_per_window(defaults.log_every, defaults.log_min_s, step_s)
 
 
 # ---- the child: one loop, counted ----

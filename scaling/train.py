@@ -366,8 +366,7 @@ class Trainer:
             step, then = self._boundary
             per_step = (elapsed - then) / max(1, self.step - step)
             if per_step > 0:
-                multiple = max(1, math.ceil(cfg.log_min_s / (cfg.log_every * per_step)))
-                self.window_steps = cfg.log_every * multiple
+                self.window_steps = steps_per_window(cfg.log_every, cfg.log_min_s, per_step)
         self._boundary = (self.step, elapsed)
 
     def check_divergence(self, window_losses: list[float]) -> bool:
@@ -504,6 +503,11 @@ class Trainer:
             own = torch.tensor([sum(w["step_wall"] for w in kept)], device=accelerator.device, dtype=torch.float64)
             outcome.per_rank_step_time_s = accelerator.gather(own).tolist()
         return outcome
+
+
+def steps_per_window(log_every: int, log_min_s: float, step_s: float) -> int:
+    """The smallest multiple of `log_every` steps of `step_s` seconds each that lasts at least `log_min_s`."""
+    return log_every * max(1, math.ceil(log_min_s / (log_every * step_s)))
 
 
 def window_phase_shares(window: dict[str, float], wall_s: float) -> dict[str, float]:
