@@ -138,22 +138,44 @@ def child(loop: str, path: str, batch_size: int, window: int, output_dir: str, h
 
 # ---- the parent ----
 
-def count(loop: str, path: str, batch_size: int, window: int, work: Path, helper: Path) -> int:
-    """Instructions of the loop's `window` counted steps (one child under callgrind)."""
+CACHE_SIM = ["--cache-sim=yes", "--branch-sim=yes"]
+
+
+def count(loop: str, path: str, batch_size: int, window: int, work: Path, helper: Path,
+          cache_sim: bool = False) -> dict[str, int]:
+    """callgrind's event totals (Ir, the instructions; with `cache_sim` also the simulated cache misses and
+    mispredicted branches) over the loop's `window` counted steps (one child under callgrind)."""
     name = f"{loop}-{path}-{batch_size}"
     out = work / f"callgrind.{name}"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
     done = subprocess.run(
         ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-         sys.executable, str(Path(__file__).resolve()), "--child", loop, path, str(batch_size), str(window),
+         *(CACHE_SIM if cache_sim else []), sys.executable, str(Path(__file__).resolve()), "--child", loop, path,
+         str(batch_size), str(window),
          str(work / name), str(helper)],
         capture_output=True, text=True, env=env)
     dumps = [file for file in work.glob(f"callgrind.{name}*") if "Client Request: steps" in file.read_text()]
     if done.returncode != 0 or len(dumps) != 1:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
         raise RuntimeError(f"the {name} child failed (exit {done.returncode}):\n{tail}")
-    totals = re.search(r"^(?:totals|summary): (\d+)", dumps[0].read_text(), re.M)
-    return int(totals.group(1))
+    text = dumps[0].read_text()
+    events = re.search(r"^events: (.+)$", text, re.M).group(1).split()
+    totals = re.search(r"^(?:totals|summary): (.+)$", text, re.M).group(1).split()
+    return dict(zip(events, map(int, totals), strict=False))
+
+
+def misses(totals: dict[str, int]) -> dict[str, int]:
+    """The simulated events grouped as the table prints them, and kcachegrind's cycle estimate
+    (Ir + 10 x (L1 misses + mispredicted branches) + 100 x last-level misses)."""
+    grouped = {
+        "I1 miss": totals["I1mr"],
+        "D1 miss": totals["D1mr"] + totals["D1mw"],
+        "LL miss": totals["ILmr"] + totals["DLmr"] + totals["DLmw"],
+        "mispredict": totals["Bcm"] + totals["Bim"],
+    }
+    grouped["est. cycles"] = (totals["Ir"] + 10 * (grouped["I1 miss"] + grouped["D1 miss"] + grouped["mispredict"])
+                              + 100 * grouped["LL miss"])
+    return grouped
 
 
 def bare_step_seconds(path: str, batch_size: int) -> float:
@@ -180,6 +202,9 @@ def main() -> None:
                         help="steps per logging window (default: what --log-min-s 0.5 gives here)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="children counted at once (the counts do not depend on the machine's load)")
+    parser.add_argument("--cache-sim", action="store_true",
+                        help="also simulate the caches and branch predictor (callgrind --cache-sim/--branch-sim): "
+                             "misses per step and a cycle estimate; about twice as slow")
     parser.add_argument("--child", nargs=6, metavar=("LOOP", "PATH", "BATCH", "WINDOW", "OUTPUT_DIR", "HELPER"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -211,11 +236,23 @@ def main() -> None:
               f"{'bare/tool':>9}", flush=True)
         jobs = [(loop, *case) for case in cases for loop in ("bare", "tool")]
         with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-            futures = {job: pool.submit(count, *job, windows[job[1:]], work, helper) for job in jobs}
+            futures = {job: pool.submit(count, *job, windows[job[1:]], work, helper, args.cache_sim) for job in jobs}
+            totals = {}
             for case in cases:
-                bare, tool = (futures[(loop, *case)].result() / windows[case] for loop in ("bare", "tool"))
+                totals[case] = [futures[(loop, *case)].result() for loop in ("bare", "tool")]
+                bare, tool = (loop_totals["Ir"] / windows[case] for loop_totals in totals[case])
                 print(f"{case[0]:>6} {case[1]:>6} {windows[case]:>5} {bare:>12,.0f} {tool:>12,.0f} "
                       f"{tool - bare:>+11,.0f} {bare / tool:>9.4f}", flush=True)
+        if args.cache_sim:
+            print("Simulated per step, bare / tool (callgrind's model of this CPU's caches; kcachegrind's cycle "
+                  "estimate: Ir + 10 x (L1 misses + mispredicts) + 100 x LL misses)")
+            print(f"{'path':>6} {'batch':>6} " + " ".join(f"{name:>23}" for name in misses(totals[cases[0]][0]))
+                  + f" {'bare/tool cycles':>16}")
+            for case in cases:
+                bare, tool = (misses(loop_totals) for loop_totals in totals[case])
+                cells = " ".join(f"{bare[name] / windows[case]:>11,.0f} /{tool[name] / windows[case]:>10,.0f}"
+                                 for name in bare)
+                print(f"{case[0]:>6} {case[1]:>6} {cells} {bare['est. cycles'] / tool['est. cycles']:>16.4f}")
         print(f"({time.perf_counter() - started:.0f} s)")
 
 

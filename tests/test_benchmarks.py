@@ -85,9 +85,11 @@ def test_instructions_benchmark_counts_the_work_of_both_loops():
     # Windows of 40 steps: the counted steps 20-59 hold a window boundary (step 40) and a noise-scale
     # measurement (step 50; every 50 steps at this batch), whose instructions must be left out as the clock
     # leaves out its time: counted, its extra half-batch forward and backward alone would add about 1% per step.
-    out = instructions("--paths", "map", "--batch-sizes", "32", "--window-steps", "40", "--jobs", "1")
+    out = instructions("--paths", "map", "--batch-sizes", "32", "--window-steps", "40", "--jobs", "1", "--cache-sim")
     assert out.returncode == 0, out.stderr
-    row = next(line.split() for line in out.stdout.splitlines() if line.split()[:2] == ["map", "32"])
+    rows = [line.split() for line in out.stdout.splitlines() if line.split()[:2] == ["map", "32"]]
+    assert len(rows) == 2  # the instructions, then the simulated caches and branches
+    row = rows[0]
     window, bare, tool, extra, ratio = int(row[2]), *(float(v.replace(",", "")) for v in row[3:])
     assert window == 40
     assert bare > 1e6  # a forward and backward of the CNN at batch 32: millions of instructions
@@ -96,6 +98,16 @@ def test_instructions_benchmark_counts_the_work_of_both_loops():
     assert extra == pytest.approx(tool - bare, abs=1)  # the printed counts are rounded
     assert 0 < extra < 0.01 * bare
     assert ratio == pytest.approx(bare / tool, abs=2e-4)
+    # --cache-sim: per step, bare / tool for I1, D1 and last-level misses, mispredicted branches and the cycle
+    # estimate Ir + 10 x (L1 misses + mispredicts) + 100 x LL misses, then bare/tool of that estimate.
+    cells = [float(v.replace(",", "").lstrip("/")) for v in rows[1][2:] if v != "/"]
+    simulated = {"bare": cells[0:10:2], "tool": cells[1:10:2]}  # I1, D1, LL misses, mispredicts, cycles
+    for loop, instructions_per_step in (("bare", bare), ("tool", tool)):
+        i1, d1, ll, mispredicts, cycles = simulated[loop]
+        assert min(i1, d1, mispredicts) > 1000  # a CNN step misses caches and mispredicts branches
+        assert cycles == pytest.approx(instructions_per_step + 10 * (i1 + d1 + mispredicts) + 100 * ll, abs=70)
+    cycle_ratio = cells[10]
+    assert cycle_ratio == pytest.approx(simulated["bare"][4] / simulated["tool"][4], abs=2e-4)
 
 
 def test_instructions_benchmark_refuses_bad_input():
