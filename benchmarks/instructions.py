@@ -28,6 +28,12 @@ if time were proportional to work. Time is not exactly proportional to instructi
 branches, the interpreter's and the kernels' different instructions per cycle), so this bounds what the
 tool's extra work costs rather than replacing the timed ratio: a ratio of timed runs well below this one
 points at the machine (or at memory effects), not at work the tool does.
+
+`--cache-sim` adds callgrind's simulation of the caches and the branch predictor (a model of this CPU's
+cache sizes, not its hardware counters): misses and mispredicted branches per step, and kcachegrind's cycle
+estimate Ir + 10 x (L1 misses + mispredicts) + 100 x last-level misses. `--no-noise-scale` counts the tool's
+step with the noise scale off (against the default: what it costs in work). `--keep DIR` keeps callgrind's
+files, for `callgrind_annotate` per function.
 """
 
 from __future__ import annotations
@@ -92,7 +98,8 @@ def window_steps(step_s: float) -> int:
 
 # ---- the child: one loop, counted ----
 
-def child(loop: str, path: str, batch_size: int, window: int, output_dir: str, helper: str) -> None:
+def child(loop: str, path: str, batch_size: int, window: int, output_dir: str, helper: str,
+          noise_scale: bool = True) -> None:
     import torch
     from overhead import MAP_DATASET, Items, bare_batches, bare_steps, output_to_log, tool_steps
 
@@ -108,7 +115,7 @@ def child(loop: str, path: str, batch_size: int, window: int, output_dir: str, h
     cfg = RunConfig(global_bs=batch_size, per_device_bs=batch_size, base_lr=0.1, base_bs=batch_size,
                     lr_scaling="none", target_accuracy=None, max_steps=10**9, max_epochs=None, eval_every=10**9,
                     cpu=True, output_dir=output_dir, overwrite=True, progress=False, log_every=window,
-                    log_min_s=0.0, **extra)
+                    log_min_s=0.0, noise_scale=noise_scale, **extra)
     with output_to_log(output_dir):
         trainer = build(cfg).trainer
     trainer.source.start(0)
@@ -142,17 +149,19 @@ CACHE_SIM = ["--cache-sim=yes", "--branch-sim=yes"]
 
 
 def count(loop: str, path: str, batch_size: int, window: int, work: Path, helper: Path,
-          cache_sim: bool = False) -> dict[str, int]:
+          cache_sim: bool = False, noise_scale: bool = True) -> dict[str, int]:
     """callgrind's event totals (Ir, the instructions; with `cache_sim` also the simulated cache misses and
     mispredicted branches) over the loop's `window` counted steps (one child under callgrind)."""
     name = f"{loop}-{path}-{batch_size}"
     out = work / f"callgrind.{name}"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+    for old in work.glob(f"callgrind.{name}*"):  # a kept directory's files of an earlier pass
+        old.unlink()
     done = subprocess.run(
         ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
          *(CACHE_SIM if cache_sim else []), sys.executable, str(Path(__file__).resolve()), "--child", loop, path,
          str(batch_size), str(window),
-         str(work / name), str(helper)],
+         str(work / name), str(helper), *([] if noise_scale else ["--no-noise-scale"])],
         capture_output=True, text=True, env=env)
     dumps = [file for file in work.glob(f"callgrind.{name}*") if "Client Request: steps" in file.read_text()]
     if done.returncode != 0 or len(dumps) != 1:
@@ -205,12 +214,16 @@ def main() -> None:
     parser.add_argument("--cache-sim", action="store_true",
                         help="also simulate the caches and branch predictor (callgrind --cache-sim/--branch-sim): "
                              "misses per step and a cycle estimate; about twice as slow")
+    parser.add_argument("--no-noise-scale", action="store_true",
+                        help="the tool's step with the noise scale off: with the default, what it costs in work")
+    parser.add_argument("--keep", metavar="DIR",
+                        help="keep callgrind's output files in DIR (per function: callgrind_annotate DIR/callgrind.*)")
     parser.add_argument("--child", nargs=6, metavar=("LOOP", "PATH", "BATCH", "WINDOW", "OUTPUT_DIR", "HELPER"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         loop, path, batch, window, output_dir, helper = args.child
-        child(loop, path, int(batch), int(window), output_dir, helper)
+        child(loop, path, int(batch), int(window), output_dir, helper, noise_scale=not args.no_noise_scale)
         return
     try:
         paths = args.paths.split(",")
@@ -219,11 +232,14 @@ def main() -> None:
         batches = [int(b) for b in args.batch_sizes.split(",")]
         if min(batches) < 1 or args.window_steps < 0 or args.jobs < 1:
             raise ValueError("batch sizes and --jobs must be at least 1, --window-steps at least 0")
+        if args.keep and Path(args.keep).exists() and not Path(args.keep).is_dir():
+            raise ValueError(f"--keep: {args.keep} is not a directory")
     except ValueError as err:
         parser.error(str(err))
     cases = [(path, batch) for path in paths for batch in batches]
     with tempfile.TemporaryDirectory(prefix="bench-instructions-") as tmp:
-        work = Path(tmp)
+        work = Path(args.keep or tmp)
+        work.mkdir(parents=True, exist_ok=True)
         try:
             helper = build_helper(work)
         except BenchmarkError as err:
@@ -231,12 +247,14 @@ def main() -> None:
         windows = {case: args.window_steps or window_steps(bare_step_seconds(*case)) for case in cases}
         started = time.perf_counter()
         print(f"Instructions per optimizer step (callgrind; one intra-op thread; W steps counted after {WARM_UP} of "
-              "warm-up, one window boundary among them; the noise measurement's off-clock region not counted)")
+              "warm-up, one window boundary among them; " + ("the noise scale off)" if args.no_noise_scale else
+                                                              "the noise measurement's off-clock region not counted)"))
         print(f"{'path':>6} {'batch':>6} {'W':>5} {'bare/step':>12} {'tool/step':>12} {'extra/step':>11} "
               f"{'bare/tool':>9}", flush=True)
         jobs = [(loop, *case) for case in cases for loop in ("bare", "tool")]
         with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-            futures = {job: pool.submit(count, *job, windows[job[1:]], work, helper, args.cache_sim) for job in jobs}
+            futures = {job: pool.submit(count, *job, windows[job[1:]], work, helper, args.cache_sim,
+                                        not args.no_noise_scale) for job in jobs}
             totals = {}
             for case in cases:
                 totals[case] = [futures[(loop, *case)].result() for loop in ("bare", "tool")]

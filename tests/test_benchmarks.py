@@ -110,8 +110,10 @@ def test_instructions_benchmark_counts_the_work_of_both_loops():
     assert cycle_ratio == pytest.approx(simulated["bare"][4] / simulated["tool"][4], abs=2e-4)
 
 
-def test_instructions_benchmark_refuses_bad_input():
-    for args, message in ((["--paths", "gpu"], "--paths: 'gpu'"), (["--batch-sizes", "0"], "at least 1")):
+def test_instructions_benchmark_refuses_bad_input(tmp_path):
+    (tmp_path / "file").write_text("")
+    for args, message in ((["--paths", "gpu"], "--paths: 'gpu'"), (["--batch-sizes", "0"], "at least 1"),
+                          (["--keep", str(tmp_path / "file")], "is not a directory")):
         out = instructions(*args, timeout=120)
         assert out.returncode == 2 and "Traceback" not in out.stderr
         assert message in out.stderr.splitlines()[-1]
