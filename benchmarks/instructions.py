@@ -6,7 +6,9 @@
 benchmarks/overhead.py times the tool's loop against a bare loop in seconds, on a machine whose other
 tenants move a run's speed by 5-30%: a 1% difference takes hundreds of pairs to resolve. This counts the
 work instead: the instructions each loop executes per optimizer step, which are the same whatever else the
-machine is doing (two passes of the bare loop: 0.1% apart). It counts what the training clock counts:
+machine is doing (two passes of the bare loop: 0.1% apart; the tool's count moved by up to 0.3% between
+passes at W = 100, in the allocator and the interpreter: the heap's state, when the garbage collector runs).
+It counts what the training clock counts:
 - the same steps as overhead.py's in-process comparison: the tool's `Trainer.train_step` with its logging
   windows closed as `Trainer.run` closes them (everything on: phase timing, noise scale, logging), against
   the bare step (forward, backward, SGD step, zero_grad) on the same model, optimizer and data; the batches
@@ -159,9 +161,9 @@ def count(loop: str, path: str, batch_size: int, window: int, work: Path, helper
         old.unlink()
     done = subprocess.run(
         ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-         *(CACHE_SIM if cache_sim else []), sys.executable, str(Path(__file__).resolve()), "--child", loop, path,
-         str(batch_size), str(window),
-         str(work / name), str(helper), *([] if noise_scale else ["--no-noise-scale"])],
+         *(CACHE_SIM if cache_sim else []), sys.executable, str(Path(__file__).resolve()),
+         "--child", loop, path, str(batch_size), str(window), str(work / name), str(helper),
+         *([] if noise_scale else ["--no-noise-scale"])],
         capture_output=True, text=True, env=env)
     dumps = [file for file in work.glob(f"callgrind.{name}*") if "Client Request: steps" in file.read_text()]
     if done.returncode != 0 or len(dumps) != 1:
