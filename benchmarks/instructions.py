@@ -92,7 +92,7 @@ def build_helper(directory: Path) -> Path:
 def window_steps(step_s: float) -> int:
     """The window length a run chooses for this step time with the default --log-every and --log-min-s."""
     from scaling.config import RunConfig
-    from scaling.train import steps_per_window
+    from scaling.train.loop import steps_per_window
 
     defaults = RunConfig()
     return steps_per_window(defaults.log_every, defaults.log_min_s, step_s)

@@ -111,8 +111,8 @@ def _run(cmd: list[str], out: Path, processes: int) -> dict:
 
 
 def main() -> None:
-    from scaling import comm
-    from scaling.predict_devices import compute_load_for, gradient_bytes_for, predict_on_devices, profile_run
+    from scaling.devices import comm
+    from scaling.devices.predict import compute_load_for, gradient_bytes_for, predict_on_devices, profile_run
     from scaling.results import read_metrics
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

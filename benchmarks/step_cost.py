@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from scaling.config import RunConfig
 from scaling.run import build
 from scaling.stats import median_interval
-from scaling.train import PROGRESS_REFRESH_S
+from scaling.train.loop import PROGRESS_REFRESH_S
 
 
 def linear() -> torch.nn.Module:

@@ -45,7 +45,7 @@ def _sweep_parser(prog: str, spec_required: bool) -> ArgumentParser:
 
 def _load(args) -> tuple:
     from scaling.resources import study_spec
-    from scaling.spec import default_study_dir, load_study
+    from scaling.study.spec import default_study_dir, load_study
 
     spec = study_spec(args.spec)
     study_dir = Path(args.dir) if args.dir else default_study_dir(spec)  # bounded load, name validated
@@ -53,9 +53,9 @@ def _load(args) -> tuple:
 
 
 def sweep(argv: list[str], spec_required: bool = True, report: bool = False) -> int:
-    from scaling.slurm import write_slurm
-    from scaling.spec import slurm_settings
-    from scaling.sweep import run_study
+    from scaling.study.slurm import write_slurm
+    from scaling.study.spec import slurm_settings
+    from scaling.study.sweep import run_study
 
     args = _sweep_parser("scaling study" if report else "scaling sweep", spec_required).parse_args(argv)
     study, study_dir = _load(args)
@@ -83,7 +83,7 @@ def sweep(argv: list[str], spec_required: bool = True, report: bool = False) -> 
 
 
 def _predict_parser() -> ArgumentParser:
-    from scaling.comm import PRESETS
+    from scaling.devices.comm import PRESETS
 
     parser = ArgumentParser(prog="scaling predict",
                             description="Predict train time to target on N devices from a finished run: steps "
@@ -111,7 +111,8 @@ def _predict_parser() -> ArgumentParser:
 
 def predict(argv: list[str]) -> int:
     """`scaling predict RUN_DIR --processes N ...`: docs/predict.md."""
-    from scaling import comm, predict_devices
+    from scaling.devices import comm
+    from scaling.devices import predict as predict_devices
 
     args = _predict_parser().parse_args(argv)
     if (args.bandwidth is None) != (args.latency is None):

@@ -214,7 +214,7 @@ class RunFolder:
 
 
 def inspect_run_folder(path: str | Path) -> RunFolder:
-    from scaling.checkpoint import candidates
+    from scaling.train.checkpoint import candidates
 
     path = Path(path)
     folder = RunFolder(path)

@@ -21,7 +21,7 @@ if __package__ in (None, ""):
 
     def _interrupted(signum, frame):
         """Ctrl-C while importing and building: one line and the shell's status, no traceback. Training
-        replaces this handler with its checkpointing one (scaling/checkpoint.py) and restores it after."""
+        replaces this handler with its checkpointing one (scaling/train/checkpoint.py) and restores it after."""
         import os
 
         if os.environ.get("RANK", "0") == "0":
@@ -46,7 +46,7 @@ from accelerate.utils import set_seed
 
 from scaling import distributed
 from scaling.batching import BatchPlan, GlobalBatchSampler, plan_batch
-from scaling.checkpoint import StopOnSignals
+from scaling.ceilings import bottleneck, measure_ceilings, verdict
 from scaling.config import ConfigError, RunConfig, parse_args
 from scaling.data import Workload, load_workload
 from scaling.data.delivery import materialize
@@ -55,7 +55,6 @@ from scaling.lock import die_with_parent_if_asked, prepare_output_dir
 from scaling.lr import LRSchedule, build_schedule
 from scaling.memory import OutOfMemory, check_fits, is_out_of_memory, oom_suggestion, resolve_auto_batch
 from scaling.models import build_model, check_model_name, has_batch_coupled_layers
-from scaling.probe import bottleneck, measure_ceilings, verdict
 from scaling.results import (
     MetricsWriter,
     OutputError,
@@ -67,7 +66,8 @@ from scaling.results import (
     summary_line,
     write_json_atomic,
 )
-from scaling.train import Trainer, TrainOutcome, total_steps
+from scaling.train.checkpoint import StopOnSignals
+from scaling.train.loop import Trainer, TrainOutcome, total_steps
 
 
 @dataclass

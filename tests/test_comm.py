@@ -1,4 +1,4 @@
-"""The communication model (scaling/comm.py) against hand-computed values, DDP's own buckets, and real
+"""The communication model (scaling/devices/comm.py) against hand-computed values, DDP's own buckets, and real
 all-reduces between local gloo processes."""
 
 import math
@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from scaling import comm
-from scaling.comm import Interconnect, allreduce_time, ddp_buckets, exposed_allreduce, fit_alpha_beta
 from scaling.config import ConfigError
+from scaling.devices import comm
+from scaling.devices.comm import Interconnect, allreduce_time, ddp_buckets, exposed_allreduce, fit_alpha_beta
 
 MIB = 2**20
 

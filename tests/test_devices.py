@@ -1,4 +1,4 @@
-"""The N-device prediction (scaling/predict_devices.py) against hand-computed values, and `scaling predict`'s
+"""The N-device prediction (scaling/devices/predict.py) against hand-computed values, and `scaling predict`'s
 refusals."""
 
 import json
@@ -8,9 +8,9 @@ import sys
 import pytest
 
 from conftest import REPO, assert_one_line_error, child_env
-from scaling.comm import Interconnect
 from scaling.config import ConfigError
-from scaling.predict_devices import device_counts, explain, plan_devices, predict_on_devices, profile_run
+from scaling.devices.comm import Interconnect
+from scaling.devices.predict import device_counts, explain, plan_devices, predict_on_devices, profile_run
 
 
 def phase(seconds):
@@ -220,7 +220,7 @@ def test_a_run_without_a_target_predicts_the_time_of_its_steps():
 
 
 def test_a_measured_ddp_cost_replaces_the_modelled_all_reduce():
-    from scaling.comm import DDPCost
+    from scaling.devices.comm import DDPCost
 
     profile = profile_run(emulating_result(), METRICS)
     link = Interconnect("test", 1e9, 100e-6, "given")
@@ -237,7 +237,7 @@ def test_a_measured_ddp_cost_replaces_the_modelled_all_reduce():
 
 
 def test_measured_contention_slows_every_ranks_own_work_by_its_factor():
-    from scaling.comm import Contention
+    from scaling.devices.comm import Contention
 
     profile = profile_run(emulating_result(), METRICS)
     link = Interconnect("test", 1e9, 100e-6, "given")

@@ -123,7 +123,7 @@ def test_noise_scale_at_the_end_matches_the_exact_value_at_the_saved_weights(tmp
 def test_time_predicted_for_a_batch_left_out_of_the_fit_matches_the_run(tmp_path):
     """Fit S(B) on four batch sizes, predict the fifth's train time to target with the measured cost per
     step (samples over the training clock), compare with its own run. Loose bound: a shared machine."""
-    from scaling.predict import fit_tradeoff, predict_time
+    from scaling.noise.fits import fit_tradeoff, predict_time
 
     batches = [32, 64, 128, 256, 512]
     results = {}

@@ -13,8 +13,8 @@ import pytest
 
 from conftest import REPO, assert_ok, assert_one_line_error, child_env, run_entry
 from scaling.config import YAML_MAX_BYTES, ConfigError, load_yaml, parse_args
-from scaling.slurm import write_slurm
-from scaling.spec import MAX_CONFIGS, load_study
+from scaling.study.slurm import write_slurm
+from scaling.study.spec import MAX_CONFIGS, load_study
 
 # Nine levels of nine-fold aliases: 387 million values when expanded.
 BOMB = "".join(f"{chr(97 + i)}: &{chr(97 + i)} [" + ", ".join([f"*{chr(96 + i)}"] * 9 if i else ["1"] * 9) + "]\n"
@@ -254,7 +254,7 @@ def test_slurm_scripts_quote_every_word_and_never_eval(tmp_path):
 
 
 def test_a_resubmitted_slurm_job_resumes_an_interrupted_configuration(tmp_path):
-    from scaling.slurm import launch_mode
+    from scaling.study.slurm import launch_mode
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

@@ -80,7 +80,7 @@ def _state(pid: int) -> str:
 
 
 def descendants(pid: int) -> list[int]:
-    from scaling.sweep import _descendants
+    from scaling.study.sweep import _descendants
 
     return _descendants(pid)
 

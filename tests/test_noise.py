@@ -31,7 +31,7 @@ import math
 import pytest
 import torch
 
-from scaling.noise import (
+from scaling.noise.estimators import (
     NoiseScaleEstimator,
     fallback_small_batch,
     is_measurement_step,
@@ -226,7 +226,7 @@ def test_one_process_fallback_with_autograd():
 
 
 def test_first_micro_step_gradient_times_n_is_the_micro_batch_gradient():
-    """Accumulation (scaling/gns.py, "micro_batches"): with the loss divided by n per micro-step (as
+    """Accumulation (scaling/noise/monitor.py, "micro_batches"): with the loss divided by n per micro-step (as
     Accelerate does), p.grad after the first micro-step is g_1 / n; times n it is the micro-batch gradient."""
     problem = Regression(d=6, delta_norm=1.0, sigma=0.5)
     w = torch.nn.Parameter(problem.delta.clone())  # w* = 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scaling.predict import (
+from scaling.noise.fits import (
     Estimate,
     ScalingFit,
     best_batch,

@@ -28,7 +28,7 @@ def steps_at(rule: str, batch: int) -> float:
 
 
 def noise_scale(b_at_target: float, steps: int, batch: int) -> dict:
-    """A noise_scale record as scaling/gns.py writes it: B_simple rising to `b_at_target` at the target step."""
+    """A noise_scale record as scaling/noise/monitor.py writes it: B_simple rising to `b_at_target` at the target step."""
     every = max(1, steps // 20)
     series = [{"step": step, "b_simple": b_at_target * (0.3 + 0.7 * step / steps), "grad_sq": 1.0, "trace": 1.0}
               for step in [*range(every, steps, every), steps]]

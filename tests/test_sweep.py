@@ -14,8 +14,8 @@ from conftest import REPO, assert_ok, assert_one_line_error, child_env
 from scaling.config import ConfigError
 from scaling.lock import StudyLock
 from scaling.results import read_result
-from scaling.slurm import write_slurm
-from scaling.spec import load_study
+from scaling.study.slurm import write_slurm
+from scaling.study.spec import load_study
 
 TINY = {"num_samples": 4000, "max_steps": 20, "eval_every": 10, "target_accuracy": None, "cpu": True}
 

@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import SMALL, assert_ok, assert_one_line_error, load_result, run_entry, run_torchrun
-from scaling.timing import ThroughputWindows, summarize_phases
+from scaling.train.clock import ThroughputWindows, summarize_phases
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ target (mean over seeds at each global batch), fit
 
     S(B) = S_min (1 + B_noise / B)   to steps-to-target,    E(B) = E_min (1 + B / B_noise)   to samples,
 
-(scaling.predict.fit_tradeoff: both curves share S_min and E_min, relative residuals, bootstrap over the
+(scaling.noise.fits.fit_tradeoff: both curves share S_min and E_min, relative residuals, bootstrap over the
 batch sizes), next to the B_simple measured during training (result["noise_scale"]["b_simple_at_target"]),
 and predict steps, samples and time to target at batch sizes not run, and the fastest global batch for a few
 device counts.
@@ -26,7 +26,7 @@ from functools import cached_property
 import numpy as np
 
 from scaling import stats
-from scaling.predict import (
+from scaling.noise.fits import (
     BatchChoice,
     Estimate,
     TradeoffFit,

@@ -1,10 +1,10 @@
 """Report section: predicted train time to target against the number of devices, for every configuration that
-reached the target, and the fastest way to the target with up to N devices (scaling/predict_devices.py,
+reached the target, and the fastest way to the target with up to N devices (scaling/devices/predict.py,
 docs/predict.md).
 
 Each run's steps to target are its own (every decomposition of a global batch trains the same trajectory);
 the step time on n devices is the run's measured micro-step compute at the per-device batch, n-fold parallel,
-plus the modelled gradient all-reduce over a named interconnect (scaling/comm.py). The report cannot measure
+plus the modelled gradient all-reduce over a named interconnect (scaling/devices/comm.py). The report cannot measure
 the interconnect, so it names a preset chosen from the runs' device (`report_interconnect`).
 """
 
@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 
 from matplotlib import colormaps
 
-from scaling.comm import PRESETS, Interconnect
 from scaling.config import ConfigError
-from scaling.predict_devices import device_counts, gradient_bytes_for, predict_on_devices, profile_run
+from scaling.devices.comm import PRESETS, Interconnect
+from scaling.devices.predict import device_counts, gradient_bytes_for, predict_on_devices, profile_run
 from scaling.report import formatting as fmt
 from scaling.report import plots
 from scaling.report.render import Block, Figure, Heading, Note, Paragraph, Table

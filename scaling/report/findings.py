@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scaling import stats
-from scaling.comm import Interconnect
+from scaling.devices.comm import Interconnect
 from scaling.report import analysis, critical_batch
 from scaling.report import formatting as fmt
 from scaling.report.devices_section import ANSWER_CAPS, DeviceAnalysis, device_analysis, fastest_within

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from scaling.stats import MAX_SEEDS
 
 if TYPE_CHECKING:
-    from scaling.predict import Estimate
+    from scaling.noise.fits import Estimate
     from scaling.stats import Comparison, Rate, Rules
 
 DASH = "—"

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
-from scaling.predict import predict_samples, predict_steps
+from scaling.noise.fits import predict_samples, predict_steps
 from scaling.report import analysis
 from scaling.report import formatting as fmt
 from scaling.report.critical_batch import DEVICE_COUNTS, SeriesFit, b_simple_series

@@ -31,7 +31,7 @@ Each estimate is very noisy, and the ratio of two noisy numbers is biased, so th
 and tr(Sigma) separately over many steps and only then divides (appendix A.1: "the ratio of the averages").
 `NoiseScaleEstimator` does that over a bounded window of recent measurements.
 
-Which two gradients are compared depends on the training topology (scaling/gns.py wires this module into
+Which two gradients are compared depends on the training topology (scaling/noise/monitor.py wires this module into
 the loop): a rank's local gradient against the all-reduced one (`update_pooled`), one micro-batch against
 the accumulated gradient, or half of a batch against the whole (`update_nested`, with
 `separate_gradients` computing the half-batch gradient without touching `p.grad`).

@@ -12,8 +12,8 @@ Spec (docs/studies.md):
 
 `nproc` may also be an axis (in grid or zip). Every configuration is validated (keys, types, batch
 arithmetic for its process count) before anything runs. A configuration's id is a hash of its resolved
-config and process count, so rerunning a spec finds the finished ones and skips them. scaling/sweep.py
-runs the configurations here; scaling/slurm.py writes them as sbatch jobs.
+config and process count, so rerunning a spec finds the finished ones and skips them. scaling/study/sweep.py
+runs the configurations here; scaling/study/slurm.py writes them as sbatch jobs.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from scaling.batching import plan_batch
 from scaling.config import FIELDS, ConfigError, RunConfig, load_yaml, make_config, shown
 from scaling.lr import scaled_lr
 
-RUN_PY = Path(__file__).resolve().parent / "run.py"
+RUN_PY = Path(__file__).resolve().parent.parent / "run.py"
 LAUNCHER_TYPES = ("python", "torchrun", "accelerate")
 SPEC_KEYS = {"name", "description", "base", "grid", "zip", "seeds", "launcher", "slurm"}
 LAUNCHER_KEYS = {"type", "nproc", "config_file", "nnodes", "master_addr", "master_port", "local_nodes", "timeout_s",

@@ -1,7 +1,7 @@
 """SLURM: a study's configurations as sbatch scripts, one array job or one script per configuration.
 
 Every word taken from the spec or a path is shell-quoted, nothing is `eval`ed, and each job asks
-`python -m scaling.slurm --launch-mode RUN_DIR` whether to resume, skip or start its configuration.
+`python -m scaling.study.slurm --launch-mode RUN_DIR` whether to resume, skip or start its configuration.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from scaling.lock import (
 )
 from scaling.resources import resource
 from scaling.results import read_result
-from scaling.spec import RUN_PY, SlurmSettings, StudyConfig, StudyPlan, slurm_settings
+from scaling.study.spec import RUN_PY, SlurmSettings, StudyConfig, StudyPlan, slurm_settings
 
 SLURM_TEMPLATE = resource("slurm.sbatch")  # package data; launch/slurm.sbatch is the repository's copy
 # `#SBATCH --output=STUDY_DIR/...` cannot be quoted: the study folder must be a plain path.
@@ -113,7 +113,7 @@ def write_slurm(study: StudyPlan, study_dir: Path, array: bool = True,
 
 # Resume an unfinished configuration, skip a finished one, start any other from scratch.
 _RUN_BODY = (
-    f"MODE=$(PYTHONPATH={shlex.quote(str(RUN_PY.parent.parent))} python -m scaling.slurm --launch-mode \"$OUT\")\n"
+    f"MODE=$(PYTHONPATH={shlex.quote(str(RUN_PY.parent.parent))} python -m scaling.study.slurm --launch-mode \"$OUT\")\n"
     'if [ "$MODE" = done ]; then echo "scaling: $OUT is complete"; exit 0; fi\n'
     '"${CMD[@]}" "--$MODE"\n'
 )
@@ -131,11 +131,11 @@ def _fill(template: str, name: str, nodes: int, gpus: int, array_line: str, stud
 
 
 def _main(argv: list[str]) -> int:
-    """`python -m scaling.slurm --launch-mode RUN_DIR` (used by the SLURM scripts)."""
+    """`python -m scaling.study.slurm --launch-mode RUN_DIR` (used by the SLURM scripts)."""
     if len(argv) == 2 and argv[0] == "--launch-mode":
         print(launch_mode(argv[1]))
         return 0
-    print("usage: python -m scaling.slurm --launch-mode RUN_DIR", file=sys.stderr)
+    print("usage: python -m scaling.study.slurm --launch-mode RUN_DIR", file=sys.stderr)
     return 2
 
 

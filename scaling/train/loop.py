@@ -22,15 +22,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from scaling.batching import BatchPlan, GlobalBatchSampler
-from scaling.checkpoint import Checkpoint
 from scaling.config import RunConfig
 from scaling.data.delivery import BatchSource, fetch_batch
 from scaling.data.tensors import TensorPair
-from scaling.gns import PROBE_BATCHES, NoiseMonitor
 from scaling.lr import LRSchedule
+from scaling.noise.monitor import PROBE_BATCHES, NoiseMonitor
 from scaling.results import MetricsWriter, finite_or_none
-from scaling.target import TargetSearch, restore, take_snapshot
-from scaling.timing import PhaseTimer, RunClock, ThroughputWindows, summarize_phases, synchronize
+from scaling.train.checkpoint import Checkpoint
+from scaling.train.clock import PhaseTimer, RunClock, ThroughputWindows, summarize_phases, synchronize
+from scaling.train.target import TargetSearch, restore, take_snapshot
 
 EVAL_BATCH_SIZE = 1024
 PROGRESS_REFRESH_S = 0.5
@@ -108,7 +108,7 @@ class StepRunner:
                 after_backward(index, synced)
             timer.end_micro_step(synced)
             if noise is not None and noise.measuring:
-                timer.skip(noise.after_backward(index, inputs, labels))  # off the clock (scaling/gns.py)
+                timer.skip(noise.after_backward(index, inputs, labels))  # off the clock (scaling/noise/monitor.py)
             losses.append(loss.detach())  # no host sync here: losses are read once per logging window
             self._spent_loss = loss
         if self.scaler is not None:
@@ -395,7 +395,7 @@ class Trainer:
         self._boundary = None  # the next window starts after the evaluation: no time per step across it
         return accuracy
 
-    # ---- the exact step at the target (scaling/target.py) and the noise scale there ----
+    # ---- the exact step at the target (scaling/train/target.py) and the noise scale there ----
     def reach_target(self) -> None:
         outcome = self.outcome
         outcome.status, outcome.first_eval_at_target = "reached", outcome.history[-1]
@@ -433,7 +433,7 @@ class Trainer:
         return evaluate(self.unwrapped, self.eval_set, self.accelerator)[0]
 
     def probe_noise(self, label: str) -> None:
-        """The noise scale at the current weights (scaling/gns.py, `probe`), on the batches of the next
+        """The noise scale at the current weights (scaling/noise/monitor.py, `probe`), on the batches of the next
         PROBE_BATCHES steps, off the clock; buffers and RNG are restored afterwards."""
         if self.noise is None:
             return
@@ -444,7 +444,7 @@ class Trainer:
             self.noise.probe(label, (self.source.replay_micro_batches(step) for step in steps))
             restore(self, snapshot)
 
-    # ---- checkpoints (scaling/checkpoint.py saves and restores; the loop says what its state is) ----
+    # ---- checkpoints (scaling/train/checkpoint.py saves and restores; the loop says what its state is) ----
     def state_dict(self) -> dict:
         """The loop's own state. The sampler needs only the step: batches are a function of (seed, step)."""
         return {

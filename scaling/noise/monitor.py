@@ -1,7 +1,7 @@
-"""The gradient noise scale measured during an ordinary run (wiring `scaling.noise` into the loop).
+"""The gradient noise scale measured during an ordinary run (wiring `scaling.noise.estimators` into the loop).
 
 Every `--noise-every` optimizer steps one (small, big) pair of gradient measurements is taken, in the way
-the topology allows (scaling/noise.py explains each):
+the topology allows (scaling/noise/estimators.py explains each):
 
 - "ranks" (several processes): small = each rank's local gradient, read in a DDP communication hook just
   before the all-reduce; big = the all-reduced gradient.
@@ -34,7 +34,7 @@ from accelerate import Accelerator
 from torch import nn
 
 from scaling.batching import BatchPlan
-from scaling.noise import (
+from scaling.noise.estimators import (
     NoiseScaleEstimator,
     fallback_small_batch,
     is_measurement_step,
@@ -175,7 +175,7 @@ class NoiseMonitor:
         return points
 
     def _estimates(self, small, big: float) -> tuple[float, float]:
-        """Raw unbiased (|G|^2, tr(Sigma)) of one measurement (scaling/noise.py)."""
+        """Raw unbiased (|G|^2, tr(Sigma)) of one measurement (scaling/noise/estimators.py)."""
         if self.method == "ranks":
             return unbiased_estimates(*pool_small_batches(small, self.small_batch)[:2], big, self.big_batch)
         return nested_estimates(small, self.small_batch, big, self.big_batch)
@@ -183,7 +183,7 @@ class NoiseMonitor:
     def probe(self, label: str, step_batches: Iterable[list[tuple[torch.Tensor, torch.Tensor]]]) -> None:
         """B_simple at the current weights from several global batches (one list of this process's
         micro-batches per optimizer step): the gradient of each global batch (B samples) against their mean
-        (k x B samples), pooled over the k batches (scaling/noise.py). One estimate from k x B samples
+        (k x B samples), pooled over the k batches (scaling/noise/estimators.py). One estimate from k x B samples
         varies far less than k separate measurements at batch B averaged (both are unbiased): at
         B_simple > B the |G|^2 estimate from one batch is mostly noise. No optimizer step; the caller
         restores BatchNorm buffers and the RNG afterwards."""

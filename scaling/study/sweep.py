@@ -1,4 +1,4 @@
-"""The sweep runner: every configuration of a study (scaling/spec.py) as its own launched process, one after
+"""The sweep runner: every configuration of a study (scaling/study/spec.py) as its own launched process, one after
 another; resumable, with signals forwarded to the run and failures recorded (docs/studies.md)."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from scaling.lock import (
     wait_for_run_lock,
 )
 from scaling.results import read_result, write_json_atomic
-from scaling.spec import RUN_PY, Launcher, StudyConfig, StudyPlan
+from scaling.study.spec import RUN_PY, Launcher, StudyConfig, StudyPlan
 
 STDERR_TAIL_LINES = 30
 MAX_STUDY_FILE_BYTES = 256 << 20

@@ -16,8 +16,8 @@ import torch
 from accelerate import Accelerator
 
 from scaling.config import RunConfig
-from scaling.timing import synchronize
-from scaling.train import optimizer_step
+from scaling.train.clock import synchronize
+from scaling.train.loop import optimizer_step
 
 WARMUP_STEPS = 3
 

@@ -14,7 +14,7 @@ On N devices each rank runs A' = G / (N b') micro-steps of b' samples (b' = b un
 another b' the per-micro-step costs are scaled per sample), then one all-reduce, then the same optimizer step
 as every other rank:
 
-    step(N) = A' (t_micro + t_data) + t_opt + t_noise + t_other + exposed all-reduce (scaling.comm)
+    step(N) = A' (t_micro + t_data) + t_opt + t_noise + t_other + exposed all-reduce (scaling.devices.comm)
               + the loop's two small collectives per logging window (the loss and stop-flag reductions)
               + (c - 1) (A' (t_micro + t_data) + t_opt + t_other)       with --measure-comm's contention c
 
@@ -26,11 +26,11 @@ prediction is the run's measured time plus the difference, step by step:
 which keeps whatever the breakdown does not see (the first, warm-up window; the clock's own overheads) as
 the run measured it. The band is the run's own step-time spread: the 16th and 84th percentiles of its
 logging windows' step times (after the first) relative to their median, applied to the prediction.
-c (scaling.comm.Contention, 1 unless measured) is how much slower each device's own work runs when all N
+c (scaling.devices.comm.Contention, 1 unless measured) is how much slower each device's own work runs when all N
 compute at once than when one does alone: on a CPU host the processes share the cache, the memory bandwidth
 (and the cores), on a GPU host the CPU that launches the kernels. Assumptions: every device computes a
 micro-batch as fast as the run's device did, times c (no stragglers beyond what c measured); the
-all-reduce follows scaling.comm's model; steps to target are the run's
+all-reduce follows scaling.devices.comm's model; steps to target are the run's
 (the same trajectory to float rounding for models without batch-coupled layers; over hundreds of steps the
 rounding can still move a crossing of the target, docs/predict.md). docs/predict.md validates all of this
 against real runs.
@@ -49,7 +49,8 @@ from typing import Any
 import numpy as np
 
 from scaling.batching import choose_per_device_bs
-from scaling.comm import (
+from scaling.config import ConfigError
+from scaling.devices.comm import (
     BACKWARD_SHARE,
     DEFAULT_BUCKET_CAP_MB,
     FIRST_BUCKET_BYTES,
@@ -63,7 +64,6 @@ from scaling.comm import (
     ddp_buckets,
     exposed_allreduce,
 )
-from scaling.config import ConfigError
 from scaling.results import FINAL_STATUSES, read_metrics
 
 BAND_PERCENTILES = (16.0, 84.0)
@@ -285,7 +285,7 @@ def predict_on_devices(profile: RunProfile, gradient_bytes: list[int], processes
                        bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB, ddp: DDPCost | None = None,
                        contention: Contention | None = None) -> DevicePrediction:
     """Step time and train time to target on `processes` devices (module docstring). `gradient_bytes` are
-    per parameter, in the order backward produces them (scaling.comm.model_gradient_bytes). `ddp` (from
+    per parameter, in the order backward produces them (scaling.devices.comm.model_gradient_bytes). `ddp` (from
     `--measure-comm` at the same process count) replaces the modelled all-reduce by DDP's measured
     synchronization and adds DDP's per-micro-step overhead; `contention` (the same) slows every rank's own
     work (compute, data, optimizer, other) by its factor."""
@@ -374,8 +374,8 @@ def _model_facts(config: dict) -> tuple[list[int], ComputeLoad]:
     if key not in _MODEL_CACHE:
         import torch
 
-        from scaling.comm import model_gradient_bytes
         from scaling.data import load_workload
+        from scaling.devices.comm import model_gradient_bytes
         from scaling.models import build_model
 
         cfg = replace(RunConfig(), **values)

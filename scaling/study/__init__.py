@@ -1,0 +1,1 @@
+"""Studies: specs, the sweep runner and SLURM scripts."""
