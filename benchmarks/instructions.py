@@ -105,9 +105,9 @@ def child(loop: str, path: str, batch_size: int, window: int, output_dir: str, h
     import torch
     from overhead import MAP_DATASET, Items, bare_batches, bare_steps, output_to_log, tool_steps
 
+    from scaling.build import build
     from scaling.config import RunConfig
     from scaling.data.mnist1d import load_mnist1d
-    from scaling.run import build
 
     cg = ctypes.CDLL(helper)
     if not cg.cg_running():

@@ -222,7 +222,7 @@ def interleaved(path: str, batch_size: int, pairs: int, chunk: int, output_dir: 
     steps as the training clock does (logging-window boundaries in, the noise measurement's off-clock time
     out), not the run's start-up around them, and without the progress bar. `overrides` switch parts of the
     loop off (ABLATIONS)."""
-    from scaling.run import build
+    from scaling.build import build
 
     extra = {"dataset": MAP_DATASET, "materialize": "false"} if path == "map" else {}
     cfg = RunConfig(global_bs=batch_size, per_device_bs=batch_size, base_lr=0.1, base_bs=batch_size,

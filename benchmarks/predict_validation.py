@@ -113,7 +113,7 @@ def _run(cmd: list[str], out: Path, processes: int) -> dict:
 def main() -> None:
     from scaling.devices import comm
     from scaling.devices.predict import compute_load_for, gradient_bytes_for, predict_on_devices, profile_run
-    from scaling.results import read_metrics
+    from scaling.files import read_metrics
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default=",".join(CONFIGS))

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from scaling.build import build
 from scaling.config import RunConfig
-from scaling.run import build
 from scaling.stats import median_interval
 from scaling.train.loop import PROGRESS_REFRESH_S
 

@@ -8,16 +8,16 @@ global samples/s: one process's rate times the number of processes, which load a
 
 from __future__ import annotations
 
-import copy
 import time
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 
 from scaling.config import RunConfig
+from scaling.task import Task
 from scaling.train.clock import synchronize
-from scaling.train.loop import optimizer_step
+from scaling.train.state import TrainingState
+from scaling.train.step import optimizer_step
 
 WARMUP_STEPS = 3
 
@@ -39,43 +39,41 @@ def input_ceiling(source: Any, device: torch.device, steps: int, world_size: int
     return samples * world_size / (time.perf_counter() - start)
 
 
-def compute_ceiling(accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    source: Any, steps: int) -> float:
+def compute_ceiling(state: TrainingState, source: Any, steps: int, task: Task) -> float:
     """Samples/s of the training step alone: one step's micro-batches are put on the device once and
-    trained on repeatedly (forward, backward, gradient sync, optimizer). Weights and optimizer state are
-    restored afterwards, so the run that follows starts from the same point."""
+    trained on repeatedly (forward, backward, gradient sync, optimizer). The training state (weights,
+    optimizer, loss scaler, RNG) is restored afterwards, so the run that follows starts from the same point."""
+    accelerator, model, optimizer = state.accelerator, state.model, state.optimizer
     device = accelerator.device
     source.start(0)
     batches = [(x.to(device), y.to(device)) for x, y in source.micro_batches(0)]
-    model_state = copy.deepcopy(accelerator.unwrap_model(model, keep_torch_compile=False).state_dict())
-    optimizer_state = copy.deepcopy(optimizer.optimizer.state_dict())
+    snapshot = state.snapshot(0)
     # LR 0: the same arithmetic, but the weights do not move. Training on one batch over and over would
     # drive the loss and gradients towards zero, into subnormal floats that run many times slower on CPUs.
     for group in optimizer.param_groups:
         group["lr"] = 0.0
     try:
         for _ in range(WARMUP_STEPS):
-            optimizer_step(accelerator, model, optimizer, batches)
+            optimizer_step(accelerator, model, optimizer, batches, task=task)
         synchronize(device)
         start = time.perf_counter()
         for _ in range(steps):
-            optimizer_step(accelerator, model, optimizer, batches)
+            optimizer_step(accelerator, model, optimizer, batches, task=task)
         synchronize(device)
         elapsed = time.perf_counter() - start
     finally:
-        accelerator.unwrap_model(model, keep_torch_compile=False).load_state_dict(model_state)
-        optimizer.optimizer.load_state_dict(optimizer_state)
+        state.restore(snapshot)
     per_step = sum(len(y) for _, y in batches) * accelerator.num_processes
     return steps * per_step / elapsed
 
 
-def measure_ceilings(cfg: RunConfig, trainer: Any, say) -> tuple[float, float]:
+def measure_ceilings(cfg: RunConfig, source: Any, state: TrainingState, task: Task, say) -> tuple[float, float]:
     """Input pipeline alone, then the training step alone; printed and returned."""
-    accelerator = trainer.accelerator
-    input_rate = input_ceiling(trainer.source, accelerator.device, cfg.probe_steps, accelerator.num_processes)
-    compute_rate = compute_ceiling(accelerator, trainer.model, trainer.optimizer, trainer.source, cfg.probe_steps)
+    accelerator = state.accelerator
+    input_rate = input_ceiling(source, accelerator.device, cfg.probe_steps, accelerator.num_processes)
+    compute_rate = compute_ceiling(state, source, cfg.probe_steps, task)
     say(f"scaling: ceilings: input pipeline alone {input_rate:,.0f} samples/s, training step alone "
-        f"{compute_rate:,.0f} samples/s ({trainer.source.describe()})")
+        f"{compute_rate:,.0f} samples/s ({source.describe()})")
     return input_rate, compute_rate
 
 

@@ -100,7 +100,7 @@ class RunConfig:
     mixed_precision: str = "no"
     compile: str | None = None  # torch.compile backend through Accelerate (inductor, aot_eager, ...); None: eager
     channels_last: bool = False  # image models: NHWC memory format (faster convolutions on tensor cores)
-    output_dir: str = "runs/latest"
+    output_dir: str | None = None  # None: a fresh runs/<date>-<time> (runs/latest links to it)
     log_every: int = 10  # optimizer steps per logging window (throughput, metrics.jsonl), at least
     log_min_s: float = 0.5  # a window spans a multiple of log_every steps lasting at least this long (0: no minimum)
     progress: bool = True
@@ -481,5 +481,5 @@ def validate(cfg: RunConfig) -> None:
                               f"got {shown(cfg.compile)}")
     if cfg.num_workers == 0 and (cfg.prefetch_factor is not None or cfg.persistent_workers):
         raise ConfigError("--prefetch-factor and --persistent-workers need --num-workers > 0")
-    if not cfg.output_dir:
+    if cfg.output_dir == "":
         raise ConfigError("--output-dir cannot be empty")

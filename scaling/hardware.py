@@ -14,10 +14,10 @@ import resource
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from scaling.data.delivery import sample_batch
+from scaling.task import CLASSIFICATION, Task
 
 # Dense peak TFLOP/s per device, from NVIDIA's datasheets (SXM parts unless named). fp32 is the
 # non-tensor-core rate; "tf32" applies when torch allows TF32 matmuls. Order matters: first match wins.
@@ -54,21 +54,23 @@ def peak_flops_per_s(device: torch.device, mixed_precision: str) -> tuple[float 
     return None, None
 
 
-def count_train_flops(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> int:
+def count_train_flops(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, task: Task = CLASSIFICATION
+                      ) -> int:
     """FLOPs of one forward + backward at this batch, counted on a copy of the model."""
     from torch.utils.flop_counter import FlopCounterMode
 
     probe = copy.deepcopy(model).train()
     with FlopCounterMode(display=False) as counter:
-        F.cross_entropy(probe(inputs), labels).backward()
+        task.loss(probe(inputs), labels).backward()
     return int(counter.get_total_flops())
 
 
-def count_flops_per_sample(model: nn.Module, dataset: Any, micro_batch: int, device: torch.device) -> float | None:
+def count_flops_per_sample(model: nn.Module, dataset: Any, micro_batch: int, device: torch.device,
+                           task: Task = CLASSIFICATION) -> float | None:
     """Counted FLOPs of one training step per sample (forward + backward) at the micro-batch (at most 64)."""
     inputs, labels = sample_batch(dataset, min(micro_batch, 64))
     try:
-        return count_train_flops(model, inputs.to(device), labels.to(device)) / len(labels)
+        return count_train_flops(model, inputs.to(device), labels.to(device), task) / len(labels)
     except (RuntimeError, NotImplementedError, TypeError):  # an op the counter cannot trace: no MFU
         return None
 

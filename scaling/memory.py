@@ -23,12 +23,12 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from scaling.batching import BatchPlan, choose_per_device_bs, plan_batch
 from scaling.config import ConfigError, RunConfig
 from scaling.data.delivery import sample_batch
+from scaling.task import CLASSIFICATION, Task
 
 SAFETY = 0.9  # use at most 90% of the largest size that fitted, when a larger one failed
 
@@ -54,22 +54,23 @@ def oom_suggestion(plan: BatchPlan) -> str:
     return "even a micro-batch of 1 does not fit: use a smaller model or mixed precision (--mixed-precision bf16)"
 
 
-def check_fits(cfg: RunConfig, plan: BatchPlan, model: nn.Module, dataset: Any, device: torch.device) -> None:
+def check_fits(cfg: RunConfig, plan: BatchPlan, model: nn.Module, dataset: Any, device: torch.device,
+               task: Task = CLASSIFICATION) -> None:
     """With --memory-cap-mb, one trial at the planned micro-batch must stay under the cap."""
-    peak = trial_peak_bytes(copy.deepcopy(model).to(device), dataset, plan.per_device_bs, device)
+    peak = trial_peak_bytes(copy.deepcopy(model).to(device), dataset, plan.per_device_bs, device, task=task)
     if peak > cfg.memory_cap_mb * 2**20:
         raise OutOfMemory(f"micro-batch {plan.per_device_bs} needs {peak / 2**20:.1f} MiB, over "
                           f"--memory-cap-mb {cfg.memory_cap_mb:g}")
 
 
 def resolve_auto_batch(cfg: RunConfig, plan: BatchPlan, model: nn.Module, dataset: Any,
-                       device: torch.device) -> tuple[BatchPlan, dict]:
+                       device: torch.device, task: Task = CLASSIFICATION) -> tuple[BatchPlan, dict]:
     """`--per-device-bs auto`: search the largest micro-batch that fits, agree on it, re-plan."""
     per_rank = plan.global_bs // plan.num_processes
     cap = int(cfg.memory_cap_mb * 2**20) if cfg.memory_cap_mb else None
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
     try:
-        largest, trials = find_max_micro_batch(model, dataset, device, per_rank, cap, dtype)
+        largest, trials = find_max_micro_batch(model, dataset, device, per_rank, cap, dtype, task)
     except NothingFits:
         largest, trials = 0, []
     largest = agree_on_minimum(largest, device)
@@ -85,7 +86,7 @@ def resolve_auto_batch(cfg: RunConfig, plan: BatchPlan, model: nn.Module, datase
 
 
 def trial_peak_bytes(model: nn.Module, dataset: Any, size: int, device: torch.device,
-                     autocast_dtype: torch.dtype | None = None) -> int:
+                     autocast_dtype: torch.dtype | None = None, task: Task = CLASSIFICATION) -> int:
     """Run one forward/backward at micro-batch `size` and return its peak memory in bytes."""
     inputs, labels = sample_batch(dataset, size)
     inputs, labels = inputs.to(device), labels.to(device)
@@ -102,7 +103,7 @@ def trial_peak_bytes(model: nn.Module, dataset: Any, size: int, device: torch.de
         torch.cuda.reset_peak_memory_stats(device)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            loss = F.cross_entropy(model(inputs).float(), labels)
+            loss = task.loss(model(inputs), labels)
     loss.backward()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -141,8 +142,8 @@ def largest_fitting(fits: Callable[[int], bool], limit: int, start: int = 8) -> 
 
 
 def find_max_micro_batch(model: nn.Module, dataset: Any, device: torch.device, limit: int,
-                         memory_cap_bytes: int | None = None,
-                         autocast_dtype: torch.dtype | None = None) -> tuple[int, list[dict]]:
+                         memory_cap_bytes: int | None = None, autocast_dtype: torch.dtype | None = None,
+                         task: Task = CLASSIFICATION) -> tuple[int, list[dict]]:
     """Search on a copy of the model (its weights and BatchNorm statistics stay untouched).
 
     Returns the largest fitting size (at most `limit`) and the trials made.
@@ -152,7 +153,7 @@ def find_max_micro_batch(model: nn.Module, dataset: Any, device: torch.device, l
 
     def fits(size: int) -> bool:
         try:
-            peak = trial_peak_bytes(probe, dataset, size, device, autocast_dtype)
+            peak = trial_peak_bytes(probe, dataset, size, device, autocast_dtype, task)
             ok = memory_cap_bytes is None or peak <= memory_cap_bytes
         except RuntimeError as err:  # torch.cuda.OutOfMemoryError is a RuntimeError
             if not is_out_of_memory(err):

@@ -10,6 +10,7 @@ from torch import nn
 
 from scaling.callables import call_factory, describe_exception, load_callable
 from scaling.config import ConfigError
+from scaling.task import CLASSIFICATION, Task
 
 
 class CNN1D(nn.Module):
@@ -78,15 +79,17 @@ def check_model_name(name: str) -> None:
     load_callable(name, "--model")  # imports the module (cached for build_model), calls nothing
 
 
-def build_model(name: str, input_shape: tuple[int, ...] = (40,), num_classes: int = 10) -> nn.Module:
-    """A built-in model sized for the data, or whatever `module:callable` returns."""
+def build_model(name: str, input_shape: tuple[int, ...] = (40,), num_classes: int = 10,
+                task: Task = CLASSIFICATION) -> nn.Module:
+    """A built-in model sized for the data, or whatever `module:callable` returns; its output is checked
+    against what the task needs."""
     if name in BUILTIN_MODELS:
         try:
             model = BUILTIN_MODELS[name](input_shape, num_classes)
         except Exception as err:  # sized for the data: a shape it cannot take (a CNN on 2 features)
             raise ConfigError(f"--model {name} cannot be built for inputs of shape {tuple(input_shape)} "
                               f"({describe_exception(err)}); --model mlp takes any shape") from None
-        check_model_output(model, name, input_shape, num_classes)  # e.g. a CNN on inputs shorter than a kernel
+        check_model_output(model, name, input_shape, num_classes, task)  # e.g. a CNN on inputs shorter than a kernel
         return model
     if ":" not in name:
         raise ConfigError(
@@ -97,13 +100,15 @@ def build_model(name: str, input_shape: tuple[int, ...] = (40,), num_classes: in
         raise ConfigError(f"--model {name!r} returned {type(model).__name__}, expected a torch.nn.Module")
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError(f"--model {name!r} returned a model with no trainable parameters: nothing to train")
-    check_model_output(model, name, input_shape, num_classes)
+    check_model_output(model, name, input_shape, num_classes, task)
     return model
 
 
-def check_model_output(model: nn.Module, name: str, input_shape: tuple[int, ...], num_classes: int) -> None:
+def check_model_output(model: nn.Module, name: str, input_shape: tuple[int, ...], num_classes: int,
+                       task: Task = CLASSIFICATION) -> None:
     """One forward pass on two zero inputs of the data's shape (and dtype, when `input_shape` carries it): the
-    model must take them and return [batch, classes] scores with a score for every label of the data."""
+    model must take them and return what the task needs (scaling/task.py: [batch, classes] scores with a
+    score for every label of the data)."""
     inputs = torch.zeros((2, *input_shape), dtype=getattr(input_shape, "dtype", torch.float32))
     training = model.training
     model.eval()  # no BatchNorm statistics updated, no dropout randomness drawn
@@ -115,13 +120,7 @@ def check_model_output(model: nn.Module, name: str, input_shape: tuple[int, ...]
                           f"{describe_exception(err)}") from None
     finally:
         model.train(training)
-    if not isinstance(scores, torch.Tensor) or scores.dim() != 2 or scores.shape[0] != 2:
-        got = f"shape {tuple(scores.shape)}" if isinstance(scores, torch.Tensor) else type(scores).__name__
-        raise ConfigError(f"--model {name!r} must return class scores of shape [batch, classes]; for 2 inputs it "
-                          f"returned {got}")
-    if scores.shape[1] < num_classes:
-        raise ConfigError(f"--model {name!r} gives {scores.shape[1]} class scores, but the labels of the data go up "
-                          f"to {num_classes - 1}: its output layer needs {num_classes} units")
+    task.check_outputs(scores, name, num_classes)
 
 
 def has_batch_coupled_layers(model: nn.Module) -> list[str]:

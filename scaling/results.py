@@ -1,17 +1,18 @@
-"""The result of a run: its schema, how it is assembled, written atomically, summarised and read back.
+"""The result of a run: its schema, the summary line, and the loader every reader goes through.
 
-Schema: `Result` below, described field by field in docs/results.md. A result is complete when it parses and
-its status is final. Only the main process writes.
+Schema: `Result` below (with the records it nests), described field by field in docs/results.md. The run
+record (scaling/record.py) writes it; the report, `scaling predict` and the sweep read it through
+`load_result` / `read_result`, which check every field against the schema, so a reader can index a result
+without guarding each access, and a damaged file is named in one line instead of crashing its reader. A
+result is complete when it loads and its status is final. Only the main process writes.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import platform
-import subprocess
-import sys
-import tempfile
+import math
+import types
+import typing
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -19,7 +20,64 @@ from scaling.config import ConfigError
 
 # A run with one of these statuses is finished; "interrupted" is not (it resumes from its checkpoint).
 FINAL_STATUSES = ("reached", "not_reached", "completed", "diverged", "failed", "oom")
-SCHEMA_VERSION = 1
+FAILURE_STATUSES = ("failed", "oom")
+STATUSES = (*FINAL_STATUSES, "running", "interrupted")
+SCHEMA_VERSION = 2  # 2: `model` (parameters, gradient layout, input shape) added
+
+
+class BatchRecord(TypedDict):
+    """The batch decomposition (scaling.batching.BatchPlan.to_dict)."""
+
+    world_size: int
+    num_processes: int
+    accumulation_steps: int
+    micro_steps_per_process: int
+    emulated: bool
+    per_device: int
+    global_: int  # "global" in the file (a keyword in Python): see _FIELD_NAMES
+
+
+class LRRecord(TypedDict):
+    rule: str
+    base: float
+    base_bs: int
+    scaled: float
+    warmup_steps: int
+    decay: str
+
+
+class TargetRecord(TypedDict):
+    metric: str
+    value: float | None
+
+
+class EvaluationRecord(TypedDict):
+    """One evaluation (an entry of `history`)."""
+
+    step: int
+    samples: int
+    epoch: float
+    time_s: float
+    train_time_s: float
+    accuracy: float
+    loss: float | None
+
+
+class FinalRecord(TypedDict):
+    accuracy: float
+    loss: float | None
+
+
+class ModelRecord(TypedDict):
+    """The model as the run built it (scaling.record.ModelFacts)."""
+
+    name: str
+    task: str
+    parameters: int
+    gradient_bytes: list[int]
+    input_shape: list[int]
+    input_dtype: str
+    num_classes: int
 
 
 class Result(TypedDict, total=False):
@@ -29,16 +87,16 @@ class Result(TypedDict, total=False):
     schema_version: int
     status: str
     config: dict[str, Any]
-    batch: dict[str, Any]
-    lr: dict[str, Any]
-    target: dict[str, Any]
+    batch: BatchRecord
+    lr: LRRecord
+    target: TargetRecord
     time_to_target_s: float | None
     train_time_to_target_s: float | None
     steps_to_target: int | None
     samples_to_target: int | None
     epochs_to_target: float | None
     steps_to_target_resolution: int | None
-    first_eval_at_target: dict[str, Any] | None
+    first_eval_at_target: EvaluationRecord | None
     target_search: dict[str, Any] | None
     throughput_samples_per_s: float | None
     throughput_median_window_samples_per_s: float | None
@@ -47,8 +105,8 @@ class Result(TypedDict, total=False):
     elapsed_s: float
     train_elapsed_s: float
     diverged_at_step: int | None
-    final: dict[str, Any] | None
-    history: list[dict[str, Any]]
+    final: FinalRecord | None
+    history: list[EvaluationRecord]
     train_loss: list[float | None]
     lr_per_step: list[float]
     throughput_windows: list[float]
@@ -58,6 +116,7 @@ class Result(TypedDict, total=False):
     straggler_ratio: float | None
     noise_scale: dict[str, Any] | None
     environment: dict[str, Any]
+    model: ModelRecord  # since schema 2
     batch_coupled_layers: list[str]
     decomposition_exact: bool
     auto_batch: dict[str, Any] | None
@@ -75,6 +134,8 @@ class Result(TypedDict, total=False):
 
 
 OPTIONAL_FIELDS = frozenset({"ceilings", "checkpoint", "stop_signal"})
+# Fields a result of an earlier schema version may lack (the loader fills them with null).
+ADDED_FIELDS = {2: frozenset({"model"})}
 
 
 class FailureResult(TypedDict):
@@ -83,78 +144,18 @@ class FailureResult(TypedDict):
     schema_version: int
     status: str
     config: dict[str, Any]
-    batch: dict[str, Any]
+    batch: BatchRecord
     error: str
     environment: dict[str, Any]
     suggestion: str | None
 
 
-def build_result(cfg, plan, schedule, outcome, environment: dict, extra: dict) -> Result:
-    """The result document from the run's config, batch plan, LR schedule and training outcome."""
-    target = outcome.target_eval
-    final = outcome.history[-1] if outcome.history else None
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "status": outcome.status,
-        "config": cfg.to_dict(),
-        "batch": plan.to_dict(),
-        "lr": {
-            "rule": cfg.lr_scaling,
-            "base": cfg.base_lr,
-            "base_bs": cfg.base_bs,
-            "scaled": schedule.peak,
-            "warmup_steps": schedule.warmup_steps,
-            "decay": schedule.decay,
-        },
-        "target": {"metric": "accuracy", "value": cfg.target_accuracy},
-        "time_to_target_s": target["time_s"] if target else None,
-        "train_time_to_target_s": target["train_time_s"] if target else None,
-        "steps_to_target": target["step"] if target else None,
-        "samples_to_target": target["samples"] if target else None,
-        "epochs_to_target": target["epoch"] if target else None,
-        "steps_to_target_resolution": _step_resolution(outcome.target_search),
-        "first_eval_at_target": outcome.first_eval_at_target,
-        "target_search": outcome.target_search,
-        "throughput_samples_per_s": outcome.throughput_samples_per_s,
-        "throughput_median_window_samples_per_s": outcome.median_window_rate,
-        "train_time_per_step_s": outcome.train_elapsed_s / outcome.steps if outcome.steps else None,
-        "steps": outcome.steps,
-        "elapsed_s": outcome.elapsed_s,
-        "train_elapsed_s": outcome.train_elapsed_s,
-        "diverged_at_step": outcome.diverged_at_step,
-        "final": {"accuracy": final["accuracy"], "loss": final["loss"]} if final else None,
-        "history": outcome.history,
-        "train_loss": outcome.train_loss,
-        "lr_per_step": outcome.lr,
-        "throughput_windows": outcome.window_rates,
-        "step_time_breakdown": outcome.step_time,
-        "data_wait_fraction": data_wait_fraction(outcome.step_time),
-        "per_rank_step_time_s": outcome.per_rank_step_time_s,
-        "straggler_ratio": straggler_ratio(outcome.per_rank_step_time_s),
-        "noise_scale": outcome.noise_scale,
-        "compile_s": outcome.compile_s,
-        "environment": environment,
-        **extra,
-    }
+class RunningResult(TypedDict):
+    """result.json while a run trains (written once everything is built)."""
 
-
-def _step_resolution(search: dict | None) -> int | None:
-    """1 when steps_to_target is exact, else the width of the evaluation window it lies in."""
-    if search is None:
-        return None
-    low, high = search["window"]
-    return 1 if search["exact"] else high - low
-
-
-def failure_result(cfg, plan, environment: dict, err: BaseException, status: str,
-                   suggestion: str | None) -> FailureResult:
-    return {"schema_version": SCHEMA_VERSION, "status": status, "config": cfg.to_dict(), "batch": plan.to_dict(),
-            "error": f"{type(err).__name__}: {err}", "environment": environment, "suggestion": suggestion}
-
-
-def data_wait_fraction(step_time: dict | None) -> float | None:
-    """Share of training time spent waiting for data, from the phase breakdown."""
-    return step_time["phases"]["data_wait"]["fraction"] if step_time else None
+    status: str
+    config: dict[str, Any]
+    started_at: float
 
 
 def straggler_ratio(per_rank: list[float]) -> float | None:
@@ -204,196 +205,152 @@ def exit_status(result: Result) -> int:
     return 0
 
 
-class OutputError(ConfigError):
-    """A file the run writes could not be written (folder not writable, disk full): one line, exit 2."""
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write JSON to a temporary file in the same folder, fsync it, then rename over `path`.
-
-    A reader sees either the old file or the new one, never a torn one, even after SIGKILL. The file is
-    readable by others (0644 under the usual umask), like any file the process creates. A failure to write
-    is an OutputError naming the file; the old file is left as it was.
-    """
-    path = Path(path)
-    text = json.dumps(obj, indent=2, allow_nan=False, default=_jsonable) + "\n"  # bugs raise before any I/O
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w") as handle:
-            os.fchmod(handle.fileno(), 0o666 & ~_umask())
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        _unlink_quietly(tmp)
-        raise OutputError(f"cannot write {path}: {err.strerror or err}") from None
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-
-
-def _unlink_quietly(path: str | None) -> None:
-    if path is not None:
-        try:
-            Path(path).unlink(missing_ok=True)
-        except OSError:
-            pass
-
-
-def _umask() -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def finite_or_none(value: float | None) -> float | None:
-    """JSON has no NaN/inf; a diverged loss is stored as null."""
-    if value is None or value != value or value in (float("inf"), float("-inf")):
-        return None
-    return float(value)
-
-
 MAX_RESULT_BYTES = 256 << 20
 
 
-def read_result(path: str | Path, finished_only: bool = True) -> dict | None:
-    """The result at `path` if it parses and is finished (any status with finished_only=False), else None.
+class ResultError(ConfigError):
+    """A result.json that cannot be used: one line naming the file and what is wrong."""
 
-    A torn or half-written file, a run still "running" (or killed while running) and an "interrupted" run
-    all count as unfinished: a sweep runs (or resumes) them again.
-    """
-    try:
-        if Path(path).stat().st_size > MAX_RESULT_BYTES:  # not a result this tool wrote
-            return None
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or "status" not in data:
-        return None
-    if finished_only and data["status"] not in FINAL_STATUSES:
-        return None
+
+def load_result(path: str | Path) -> Result:
+    """The result at `path`, every field checked against the schema; a field an older schema version lacks
+    is null. Raises ResultError naming the file when it is missing, torn, not JSON, not a result of this
+    tool, or holds a field of the wrong type (a NaN, a batch that is a number, ...)."""
+    path = Path(path)
+    data = _parse(path)
+    problem = check_result(data)
+    if problem:
+        raise ResultError(f"{path} {problem}")
     return data
 
 
-class MetricsWriter:
-    """Appends one JSON object per line to metrics.jsonl; flushed at every logging-window boundary,
-    so a killed run leaves every finished window readable. A failure to write (disk full) is an OutputError
-    naming the file; the lines already flushed stay."""
-
-    def __init__(self, path: str | Path, enabled: bool, append: bool = False):
-        self.enabled = enabled
-        self.path = Path(path)
-        self._handle = None
-        if enabled:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._handle = open(self.path, "a" if append else "w")  # closed in close()
-            except OSError as err:
-                raise OutputError(f"cannot write {self.path}: {err.strerror or err}") from None
-
-    def write(self, record: dict) -> None:
-        if self._handle is not None:
-            line = json.dumps(record, allow_nan=False, default=_jsonable) + "\n"
-            self._io(lambda: self._handle.write(line))
-
-    def flush(self) -> None:
-        if self._handle is not None:
-            self._io(self._handle.flush)
-
-    def close(self) -> None:
-        if self._handle is not None:
-            handle, self._handle = self._handle, None
-            try:
-                handle.close()
-            except OSError:  # the error was reported by the write or flush that met it
-                pass
-
-    def _io(self, action) -> None:
-        try:
-            action()
-        except OSError as err:
-            handle, self._handle = self._handle, None  # no further writes; close() drops the buffer
-            try:
-                handle.close()
-            except OSError:
-                pass
-            raise OutputError(f"cannot write {self.path}: {err.strerror or err}") from None
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    """Every complete line of metrics.jsonl (a torn last line from a killed run is skipped)."""
-    records = []
+def read_result_checked(path: Path) -> tuple[Result | None, str | None]:
+    """(result, None), or (None, what is wrong with the file) for a result.json that cannot be used."""
     try:
-        lines = Path(path).read_text().splitlines()
-    except OSError:
-        return records
-    for line in lines:
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
-    return records
+        return load_result(path), None
+    except ResultError as err:
+        return None, str(err).removeprefix(f"{path} ")
 
 
-def git_commit() -> str | None:
-    source = Path(__file__).resolve().parent.parent
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
+def read_result(path: str | Path, finished_only: bool = True) -> Result | None:
+    """The result at `path` if it loads and is finished (any status with finished_only=False), else None.
+
+    A torn or damaged file, a run still "running" (or killed while running) and an "interrupted" run all
+    count as unfinished: a sweep runs (or resumes) them again.
+    """
+    result, _ = read_result_checked(Path(path))
+    if result is None or (finished_only and result["status"] not in FINAL_STATUSES):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return result
 
 
-def environment(device: Any, world_size: int, distributed_type: str) -> dict[str, Any]:
-    import accelerate
-    import torch
-
+def _parse(path: Path) -> Any:
     try:
-        import datasets
+        if path.is_dir():
+            raise ResultError(f"{path} is a folder, not a file")
+        size = path.stat().st_size
+        if size > MAX_RESULT_BYTES:
+            raise ResultError(f"{path} is {size:,} bytes, not a result this tool wrote")
+        return json.loads(path.read_bytes().decode("utf-8"), parse_constant=_no_constant)
+    except UnicodeDecodeError:
+        raise ResultError(f"{path} is not UTF-8 text") from None
+    except _NonFinite as err:
+        raise ResultError(f"{path} holds {err} (this tool writes null for a non-finite number)") from None
+    except ValueError:
+        raise ResultError(f"{path} is not valid JSON (torn or damaged)") from None
+    except FileNotFoundError:
+        raise ResultError(f"{path} does not exist") from None
+    except OSError as err:
+        raise ResultError(f"{path} cannot be read ({err.strerror or err})") from None
 
-        datasets_version = datasets.__version__
-    except ImportError:  # pragma: no cover - datasets is a dependency
-        datasets_version = None
-    if getattr(device, "type", "cpu") == "cuda":
-        device_name = torch.cuda.get_device_name(device)
+
+class _NonFinite(Exception):
+    pass
+
+
+def _no_constant(name: str) -> None:
+    raise _NonFinite(name)  # NaN, Infinity, -Infinity: JSON has none; a file holding one is not ours
+
+
+def check_result(data: Any) -> str | None:
+    """What is wrong with a parsed result.json (None when it matches the schema of its status)."""
+    if not isinstance(data, dict) or not isinstance(data.get("status"), str):
+        return "is not a result of this tool (no status)"
+    status = data["status"]
+    if status not in STATUSES:
+        return f"has an unknown status {status!r}"
+    schema = RunningResult if status == "running" else FailureResult if status in FAILURE_STATUSES else Result
+    version = data.get("schema_version", 1)
+    if schema is Result:
+        if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= SCHEMA_VERSION:
+            return f"has schema_version {version!r}; this tool reads 1 to {SCHEMA_VERSION}"
+        added = frozenset().union(*(fields for since, fields in ADDED_FIELDS.items() if since > version))
+        for name in added:
+            data.setdefault(name, None)
+        required = Result.__annotations__.keys() - OPTIONAL_FIELDS - added
     else:
-        device_name = f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-    return {
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "accelerate": accelerate.__version__,
-        "datasets": datasets_version,
-        "device": device_name,
-        "device_type": getattr(device, "type", str(device)),
-        "world_size": world_size,
-        "distributed_type": distributed_type,
-        # What changes float reduction order, hence the trajectory: runs compared should agree on these.
-        "torch_threads": torch.get_num_threads(),
-        "torch_interop_threads": torch.get_num_interop_threads(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
-        "cudnn_deterministic": torch.backends.cudnn.deterministic,
-        "cudnn_benchmark": torch.backends.cudnn.benchmark,
-        "float32_matmul_precision": torch.get_float32_matmul_precision(),
-        "hostname": platform.node(),
-        "git_commit": git_commit(),
-    }
+        required = schema.__annotations__.keys()
+    missing = sorted(name for name in required if name not in data)
+    if missing:
+        return f"lacks field {missing[0]!r} (status {status})"
+    hints = _hints(schema)
+    for name, value in data.items():
+        if name in hints:
+            problem = _type_problem(value, hints[name], added_null=name in ADDED_FIELDS.get(2, ()))
+            if problem:
+                return f"field {name!r}: {problem}"
+    return None
+
+
+_FIELD_NAMES = {"global_": "global"}  # TypedDict field -> its key in the file
+
+
+def _hints(schema: type) -> dict[str, Any]:
+    return {_FIELD_NAMES.get(k, k): v for k, v in typing.get_type_hints(schema).items()}
+
+
+def _type_problem(value: Any, hint: Any, added_null: bool = False) -> str | None:
+    """Why `value` does not match `hint` (None when it does): JSON numbers, strings, booleans, lists, objects
+    and the records above."""
+    if hint is Any:
+        return None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        problems = [_type_problem(value, arg) for arg in args if arg is not type(None)]
+        return None if None in problems else problems[0]
+    if value is None and added_null:
+        return None
+    if origin is list:
+        if not isinstance(value, list):
+            return f"must be a list, got {_kind(value)}"
+        return next((f"item {i}: {p}" for i, item in enumerate(value) if (p := _type_problem(item, args[0]))), None)
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            return f"must be an object, got {_kind(value)}"
+        inner = args[1] if args else Any
+        return next((f"{k!r}: {p}" for k, item in value.items() if (p := _type_problem(item, inner))), None)
+    if typing.is_typeddict(hint):
+        if not isinstance(value, dict):
+            return f"must be an object, got {_kind(value)}"
+        for name, inner in _hints(hint).items():
+            if name not in value:
+                return f"lacks {name!r}"
+            problem = _type_problem(value[name], inner)
+            if problem:
+                return f"{name!r}: {problem}"
+        return None
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return None if ok else f"must be a number, got {_kind(value)}"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else f"must be a whole number, got {_kind(value)}"
+    if hint in (str, bool):
+        return None if isinstance(value, hint) else f"must be {'text' if hint is str else 'true or false'}, got {_kind(value)}"
+    raise TypeError(f"no check for {hint!r}")  # a schema type this loader does not know: a bug
+
+
+def _kind(value: Any) -> str:
+    return {type(None): "null", bool: "a boolean", int: "a number", float: "a number", str: "text",
+            list: "a list", dict: "an object"}.get(type(value), type(value).__name__)

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, RUN_PY, SMALL, assert_ok, assert_one_line_error, child_env, run_entry
-from scaling.results import read_metrics, read_result
+from scaling.files import read_metrics
+from scaling.results import read_result
 from scaling.train.checkpoint import CheckpointError, select, verify
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from conftest import REPO, RUN_PY, SMALL, assert_ok, assert_one_line_error, child_env, run_entry
-from scaling.results import read_metrics, read_result
+from scaling.files import read_metrics
+from scaling.results import read_result
 
 pytestmark = pytest.mark.slow
 

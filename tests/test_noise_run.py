@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import SMALL, assert_ok, load_result, run_entry, run_torchrun
-from scaling.results import read_metrics
+from scaling.files import read_metrics
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, RUN_PY, SMALL, assert_ok, child_env, load_result, run_entry
-from scaling.results import read_metrics, read_result
+from scaling.files import read_metrics
+from scaling.results import read_result
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,8 @@ import pytest
 
 from conftest import SMALL, assert_ok, assert_one_line_error, load_result, run_entry, run_torchrun
 from scaling.config import RunConfig
+from scaling.files import read_metrics
 from scaling.lr import build_schedule
-from scaling.results import read_metrics
 
 pytestmark = pytest.mark.slow
 

@@ -156,7 +156,7 @@ def _train_steps(args: list[str], out) -> list[int]:
     proc = run_entry(["--global-bs", "32", "--max-steps", "300", "--eval-every", "150", "--target-accuracy", "none",
                       "--noise-scale", "false", "--cpu", "--progress", "false", "--output-dir", str(out), *args])
     assert_ok(proc)
-    from scaling.results import read_metrics
+    from scaling.files import read_metrics
 
     return [r["step"] for r in read_metrics(out / "metrics.jsonl") if r["type"] == "train"]
 

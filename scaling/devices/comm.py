@@ -260,14 +260,15 @@ class DDPCost:
 @dataclass(frozen=True)
 class ComputeLoad:
     """One device's own work for `Contention`: the run's model (scaling.models.build_model's name, input
-    shape and class count) on a synthetic micro-batch of `batch` inputs of `input_dtype`, cross-entropy,
-    backward, and an SGD step with momentum."""
+    shape and class count) on a synthetic micro-batch of `batch` inputs of `input_dtype`, the task's loss
+    (scaling/task.py), backward, and an SGD step with momentum."""
 
     model: str
     input_shape: tuple[int, ...]
     input_dtype: str  # a torch dtype's name: "float32", "int64", ...
     num_classes: int
     batch: int
+    task: str = "classification"
 
 
 @dataclass(frozen=True)
@@ -528,6 +529,7 @@ def _time_contention(load: ComputeLoad, target, processes: int, repeats: int, ti
     import torch
 
     from scaling.models import build_model
+    from scaling.task import TASKS
 
     torch.manual_seed(0)
     model = build_model(load.model, tuple(load.input_shape), load.num_classes).to(target)
@@ -536,10 +538,11 @@ def _time_contention(load: ComputeLoad, target, processes: int, repeats: int, ti
     shape = (load.batch, *load.input_shape)
     inputs = (torch.randn(shape, device=target).to(dtype) if dtype.is_floating_point
               else torch.zeros(shape, dtype=dtype, device=target))
-    labels = torch.randint(0, load.num_classes, (load.batch,), device=target)
+    task = TASKS[load.task]
+    labels = task.synthetic_targets(load.batch, load.num_classes, target)
 
     def step() -> None:
-        torch.nn.functional.cross_entropy(model(inputs), labels).backward()
+        task.loss(model(inputs), labels).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

@@ -64,7 +64,8 @@ from scaling.devices.comm import (
     ddp_buckets,
     exposed_allreduce,
 )
-from scaling.results import FINAL_STATUSES, read_metrics
+from scaling.files import read_metrics
+from scaling.results import FINAL_STATUSES
 
 BAND_PERCENTILES = (16.0, 84.0)
 WINDOW_COLLECTIVES = 2  # accelerator.reduce of the window's losses and of (elapsed, stop flag)

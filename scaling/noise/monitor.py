@@ -29,7 +29,6 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from torch import nn
 
@@ -46,6 +45,7 @@ from scaling.noise.estimators import (
     squared_norm,
     unbiased_estimates,
 )
+from scaling.task import CLASSIFICATION, Task
 
 # Default measurement intervals: the two-gradient methods only copy and reduce norms; the half-batch
 # fallback adds half a forward/backward, which at batch 32 costs nearly a whole step (per-op overhead): off
@@ -60,8 +60,8 @@ PROBE_BATCHES = 16
 
 class NoiseMonitor:
     def __init__(self, accelerator: Accelerator, model: nn.Module, plan: BatchPlan, every: int | None,
-                 off_clock: Callable[[], AbstractContextManager] = nullcontext):
-        self.accelerator, self.model, self.plan = accelerator, model, plan
+                 off_clock: Callable[[], AbstractContextManager] = nullcontext, task: Task = CLASSIFICATION):
+        self.accelerator, self.model, self.plan, self.task = accelerator, model, plan, task
         self._off_clock = off_clock
         self.measure_s = 0.0  # the measurements' time, all off the training clock
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -122,7 +122,7 @@ class NoiseMonitor:
         else:
             half = self.small_batch
             with self.accelerator.autocast():
-                loss = F.cross_entropy(self.model(inputs[:half]), labels[:half])
+                loss = self.task.loss(self.model(inputs[:half]), labels[:half])
             small = squared_distance(separate_gradients(loss, self.params), grads)
         if self.accelerator.scaler is not None:
             # fp16 loss scaling multiplies every gradient by the current scale S: undo it (S^2 on squared
@@ -196,7 +196,7 @@ class NoiseMonitor:
             for inputs, labels in micro_batches:
                 inputs, labels = inputs.to(self.accelerator.device), labels.to(self.accelerator.device)
                 with self.accelerator.autocast():
-                    loss = F.cross_entropy(model(inputs).float(), labels) / len(micro_batches)
+                    loss = self.task.loss(model(inputs), labels) / len(micro_batches)
                 loss.backward()
             local = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
                                for p in params])

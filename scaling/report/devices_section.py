@@ -22,12 +22,12 @@ from matplotlib import colormaps
 from scaling.config import ConfigError
 from scaling.devices.comm import PRESETS, Interconnect
 from scaling.devices.predict import device_counts, gradient_bytes_for, predict_on_devices, profile_run
+from scaling.files import read_metrics
 from scaling.report import formatting as fmt
 from scaling.report import plots
 from scaling.report.render import Block, Figure, Heading, Note, Paragraph, Table
 from scaling.report.runs import Configuration, Run
 from scaling.report.study import Study
-from scaling.results import read_metrics
 
 if TYPE_CHECKING:
     pass

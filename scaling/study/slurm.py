@@ -14,9 +14,7 @@ from pathlib import Path
 import yaml
 
 from scaling.config import ConfigError, shown
-from scaling.lock import (
-    inspect_run_folder,
-)
+from scaling.output import inspect_run_folder
 from scaling.resources import resource
 from scaling.results import read_result
 from scaling.study.spec import RUN_PY, SlurmSettings, StudyConfig, StudyPlan, slurm_settings

@@ -18,15 +18,11 @@ from typing import Any
 import yaml
 
 from scaling.config import ConfigError, read_text_file
-from scaling.lock import (
-    DIE_WITH_PARENT_ENV,
-    die_with_parent,
-    die_with_parent_available,
-    inspect_run_folder,
-    read_result_checked,
-    wait_for_run_lock,
-)
-from scaling.results import read_result, write_json_atomic
+from scaling.files import write_json_atomic
+from scaling.lock import wait_for_run_lock
+from scaling.output import inspect_run_folder
+from scaling.parent import DIE_WITH_PARENT_ENV, die_with_parent, die_with_parent_available
+from scaling.results import read_result, read_result_checked
 from scaling.study.spec import RUN_PY, Launcher, StudyConfig, StudyPlan
 
 STDERR_TAIL_LINES = 30

@@ -20,13 +20,12 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scaling.config import ConfigError, RunConfig
-from scaling.results import OutputError, write_json_atomic
+from scaling.files import OutputError, write_json_atomic
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -50,14 +49,7 @@ class Checkpoint:
 
     def __init__(self, accelerator: Accelerator, directory: Path):
         self.accelerator = accelerator
-        directory = Path(directory)
-        if accelerator.num_processes > 1:
-            # Every process saves its RNG state into the main process's folder (the main process may have
-            # resolved the default output folder to a fresh one that the others do not know).
-            from accelerate.utils import broadcast_object_list
-
-            directory = Path(broadcast_object_list([str(directory)], from_process=0)[0])
-        self.directory = directory
+        self.directory = Path(directory)  # the same in every process: the run settled its folder first
         self.note: str | None = None  # said once resumed: which copy was used, and why
 
     @property
@@ -357,28 +349,3 @@ def _attempt_or_raise(action: Callable[[], Any], what: str) -> None:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0][:200] if text else type(err).__name__
-
-
-class StopOnSignals:
-    """SIGTERM (schedulers' preemption) and SIGINT (Ctrl-C) call `request_stop(signal name)` instead of
-    killing the process, so the trainer checkpoints and stops at the next logging-window boundary instead of
-    dying mid-step; the old handlers come back on exit."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self, request_stop: Callable[[str], None]):
-        self.request_stop = request_stop
-        self.previous: dict[int, object] = {}
-
-    def __enter__(self) -> StopOnSignals:
-        def handler(signum, frame):
-            self.request_stop(signal.Signals(signum).name)
-
-        for number in self.SIGNALS:
-            self.previous[number] = signal.signal(number, handler)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for number, handler in self.previous.items():
-            signal.signal(number, handler)
-        self.previous = {}

@@ -8,7 +8,6 @@ evaluation, after a device synchronization, so the time it reports covers finish
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -60,9 +59,10 @@ class ThroughputWindows:
     of the windows too. Windows are given the run's sample count at their ends, so the steps in between
     do no bookkeeping."""
 
-    def __init__(self, now: Callable[[], float] = time.perf_counter) -> None:
-        self.rates: list[float] = []
-        self.durations: list[float] = []
+    def __init__(self, now: Callable[[], float] = time.perf_counter, rates: list[float] | None = None,
+                 durations: list[float] | None = None) -> None:
+        self.rates: list[float] = [] if rates is None else rates  # the run record's lists, appended to
+        self.durations: list[float] = [] if durations is None else durations
         self._now = now
         self.restart(0)
 
@@ -83,11 +83,6 @@ class ThroughputWindows:
         count)."""
         self._window_start = self._now()
         self._start_samples = samples
-
-    def median_after_warmup(self) -> float | None:
-        """Median over windows, skipping the first (allocator warm-up, first-touch page faults)."""
-        rates = self.rates[1:] if len(self.rates) > 1 else self.rates
-        return statistics.median(rates) if rates else None
 
 
 class PhaseTimer:

@@ -13,15 +13,15 @@ replay runs off the clock; afterwards the state the run had reached is restored.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import Protocol
 
-import torch
+from scaling.record import RunRecord
+from scaling.train.state import Snapshot
 
 # The search goes back while an evaluation at either end of a window is within NEAR_SIGMAS step-to-step
 # standard deviations of the target, through as many windows as SNAPSHOT_BUDGET_BYTES of held training
@@ -34,49 +34,21 @@ MIN_WINDOWS, MAX_WINDOWS = 4, 64
 LOSS_TOLERANCE = 1e-5
 
 
-@dataclass
-class Snapshot:
-    """Everything that decides the next steps: weights and buffers, optimizer and loss-scaler state, the RNG
-    (dropout, augmentation on the device) and the step (which fixes the batches and the LR)."""
+class Replay(Protocol):
+    """What the search needs of the loop: its record (evaluations so far, the per-step losses it recorded,
+    the step), snapshots of its training state, replaying one step, evaluating, and pausing its clock."""
 
-    step: int
-    model: dict
-    optimizer: dict
-    scaler: dict | None
-    rng_cpu: torch.Tensor
-    rng_cuda: list[torch.Tensor] | None
+    record: RunRecord
 
-    def nbytes(self) -> int:
-        """Bytes of the tensors held (weights, buffers and optimizer state)."""
-        tensors = list(self.model.values()) + [value for state in self.optimizer.get("state", {}).values()
-                                               for value in state.values() if torch.is_tensor(value)]
-        return sum(t.numel() * t.element_size() for t in tensors)
+    def snapshot(self) -> Snapshot: ...
 
+    def restore(self, snapshot: Snapshot) -> None: ...
 
-def take_snapshot(trainer: Any) -> Snapshot:
-    scaler = trainer.accelerator.scaler
-    return Snapshot(
-        step=trainer.step,
-        model={k: v.detach().clone() for k, v in trainer.unwrapped.state_dict().items()},
-        optimizer=copy.deepcopy(trainer.optimizer.optimizer.state_dict()),
-        scaler=copy.deepcopy(scaler.state_dict()) if scaler is not None else None,
-        rng_cpu=torch.get_rng_state(),
-        rng_cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    )
+    def replay_step(self, step: int) -> float: ...
 
+    def evaluate_metric(self) -> float: ...
 
-def restore(trainer: Any, snapshot: Snapshot) -> None:
-    """Put the trainer back in the snapshot's state (the snapshot stays usable: its tensors are copied)."""
-    trainer.unwrapped.load_state_dict(snapshot.model)
-    # Optimizer.load_state_dict keeps tensors that are already on the right device and dtype, so without
-    # the copy the next steps would update the snapshot in place.
-    trainer.optimizer.optimizer.load_state_dict(copy.deepcopy(snapshot.optimizer))
-    if snapshot.scaler is not None:
-        trainer.accelerator.scaler.load_state_dict(snapshot.scaler)
-    torch.set_rng_state(snapshot.rng_cpu)
-    if snapshot.rng_cuda is not None:
-        torch.cuda.set_rng_state_all(snapshot.rng_cuda)
-    trainer.step = snapshot.step
+    def paused(self) -> AbstractContextManager: ...
 
 
 class TargetSearch:
@@ -93,15 +65,15 @@ class TargetSearch:
     the window.
     """
 
-    def __init__(self, trainer: Any, enabled: bool):
-        self.trainer = trainer
+    def __init__(self, loop: Replay, enabled: bool):
+        self.loop = loop
         self.enabled = enabled
         self.bases: deque[Snapshot] | None = None
 
     def window_start(self) -> None:
         """At the start of training and after every evaluation below the target."""
         if self.enabled:
-            snapshot = take_snapshot(self.trainer)
+            snapshot = self.loop.snapshot()
             if self.bases is None:
                 windows = max(MIN_WINDOWS, min(MAX_WINDOWS, SNAPSHOT_BUDGET_BYTES // max(1, snapshot.nbytes())))
                 self.bases = deque(maxlen=windows)
@@ -110,25 +82,25 @@ class TargetSearch:
     def find_first_step(self, target: float, at_first_step: Callable[[], None] | None = None) -> dict:
         """Replay windows before the crossing evaluation; returns the search record (docs/results.md).
         `at_first_step()` runs while the model holds the weights of the first step at the target (the noise
-        probe). The trainer is left in the state it had before the search."""
-        trainer = self.trainer
-        end_step = trainer.step
+        probe). The loop is left in the state it had before the search."""
+        loop = self.loop
+        end_step = loop.record.step
         if not self.enabled or not self.bases or end_step - self.bases[-1].step <= 1:
             if at_first_step is not None:
                 at_first_step()
             return {"method": "evaluation", "window": [end_step - 1, end_step], "exact": self.enabled,
                     "first_step": end_step, "verified": None, "windows": 0, "evaluations": 0, "seconds": 0.0}
         start = time.perf_counter()
-        with trainer.clock.paused():
-            end = take_snapshot(trainer)
+        with loop.paused():
+            end = loop.snapshot()
             first, accuracies, worst, complete, low = self._search(end_step, target)
             exact = first is not None and worst <= LOSS_TOLERANCE and complete
             if exact and at_first_step is not None:
                 base = max((b for b in self.bases if b.step < first), key=lambda b: b.step)
-                restore(trainer, base)
+                loop.restore(base)
                 self._replay(base.step, first, target=None)
                 at_first_step()
-            restore(trainer, end)
+            loop.restore(end)
             if not exact and at_first_step is not None:
                 at_first_step()  # at the first evaluation at the target, which is then the reported step
         return {"method": "replay", "window": [low, end_step], "exact": exact,
@@ -142,7 +114,7 @@ class TargetSearch:
         """Windows from the newest backwards. Returns (first step at the target or None, replayed accuracies
         per window start, worst relative loss difference, whether the search ended by the rule, the first
         step searched)."""
-        evaluated = {h["step"]: h["accuracy"] for h in self.trainer.outcome.history}
+        evaluated = {h["step"]: h["accuracy"] for h in self.loop.record.history}
         bases = list(self.bases)
         first, worst, replayed = None, 0.0, []
         accuracies: dict[int, list[float]] = {}
@@ -154,7 +126,7 @@ class TargetSearch:
                 margin = NEAR_SIGMAS * _step_to_step_sigma(replayed)
                 if max((a for a in ends if a is not None), default=0.0) < target - margin:
                     return first, accuracies, worst, True, window_end
-            restore(self.trainer, base)
+            self.loop.restore(base)
             found, window_accuracies, window_worst = self._replay(base.step, window_end, target)
             accuracies[base.step] = window_accuracies
             replayed += window_accuracies
@@ -167,18 +139,18 @@ class TargetSearch:
         return first, accuracies, worst, start == 0, start
 
     def _replay(self, from_step: int, to_step: int, target: float | None) -> tuple[int | None, list[float], float]:
-        """Train again from `from_step` (the trainer holds that state) up to `to_step`, evaluating after
+        """Train again from `from_step` (the loop holds that state) up to `to_step`, evaluating after
         every step when a target is given, stopping at the first step at or above it. Returns (that step or
         None, the accuracies, worst relative difference between replayed and recorded losses)."""
-        trainer = self.trainer
+        loop = self.loop
         accuracies: list[float] = []
         worst = 0.0
         for step in range(from_step, to_step):
-            replayed = trainer.replay_step(step)
-            worst = max(worst, _relative_difference(replayed, trainer.outcome.train_loss[step]))
+            replayed = loop.replay_step(step)
+            worst = max(worst, _relative_difference(replayed, loop.record.train_loss[step]))
             if target is None:
                 continue
-            accuracies.append(trainer.evaluate_accuracy())
+            accuracies.append(loop.evaluate_metric())
             if accuracies[-1] >= target:
                 return step + 1, accuracies, worst
         return None, accuracies, worst

@@ -11,7 +11,7 @@ import torch
 from accelerate import Accelerator
 
 from scaling.models import CNN1D
-from scaling.train.loop import optimizer_step
+from scaling.train.step import optimizer_step
 
 MICRO_STEPS = 3
 

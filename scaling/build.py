@@ -1,0 +1,234 @@
+"""Build one run: processes, data, model, batch plan, optimizer, LR schedule, the run record and its trainer.
+
+Every process builds the same thing from the same (settled) configuration: scaling/run.py settles it first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, PartialState
+from accelerate.utils import set_seed
+
+from scaling import distributed
+from scaling.batching import BatchPlan, GlobalBatchSampler, plan_batch
+from scaling.config import ConfigError, RunConfig
+from scaling.data import Workload, load_workload
+from scaling.data.delivery import materialize
+from scaling.devices.comm import model_gradient_bytes
+from scaling.files import MetricsWriter
+from scaling.lr import LRSchedule, build_schedule
+from scaling.memory import resolve_auto_batch
+from scaling.models import build_model, check_model_name, has_batch_coupled_layers
+from scaling.provenance import environment
+from scaling.record import ModelFacts, RunFacts, RunRecord
+from scaling.task import TASKS, Task
+from scaling.train.loop import Trainer, total_steps
+from scaling.train.state import TrainingState
+
+
+@dataclass
+class Built:
+    """Everything one run needs, built and ready to train."""
+
+    cfg: RunConfig
+    plan: BatchPlan
+    accelerator: Accelerator
+    trainer: Trainer
+    schedule: LRSchedule
+    task: Task
+
+    @property
+    def record(self) -> RunRecord:
+        return self.trainer.record
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.cfg.output_dir)
+
+    def say(self, line: str) -> None:
+        self.accelerator.print(line)  # the main process only
+
+
+def build(cfg: RunConfig, resume: bool = False) -> Built:
+    """Processes, data, model, batch plan, optimizer, LR schedule, record and trainer; with `resume`,
+    restored from the run's checkpoint."""
+    plan = plan_batch(cfg, distributed.world_size())  # every batch error, before any process group exists
+    requested_cpu = cfg.cpu
+    cfg, state = start_processes(cfg)
+    task = TASKS["classification"]
+    check_model_name(cfg.model)  # a typo must not wait for the dataset to be generated
+    with state.local_main_process_first():  # rank 0 of each node builds the dataset cache
+        workload = load_workload(cfg)
+    materialized, notes = materialize_workload(workload, cfg.materialize)
+    notes = workload.notes + notes
+    set_seed(cfg.seed)  # same initial weights in every process and every decomposition
+    model = build_model(cfg.model, workload.input_shape, workload.num_classes, task)
+    model_facts = describe_model(cfg.model, model, workload, task)
+    coupled = has_batch_coupled_layers(model)
+    if cfg.sync_bn and coupled and state.num_processes > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    auto_batch = None
+    if cfg.per_device_bs == "auto":
+        plan, auto_batch = resolve_auto_batch(cfg, plan, model, workload.train, state.device, task)
+    if cfg.channels_last:
+        model = to_channels_last(model)
+    accelerator = build_accelerator(cfg, plan)
+    model, optimizer = accelerator.prepare(model, build_optimizer(cfg, model))
+    sampler = GlobalBatchSampler(len(workload.train), plan, cfg.seed)
+    schedule = build_schedule(cfg, plan.global_bs, sampler.steps_per_epoch, total_steps(cfg, sampler.steps_per_epoch))
+    facts = RunFacts(
+        config=cfg, plan=plan, lr=lr_summary(cfg, schedule), steps_per_epoch=sampler.steps_per_epoch,
+        environment=environment(accelerator.device, accelerator.num_processes, accelerator.distributed_type.value),
+        train_samples=len(workload.train), eval_samples=len(workload.eval), model=model_facts,
+        batch_coupled_layers=coupled, auto_batch=auto_batch, materialized=materialized)
+    metrics = MetricsWriter(Path(cfg.output_dir) / "metrics.jsonl", enabled=accelerator.is_main_process,
+                            append=resume)
+    trainer = Trainer(RunRecord(facts), sampler, TrainingState(accelerator, model, optimizer), schedule,
+                      workload.train, workload.eval, metrics, task)
+    built = Built(cfg, plan, accelerator, trainer, schedule, task)
+    announce(built, len(workload.train), auto_batch, coupled)
+    for note in notes:
+        built.say(f"scaling: {note}")
+    if cfg.cpu and not requested_cpu:
+        built.say(f"scaling: note: no GPU here: the {plan.world_size} launched processes train on the CPU over "
+                  f"gloo (as with --cpu)")
+    if resume:
+        trainer.load_checkpoint()
+        built.say(f"scaling: resumed from {trainer.checkpoint.directory} at step {trainer.step}")
+    return built
+
+
+def describe_model(name: str, model: torch.nn.Module, workload: Workload, task: Task) -> ModelFacts:
+    """What the report and `scaling predict` need to know of the model, recorded so that they never rebuild
+    it: trainable parameters, their gradient bytes in backward order (DDP's buckets follow them), the input
+    and the classes."""
+    dtype = str(getattr(workload.input_shape, "dtype", torch.float32)).removeprefix("torch.")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return ModelFacts(name=name, task=task.name, parameters=sum(p.numel() for p in trainable),
+                      gradient_bytes=model_gradient_bytes(model), input_shape=list(workload.input_shape),
+                      input_dtype=dtype, num_classes=workload.num_classes)
+
+
+def lr_summary(cfg: RunConfig, schedule: LRSchedule) -> dict:
+    return {"rule": cfg.lr_scaling, "base": cfg.base_lr, "base_bs": cfg.base_bs, "scaled": schedule.peak,
+            "warmup_steps": schedule.warmup_steps, "decay": schedule.decay}
+
+
+def materialize_workload(workload: Workload, mode: str) -> tuple[list[str], list[str]]:
+    """--materialize: hold map-style splits of fixed tensors in memory (scaling/data/delivery.py). Returns
+    the splits materialized and the lines to print."""
+    done, notes = [], []
+    for split in ("train", "eval"):
+        before = getattr(workload, split)
+        after, note = materialize(before, mode, "training" if split == "train" else "evaluation")
+        setattr(workload, split, after)
+        done += [split] if after is not before else []
+        notes += [note] if note else []
+    return done, notes
+
+
+def start_processes(cfg: RunConfig) -> tuple[RunConfig, PartialState]:
+    """The process group and device; the Accelerator built later joins it (calling this again returns the
+    same). Several launched processes on a machine without an accelerator train on the CPU over gloo (as
+    with --cpu): Accelerate would otherwise start each of them alone, training on its share of every batch
+    without synchronizing."""
+    _quiet_libraries(distributed.is_main_process())
+    launched = distributed.world_size()
+    if launched > 1 and not cfg.cpu and not accelerator_available():
+        cfg = dataclasses.replace(cfg, cpu=True)
+    state = PartialState(cpu=cfg.cpu)
+    if state.num_processes != launched:
+        raise ConfigError(
+            f"the launcher started {launched} processes (WORLD_SIZE={launched}) but they did not form one "
+            f"process group ({state.num_processes} process as Accelerate sees it, distributed type "
+            f"{state.distributed_type.value}): each would train alone on its part of every batch. On a machine "
+            f"without GPUs add --cpu; otherwise check the backend (NCCL, the GPUs visible to each process)")
+    if cfg.sync_bn and state.num_processes > 1 and state.device.type == "cpu":
+        raise ConfigError("--sync-bn needs GPUs: torch's SyncBatchNorm does not run on the CPU (gloo)")
+    return cfg, state
+
+
+def accelerator_available() -> bool:
+    """A GPU (or another device Accelerate trains on) that the processes can use."""
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or torch.backends.mps.is_available() or bool(xpu and xpu.is_available())
+
+
+def describe_processes(accelerator: Accelerator) -> str:
+    """`1 process on the CPU`, `2 processes on the CPU over gloo`, `8 processes on cuda over nccl`."""
+    count = accelerator.num_processes
+    device = "the CPU" if accelerator.device.type == "cpu" else accelerator.device.type
+    text = f"{count} process{'es' * (count != 1)} on {device}"
+    if count > 1:
+        import torch.distributed as dist
+
+        text += f" over {dist.get_backend()}"
+    return text
+
+
+def build_accelerator(cfg: RunConfig, plan: BatchPlan) -> Accelerator:
+    accelerator = Accelerator(
+        cpu=cfg.cpu,
+        mixed_precision=cfg.mixed_precision,
+        dynamo_backend=cfg.compile.upper() if cfg.compile else None,  # prepare() wraps the model in torch.compile
+        gradient_accumulation_steps=plan.micro_steps_per_process,
+        log_with=[name.strip() for name in cfg.log_with.split(",")] if cfg.log_with else None,
+        project_dir=str(Path(cfg.output_dir) / "trackers"),
+    )
+    if cfg.log_with:
+        # The resolved config as hyperparameters; trackers take scalars only, so lists become text.
+        hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in cfg.to_dict().items()}
+        hparams.update(per_device_bs=plan.per_device_bs, accumulation_steps=plan.accumulation_steps,
+                       num_processes=plan.num_processes)
+        accelerator.init_trackers("scaling", config=hparams)
+    return accelerator
+
+
+def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    """NHWC memory format for image models (convolutions on tensor cores prefer it); inputs follow in the
+    loop (scaling/data/delivery.py)."""
+    if not any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
+        raise ConfigError("--channels-last applies to image models (2-D convolutions); this model has none")
+    return model.to(memory_format=torch.channels_last)
+
+
+def build_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.base_lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def announce(built: Built, train_samples: int, auto_batch: dict | None, coupled: list[str]) -> None:
+    """The decomposition and LR lines every run prints before training."""
+    cfg, plan, schedule, accelerator = built.cfg, built.plan, built.schedule, built.accelerator
+    if auto_batch:
+        built.say(f"scaling: auto micro-batch: largest that fits {auto_batch['largest_fitting']} "
+                  f"({len(auto_batch['trials'])} trials), using {plan.per_device_bs}")
+    built.say(f"scaling: {plan.describe()}")
+    built.say(
+        f"scaling: lr {cfg.lr_scaling} scaling: {cfg.base_lr:g} @ batch {cfg.base_bs} -> {schedule.peak:g} "
+        f"(warmup {schedule.warmup_steps} steps, {schedule.decay} decay); {built.trainer.steps_per_epoch} "
+        f"steps/epoch on {train_samples:,} training samples; {describe_processes(accelerator)}"
+    )
+    if coupled:
+        built.say(f"scaling: note: {len(coupled)} batch-coupled layer(s) (BatchNorm): their statistics come from "
+                  f"each micro-batch of {plan.per_device_bs}, so results depend on the decomposition "
+                  f"(accumulation and emulation are not exact; docs/emulation.md)")
+
+
+def _quiet_libraries(main: bool) -> None:
+    """Logs from one rank only; no progress bars from `datasets` while it builds caches."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    if not main:
+        import warnings
+
+        warnings.filterwarnings("ignore")

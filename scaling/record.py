@@ -1,0 +1,232 @@
+"""The run record: what a run is, from the moment it is built to its result.
+
+`RunFacts` is what is measured once, when the run is built (the batch plan, the LR schedule, the data's
+sizes, the model's parameters and gradient layout, the environment). `RunRecord` adds what the training
+loop updates as it goes (the step, evaluations, per-step losses and LRs, clock readings, logging windows,
+the noise series) and what is measured when it ends. The loop owns the record and updates it; the
+checkpoint saves its loop state (`state_dict`) and a resume loads it back; `result.json` is written from it
+(`to_result`), with every derived value (samples and epochs to the target, throughput, ...) computed there
+and stored nowhere else. Readers load results through scaling/results.py, which validates them against the
+schema (`Result`, docs/results.md).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from scaling.batching import BatchPlan
+from scaling.config import RunConfig
+from scaling.results import SCHEMA_VERSION, FailureResult, Result, straggler_ratio
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """The model as the run built it: what `scaling predict` and the report need without rebuilding it."""
+
+    name: str
+    task: str
+    parameters: int  # trainable parameters
+    gradient_bytes: list[int]  # per parameter, in the order backward produces them (DDP's bucket order)
+    input_shape: list[int]  # one input, without the batch dimension
+    input_dtype: str  # a torch dtype's name: "float32", "int64", ...
+    num_classes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "task": self.task, "parameters": self.parameters,
+                "gradient_bytes": list(self.gradient_bytes), "input_shape": list(self.input_shape),
+                "input_dtype": self.input_dtype, "num_classes": self.num_classes}
+
+
+@dataclass
+class RunFacts:
+    """Measured once, when the run is built; the same in every process."""
+
+    config: RunConfig
+    plan: BatchPlan
+    lr: dict[str, Any]  # rule, base, base_bs, scaled, warmup_steps, decay
+    environment: dict[str, Any]
+    steps_per_epoch: int
+    train_samples: int
+    eval_samples: int
+    model: ModelFacts
+    batch_coupled_layers: list[str] = field(default_factory=list)
+    auto_batch: dict[str, Any] | None = None
+    materialized: list[str] = field(default_factory=list)
+    flops_per_sample: float | None = None  # counted when training starts (scaling/hardware.py)
+
+
+@dataclass
+class TargetCrossing:
+    """The first step at the target: exact when `search["exact"]` (scaling/train/target.py), else the first
+    scheduled evaluation at the target."""
+
+    step: int
+    time_s: float  # wall time to the target (evaluations included)
+    train_time_s: float  # the training clock at that step
+    search: dict[str, Any]
+
+
+@dataclass
+class RunRecord:
+    """One run: its facts, the loop's state, and what was measured when it ended."""
+
+    facts: RunFacts
+    status: str = "running"
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)  # one entry per evaluation
+    train_loss: list[float | None] = field(default_factory=list)  # global mean loss per optimizer step
+    lr: list[float] = field(default_factory=list)  # LR per optimizer step
+    first_loss: float | None = None  # the divergence test's reference
+    elapsed_s: float = 0.0  # wall clock (evaluations included) at the last reading
+    eval_s: float = 0.0  # of which evaluations
+    clock_points: list[tuple[int, float]] = field(default_factory=list)  # (step, training clock) at boundaries
+    window_rates: list[float] = field(default_factory=list)  # samples/s of each logging window
+    window_durations: list[float] = field(default_factory=list)
+    phase_windows: list[dict[str, float] | None] = field(default_factory=list)
+    noise_state: dict[str, Any] | None = None  # the noise monitor's state (checkpointed)
+    first_eval_at_target: int | None = None  # index into history
+    target: TargetCrossing | None = None
+    diverged_at_step: int | None = None
+    compile_s: float | None = None
+    # Measured when the run ends (scaling/run.py, Trainer.finish):
+    step_time: dict[str, Any] | None = None
+    per_rank_step_time_s: list[float] = field(default_factory=list)
+    noise_scale: dict[str, Any] | None = None
+    bottleneck: dict[str, Any] | None = None
+    ceilings: dict[str, Any] | None = None
+    peak_memory: dict[str, int | None] = field(default_factory=dict)
+    compute: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None  # where an interrupted run can resume from
+    stop_signal: str | None = None
+
+    @property
+    def config(self) -> RunConfig:
+        return self.facts.config
+
+    @property
+    def plan(self) -> BatchPlan:
+        return self.facts.plan
+
+    @property
+    def samples(self) -> int:
+        """Samples trained so far (all processes)."""
+        return self.step * self.facts.plan.global_bs
+
+    @property
+    def train_elapsed_s(self) -> float:
+        return self.elapsed_s - self.eval_s
+
+    # ---- the checkpoint's share: what a resume needs to continue the loop ----
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step, "elapsed_s": self.elapsed_s, "eval_s": self.eval_s, "first_loss": self.first_loss,
+            "history": self.history, "train_loss": self.train_loss, "lr": self.lr,
+            "window_rates": self.window_rates, "window_durations": self.window_durations,
+            "phase_windows": self.phase_windows, "config": self.config.to_dict(), "noise": self.noise_state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = state["step"]
+        self.elapsed_s, self.eval_s = state["elapsed_s"], state["eval_s"]
+        self.first_loss = state["first_loss"]
+        self.history, self.train_loss, self.lr = state["history"], state["train_loss"], state["lr"]
+        # In place: the loop's throughput windows append to these very lists.
+        self.window_rates[:], self.window_durations[:] = state["window_rates"], state["window_durations"]
+        self.phase_windows = state["phase_windows"]
+        self.noise_state = state.get("noise")
+
+    # ---- result.json ----
+    def to_result(self) -> Result:
+        """The result document (docs/results.md); every derived value is computed here."""
+        facts, plan = self.facts, self.facts.plan
+        target = self._target_point()
+        final = self.history[-1] if self.history else None
+        optional = {"ceilings": self.ceilings} if self.ceilings is not None else {}
+        if self.status == "interrupted":
+            optional.update(checkpoint=self.checkpoint, stop_signal=self.stop_signal)
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "status": self.status,
+            "config": self.config.to_dict(),
+            "batch": plan.to_dict(),
+            "lr": dict(facts.lr),
+            "target": {"metric": "accuracy", "value": self.config.target_accuracy},
+            "time_to_target_s": target["time_s"] if target else None,
+            "train_time_to_target_s": target["train_time_s"] if target else None,
+            "steps_to_target": target["step"] if target else None,
+            "samples_to_target": target["step"] * plan.global_bs if target else None,
+            "epochs_to_target": target["step"] / facts.steps_per_epoch if target else None,
+            "steps_to_target_resolution": self._step_resolution(),
+            "first_eval_at_target": self._first_eval_at_target(),
+            "target_search": self.target.search if self.target else None,
+            "throughput_samples_per_s": self.throughput(),
+            "throughput_median_window_samples_per_s": median_after_warmup(self.window_rates),
+            "train_time_per_step_s": self.train_elapsed_s / self.step if self.step else None,
+            "steps": self.step,
+            "elapsed_s": self.elapsed_s,
+            "train_elapsed_s": self.train_elapsed_s,
+            "diverged_at_step": self.diverged_at_step,
+            "final": {"accuracy": final["accuracy"], "loss": final["loss"]} if final else None,
+            "history": self.history,
+            "train_loss": self.train_loss,
+            "lr_per_step": self.lr,
+            "throughput_windows": self.window_rates,
+            "step_time_breakdown": self.step_time,
+            "data_wait_fraction": data_wait_fraction(self.step_time),
+            "per_rank_step_time_s": self.per_rank_step_time_s,
+            "straggler_ratio": straggler_ratio(self.per_rank_step_time_s),
+            "noise_scale": self.noise_scale,
+            "compile_s": self.compile_s,
+            "environment": facts.environment,
+            "model": facts.model.to_dict(),
+            "batch_coupled_layers": facts.batch_coupled_layers,
+            "decomposition_exact": not facts.batch_coupled_layers,
+            "auto_batch": facts.auto_batch,
+            "steps_per_epoch": facts.steps_per_epoch,
+            "train_samples": facts.train_samples,
+            "eval_samples": facts.eval_samples,
+            "materialized": facts.materialized,
+            "bottleneck": self.bottleneck,
+            "peak_memory": self.peak_memory,
+            "compute": self.compute,
+            **optional,
+        }
+
+    def throughput(self) -> float | None:
+        """Samples over the training clock."""
+        train = self.train_elapsed_s
+        return self.samples / train if train > 0 and self.step else None
+
+    def _target_point(self) -> dict[str, Any] | None:
+        if self.target is None:
+            return None
+        return {"step": self.target.step, "time_s": self.target.time_s, "train_time_s": self.target.train_time_s}
+
+    def _first_eval_at_target(self) -> dict[str, Any] | None:
+        return self.history[self.first_eval_at_target] if self.first_eval_at_target is not None else None
+
+    def _step_resolution(self) -> int | None:
+        """1 when steps_to_target is exact, else the width of the evaluation window it lies in."""
+        if self.target is None:
+            return None
+        low, high = self.target.search["window"]
+        return 1 if self.target.search["exact"] else high - low
+
+    def failure_result(self, err: BaseException, status: str, suggestion: str | None) -> FailureResult:
+        """result.json of a run that ended in an exception (status "oom" or "failed")."""
+        return {"schema_version": SCHEMA_VERSION, "status": status, "config": self.config.to_dict(),
+                "batch": self.plan.to_dict(), "error": f"{type(err).__name__}: {err}",
+                "environment": self.facts.environment, "suggestion": suggestion}
+
+
+def median_after_warmup(rates: list[float]) -> float | None:
+    """Median samples/s over the logging windows after the first (allocator and cache warm-up)."""
+    kept = rates[1:] if len(rates) > 1 else rates
+    return statistics.median(kept) if kept else None
+
+
+def data_wait_fraction(step_time: dict | None) -> float | None:
+    """Share of training time spent waiting for data, from the phase breakdown."""
+    return step_time["phases"]["data_wait"]["fraction"] if step_time else None

@@ -1,0 +1,100 @@
+"""One optimizer step over this process's micro-batches: the hot path of every run.
+
+Hot-loop rule: no `.item()` or other host sync per step. Per-step losses stay on the device and are read
+once per logging window (scaling/train/loop.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from scaling.task import CLASSIFICATION, Task
+from scaling.train.clock import PhaseTimer
+
+if TYPE_CHECKING:
+    from scaling.noise.monitor import NoiseMonitor
+
+
+class StepRunner:
+    """One optimizer step over this process's micro-batches; returns their (device) losses.
+
+    DDP skips its all-reduce under `no_sync` on all but the last micro-step, each loss is divided by the
+    micro-step count, so with equal micro-batches the optimizer sees the gradient of the mean loss over the
+    whole global batch. This is what Accelerate's `accumulate`, `backward` and optimizer wrapper do, called
+    directly, with what they look up on every call read once here: their per-call bookkeeping cost 4-10% of
+    a step at batch 32-256 on the default workload (docs/performance.md). Accelerate still builds the
+    process group, wraps the model (DDP, autocast) and owns the fp16 loss scaler used here;
+    tests/test_emulation.py checks every decomposition's trajectory. `after_backward(i, synced)` runs after
+    micro-step i's backward (tests observe gradient sync with it).
+    """
+
+    def __init__(self, accelerator: Accelerator, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 task: Task = CLASSIFICATION):
+        self.model, self.task = model, task
+        self.device = accelerator.device
+        self.to_device = accelerator.device.type != "cpu"  # on the CPU, .to() has nothing to do
+        self.micro_steps = accelerator.gradient_accumulation_steps  # the plan's micro-steps per process
+        self.scaler = accelerator.scaler
+        self.no_sync = getattr(model, "no_sync", None)  # only a DDP-wrapped model has one
+        self.inner = getattr(optimizer, "optimizer", optimizer)  # the torch optimizer inside Accelerate's wrapper
+        # The last step's loss, kept (graph and all, its buffers already freed by backward) until the next
+        # step's forward has run, as a training loop's `loss` variable keeps it: the parameters' gradient
+        # accumulators, which autograd holds only weakly, then live on and are reused instead of being rebuilt
+        # and freed every step (what it saves: docs/performance.md).
+        self._spent_loss: torch.Tensor | None = None
+
+    def __call__(self, micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]], timer: PhaseTimer | None = None,
+                 after_backward: Callable[[int, bool], None] | None = None, noise: NoiseMonitor | None = None,
+                 ) -> list[torch.Tensor]:
+        timer = timer or _NO_TIMER
+        last = self.micro_steps - 1
+        losses = []
+        timer.start_step()
+        for index, (inputs, labels) in enumerate(micro_batches):
+            timer.mark("data_wait")  # time blocked in the loader since the previous mark
+            if self.to_device:
+                inputs, labels = inputs.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+                timer.mark("h2d")
+            synced = index == last
+            if synced or self.no_sync is None:
+                loss = self.forward_backward(inputs, labels)
+            else:
+                with self.no_sync():
+                    loss = self.forward_backward(inputs, labels)
+            if after_backward is not None:
+                after_backward(index, synced)
+            timer.end_micro_step(synced)
+            if noise is not None and noise.measuring:
+                timer.skip(noise.after_backward(index, inputs, labels))  # off the clock (scaling/noise/monitor.py)
+            losses.append(loss.detach())  # no host sync here: losses are read once per logging window
+            self._spent_loss = loss
+        if self.scaler is not None:
+            self.scaler.step(self.inner)  # unscales, skips the step on inf/NaN gradients
+            self.scaler.update()
+        else:
+            self.inner.step()
+        self.inner.zero_grad(set_to_none=True)
+        timer.end_step()
+        return losses
+
+    def forward_backward(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        loss = self.task.loss(self.model(inputs), labels)
+        scaled = loss / self.micro_steps if self.micro_steps > 1 else loss
+        (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        return loss
+
+
+def optimizer_step(accelerator: Accelerator, model: nn.Module, optimizer: torch.optim.Optimizer,
+                   micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]], timer: PhaseTimer | None = None,
+                   after_backward: Callable[[int, bool], None] | None = None, noise: NoiseMonitor | None = None,
+                   task: Task = CLASSIFICATION) -> list[torch.Tensor]:
+    """One optimizer step (StepRunner) for callers that take one now and then (the ceilings, tests)."""
+    return StepRunner(accelerator, model, optimizer, task)(micro_batches, timer, after_backward, noise)
+
+
+_NO_TIMER = PhaseTimer(torch.device("cpu"), enabled=False)
