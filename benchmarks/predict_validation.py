@@ -112,7 +112,7 @@ def _run(cmd: list[str], out: Path, processes: int) -> dict:
 
 def main() -> None:
     from scaling.devices import comm
-    from scaling.devices.predict import compute_load_for, gradient_bytes_for, predict_on_devices, profile_run
+    from scaling.devices.predict import compute_load, gradient_bytes, predict_on_devices, profile_run
     from scaling.files import read_metrics
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -142,11 +142,10 @@ def main() -> None:
                     loads.append((kind, load_before, os.getloadavg()[0]))
                     print(f"{name} N={processes} {kind} #{repeat}: {time.perf_counter() - started:.0f} s, load "
                           f"average {load_before:.1f} -> {os.getloadavg()[0]:.1f}", flush=True)
-                config = emulated[0][0]["config"]
-                gradient = gradient_bytes_for(config)
+                gradient = gradient_bytes(emulated[0][0])
                 buckets = comm.ddp_buckets(gradient)
                 # The all-reduce is measured between the repeats too: the machine's load changes.
-                load = compute_load_for(config, emulated[0][0]["batch"]["per_device"])
+                load = compute_load(emulated[0][0], emulated[0][0]["batch"]["per_device"])
                 measurements.append(comm.measure_allreduce(processes, comm.measurement_sizes(buckets),
                                                            parameter_bytes=list(reversed(gradient)), compute=load))
             link = measurements[-1].interconnect()

@@ -121,7 +121,7 @@ def predict(argv: list[str]) -> int:
         raise ConfigError(f"--processes must be >= 1, got {args.processes}")
     if not args.bucket_cap_mb > 0:
         raise ConfigError(f"--bucket-cap-mb must be > 0, got {args.bucket_cap_mb}")
-    result, metrics, folder = predict_devices.load_result(args.run_dir)
+    result, metrics, folder = predict_devices.load_run(args.run_dir)
     profile = predict_devices.profile_run(result, metrics)
     plan = predict_devices.plan_devices(profile, args.processes, args.per_device_bs)  # refuse a bad split first
     link, measurement = None, None
@@ -132,14 +132,14 @@ def predict(argv: list[str]) -> int:
     elif args.processes > 1 and not args.measure_comm:
         raise ConfigError(f"say how the {args.processes} devices are connected: --measure-comm, --interconnect "
                           f"NAME ({', '.join(comm.PRESETS)}), or --bandwidth GB/s --latency us")
-    gradient_bytes = predict_devices.gradient_bytes_for(result.get("config") or {})
+    gradient_bytes = predict_devices.gradient_bytes(result)
     if args.measure_comm and args.processes > 1:
         import torch
 
         first = comm.FIRST_BUCKET_BYTES if args.bucket_cap_mb == comm.DEFAULT_BUCKET_CAP_MB \
             else int(args.bucket_cap_mb * comm.MIB)
         buckets = comm.ddp_buckets(gradient_bytes, args.bucket_cap_mb, first)
-        on_gpu = (result.get("environment") or {}).get("device_type") == "cuda" and torch.cuda.is_available()
+        on_gpu = result["environment"].get("device_type") == "cuda" and torch.cuda.is_available()
         if not args.json:
             print(f"scaling: timing all-reduces of {len(buckets)} bucket size(s) across {args.processes} local "
                   f"processes ({'nccl' if on_gpu else 'gloo'})...", flush=True)
@@ -147,8 +147,7 @@ def predict(argv: list[str]) -> int:
                                              device="cuda" if on_gpu else "cpu",
                                              threads=predict_devices.run_threads(result),
                                              parameter_bytes=list(reversed(gradient_bytes)),
-                                             compute=predict_devices.compute_load_for(result.get("config") or {},
-                                                                                      plan.per_device_bs))
+                                             compute=predict_devices.compute_load(result, plan.per_device_bs))
         link = measurement.interconnect()
     if link is not None and args.no_overlap:
         link = dataclasses.replace(link, overlap=False)

@@ -87,12 +87,12 @@ def settle(cfg: RunConfig, resume: bool) -> tuple[RunConfig, RunLock | None]:
     their group, the main process resolves the output folder (a fresh runs/<time> by default), makes sure
     it is writable, takes its lock and checks what it holds against --resume / --overwrite; the others
     take its folder, or its refusal (each then exits with status 2, the main process printing the line)."""
-    cfg, state = start_processes(cfg)
+    _, state = start_processes(cfg)  # build() starts them again from `cfg` (the same group) and says how
     lock, settled = None, None
     if state.is_main_process:
         try:
-            cfg, lock = prepare_output_dir(cfg, resume)
-            settled = ("folder", cfg.output_dir)
+            prepared, lock = prepare_output_dir(cfg, resume)
+            settled = ("folder", prepared.output_dir)
         except ConfigError as err:
             settled = ("error", str(err))
     if state.num_processes > 1:

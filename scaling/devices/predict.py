@@ -7,18 +7,18 @@ steps of M micro-steps each in those windows, counted from metrics.jsonl):
 
     t_micro = forward_backward seconds / (K M)           forward+backward of one micro-batch of b samples
     t_data  = (data_wait + h2d) seconds / (K M)           fetching and copying one micro-batch
-    t_opt, t_noise, t_other = their seconds / K           once per optimizer step, whatever the topology
+    t_opt, t_other = their seconds / K                    once per optimizer step, whatever the topology
     t_sync  = grad_sync seconds / K                       the run's own exposed all-reduce (0 on one process)
 
 On N devices each rank runs A' = G / (N b') micro-steps of b' samples (b' = b unless asked otherwise; at
 another b' the per-micro-step costs are scaled per sample), then one all-reduce, then the same optimizer step
 as every other rank:
 
-    step(N) = A' (t_micro + t_data) + t_opt + t_noise + t_other + exposed all-reduce (scaling.devices.comm)
+    step(N) = A' (t_micro + t_data) + t_opt + t_other + exposed all-reduce (scaling.devices.comm)
               + the loop's two small collectives per logging window (the loss and stop-flag reductions)
               + (c - 1) (A' (t_micro + t_data) + t_opt + t_other)       with --measure-comm's contention c
 
-The run's own steady-state step is M (t_micro + t_data) + t_opt + t_noise + t_other + t_sync, so the
+The run's own steady-state step is M (t_micro + t_data) + t_opt + t_other + t_sync, so the
 prediction is the run's measured time plus the difference, step by step:
 
     train_time_to_target(N) = run's train_time_to_target + steps_to_target x (step(N) - run's step)
@@ -42,7 +42,7 @@ import json
 import math
 import re
 import statistics
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,7 @@ from scaling.devices.comm import (
     exposed_allreduce,
 )
 from scaling.files import read_metrics
-from scaling.results import FINAL_STATUSES
+from scaling.results import FAILURE_STATUSES, FINAL_STATUSES, Result, load_result
 
 BAND_PERCENTILES = (16.0, 84.0)
 WINDOW_COLLECTIVES = 2  # accelerator.reduce of the window's losses and of (elapsed, stop flag)
@@ -91,7 +91,6 @@ class RunProfile:
     micro_compute_s: float
     micro_data_s: float
     optimizer_s: float
-    noise_s: float
     other_s: float
     sync_s: float
     steps_per_window: float  # optimizer steps per logging window
@@ -102,9 +101,9 @@ class RunProfile:
 
     @property
     def steady_step_s(self) -> float:
-        """The breakdown's step: M (t_micro + t_data) + t_opt + t_noise + t_other + t_sync."""
-        return (self.micro_steps * (self.micro_compute_s + self.micro_data_s) + self.optimizer_s + self.noise_s
-                + self.other_s + self.sync_s)
+        """The breakdown's step: M (t_micro + t_data) + t_opt + t_other + t_sync."""
+        return (self.micro_steps * (self.micro_compute_s + self.micro_data_s) + self.optimizer_s + self.other_s
+                + self.sync_s)
 
     @property
     def decomposition(self) -> str:
@@ -122,88 +121,79 @@ class RunProfile:
         return float(low / median), float(high / median)
 
 
-def load_result(path: str | Path) -> tuple[dict, list[dict], Path]:
-    """result.json and metrics.jsonl of RUN_DIR (or of the folder of a result.json path)."""
+def load_run(path: str | Path) -> tuple[Result, list[dict], Path]:
+    """result.json (through the schema-checking loader) and metrics.jsonl of RUN_DIR (or of the folder of a
+    result.json path); ConfigError, one line, for a run that cannot be predicted from."""
     path = Path(path)
     folder = path.parent if path.name == "result.json" else path
     result_path = folder / "result.json"
     if not result_path.is_file():
         raise ConfigError(f"{folder} has no result.json: give the output folder of a finished run")
-    try:
-        result = json.loads(result_path.read_text())
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{result_path} is not valid JSON ({err})") from None
-    status = result.get("status") if isinstance(result, dict) else None
+    result = load_result(result_path)
+    status = result["status"]
     if status not in FINAL_STATUSES:
         raise ConfigError(f"{result_path} is not a finished run (status {status!r}); finish or resume it first")
-    if status in ("failed", "oom"):
+    if status in FAILURE_STATUSES:
         raise ConfigError(f"{result_path}: the run ended as {status!r} and measured nothing to predict from")
+    if result["model"] is None:
+        raise ConfigError(f"{result_path} was written before results recorded the model's gradient layout "
+                          f"(schema version {result['schema_version']}): rerun the configuration to predict from it")
     return result, read_metrics(folder / "metrics.jsonl"), folder
 
 
-def profile_run(result: dict, metrics: list[dict] | None = None) -> RunProfile:
+def profile_run(result: Result, metrics: list[dict] | None = None) -> RunProfile:
     """The per-micro-step and per-step costs of a finished run (module docstring)."""
-    batch = result.get("batch") or {}
-    try:
-        global_bs, b = int(batch["global"]), int(batch["per_device"])
-        processes, accumulation = int(batch["num_processes"]), int(batch["accumulation_steps"])
-        world = int(batch.get("world_size") or 1)
-    except (KeyError, TypeError, ValueError):
-        raise ConfigError("the result has no batch decomposition (result.json field 'batch')") from None
-    micro = int(batch.get("micro_steps_per_process") or processes // world * accumulation)
-    steps = int(result.get("steps") or 0)
-    train_elapsed = float(result.get("train_elapsed_s") or 0.0)
+    batch = result["batch"]
+    global_bs, b, world = batch["global"], batch["per_device"], batch["world_size"]
+    micro, steps, train_elapsed = batch["micro_steps_per_process"], result["steps"], result["train_elapsed_s"]
     if steps <= 0 or train_elapsed <= 0:
         raise ConfigError("the run trained no optimizer step: nothing to predict from")
-    step_s = result.get("train_time_per_step_s") or train_elapsed / steps
-    rates = [r for r in (result.get("throughput_windows") or []) if r]
+    step_s = result["train_time_per_step_s"] or train_elapsed / steps
+    rates = [r for r in result["throughput_windows"] if r]
     window_step_s = tuple(global_bs / r for r in (rates[1:] if len(rates) > 1 else rates))
     records = [r for r in (metrics or []) if r.get("type") == "train"]
     notes: list[str] = []
-    breakdown = result.get("step_time_breakdown")
+    breakdown = result["step_time_breakdown"]
     windows = len(rates)
-    if breakdown and breakdown.get("measured_s"):
-        phases = {name: (value or {}).get("seconds") for name, value in breakdown["phases"].items()}
-        counted = _breakdown_steps(records, breakdown, step_s)
+    if breakdown and breakdown["measured_s"]:
+        phases = {name: value["seconds"] for name, value in breakdown["phases"].items()}
+        counted = _breakdown_steps(records, breakdown)
         if counted is None:
             counted = max(1.0, breakdown["measured_s"] / step_s)
             notes.append("metrics.jsonl does not match the breakdown's windows: its step count is estimated from "
                          "time")
         n_micro = counted * micro
-        sync = phases.get("grad_sync")
+        sync = phases["grad_sync"]
         if sync is None:
             sync = 0.0
             notes.append(f"the run's all-reduce ({world} real processes, one micro-step each) is inside its "
                          f"forward/backward time: the prediction counts it twice (pessimistic)")
         profile = dict(
             micro_compute_s=phases["forward_backward"] / n_micro,
-            micro_data_s=(phases.get("data_wait") or 0.0) / n_micro + (phases.get("h2d") or 0.0) / n_micro,
-            optimizer_s=(phases.get("optimizer") or 0.0) / counted,
-            noise_s=(phases.get("noise_scale") or 0.0) / counted,
-            other_s=(phases.get("other") or 0.0) / counted,
+            micro_data_s=phases["data_wait"] / n_micro + phases["h2d"] / n_micro,
+            optimizer_s=phases["optimizer"] / counted,
+            other_s=phases["other"] / counted,
             sync_s=sync / counted,
         )
-        windows = int(breakdown.get("windows") or 0) + 1
+        windows = breakdown["windows"] + 1
     else:
-        profile = dict(micro_compute_s=step_s / micro, micro_data_s=0.0, optimizer_s=0.0, noise_s=0.0,
-                       other_s=0.0, sync_s=0.0)
+        profile = dict(micro_compute_s=step_s / micro, micro_data_s=0.0, optimizer_s=0.0, other_s=0.0, sync_s=0.0)
         notes.append("the run has no phase breakdown (--time-phases false): its whole step time is counted as "
                      "micro-step compute, so the optimizer and overheads are divided over devices (optimistic)")
-    target = result.get("target")
     return RunProfile(
-        status=result["status"], global_bs=global_bs, per_device_bs=b, num_processes=processes,
-        accumulation_steps=accumulation, world_size=world, micro_steps=micro, steps=steps,
-        steps_to_target=result.get("steps_to_target"), train_time_to_target_s=result.get("train_time_to_target_s"),
+        status=result["status"], global_bs=global_bs, per_device_bs=b, num_processes=batch["num_processes"],
+        accumulation_steps=batch["accumulation_steps"], world_size=world, micro_steps=micro, steps=steps,
+        steps_to_target=result["steps_to_target"], train_time_to_target_s=result["train_time_to_target_s"],
         train_elapsed_s=train_elapsed, step_s=float(step_s), steps_per_window=steps / max(1, windows),
-        window_step_s=window_step_s, target=target.get("value") if isinstance(target, dict) else None,
-        device=(result.get("environment") or {}).get("device"), notes=tuple(notes), **profile,
+        window_step_s=window_step_s, target=result["target"]["value"], device=result["environment"].get("device"),
+        notes=tuple(notes), **profile,
     )
 
 
 def run_threads(result: dict) -> int:
     """Intra-op threads each of the run's processes computed with (environment.torch_threads, else the
     `N threads` of environment.device on the CPU; 1 when neither says)."""
-    environment = result.get("environment") or {}
+    environment = result["environment"]
     threads = environment.get("torch_threads")
     if isinstance(threads, int) and threads > 0:
         return threads
@@ -211,7 +201,7 @@ def run_threads(result: dict) -> int:
     return int(match.group(1)) if match else 1
 
 
-def _breakdown_steps(records: list[dict], breakdown: dict, step_s: float) -> float | None:
+def _breakdown_steps(records: list[dict], breakdown: dict) -> float | None:
     """Optimizer steps in the breakdown's windows: every logging window writes one train record, and the
     breakdown sums all windows but the first. None when the records do not match (e.g. a resumed run)."""
     steps = [r.get("step") for r in records]
@@ -314,7 +304,6 @@ def predict_on_devices(profile: RunProfile, gradient_bytes: list[int], processes
         "compute": plan.accumulation_steps * micro_compute,
         "data": plan.accumulation_steps * micro_data,
         "optimizer": profile.optimizer_s,
-        "noise_scale": profile.noise_s,
         "other": profile.other_s,
         "allreduce": comm.exposed_s,
         "ddp_overhead": plan.accumulation_steps * ddp.micro_overhead_s if ddp is not None else 0.0,
@@ -359,44 +348,16 @@ def device_counts(global_bs: int, limit: int) -> list[int]:
 # ------------------------------------------------------------------------------------------------ the model
 
 
-_MODEL_CACHE: dict[str, tuple[list[int], ComputeLoad]] = {}
+def gradient_bytes(result: Result) -> list[int]:
+    """Per-parameter gradient bytes (backward order) of the run's model, as the run recorded them."""
+    return list(result["model"]["gradient_bytes"])
 
 
-def _model_facts(config: dict) -> tuple[list[int], ComputeLoad]:
-    """The run's model rebuilt from its config (the data is loaded, from the cache, only for its input shape,
-    dtype and class count): its per-parameter gradient bytes (backward order) and its work at batch 1.
-    Cached per model and data."""
-    from scaling.config import FIELDS, RunConfig
-
-    values = {key: value for key, value in config.items() if key in FIELDS}
-    key = json.dumps({k: values.get(k) for k in ("model", "dataset", "dataset_config", "train_split",
-                                                "eval_split", "input_column", "label_column", "num_samples")},
-                     sort_keys=True, default=str)
-    if key not in _MODEL_CACHE:
-        import torch
-
-        from scaling.data import load_workload
-        from scaling.devices.comm import model_gradient_bytes
-        from scaling.models import build_model
-
-        cfg = replace(RunConfig(), **values)
-        workload = load_workload(cfg)
-        with torch.random.fork_rng():
-            model = build_model(cfg.model, workload.input_shape, workload.num_classes)
-        dtype = str(getattr(workload.input_shape, "dtype", torch.float32)).removeprefix("torch.")
-        load = ComputeLoad(cfg.model, tuple(workload.input_shape), dtype, workload.num_classes, 1)
-        _MODEL_CACHE[key] = (model_gradient_bytes(model), load)
-    return _MODEL_CACHE[key]
-
-
-def gradient_bytes_for(config: dict) -> list[int]:
-    """Per-parameter gradient bytes (backward order) of the run's model, rebuilt from its config."""
-    return list(_model_facts(config)[0])
-
-
-def compute_load_for(config: dict, per_device_bs: int) -> ComputeLoad:
+def compute_load(result: Result, per_device_bs: int) -> ComputeLoad:
     """One device's work for `--measure-comm`'s contention timing: the run's model at `per_device_bs`."""
-    return replace(_model_facts(config)[1], batch=per_device_bs)
+    model = result["model"]
+    return ComputeLoad(model["name"], tuple(model["input_shape"]), model["input_dtype"], model["num_classes"],
+                       per_device_bs, model["task"])
 
 
 # ------------------------------------------------------------------------------------------------ the words
@@ -430,7 +391,7 @@ def explain(profile: RunProfile, prediction: DevicePrediction) -> str:
     lines.append(
         f"Per step {ms(p.step_s)} (the run: {ms(profile.step_s)}): {plan.accumulation_steps} x "
         f"{ms(c['compute'] / plan.accumulation_steps)} forward/backward ({micro} at batch {plan.per_device_bs}), "
-        f"data {ms(c['data'])}, optimizer {ms(c['optimizer'])}, other {ms(c['other'] + c['noise_scale'])}{ddp}"
+        f"data {ms(c['data'])}, optimizer {ms(c['optimizer'])}, other {ms(c['other'])}{ddp}"
         f"{shared}, "
         f"and the all-reduce of {_bytes(p.gradient_bytes)} of gradients in {len(p.allreduce.bucket_bytes)} "
         f"bucket{'s' * (len(p.allreduce.bucket_bytes) != 1)} ({how}): {ms(p.allreduce.total_s)}, of which "

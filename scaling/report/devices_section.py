@@ -21,7 +21,7 @@ from matplotlib import colormaps
 
 from scaling.config import ConfigError
 from scaling.devices.comm import PRESETS, Interconnect
-from scaling.devices.predict import device_counts, gradient_bytes_for, predict_on_devices, profile_run
+from scaling.devices.predict import device_counts, gradient_bytes, predict_on_devices, profile_run
 from scaling.files import read_metrics
 from scaling.report import formatting as fmt
 from scaling.report import plots
@@ -105,11 +105,10 @@ def _analyse(study: Study, link: Interconnect) -> DeviceAnalysis:
 
 
 def _row(configuration: Configuration, runs: list[Run], link: Interconnect) -> DeviceRow:
-    try:
-        gradient = gradient_bytes_for(runs[0].config)
-    except Exception as err:  # rebuilding a user's model or data can fail in any way: say so, go on
-        raise ConfigError(f"its model could not be rebuilt to count its gradient: {type(err).__name__}: "
-                          f"{err}") from None
+    if runs[0].result["model"] is None:
+        raise ConfigError("its result was written before results recorded the model's gradient layout "
+                          "(schema version 1): rerun it to predict it on more devices")
+    gradient = gradient_bytes(runs[0].result)
     row = DeviceRow(configuration, statistics.fmean(run.train_time for run in runs),
                     statistics.fmean(run.steps_to_target for run in runs))
     per_run: dict[int, list[float]] = {}

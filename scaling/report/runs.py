@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from scaling.config import ConfigError
-from scaling.results import FINAL_STATUSES, read_result
+from scaling.results import FINAL_STATUSES, read_result_checked
 
+UNREADABLE = "unreadable"  # a result.json the loader refuses (scaling/results.py): named, not reported on
 # Keys that differ between the seeds of one configuration and say nothing about the configuration itself.
 RUN_ONLY_KEYS = ("seed", "output_dir")
 # Keys that set the batch and its decomposition: the x axis of every plot rather than a series of its own.
@@ -224,7 +225,11 @@ def load_runs(study_dir: str | Path) -> list[Run]:
 def _run_from_entry(study_dir: Path, entry: dict[str, Any]) -> Run:
     run_id = str(entry.get("id"))
     folder = study_dir / (entry.get("output_dir") or f"runs/{run_id}")
-    result = read_result(folder / "result.json") or {}
+    path = folder / "result.json"
+    loaded, problem = read_result_checked(path) if path.exists() or path.is_symlink() else (None, None)
+    if problem is not None:
+        return Run(run_id, UNREADABLE, {}, dict(entry.get("overrides") or {}), f"{path} {problem}", folder, True)
+    result = loaded if loaded is not None and loaded["status"] in FINAL_STATUSES else {}
     if "config" in result:
         config, partial = dict(result["config"]), False
     else:  # the run left no result: its overrides are all that is known of its config
@@ -237,8 +242,10 @@ def _run_from_entry(study_dir: Path, entry: dict[str, Any]) -> Run:
 def _run_from_file(study_dir: Path, path: Path) -> Run:
     folder = path.parent
     run_id = folder.relative_to(study_dir).as_posix() if folder != study_dir else study_dir.resolve().name
-    result = read_result(path)
-    if result is None:  # running, or torn: it still gets a row, without numbers
+    result, problem = read_result_checked(path)
+    if problem is not None:  # damaged: named, and left out of every number
+        return Run(run_id, UNREADABLE, {}, {}, f"{path} {problem}", folder, True)
+    if result["status"] not in FINAL_STATUSES:  # running or interrupted: a row, without numbers
         return Run(run_id, "incomplete", {}, {}, None, folder, True)
     return Run(run_id, result["status"], result, dict(result.get("config") or {}), result.get("error"), folder)
 
