@@ -111,7 +111,7 @@ def _run(cmd: list[str], out: Path, processes: int) -> dict:
 
 
 def main() -> None:
-    from scaling.devices import comm
+    from scaling.devices import comm, measure
     from scaling.devices.predict import compute_load, gradient_bytes, predict_on_devices, profile_run
     from scaling.files import read_metrics
 
@@ -146,7 +146,7 @@ def main() -> None:
                 buckets = comm.ddp_buckets(gradient)
                 # The all-reduce is measured between the repeats too: the machine's load changes.
                 load = compute_load(emulated[0][0], emulated[0][0]["batch"]["per_device"])
-                measurements.append(comm.measure_allreduce(processes, comm.measurement_sizes(buckets),
+                measurements.append(measure.measure_allreduce(processes, measure.measurement_sizes(buckets),
                                                            parameter_bytes=list(reversed(gradient)), compute=load))
             link = measurements[-1].interconnect()
             predictions, uncontended, alpha_beta, ideal = [], [], [], []

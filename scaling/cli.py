@@ -111,7 +111,7 @@ def _predict_parser() -> ArgumentParser:
 
 def predict(argv: list[str]) -> int:
     """`scaling predict RUN_DIR --processes N ...`: docs/predict.md."""
-    from scaling.devices import comm
+    from scaling.devices import comm, measure
     from scaling.devices import predict as predict_devices
 
     args = _predict_parser().parse_args(argv)
@@ -143,7 +143,7 @@ def predict(argv: list[str]) -> int:
         if not args.json:
             print(f"scaling: timing all-reduces of {len(buckets)} bucket size(s) across {args.processes} local "
                   f"processes ({'nccl' if on_gpu else 'gloo'})...", flush=True)
-        measurement = comm.measure_allreduce(args.processes, comm.measurement_sizes(buckets),
+        measurement = measure.measure_allreduce(args.processes, measure.measurement_sizes(buckets),
                                              device="cuda" if on_gpu else "cpu",
                                              threads=predict_devices.run_threads(result),
                                              parameter_bytes=list(reversed(gradient_bytes)),

@@ -26,15 +26,16 @@ SCHEMA_VERSION = 2  # 2: `model` (parameters, gradient layout, input shape) adde
 
 
 class BatchRecord(TypedDict):
-    """The batch decomposition (scaling.batching.BatchPlan.to_dict)."""
+    """The batch decomposition (scaling.batching.BatchPlan.to_dict); `emulated` and `micro_steps_per_process`
+    follow from the others (the loader fills them when absent)."""
 
     world_size: int
     num_processes: int
     accumulation_steps: int
-    micro_steps_per_process: int
-    emulated: bool
     per_device: int
     global_: int  # "global" in the file (a keyword in Python): see _FIELD_NAMES
+    emulated: bool
+    micro_steps_per_process: int
 
 
 class LRRecord(TypedDict):
@@ -116,7 +117,7 @@ class Result(TypedDict, total=False):
     straggler_ratio: float | None
     noise_scale: dict[str, Any] | None
     environment: dict[str, Any]
-    model: ModelRecord  # since schema 2
+    model: ModelRecord | None  # since schema 2 (null when loaded from an earlier one)
     batch_coupled_layers: list[str]
     decomposition_exact: bool
     auto_batch: dict[str, Any] | None
@@ -134,8 +135,12 @@ class Result(TypedDict, total=False):
 
 
 OPTIONAL_FIELDS = frozenset({"ceilings", "checkpoint", "stop_signal"})
-# Fields a result of an earlier schema version may lack (the loader fills them with null).
-ADDED_FIELDS = {2: frozenset({"model"})}
+# What every reader relies on: a finished or interrupted result without one of these is not one of ours. Any
+# other field a file lacks (one written by an earlier version, or by hand) loads as null, or as an empty list
+# for a list; every field present must have its type.
+CORE_FIELDS = frozenset({"schema_version", "status", "config", "batch", "lr", "target", "time_to_target_s",
+                         "train_time_to_target_s", "steps_to_target", "steps", "elapsed_s", "train_elapsed_s",
+                         "history", "environment"})
 
 
 class FailureResult(TypedDict):
@@ -280,36 +285,45 @@ def check_result(data: Any) -> str | None:
     if status not in STATUSES:
         return f"has an unknown status {status!r}"
     schema = RunningResult if status == "running" else FailureResult if status in FAILURE_STATUSES else Result
-    version = data.get("schema_version", 1)
-    if schema is Result:
-        if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= SCHEMA_VERSION:
-            return f"has schema_version {version!r}; this tool reads 1 to {SCHEMA_VERSION}"
-        added = frozenset().union(*(fields for since, fields in ADDED_FIELDS.items() if since > version))
-        for name in added:
-            data.setdefault(name, None)
-        required = Result.__annotations__.keys() - OPTIONAL_FIELDS - added
-    else:
-        required = schema.__annotations__.keys()
+    required = CORE_FIELDS if schema is Result else schema.__annotations__.keys()
     missing = sorted(name for name in required if name not in data)
     if missing:
         return f"lacks field {missing[0]!r} (status {status})"
+    version = data.get("schema_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= SCHEMA_VERSION:
+        return f"has schema_version {version!r}; this tool reads 1 to {SCHEMA_VERSION}"
     hints = _hints(schema)
     for name, value in data.items():
         if name in hints:
-            problem = _type_problem(value, hints[name], added_null=name in ADDED_FIELDS.get(2, ()))
+            problem = _type_problem(value, hints[name])
             if problem:
                 return f"field {name!r}: {problem}"
+    if schema is Result:
+        _fill_absent(data, hints)
     return None
 
 
+def _fill_absent(data: dict, hints: dict[str, Any]) -> None:
+    """Absent fields as null (an empty list for a list), and the batch's derived fields, so that a reader
+    indexes any result alike."""
+    for name, hint in hints.items():
+        if name not in data and name not in OPTIONAL_FIELDS:
+            data[name] = [] if typing.get_origin(hint) is list else None
+    batch = data["batch"]
+    batch.setdefault("emulated", batch["num_processes"] != batch["world_size"])
+    batch.setdefault("micro_steps_per_process",
+                     batch["num_processes"] // batch["world_size"] * batch["accumulation_steps"])
+
+
 _FIELD_NAMES = {"global_": "global"}  # TypedDict field -> its key in the file
+DERIVED_KEYS = frozenset({"emulated", "micro_steps_per_process"})  # of a batch: filled when absent
 
 
 def _hints(schema: type) -> dict[str, Any]:
     return {_FIELD_NAMES.get(k, k): v for k, v in typing.get_type_hints(schema).items()}
 
 
-def _type_problem(value: Any, hint: Any, added_null: bool = False) -> str | None:
+def _type_problem(value: Any, hint: Any) -> str | None:
     """Why `value` does not match `hint` (None when it does): JSON numbers, strings, booleans, lists, objects
     and the records above."""
     if hint is Any:
@@ -320,8 +334,6 @@ def _type_problem(value: Any, hint: Any, added_null: bool = False) -> str | None
             return None
         problems = [_type_problem(value, arg) for arg in args if arg is not type(None)]
         return None if None in problems else problems[0]
-    if value is None and added_null:
-        return None
     if origin is list:
         if not isinstance(value, list):
             return f"must be a list, got {_kind(value)}"
@@ -336,6 +348,8 @@ def _type_problem(value: Any, hint: Any, added_null: bool = False) -> str | None
             return f"must be an object, got {_kind(value)}"
         for name, inner in _hints(hint).items():
             if name not in value:
+                if name in DERIVED_KEYS:
+                    continue
                 return f"lacks {name!r}"
             problem = _type_problem(value[name], inner)
             if problem:

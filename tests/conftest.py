@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -26,8 +30,11 @@ def _private_cache(tmp_path_factory):
 
 
 def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a child process: the repository importable (after any PYTHONPATH given in `extra`,
+    e.g. a folder holding a test's own module), one thread per process unless told otherwise."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    first = [extra.pop("PYTHONPATH")] if "PYTHONPATH" in extra else []
+    env["PYTHONPATH"] = os.pathsep.join([*first, str(REPO), env.get("PYTHONPATH", "")])
     env.setdefault("OMP_NUM_THREADS", "1")
     env.update(extra)
     return env
@@ -45,7 +52,7 @@ GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
 
 
 def run_torchrun(args: list[str], nproc: int = 2, timeout: float = 300, cwd: Path | None = None,
-                 script: Path = RUN_PY):
+                 script: Path = RUN_PY, **env: str):
     """`torchrun --nproc_per_node N SCRIPT ARGS` with gloo on the CPU (real process group).
 
     Rarely (about 1 in 15 runs here, even with barrier + destroy_process_group before exit), a gloo worker
@@ -58,7 +65,7 @@ def run_torchrun(args: list[str], nproc: int = 2, timeout: float = 300, cwd: Pat
         proc = subprocess.run(
             [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
              "--master_port", str(_free_port()), str(script), *args, *retry],
-            capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO, env=child_env(),
+            capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO, env=child_env(**env),
         )
         if proc.returncode == 0 or GLOO_TEARDOWN_ABORT not in proc.stderr or attempt:
             return proc
@@ -71,6 +78,48 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@dataclass
+class Exited:
+    """What a command left: its exit status and what it printed (as subprocess.CompletedProcess has them)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_in_process(args: list[str], command: str = "run", cwd: Path | None = None, **env: str) -> Exited:
+    """`scaling COMMAND ARGS` called in this process, its output captured: for argument, config and input
+    checks that end before anything trains (no interpreter to start, no torch to import). `env` is set for
+    the call (PYTHONPATH entries also go on sys.path, for a test's own module:callable)."""
+    from scaling.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    previous = signal.getsignal(signal.SIGINT)  # the command installs its own Ctrl-C handler
+    saved_env, saved_path, saved_cwd = dict(os.environ), list(sys.path), os.getcwd()
+    os.environ.update(env)
+    own = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p] + ([str(cwd)] if cwd else [])
+    sys.path[:0] = own
+    modules = set(sys.modules)
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([command, *args])
+            except SystemExit as exit_:  # argparse's --help
+                code = exit_.code if isinstance(exit_.code, int) else 0
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        sys.path[:] = saved_path
+        signal.signal(signal.SIGINT, previous)
+        for name in set(sys.modules) - modules:  # a test's own modules: the next test may write others
+            if any(str(getattr(sys.modules[name], "__file__", None) or "").startswith(p) for p in own):
+                del sys.modules[name]
+    return Exited(code, out.getvalue(), err.getvalue())
 
 
 def load_result(output_dir: Path) -> dict:

@@ -8,7 +8,7 @@ import torch
 import torch.multiprocessing as mp
 
 from scaling.config import ConfigError
-from scaling.devices import comm
+from scaling.devices import comm, measure
 from scaling.devices.comm import Interconnect, allreduce_time, ddp_buckets, exposed_allreduce, fit_alpha_beta
 
 MIB = 2**20
@@ -98,7 +98,7 @@ def test_presets_and_given_figures():
 
 
 def test_measurement_sizes_cover_both_ends_and_the_buckets():
-    sizes = comm.measurement_sizes([4_239_400, 167_936])
+    sizes = measure.measurement_sizes([4_239_400, 167_936])
     assert sizes[0] == 4 and 4_239_400 in sizes and 167_936 in sizes
     assert all(size % 4 == 0 for size in sizes) and sizes == sorted(set(sizes))
 
@@ -133,7 +133,7 @@ def _ddp_buckets(rank: int, port: int, out: dict) -> None:
 def test_buckets_match_the_ones_ddp_builds():
     manager = mp.Manager()
     out = manager.dict()
-    mp.spawn(_ddp_buckets, args=(comm._free_port(), out), nprocs=2)
+    mp.spawn(_ddp_buckets, args=(measure._free_port(), out), nprocs=2)
     assert set(out.keys()) == {"mlp", "resnet"}
     for name, (real, modelled) in out.items():
         assert modelled == real, name
@@ -144,7 +144,7 @@ def test_buckets_match_the_ones_ddp_builds():
 def test_measured_allreduce_grows_with_size_and_fits():
     layout = [4 * MIB, 4096, 40_960]  # registration order: a 1 M-parameter layer, its bias, a head
     load = comm.ComputeLoad("mlp", (40,), "float32", 10, 32)
-    measurement = comm.measure_allreduce(2, [4, 4096, MIB, 8 * MIB], min_time_s=0.05, repeats=3,
+    measurement = measure.measure_allreduce(2, [4, 4096, MIB, 8 * MIB], min_time_s=0.05, repeats=3,
                                          parameter_bytes=layout, compute=load)
     # The model's training step, alone and both at once: the real thing, so only its shape is asserted
     # (on 2 cores the two processes may or may not slow each other down).

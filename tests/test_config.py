@@ -1,6 +1,6 @@
 import pytest
 
-from conftest import assert_one_line_error, run_entry
+from conftest import assert_one_line_error, run_in_process
 from scaling.config import ConfigError, RunConfig, make_config, parse_args
 
 
@@ -115,14 +115,14 @@ def test_make_config_refuses_unknown_keys():
 )
 def test_entry_exits_2_with_one_line_and_writes_no_result(tmp_path, argv, fragments):
     out = tmp_path / "out"
-    proc = run_entry([*argv, "--output-dir", str(out), "--num-samples", "2000"] if "--num-samples" not in argv
-                     else [*argv, "--output-dir", str(out)], timeout=120)
+    proc = run_in_process([*argv, "--output-dir", str(out), "--num-samples", "2000"] if "--num-samples" not in argv
+                          else [*argv, "--output-dir", str(out)])
     assert_one_line_error(proc, *fragments)
     assert not (out / "result.json").exists()
 
 
 def test_unparseable_yaml_through_the_entry(tmp_path):
-    proc = run_entry(["--config", write(tmp_path, "global_bs: [\n")], timeout=60)
+    proc = run_in_process(["--config", write(tmp_path, "global_bs: [\n")])
     assert_one_line_error(proc, "not valid YAML")
 
 
@@ -136,34 +136,20 @@ def test_every_field_has_one_line_of_help_in_exactly_one_group():
 
 
 def test_help_shows_groups_descriptions_and_choices():
-    import subprocess
-    import sys
-
-    from conftest import REPO, child_env
-
-    text = subprocess.run([sys.executable, "-m", "scaling.cli", "run", "--help"], capture_output=True, text=True,
-                          cwd=REPO, env=child_env(), timeout=60).stdout
+    text = run_in_process(["--help"], COLUMNS="80").stdout
     for fragment in ("batch: global = per-device x processes x accumulation steps", "learning rate:", "stopping:",
                      "data and model:", "measurement:", "machine and output:", "--lr-scaling none|linear|sqrt",
                      "how the LR follows the global batch", "(default: sqrt)"):
         assert fragment in text, fragment
-    probe = subprocess.run([sys.executable, "-m", "scaling.cli", "probe", "--help"], capture_output=True, text=True,
-                           cwd=REPO, env=child_env(), timeout=60).stdout
+    probe = run_in_process(["--help"], command="probe", COLUMNS="80").stdout
     assert probe.startswith("usage: scaling probe")
 
 
 def test_print_config_is_the_resolved_yaml_and_reads_back(tmp_path):
-    import subprocess
-    import sys
-
     import yaml
 
-    from conftest import REPO, child_env
-
     (tmp_path / "base.yaml").write_text("global_bs: 1024\nlr_scaling: linear\n")
-    proc = subprocess.run([sys.executable, "-m", "scaling.cli", "run", "--config", str(tmp_path / "base.yaml"),
-                           "--lr-scaling", "sqrt", "--print-config"], capture_output=True, text=True, cwd=REPO,
-                          env=child_env(), timeout=60)
+    proc = run_in_process(["--config", str(tmp_path / "base.yaml"), "--lr-scaling", "sqrt", "--print-config"])
     assert proc.returncode == 0, proc.stderr
     printed = yaml.safe_load(proc.stdout)
     assert printed["global_bs"] == 1024 and printed["lr_scaling"] == "sqrt"  # flags > YAML > defaults

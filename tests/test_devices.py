@@ -9,12 +9,17 @@ import pytest
 
 from conftest import REPO, assert_one_line_error, child_env
 from scaling.config import ConfigError
-from scaling.devices.comm import Interconnect
+from scaling.devices.comm import Interconnect, model_gradient_bytes
 from scaling.devices.predict import device_counts, explain, plan_devices, predict_on_devices, profile_run
+from scaling.models import build_model
 
 
 def phase(seconds):
     return {"seconds": seconds, "fraction": None}
+
+
+# The default CNN's per-parameter gradient bytes in backward order, as a run records them (result.json `model`).
+CNN1D_GRADIENT_BYTES = model_gradient_bytes(build_model("cnn1d", (40,), 10))
 
 
 def emulating_result(**changes) -> dict:
@@ -22,12 +27,18 @@ def emulating_result(**changes) -> dict:
     micro-steps per step). Logging windows close at steps 10, 20 and 30: the breakdown sums the last two
     (K = 20 steps, 80 micro-steps) over 1.0 s of wall time."""
     result = {
-        "status": "reached",
+        "schema_version": 2, "status": "reached",
         "config": {"model": "cnn1d", "dataset": "mnist1d", "num_samples": 8000},
+        "lr": {"rule": "sqrt", "base": 0.1, "base_bs": 256, "scaled": 0.1, "warmup_steps": 0, "decay": "constant"},
+        "time_to_target_s": 1.8, "elapsed_s": 1.9, "history": [],
+        "model": {"name": "cnn1d", "task": "classification", "parameters": sum(CNN1D_GRADIENT_BYTES) // 4,
+                  "gradient_bytes": CNN1D_GRADIENT_BYTES, "input_shape": [40], "input_dtype": "float32",
+                  "num_classes": 10},
         "target": {"metric": "accuracy", "value": 0.9},
         "batch": {"global": 256, "per_device": 64, "num_processes": 2, "accumulation_steps": 2, "world_size": 1,
                   "emulated": True, "micro_steps_per_process": 4},
         "steps": 32, "train_elapsed_s": 1.6, "steps_to_target": 30, "train_time_to_target_s": 1.5,
+        "train_time_per_step_s": None, "environment": {"device": "cpu (test)"},
         # samples/s per window: step times 0.05 s (first, dropped), then 0.04, 0.05, 0.06, 0.05, 0.05 s
         "throughput_windows": [256 / 0.05, 256 / 0.04, 256 / 0.05, 256 / 0.06, 256 / 0.05, 256 / 0.05],
         "step_time_breakdown": {
@@ -181,7 +192,7 @@ def write_run(folder, result):
     (folder / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in METRICS))
 
 
-def test_report_section_table_and_a_model_that_cannot_be_rebuilt(tmp_path):
+def test_report_section_table_and_a_result_without_the_models_gradient_layout(tmp_path):
     from scaling.report.findings import device_count_findings
     from scaling.report.render import Note, Table
     from scaling.report.sections import device_count_section
@@ -190,8 +201,9 @@ def test_report_section_table_and_a_model_that_cannot_be_rebuilt(tmp_path):
     good = emulating_result(environment={"device": "NVIDIA H100 80GB HBM3", "device_type": "cuda"})
     good["config"] = {**good["config"], "global_bs": 256}
     write_run(tmp_path / "good", good)
-    bad = emulating_result(environment={"device": "NVIDIA H100 80GB HBM3", "device_type": "cuda"})
+    bad = emulating_result(environment={"device": "NVIDIA H100 80GB HBM3", "device_type": "cuda"}, schema_version=1)
     bad["config"] = {**bad["config"], "global_bs": 256, "model": "no_such_module_here:build"}
+    del bad["model"]  # written before results recorded it: nothing is rebuilt to find it
     write_run(tmp_path / "bad", bad)
     study = Study.load(tmp_path, tmp_path / "report")
     (tmp_path / "report").mkdir()
@@ -202,7 +214,7 @@ def test_report_section_table_and_a_model_that_cannot_be_rebuilt(tmp_path):
     assert table.rows[0][3] == "1.5"  # one device: the emulating run itself
     assert table.rows[0][-1].endswith("*")  # 64 devices: a per-device batch of 4, not measured
     skipped = [block.text for block in blocks if isinstance(block, Note) and block.text.startswith("Not predicted")]
-    assert len(skipped) == 1 and "could not be rebuilt" in skipped[0]
+    assert len(skipped) == 1 and "before results recorded the model's gradient layout" in skipped[0]
     findings = device_count_findings(study)
     assert all(f.numbers["interconnect"]["name"] == "nvlink4" for f in findings)  # an H100: NVLink 4
     # More devices never lose here (NVLink is fast and the compute scales): the answer uses them all.

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, assert_ok, assert_one_line_error, child_env, run_entry
-from scaling.config import YAML_MAX_BYTES, ConfigError, load_yaml, parse_args
+from scaling.config import ConfigError, parse_args
 from scaling.study.slurm import write_slurm
 from scaling.study.spec import MAX_CONFIGS, load_study
+from scaling.userfiles import YAML_MAX_BYTES, load_yaml
 
 # Nine levels of nine-fold aliases: 387 million values when expanded.
 BOMB = "".join(f"{chr(97 + i)}: &{chr(97 + i)} [" + ", ".join([f"*{chr(96 + i)}"] * 9 if i else ["1"] * 9) + "]\n"

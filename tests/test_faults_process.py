@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, RUN_PY, SMALL, assert_ok, assert_one_line_error, child_env, run_entry
+from conftest import REPO, RUN_PY, SMALL, assert_ok, assert_one_line_error, child_env, run_entry, run_torchrun
 from scaling.files import read_metrics
 from scaling.results import read_result
 
@@ -297,6 +297,22 @@ def test_the_default_output_folder_is_fresh_per_run_and_runs_latest_points_at_it
     # --resume without --output-dir means the latest run
     proc = run_entry([*QUICK, "--global-bs", "64", "--resume"], cwd=tmp_path, timeout=120)
     assert_one_line_error(proc, f"--resume: runs/{folders[1].name} holds a finished run")
+    # An explicit --output-dir runs/latest is a folder like any other (the newest run, through the link): not
+    # the default, so it is not replaced by a fresh folder but refused, as any folder holding a run is.
+    proc = run_entry([*QUICK, "--global-bs", "64", "--output-dir", "runs/latest"], cwd=tmp_path, timeout=120)
+    assert_one_line_error(proc, "output folder runs/latest holds a finished run", "--overwrite")
+
+
+def test_two_processes_with_the_default_folder_write_one_fresh_folder_together(tmp_path):
+    """Every process settles the same folder before training: one run folder, both ranks' checkpoint parts in
+    it (each process saves its RNG state), one result."""
+    proc = run_torchrun([*QUICK, "--global-bs", "64", "--checkpoint-every", "2"], cwd=tmp_path)
+    assert_ok(proc)
+    folders = [p for p in (tmp_path / "runs").iterdir() if not p.is_symlink()]
+    assert len(folders) == 1, folders
+    checkpoint = folders[0] / "checkpoint"
+    assert (checkpoint / "random_states_0.pkl").is_file() and (checkpoint / "random_states_1.pkl").is_file()
+    assert read_result(folders[0] / "result.json")["batch"]["world_size"] == 2
 
 
 # ---------------------------------------------------------------- item 10: files the run writes

@@ -119,19 +119,6 @@ def image_cache_dir(num_samples: int, image_size: int = 32, fmt: str = "PNG") ->
     return cache_root() / f"mnist1d_images-{num_samples}-{image_size}-{fmt.lower()}-{key}"
 
 
-def ensure_image_cache(num_samples: int, image_size: int = 32, fmt: str = "PNG") -> Path:
-    """The cache folder, built first if missing.
-
-    Written to a temporary folder and renamed, so a killed build never leaves a half-written cache; if
-    another process renamed first, its copy is kept and ours dropped. Callers on several ranks should run
-    this on the local main process first (as `load_workload` is), so the others only read.
-    """
-    target = image_cache_dir(num_samples, image_size, fmt)
-    if not (target / "dataset_dict.json").is_file():
-        _build_image_cache(target, num_samples, image_size, fmt)
-    return target
-
-
 def _build_image_cache(target: Path, num_samples: int, image_size: int, fmt: str) -> None:
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     target.parent.mkdir(parents=True, exist_ok=True)

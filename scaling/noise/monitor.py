@@ -48,12 +48,11 @@ from scaling.noise.estimators import (
 from scaling.task import CLASSIFICATION, Task
 
 # Default measurement intervals: the two-gradient methods only copy and reduce norms; the half-batch
-# fallback adds half a forward/backward, which at batch 32 costs nearly a whole step (per-op overhead): off
-# the clock, 1.6-2.0% of the training time in wall time at one measurement in 50 steps
-# (benchmarks/overhead.py, "noise off-clock").
+# fallback adds half a forward/backward, which at batch 32 costs nearly a whole step (per-op overhead), so
+# it measures less often (its wall-time cost, off the clock: docs/performance.md).
 EVERY = {"ranks": 10, "micro_batches": 10, "half_batch": 50}
 # The running estimate averages the last WINDOW measurements. A probe pools PROBE_BATCHES global batches
-# at fixed weights (tests/test_exact_numbers.py: within 1.5x of per-example gradients at the same weights).
+# at fixed weights (checked against per-example gradients at the same weights: tests/test_exact_numbers.py).
 WINDOW = 5
 PROBE_BATCHES = 16
 

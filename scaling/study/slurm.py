@@ -43,10 +43,6 @@ def slurm_words(study_config: StudyConfig, config_path: Path) -> list[str]:
             _Shell('"$SLURM_JOB_ID"'), *run]
 
 
-def slurm_command(study_config: StudyConfig, config_path: Path) -> str:
-    return _shell_join(slurm_words(study_config, config_path))
-
-
 def launch_mode(out: str | Path) -> str:
     """What a (re)submitted job does with a configuration's folder: "done" (a final result), "resume" (a
     checkpoint of an unfinished run) or "overwrite" (start from scratch)."""

@@ -17,13 +17,14 @@ from typing import Any
 
 import yaml
 
-from scaling.config import ConfigError, read_text_file
+from scaling.errors import ConfigError
 from scaling.files import write_json_atomic
 from scaling.lock import wait_for_run_lock
 from scaling.output import inspect_run_folder
 from scaling.parent import DIE_WITH_PARENT_ENV, die_with_parent, die_with_parent_available
 from scaling.results import read_result, read_result_checked
 from scaling.study.spec import RUN_PY, Launcher, StudyConfig, StudyPlan
+from scaling.userfiles import read_text_file
 
 STDERR_TAIL_LINES = 30
 MAX_STUDY_FILE_BYTES = 256 << 20
