@@ -139,3 +139,35 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
     assert lines[0].startswith("scaling: error: ")
     for fragment in fragments:
         assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+
+
+def a_record(status: str = "reached", steps: int = 40, seed: int = 0, output_dir: str = "out"):
+    """A run record as the loop leaves it (scaling/record.py): 40 steps at global batch 64 (16 x 1 x 4),
+    evaluated every 10 steps; when reached, the target first met at step 33 (found by replay) and first
+    evaluated at step 40."""
+    from scaling.batching import BatchPlan
+    from scaling.config import RunConfig
+    from scaling.record import ModelFacts, RunFacts, RunRecord, TargetCrossing
+
+    cfg = RunConfig(global_bs=64, per_device_bs=16, target_accuracy=0.5, seed=seed, output_dir=output_dir)
+    model = ModelFacts("mlp", "classification", 650, [40, 400, 10, 200], [40], "float32", 10)
+    lr = {"rule": "sqrt", "base": 0.1, "base_bs": 256, "scaled": 0.05, "warmup_steps": 0, "decay": "constant"}
+    facts = RunFacts(cfg, BatchPlan(64, 16, 1, 4, 1), lr, {"device": "cpu", "torch_threads": 1}, 100, 6400, 1600,
+                     model)
+    record = RunRecord(facts, status=status, step=steps, elapsed_s=4.0, eval_s=1.0)
+    record.history = [{"step": s, "samples": s * 64, "epoch": s / 100, "time_s": s / 10, "train_time_s": s / 12,
+                       "accuracy": 0.1 * s / 10 + 0.1, "loss": 2.0 - s / 40} for s in range(10, steps + 1, 10)]
+    record.train_loss, record.lr = [2.0 - 0.01 * s for s in range(steps)], [0.05] * steps
+    record.window_rates, record.window_durations = [1000.0, 1100.0, 900.0], [1.0, 1.0, 1.0]
+    if status == "reached":
+        record.first_eval_at_target = len(record.history) - 1
+        record.target = TargetCrossing(33, 3.1, 2.6, {"method": "replay", "window": [30, 40], "exact": True,
+                                                      "first_step": 33})
+    if status == "interrupted":
+        record.checkpoint, record.stop_signal = f"{output_dir}/checkpoint", "SIGTERM"
+    return record
+
+
+def a_result(status: str = "reached", **changes) -> dict:
+    """A whole result.json document (JSON types) of `a_record`, with `changes` applied."""
+    return {**json.loads(json.dumps(a_record(status).to_result())), **changes}

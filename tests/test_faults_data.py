@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SMALL, assert_ok, assert_one_line_error, run_entry
+from conftest import SMALL, assert_ok, assert_one_line_error, run_entry, run_in_process
 
 QUICK = ["--max-steps", "4", "--target-accuracy", "none", "--progress", "false", "--cpu"]
 
@@ -104,8 +104,8 @@ def user_code(tmp_path):
 ])
 def test_user_factories_and_their_data_are_checked_in_one_line(user_code, flags, fragments):
     out = user_code / "out"
-    proc = run_entry([*QUICK, "--num-samples", "8000", "--global-bs", "64", *flags, "--output-dir", str(out)],
-                     cwd=user_code, timeout=120)
+    proc = run_in_process([*QUICK, "--num-samples", "8000", "--global-bs", "64", *flags, "--output-dir", str(out)],
+                          cwd=user_code)
     assert_one_line_error(proc, *fragments)
     assert not (out / "result.json").exists()  # refused before the run starts: nothing left "running"
 
@@ -145,8 +145,8 @@ def test_csv_cells_and_shapes_are_checked_in_one_line(tmp_path, kind, fragments)
         _csv(path, label_shift=-1)
     else:
         _csv(path, features=2)
-    proc = run_entry([*QUICK, "--dataset", str(path), "--eval-split", "train", "--global-bs", "64",
-                      "--output-dir", str(tmp_path / "out")], timeout=120)
+    proc = run_in_process([*QUICK, "--dataset", str(path), "--eval-split", "train", "--global-bs", "64",
+                           "--output-dir", str(tmp_path / "out")])
     assert_one_line_error(proc, *fragments)
 
 
@@ -158,10 +158,11 @@ def test_csv_cells_and_shapes_are_checked_in_one_line(tmp_path, kind, fragments)
      ["--num-samples 10 is too small for --dataset synthetic_images"]),
 ])
 def test_too_few_samples_for_one_batch_is_refused_before_generating(tmp_path, flags, fragments):
-    proc = run_entry([*QUICK, *flags, "--output-dir", str(tmp_path / "out")], timeout=120)
+    proc = run_in_process([*QUICK, *flags, "--output-dir", str(tmp_path / "out")])
     assert_one_line_error(proc, *fragments)
 
 
+@pytest.mark.slow
 def test_a_damaged_dataset_cache_is_rebuilt_and_an_unwritable_one_named(tmp_path):
     cache = tmp_path / "cache"
     args = [*QUICK, "--num-samples", "2000", "--global-bs", "64"]
@@ -183,6 +184,7 @@ def test_a_damaged_dataset_cache_is_rebuilt_and_an_unwritable_one_named(tmp_path
                           "set SCALING_CACHE")
 
 
+@pytest.mark.slow  # a real process: the hub's offline switch is read when the library is imported
 def test_an_unreachable_hub_fails_fast_in_one_line_without_retry_noise(tmp_path):
     started = time.time()
     proc = run_entry([*SMALL, "--dataset", "someone/some-dataset", "--output-dir", str(tmp_path / "out")],

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, assert_ok, assert_one_line_error, child_env, run_entry
+from conftest import REPO, a_result, assert_ok, assert_one_line_error, child_env, run_in_process
 from scaling.config import ConfigError, parse_args
 from scaling.study.slurm import write_slurm
 from scaling.study.spec import MAX_CONFIGS, load_study
@@ -23,10 +23,14 @@ BOMB = "".join(f"{chr(97 + i)}: &{chr(97 + i)} [" + ", ".join([f"*{chr(96 + i)}"
 
 
 def scaling_cli(*args, timeout=120, cwd=REPO, memory_mb=None):
-    limit = None
-    if memory_mb:  # a runaway expansion fails fast instead of taking the machine's memory
-        def limit():
-            resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
+    """`scaling ARGS` in this process; with `memory_mb`, in a child process under that memory limit, so that a
+    runaway expansion fails fast instead of taking the machine's memory."""
+    if not memory_mb:
+        return run_in_process(list(args[1:]), command=args[0], cwd=cwd)
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
+
     return subprocess.run([sys.executable, "-m", "scaling.cli", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd, env=child_env(), preexec_fn=limit)
 
@@ -43,7 +47,7 @@ def write(tmp_path, text, name="file.yaml", binary=False):
 def test_alias_bomb_as_a_run_value_is_refused_at_once(tmp_path):
     config = write(tmp_path, BOMB + "global_bs: *i\n")
     started = time.time()
-    proc = run_entry(["--config", str(config), "--output-dir", str(tmp_path / "out")], timeout=60)
+    proc = run_in_process(["--config", str(config), "--output-dir", str(tmp_path / "out")])
     assert_one_line_error(proc, str(config), "aliases expand to more than 100,000 values")
     assert time.time() - started < 30
     assert not (tmp_path / "out" / "result.json").exists()
@@ -79,7 +83,7 @@ def test_a_self_referencing_alias_is_refused(tmp_path):
 
 def test_duplicate_keys_are_refused_in_configs_and_specs(tmp_path):
     config = write(tmp_path, "global_bs: 64\nbase_lr: 0.1\nglobal_bs: 128\n")
-    proc = run_entry(["--config", str(config)], timeout=60)
+    proc = run_in_process(["--config", str(config)])
     assert_one_line_error(proc, "duplicate key 'global_bs' at line 3 (first at line 1)")
     spec = write(tmp_path, "base: {global_bs: 64}\ngrid: {seed: [0]}\ngrid: {seed: [1]}\n", "spec.yaml")
     with pytest.raises(ConfigError, match="duplicate key 'grid' at line 3"):
@@ -131,7 +135,7 @@ def test_a_bad_study_spec_is_named_in_one_line(tmp_path, case):
 @pytest.mark.parametrize("case", ["not UTF-8", "a folder"])
 def test_bad_files_through_the_entries(tmp_path, case):
     path = _make(tmp_path, case)
-    assert_one_line_error(run_entry(["--config", str(path)], timeout=60), str(path), BAD_FILES[case][1])
+    assert_one_line_error(run_in_process(["--config", str(path)]), str(path), BAD_FILES[case][1])
     proc = scaling_cli("sweep", str(path), "--dir", str(tmp_path / "s"), "--dry-run")
     assert_one_line_error(proc, str(path))
 
@@ -262,7 +266,7 @@ def test_a_resubmitted_slurm_job_resumes_an_interrupted_configuration(tmp_path):
     assert launch_mode(run_dir) == "overwrite"
     (run_dir / "checkpoint").mkdir()
     (run_dir / "checkpoint" / "manifest.json").write_text(json.dumps({"format": 1, "step": 40, "files": {}}))
-    (run_dir / "result.json").write_text(json.dumps({"status": "interrupted"}))
+    (run_dir / "result.json").write_text(json.dumps(a_result("interrupted")))
     assert launch_mode(run_dir) == "resume"
-    (run_dir / "result.json").write_text(json.dumps({"status": "reached"}))
+    (run_dir / "result.json").write_text(json.dumps(a_result("reached")))
     assert launch_mode(run_dir) == "done"

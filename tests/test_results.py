@@ -5,35 +5,13 @@ gets its report, with that run listed as unreadable."""
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 
-from scaling.batching import BatchPlan
+from conftest import a_record as record
 from scaling.config import RunConfig
-from scaling.record import ModelFacts, RunFacts, RunRecord, TargetCrossing
 from scaling.report import write_report
 from scaling.results import ResultError, load_result, read_result
-
-
-def record(status: str = "reached", steps: int = 40) -> RunRecord:
-    """A record as the loop leaves it: 40 steps at global batch 64 (4 x 1 x 16), evaluated every 10 steps,
-    the target first reached at step 33 (found by replay), the first evaluation at it at step 40."""
-    cfg = RunConfig(global_bs=64, per_device_bs=16, target_accuracy=0.5, output_dir="out")
-    plan = BatchPlan(64, 16, 1, 4, 1)
-    model = ModelFacts("mlp", "classification", 650, [40, 400, 10, 200], [40], "float32", 10)
-    facts = RunFacts(cfg, plan, {"rule": "sqrt", "base": 0.1, "base_bs": 256, "scaled": 0.05, "warmup_steps": 0,
-                                 "decay": "constant"}, {"device": "cpu", "torch_threads": 1}, 100, 6400, 1600, model)
-    rec = RunRecord(facts, status=status, step=steps, elapsed_s=4.0, eval_s=1.0)
-    rec.history = [{"step": s, "samples": s * 64, "epoch": s / 100, "time_s": s / 10, "train_time_s": s / 12,
-                    "accuracy": 0.1 * s / 10 + 0.1, "loss": 2.0 - s / 40} for s in range(10, steps + 1, 10)]
-    rec.train_loss, rec.lr = [2.0 - 0.01 * s for s in range(steps)], [0.05] * steps
-    rec.window_rates, rec.window_durations = [1000.0, 1100.0, 900.0], [1.0, 1.0, 1.0]
-    if status == "reached":
-        rec.first_eval_at_target = len(rec.history) - 1
-        rec.target = TargetCrossing(33, 3.1, 2.6, {"method": "replay", "window": [30, 40], "exact": True,
-                                                   "first_step": 33})
-    return rec
 
 
 def write(tmp_path, document, name="run"):
@@ -101,8 +79,9 @@ def test_a_file_that_is_not_a_result_is_named_in_one_line(tmp_path, text, fragme
     folder.mkdir()
     path = folder / "result.json"
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
-    with pytest.raises(ResultError, match=f"^{path}.*{fragment}"):
+    with pytest.raises(ResultError) as err:
         load_result(path)
+    assert str(err.value).startswith(str(path)) and fragment in str(err.value)
 
 
 def test_an_earlier_schema_loads_with_its_missing_fields_null(tmp_path):
@@ -134,4 +113,4 @@ def test_a_study_with_one_damaged_result_is_reported_with_that_run_named(tmp_pat
     findings = json.loads(paths["findings.json"].read_text())
     assert "runs/broken/result.json field 'batch': must be an object, got a number" in report
     assert "runs/nan/result.json holds NaN" in report
-    assert "2 reached" in report and not math.isnan(len(findings["findings"]))
+    assert "2 reached" in report and findings["findings"]
