@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, assert_ok, assert_one_line_error, child_env
+from conftest import REPO, assert_ok, assert_one_line_error, child_env, run_in_process
 from scaling.config import ConfigError
 from scaling.lock import StudyLock
 from scaling.results import read_result
@@ -79,14 +79,14 @@ def test_bad_specs_are_refused_before_anything_runs(tmp_path, spec, message):
     with pytest.raises(ConfigError) as err:
         load_study(path, tmp_path / "study")
     assert message in str(err.value)
-    proc = scaling_cli("sweep", str(path), "--dir", str(tmp_path / "study"), timeout=120)
+    proc = run_in_process([str(path), "--dir", str(tmp_path / "study")], command="sweep")
     assert_one_line_error(proc, message)
     assert not (tmp_path / "study" / "runs").exists()
 
 
 def test_dry_run_lists_decompositions_and_scaled_lr_and_runs_nothing(tmp_path):
-    proc = scaling_cli("sweep", str(REPO / "configs" / "studies" / "default.yaml"), "--dir", str(tmp_path / "s"),
-                       "--dry-run", timeout=120)
+    proc = run_in_process([str(REPO / "configs" / "studies" / "default.yaml"), "--dir", str(tmp_path / "s"),
+                          "--dry-run"], command="sweep")
     assert_ok(proc)
     count = len(load_study(REPO / "configs" / "studies" / "default.yaml", tmp_path / "s").configs)
     assert f"{count} configurations" in proc.stdout
@@ -162,7 +162,7 @@ def test_one_writer_per_study(tmp_path):
     spec = write_spec(tmp_path, {"base": TINY})
     study_dir = tmp_path / "study"
     with StudyLock(study_dir):
-        proc = scaling_cli("sweep", str(spec), "--dir", str(study_dir), timeout=120)
+        proc = run_in_process([str(spec), "--dir", str(study_dir)], command="sweep")
         assert_one_line_error(proc, "is in use by a running sweep", f"pid {os.getpid()}")
     holder = subprocess.Popen([sys.executable, "-c",
                                "import sys, time; from scaling.lock import StudyLock\n"
@@ -196,19 +196,12 @@ def test_slurm_scripts(tmp_path):
 
 
 def test_slurm_allocation_comes_from_the_spec_and_the_flags(tmp_path):
-    import subprocess
-    import sys
-
-    from conftest import REPO, assert_one_line_error, child_env
-
     spec = write_spec(tmp_path, {"name": "alloc", "base": {"global_bs": 512}, "grid": {"seed": [0, 1]},
                                  "launcher": {"type": "torchrun", "nproc": 4},
                                  "slurm": {"cpus_per_task": 16, "time": "1-00:00:00", "partition": "gpu"}})
 
     def sweep(*flags):
-        return subprocess.run([sys.executable, "-m", "scaling.cli", "sweep", str(spec), "--dir",
-                               str(tmp_path / "study"), *flags], capture_output=True, text=True, cwd=REPO,
-                              env=child_env(), timeout=120)
+        return run_in_process([str(spec), "--dir", str(tmp_path / "study"), *flags], command="sweep")
 
     proc = sweep("--slurm", "array", "--account", "proj-7", "--gpus-per-node", "8")
     assert proc.returncode == 0, proc.stderr
@@ -219,6 +212,5 @@ def test_slurm_allocation_comes_from_the_spec_and_the_flags(tmp_path):
     assert_one_line_error(sweep("--slurm", "array", "--time", "soon"), "slurm time must be a SLURM time")
     assert_one_line_error(sweep("--slurm", "array", "--partition", "gpu;rm"), "slurm partition must be a name")
     bad = write_spec(tmp_path, {"name": "bad", "base": {"global_bs": 512}, "slurm": {"gpus": 4}}, name="bad.yaml")
-    proc = subprocess.run([sys.executable, "-m", "scaling.cli", "sweep", str(bad), "--dry-run"], capture_output=True,
-                          text=True, cwd=REPO, env=child_env(), timeout=120)
+    proc = run_in_process([str(bad), "--dry-run"], command="sweep")
     assert_one_line_error(proc, "unknown slurm key 'gpus'")
