@@ -285,7 +285,10 @@ def check_result(data: Any) -> str | None:
     if status not in STATUSES:
         return f"has an unknown status {status!r}"
     schema = RunningResult if status == "running" else FailureResult if status in FAILURE_STATUSES else Result
-    required = CORE_FIELDS if schema is Result else schema.__annotations__.keys()
+    # A run that says it is running may have been killed at any point of writing its first file: its status
+    # is all a reader needs of it (the sweep runs it again, the report lists it as incomplete).
+    required = CORE_FIELDS if schema is Result else {"status"} if schema is RunningResult else \
+        schema.__annotations__.keys()
     missing = sorted(name for name in required if name not in data)
     if missing:
         return f"lacks field {missing[0]!r} (status {status})"

@@ -22,6 +22,7 @@ def overhead(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
                           timeout=timeout, cwd=REPO, env=child_env(OMP_NUM_THREADS="2"))
 
 
+@pytest.mark.slow
 def test_overhead_benchmark_saves_the_ratios_it_prints_and_pools_passes(tmp_path):
     saved = tmp_path / "pass.json"
     out = overhead("--batch-sizes", "32", "--paths", "memory,map", "--steps", "30", "--repeats", "2",

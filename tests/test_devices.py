@@ -2,12 +2,10 @@
 refusals."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO, assert_one_line_error, child_env
+from conftest import assert_one_line_error, run_in_process
 from scaling.config import ConfigError
 from scaling.devices.comm import Interconnect, model_gradient_bytes
 from scaling.devices.predict import device_counts, explain, plan_devices, predict_on_devices, profile_run
@@ -157,8 +155,7 @@ def test_mismatched_metrics_estimate_the_steps_from_time():
 
 
 def predict_cli(*args):
-    return subprocess.run([sys.executable, "-m", "scaling.cli", "predict", *map(str, args)], capture_output=True,
-                          text=True, timeout=120, cwd=REPO, env=child_env())
+    return run_in_process(list(map(str, args)), command="predict")
 
 
 def test_cli_refuses_a_folder_without_a_result(tmp_path):
@@ -166,9 +163,11 @@ def test_cli_refuses_a_folder_without_a_result(tmp_path):
 
 
 def test_cli_refuses_unfinished_and_failed_runs(tmp_path):
-    (tmp_path / "result.json").write_text(json.dumps({"status": "running"}))
+    (tmp_path / "result.json").write_text(json.dumps({"status": "running", "config": {}, "started_at": 0.0}))
     assert_one_line_error(predict_cli(tmp_path, "--processes", "2", "--interconnect", "nvlink4"), "not a finished run")
-    (tmp_path / "result.json").write_text(json.dumps({"status": "oom"}))
+    failed = {"schema_version": 2, "status": "oom", "config": {}, "batch": emulating_result()["batch"],
+              "error": "OutOfMemory: ...", "environment": {}, "suggestion": None}
+    (tmp_path / "result.json").write_text(json.dumps(failed))
     assert_one_line_error(predict_cli(tmp_path, "--processes", "2", "--interconnect", "nvlink4"), "measured nothing")
 
 

@@ -102,9 +102,9 @@ def test_compile_and_channels_last_train_as_eager_and_compile_is_off_the_clock(t
 
 
 def test_channels_last_and_compile_are_refused_where_they_do_not_apply(tmp_path):
-    from conftest import assert_one_line_error
+    from conftest import assert_one_line_error, run_in_process
 
-    assert_one_line_error(run_entry([*SMALL, "--channels-last", "--output-dir", str(tmp_path)]),
+    assert_one_line_error(run_in_process([*SMALL, "--channels-last", "--output-dir", str(tmp_path)]),
                           "--channels-last applies to image models")
-    assert_one_line_error(run_entry([*SMALL, "--compile", "fastest", "--output-dir", str(tmp_path)]),
+    assert_one_line_error(run_in_process([*SMALL, "--compile", "fastest", "--output-dir", str(tmp_path)]),
                           "--compile must name a torch.compile backend")

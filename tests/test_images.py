@@ -122,6 +122,7 @@ def test_decoding_throughput_is_measured(splits):
         assert count == 64 * 16
 
 
+@pytest.mark.slow
 def test_small_cnn_learns_the_decoded_images(splits):
     train, eval_ = splits
     torch.manual_seed(0)

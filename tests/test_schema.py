@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 import typing
 
+import pytest
+
 from conftest import REPO, SMALL, assert_ok, load_result, run_entry
 from scaling.report import write_report
 from scaling.results import OPTIONAL_FIELDS, FailureResult, Result
@@ -23,6 +25,7 @@ def test_every_schema_field_is_documented():
     assert not missing, f"docs/results.md does not describe {missing}"
 
 
+@pytest.mark.slow
 def test_a_real_result_has_exactly_the_schema_fields_and_the_report_reads_it(tmp_path):
     run_dir = tmp_path / "study" / "runs" / "bs128"
     assert_ok(run_entry([*SMALL, "--global-bs", "128", "--max-steps", "150", "--target-accuracy", "0.3",
@@ -35,6 +38,7 @@ def test_a_real_result_has_exactly_the_schema_fields_and_the_report_reads_it(tmp
     assert "runs/bs128" in report and "reached" in report
 
 
+@pytest.mark.slow
 def test_a_failure_result_has_exactly_the_failure_fields(tmp_path):
     proc = run_entry([*SMALL, "--global-bs", "1024", "--per-device-bs", "1024", "--memory-cap-mb", "3",
                       "--output-dir", str(tmp_path)])

@@ -2,10 +2,16 @@
 
 import pytest
 
-from conftest import SMALL, assert_ok, assert_one_line_error, load_result, run_entry, run_torchrun
+from conftest import (
+    SMALL,
+    assert_ok,
+    assert_one_line_error,
+    load_result,
+    run_entry,
+    run_in_process,
+    run_torchrun,
+)
 from scaling.train.clock import ThroughputWindows, summarize_phases
-
-pytestmark = pytest.mark.slow
 
 SLOW_MODULE = '''
 import time
@@ -31,6 +37,7 @@ def make():
 '''
 
 
+@pytest.mark.slow
 def test_phase_fractions_cover_the_measured_step_time(tmp_path):
     proc = run_entry([*SMALL, "--global-bs", "512", "--per-device-bs", "128", "--max-steps", "60",
                       "--target-accuracy", "none", "--output-dir", str(tmp_path)])
@@ -51,6 +58,7 @@ def test_phase_fractions_cover_the_measured_step_time(tmp_path):
     assert "compute-bound (" in proc.stdout.splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_two_processes_report_per_rank_times_and_sync_estimate(tmp_path):
     proc = run_torchrun([*SMALL, "--global-bs", "512", "--per-device-bs", "64", "--max-steps", "40",
                          "--target-accuracy", "none", "--output-dir", str(tmp_path)])
@@ -68,6 +76,7 @@ def test_two_processes_report_per_rank_times_and_sync_estimate(tmp_path):
     assert sum(p["fraction"] for p in phases.values()) == pytest.approx(1.0, abs=0.01)
 
 
+@pytest.mark.slow
 def test_in_memory_default_is_compute_bound(tmp_path):
     proc = run_entry([*SMALL, "--global-bs", "256", "--probe", "--max-steps", "30", "--target-accuracy", "none",
                       "--output-dir", str(tmp_path)])
@@ -78,6 +87,7 @@ def test_in_memory_default_is_compute_bound(tmp_path):
     assert "compute-bound" in proc.stdout
 
 
+@pytest.mark.slow
 def test_slow_dataset_is_input_bound_with_advice(tmp_path):
     (tmp_path / "slowdata.py").write_text(SLOW_MODULE)
     proc = run_entry(["--dataset", "slowdata:make", "--materialize", "false", "--global-bs", "64", "--probe",
@@ -94,6 +104,7 @@ def test_slow_dataset_is_input_bound_with_advice(tmp_path):
     assert result["data_wait_fraction"] > 0.5  # the real run agrees: it mostly waits for data
 
 
+@pytest.mark.slow
 def test_every_run_says_whether_it_waits_for_data(tmp_path):
     """Without --probe, the run's own phase breakdown decides: a 1 ms/sample dataset is input-bound, said in
     result.json, in the summary line, with advice."""
@@ -108,6 +119,7 @@ def test_every_run_says_whether_it_waits_for_data(tmp_path):
     assert "scaling: load in parallel: --num-workers N" in proc.stdout
 
 
+@pytest.mark.slow
 def test_scaling_probe_command(tmp_path):
     import subprocess
     import sys
@@ -134,6 +146,7 @@ def test_summary_estimates_sync_by_difference():
     assert summarize_phases([no_accumulation], 2, 11.0)["phases"]["grad_sync"]["seconds"] is None
 
 
+@pytest.mark.slow
 def test_loader_workers_change_the_input_ceiling_of_the_decoding_pipeline(tmp_path):
     """The encoded-image pipeline (PNG decoded by PIL per sample, random crop/flip) through a DataLoader with
     0 and 2 workers: the workers reach the loader and its input ceiling is measured."""
@@ -161,6 +174,7 @@ def _train_steps(args: list[str], out) -> list[int]:
     return [r["step"] for r in read_metrics(out / "metrics.jsonl") if r["type"] == "train"]
 
 
+@pytest.mark.slow
 def test_logging_windows_last_a_multiple_of_log_every_and_at_least_log_min_s(tmp_path):
     """At batch 32 a step takes about 2 ms here: windows of 5 steps would last 10 ms, so with --log-min-s
     0.05 they grow to a multiple of 5 steps lasting 50 ms; evaluations (every 150 steps) still close one.
@@ -191,5 +205,5 @@ def test_throughput_windows_count_the_samples_between_their_ends():
 
 def test_bad_log_min_s_is_refused():
     for value in ("-1", "nan", "inf"):
-        proc = run_entry(["--log-min-s", value, "--max-steps", "1", "--cpu"])
+        proc = run_in_process(["--log-min-s", value, "--max-steps", "1", "--cpu"])
         assert_one_line_error(proc, "--log-min-s")

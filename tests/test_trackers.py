@@ -3,7 +3,7 @@ the training, evaluation, noise-scale and phase numbers under plain names."""
 
 import pytest
 
-from conftest import SMALL, assert_ok, assert_one_line_error, run_entry
+from conftest import SMALL, assert_ok, assert_one_line_error, run_entry, run_in_process
 
 
 def test_a_tracker_that_is_not_installed_is_refused_with_the_install_command(tmp_path):
@@ -11,7 +11,7 @@ def test_a_tracker_that_is_not_installed_is_refused_with_the_install_command(tmp
 
     if accelerate.utils.is_wandb_available():
         pytest.skip("wandb is installed here")
-    proc = run_entry([*SMALL, "--log-with", "wandb", "--output-dir", str(tmp_path / "out")])
+    proc = run_in_process([*SMALL, "--log-with", "wandb", "--output-dir", str(tmp_path / "out")])
     assert_one_line_error(proc, "--log-with wandb: the wandb package is not installed", "pip install 'scaling[wandb]'")
     assert not (tmp_path / "out" / "result.json").exists()
 
