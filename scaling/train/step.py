@@ -26,8 +26,8 @@ class StepRunner:
     DDP skips its all-reduce under `no_sync` on all but the last micro-step, each loss is divided by the
     micro-step count, so with equal micro-batches the optimizer sees the gradient of the mean loss over the
     whole global batch. This is what Accelerate's `accumulate`, `backward` and optimizer wrapper do, called
-    directly, with what they look up on every call read once here: their per-call bookkeeping cost 4-10% of
-    a step at batch 32-256 on the default workload (docs/performance.md). Accelerate still builds the
+    directly, with what they look up on every call read once here: their per-call bookkeeping is a
+    measurable share of a small step (docs/performance.md gives it). Accelerate still builds the
     process group, wraps the model (DDP, autocast) and owns the fp16 loss scaler used here;
     tests/test_emulation.py checks every decomposition's trajectory. `after_backward(i, synced)` runs after
     micro-step i's backward (tests observe gradient sync with it).
