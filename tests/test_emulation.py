@@ -12,8 +12,6 @@ import torch
 
 from conftest import REPO, SMALL, assert_ok, load_result, run_entry, run_torchrun
 
-pytestmark = pytest.mark.slow
-
 COMMON = [*SMALL, "--global-bs", "256", "--max-steps", "30", "--target-accuracy", "none", "--eval-every", "10",
           "--lr-scaling", "linear", "--base-lr", "0.05", "--base-bs", "64", "--warmup-steps", "5", "--save-model"]
 
@@ -39,6 +37,7 @@ def runs(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_topology_is_recorded(runs):
     expected = {
         "1x256x1": (256, 1, 1, 1), "1x64x4": (64, 1, 4, 1), "2x128x1": (128, 2, 1, 2), "2x32x4": (32, 2, 4, 2),
@@ -53,6 +52,7 @@ def test_topology_is_recorded(runs):
         assert result["decomposition_exact"] is True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in DECOMPOSITIONS if n != "1x256x1"])
 def test_losses_and_final_parameters_match_the_plain_run(runs, name):
     reference, reference_params = runs["1x256x1"]
@@ -66,6 +66,7 @@ def test_losses_and_final_parameters_match_the_plain_run(runs, name):
     assert result["lr_per_step"] == reference["lr_per_step"]
 
 
+@pytest.mark.slow
 def test_two_processes_without_cpu_flag_train_synchronized_on_a_cpu_only_machine(runs, tmp_path):
     """torchrun without --cpu on a machine without GPUs: Accelerate alone would start each process by itself
     (each training on half of every batch, both writing one result). The run selects the CPU backend, says
@@ -84,12 +85,14 @@ def test_two_processes_without_cpu_flag_train_synchronized_on_a_cpu_only_machine
                                rtol=1e-5, atol=0)
 
 
+@pytest.mark.slow
 def test_losses_are_not_trivially_equal(runs):
     """Guard against a vacuous comparison: the loss must actually move over the 30 steps."""
     losses = runs["1x256x1"][0]["train_loss"]
     assert losses[0] - losses[-1] > 0.1
 
 
+@pytest.mark.slow
 def test_gradients_are_synchronized_only_on_the_last_micro_step(tmp_path):
     out = tmp_path / "sync.json"
     proc = run_torchrun([str(out)], script=REPO / "tests" / "scripts" / "check_grad_sync.py", timeout=180)
@@ -103,6 +106,7 @@ def test_gradients_are_synchronized_only_on_the_last_micro_step(tmp_path):
     assert records[-1] == {"params_equal": True}
 
 
+@pytest.mark.slow
 def test_ranks_agree_on_the_smallest_micro_batch(tmp_path):
     base = tmp_path / "agree"
     proc = run_torchrun([str(base)], script=REPO / "tests" / "scripts" / "check_agree.py", timeout=120)
@@ -112,6 +116,7 @@ def test_ranks_agree_on_the_smallest_micro_batch(tmp_path):
     assert [a["agreed"] for a in answers] == [300, 300]
 
 
+@pytest.mark.slow
 def test_batchnorm_makes_decompositions_differ_and_is_reported(tmp_path):
     results = {}
     for name, per_device in (("whole", "256"), ("accumulated", "64")):
@@ -127,6 +132,7 @@ def test_batchnorm_makes_decompositions_differ_and_is_reported(tmp_path):
     assert not torch.allclose(whole[1:], accumulated[1:], rtol=1e-4)  # batch statistics differ
 
 
+@pytest.mark.slow
 def test_dataloader_path_follows_the_same_global_batches(tmp_path):
     """In-memory tensors, a plain map-style dataset through the DataLoader (--materialize false), the same
     with batched fetches (`__getitems__`; no item but the first, which the loader checks, read by itself), and the same dataset materialized into
@@ -154,16 +160,17 @@ def test_dataloader_path_follows_the_same_global_batches(tmp_path):
 
 
 def test_impossible_emulation_is_refused_before_training(tmp_path):
-    from conftest import assert_one_line_error
+    from conftest import assert_one_line_error, run_in_process
 
-    proc = run_entry([*SMALL, "--global-bs", "256", "--emulate-processes", "3", "--output-dir", str(tmp_path)])
+    proc = run_in_process([*SMALL, "--global-bs", "256", "--emulate-processes", "3", "--output-dir", str(tmp_path)])
     assert_one_line_error(proc, "not divisible by 3 processes", "255 or 258")
-    proc = run_entry([*SMALL, "--global-bs", "256", "--emulate-processes", "8", "--per-device-bs", "48",
-                      "--output-dir", str(tmp_path)])
+    proc = run_in_process([*SMALL, "--global-bs", "256", "--emulate-processes", "8", "--per-device-bs", "48",
+                           "--output-dir", str(tmp_path)])
     assert_one_line_error(proc, "per-device 48 x 8 process(es)", "nearest valid global batch sizes")
     assert not (tmp_path / "result.json").exists()
 
 
+@pytest.mark.slow
 def test_sync_bn_is_refused_on_cpu_processes(tmp_path):
     proc = run_torchrun([*SMALL, "--model", "cnn1d_bn", "--sync-bn", "--output-dir", str(tmp_path)], timeout=120)
     assert proc.returncode != 0

@@ -14,11 +14,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, RUN_PY, SMALL, assert_ok, assert_one_line_error, child_env, run_entry, run_torchrun
+from conftest import (
+    REPO,
+    RUN_PY,
+    SMALL,
+    assert_ok,
+    assert_one_line_error,
+    child_env,
+    run_entry,
+    run_in_process,
+    run_torchrun,
+)
 from scaling.files import read_metrics
 from scaling.results import read_result
-
-pytestmark = pytest.mark.slow
 
 # About 4 ms a step; logging windows of 200 steps (close to a second) unless an evaluation closes one.
 LONG = {"num_samples": 8000, "global_bs": 32, "max_steps": 800, "target_accuracy": None, "log_every": 200,
@@ -94,6 +102,7 @@ def assert_continuous(run_dir: Path, last: int) -> None:
 # ---------------------------------------------------------------- item 2: Ctrl-C and SIGTERM on a sweep
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how, code", [("SIGINT to the group", 130), ("SIGTERM to the sweep", 143)])
 def test_a_stopped_sweep_lets_its_run_checkpoint_records_the_study_and_exits_in_one_line(tmp_path, how, code):
     """Before: the sweep SIGKILLed its run 0.25 s after Ctrl-C (no checkpoint: `running`, progress lost),
@@ -139,6 +148,7 @@ def hangs():
 '''
 
 
+@pytest.mark.slow
 def test_a_run_that_does_not_stop_is_killed_after_the_grace_period(tmp_path):
     (tmp_path / "hanging.py").write_text(HANGS)
     spec = write_spec(tmp_path, dataset="hanging:hangs", launcher={"grace_s": 3})
@@ -163,6 +173,7 @@ def test_a_run_that_does_not_stop_is_killed_after_the_grace_period(tmp_path):
 # ---------------------------------------------------------------- item 3: no run outlives its sweep
 
 
+@pytest.mark.slow
 def test_killing_the_sweep_stops_its_run_with_a_checkpoint_and_the_next_sweep_resumes_it(tmp_path):
     """Before: kill -9 of the sweep left the run alive (parent 1) and the next sweep started a second writer
     into the same folder."""
@@ -183,6 +194,7 @@ def test_killing_the_sweep_stops_its_run_with_a_checkpoint_and_the_next_sweep_re
     assert_continuous(run_dir, LONG["max_steps"])
 
 
+@pytest.mark.slow
 def test_killing_the_sweep_stops_torchrun_and_its_workers(tmp_path):
     spec = write_spec(tmp_path, launcher={"type": "torchrun", "nproc": 2}, global_bs=64)
     study_dir = tmp_path / "study"
@@ -196,6 +208,7 @@ def test_killing_the_sweep_stops_torchrun_and_its_workers(tmp_path):
     assert read_result(run_dir / "result.json", finished_only=False)["status"] == "interrupted"
 
 
+@pytest.mark.slow
 def test_no_two_processes_write_one_run_folder(tmp_path):
     out = tmp_path / "run"
     first = subprocess.Popen([sys.executable, str(RUN_PY), *SMALL, "--global-bs", "32", "--max-steps", "3000",
@@ -219,6 +232,7 @@ def test_no_two_processes_write_one_run_folder(tmp_path):
 # ---------------------------------------------------------------- item 5: what a run writes over
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_not_overwritten_without_overwrite(tmp_path):
     out = tmp_path / "run"
     assert_ok(run_entry([*QUICK, "--global-bs", "64", "--output-dir", str(out), "--checkpoint-every", "2"]))
@@ -228,7 +242,7 @@ def test_a_finished_run_is_not_overwritten_without_overwrite(tmp_path):
     assert (out / "result.json").read_bytes() == before
     proc = run_entry([*QUICK, "--global-bs", "64", "--output-dir", str(out), "--resume"], timeout=120)
     assert_one_line_error(proc, "--resume: ", "holds a finished run", "nothing to resume")
-    assert_one_line_error(run_entry([*QUICK, "--output-dir", str(out), "--resume", "--overwrite"], timeout=60),
+    assert_one_line_error(run_in_process([*QUICK, "--output-dir", str(out), "--resume", "--overwrite"]),
                           "give at most one of --resume and --overwrite")
     assert_ok(run_entry([*QUICK, "--global-bs", "128", "--output-dir", str(out), "--overwrite"]))
     assert read_result(out / "result.json")["config"]["global_bs"] == 128
@@ -236,6 +250,7 @@ def test_a_finished_run_is_not_overwritten_without_overwrite(tmp_path):
     assert len([m for m in read_metrics(out / "metrics.jsonl") if m["type"] == "train"]) == 1  # not appended
 
 
+@pytest.mark.slow
 def test_an_interrupted_or_killed_run_is_not_overwritten_without_a_flag(tmp_path):
     out = tmp_path / "run"
     args = [*SMALL, "--global-bs", "32", "--max-steps", "3000", "--target-accuracy", "none", "--output-dir",
@@ -270,6 +285,7 @@ def test_an_interrupted_or_killed_run_is_not_overwritten_without_a_flag(tmp_path
     ("dir", "is a folder, not a file"),
     ('{"steps": 3}', "is not a result of this tool (no status)"),
 ])
+@pytest.mark.slow
 def test_an_unreadable_result_in_the_folder_is_named_and_kept(tmp_path, content, problem):
     out = tmp_path / "run"
     out.mkdir()
@@ -286,6 +302,7 @@ def test_an_unreadable_result_in_the_folder_is_named_and_kept(tmp_path, content,
     assert read_result(out / "result.json")["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_the_default_output_folder_is_fresh_per_run_and_runs_latest_points_at_it(tmp_path):
     assert_ok(run_entry([*QUICK, "--global-bs", "64"], cwd=tmp_path))
     assert_ok(run_entry([*QUICK, "--global-bs", "64"], cwd=tmp_path))
@@ -303,6 +320,7 @@ def test_the_default_output_folder_is_fresh_per_run_and_runs_latest_points_at_it
     assert_one_line_error(proc, "output folder runs/latest holds a finished run", "--overwrite")
 
 
+@pytest.mark.slow
 def test_two_processes_with_the_default_folder_write_one_fresh_folder_together(tmp_path):
     """Every process settles the same folder before training: one run folder, both ranks' checkpoint parts in
     it (each process saves its RNG state), one result."""
@@ -321,7 +339,7 @@ def test_two_processes_with_the_default_folder_write_one_fresh_folder_together(t
 def test_an_output_folder_that_cannot_be_written_is_refused_before_loading_data(tmp_path):
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
-    proc = run_entry([*QUICK, "--output-dir", str(a_file)], timeout=60)
+    proc = run_in_process([*QUICK, "--output-dir", str(a_file)])
     assert_one_line_error(proc, f"--output-dir {a_file} is a file, not a folder")
     assert proc.stdout == ""  # nothing announced: refused before the data and model are built
     if os.geteuid() == 0:
@@ -329,11 +347,12 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_loading_data(
     else:
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o555)
-    proc = run_entry([*QUICK, "--output-dir", str(locked)], timeout=60)
+    proc = run_in_process([*QUICK, "--output-dir", str(locked)])
     assert_one_line_error(proc, f"--output-dir {locked} is not writable")
     assert proc.stdout == ""
 
 
+@pytest.mark.slow
 def test_a_full_disk_mid_run_ends_failed_with_the_reason_in_one_line(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
@@ -344,6 +363,7 @@ def test_a_full_disk_mid_run_ends_failed_with_the_reason_in_one_line(tmp_path):
     assert result["status"] == "failed" and "No space left on device" in result["error"]
 
 
+@pytest.mark.slow
 def test_a_checkpoint_that_cannot_be_written_ends_failed_and_keeps_what_was_written(tmp_path):
     assert_ok(run_entry([*QUICK, "--output-dir", str(tmp_path / "warm")]))  # the dataset cache exists
 
@@ -360,6 +380,7 @@ def test_a_checkpoint_that_cannot_be_written_ends_failed_and_keeps_what_was_writ
     assert read_metrics(out / "metrics.jsonl")  # kept
 
 
+@pytest.mark.slow
 def test_results_and_study_records_are_readable_by_others(tmp_path):
     umask = os.umask(0o022)
     os.umask(umask)

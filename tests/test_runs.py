@@ -5,14 +5,21 @@ import math
 
 import pytest
 
-from conftest import SMALL, assert_ok, assert_one_line_error, load_result, run_entry, run_torchrun
+from conftest import (
+    SMALL,
+    assert_ok,
+    assert_one_line_error,
+    load_result,
+    run_entry,
+    run_in_process,
+    run_torchrun,
+)
 from scaling.config import RunConfig
 from scaling.files import read_metrics
 from scaling.lr import build_schedule
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_default_workload_reaches_its_default_target(tmp_path):
     """The README's main job: defaults only (MNIST-1D at its default size, default model and target)."""
     proc = run_entry(["--global-bs", "4096", "--cpu", "--progress", "false", "--output-dir", str(tmp_path)])
@@ -49,6 +56,7 @@ def _run(tmp_path, name, extra, nproc=1):
     return load_result(out)
 
 
+@pytest.mark.slow
 def test_lr_schedule_is_in_optimizer_steps_for_any_world_size_and_accumulation(tmp_path):
     single = _run(tmp_path, "single", [])
     accumulated = _run(tmp_path, "accum", ["--accumulation-steps", "4"])
@@ -67,6 +75,7 @@ def test_lr_schedule_is_in_optimizer_steps_for_any_world_size_and_accumulation(t
     assert accumulated["train_loss"] == pytest.approx(single["train_loss"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_divergence_is_a_result_not_a_crash(tmp_path):
     proc = run_entry([*SMALL, "--global-bs", "512", "--base-lr", "50", "--lr-scaling", "none", "--max-steps", "60",
                       "--output-dir", str(tmp_path)])
@@ -77,6 +86,7 @@ def test_divergence_is_a_result_not_a_crash(tmp_path):
     assert result["time_to_target_s"] is None and result["steps_to_target"] is None
 
 
+@pytest.mark.slow
 def test_budget_without_reaching_the_target(tmp_path):
     proc = run_entry([*SMALL, "--global-bs", "256", "--max-steps", "3", "--target-accuracy", "0.99",
                       "--output-dir", str(tmp_path)])
@@ -104,6 +114,7 @@ def _write_split_files(folder, fmt):
             (folder / f"{split}.jsonl").write_text("".join(json.dumps({"feats": f, "y": y}) + "\n" for f, y in rows))
 
 
+@pytest.mark.slow
 def test_local_csv_files_through_datasets(tmp_path):
     _write_split_files(tmp_path / "csvdata", "csv")
     proc = run_entry(["--dataset", str(tmp_path / "csvdata"), "--model", "mlp", "--global-bs", "64",
@@ -115,6 +126,7 @@ def test_local_csv_files_through_datasets(tmp_path):
     assert result["train_samples"] == 600 and result["eval_samples"] == 200
 
 
+@pytest.mark.slow
 def test_one_csv_file_is_a_dataset_with_a_held_out_split_or_sliced_splits(tmp_path):
     """One generated CSV: with no evaluation split, 20% of each class is held out (fixed seed) and the run
     says so; datasets' split slicing (train[:75%] / train[75%:]) chooses the split instead."""
@@ -140,6 +152,7 @@ def test_one_csv_file_is_a_dataset_with_a_held_out_split_or_sliced_splits(tmp_pa
     assert_one_line_error(bad, "split 'train[:75%'", "slices look like train[:80%]")
 
 
+@pytest.mark.slow
 def test_local_jsonl_with_named_columns(tmp_path):
     _write_split_files(tmp_path / "jsondata", "json")
     base = ["--dataset", str(tmp_path / "jsondata"), "--model", "mlp", "--global-bs", "50", "--max-steps", "5",
@@ -152,6 +165,7 @@ def test_local_jsonl_with_named_columns(tmp_path):
     assert_one_line_error(split, "no split 'validation'", "splits: train, test")
 
 
+@pytest.mark.slow
 def test_unreachable_hub_id_is_a_one_line_error(tmp_path):
     proc = run_entry(["--dataset", "someone/not-a-real-dataset", "--output-dir", str(tmp_path)], timeout=120,
                      HF_HUB_OFFLINE="1")
@@ -214,6 +228,7 @@ def not_a_model():
 '''
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset", ["usermod:make_data", "usermod:make_plain_data"])
 def test_module_callable_model_and_dataset(tmp_path, dataset):
     (tmp_path / "usermod.py").write_text(USER_MODULE)
@@ -228,8 +243,8 @@ def test_module_callable_model_and_dataset(tmp_path, dataset):
 
 def test_module_callable_returning_the_wrong_thing(tmp_path):
     (tmp_path / "usermod.py").write_text(USER_MODULE)
-    proc = run_entry(["--dataset", "usermod:make_data", "--model", "usermod:not_a_model", "--output-dir", "out"],
-                     cwd=tmp_path)
+    proc = run_in_process(["--dataset", "usermod:make_data", "--model", "usermod:not_a_model", "--output-dir", "out"],
+                          cwd=tmp_path)
     assert_one_line_error(proc, "returned int, expected a torch.nn.Module")
-    proc = run_entry(["--model", "usermod:missing", "--output-dir", "out"], cwd=tmp_path)
+    proc = run_in_process(["--model", "usermod:missing", "--output-dir", "out"], cwd=tmp_path)
     assert_one_line_error(proc, "has no callable 'missing'")
