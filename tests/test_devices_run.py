@@ -16,7 +16,11 @@ from conftest import REPO, SMALL, assert_ok, child_env, load_result, run_entry, 
 
 pytestmark = pytest.mark.slow
 
-COMMON = [*SMALL, "--global-bs", "256", "--per-device-bs", "64", "--target-accuracy", "0.8", "--noise-scale",
+# The target is one the runs reach within their first ~100 steps: one process and two sum gradients in another
+# order, and that float rounding (1e-7 per step) compounds; on this machine the two trajectories part at
+# about step 120 (1e-3 by step 150, 1% by step 200), and a crossing past that point may fall on different
+# steps although both runs are right.
+COMMON = [*SMALL, "--global-bs", "256", "--per-device-bs", "64", "--target-accuracy", "0.45", "--noise-scale",
           "false", "--max-epochs", "60"]
 
 
@@ -34,6 +38,9 @@ def test_emulation_and_real_processes_reach_the_target_at_the_same_step(runs):
     assert emulated["status"] == real["status"] == "reached"
     assert emulated["batch"]["world_size"] == 1 and real["batch"]["world_size"] == 2
     assert emulated["steps_to_target"] == real["steps_to_target"]
+    steps = real["steps"]  # the same trajectory up to the target, to float rounding
+    assert max(abs(e - r) / abs(r) for e, r in zip(emulated["train_loss"][:steps], real["train_loss"][:steps],
+                                                   strict=True)) < 1e-5
 
 
 def test_prediction_from_the_emulating_run_matches_the_real_run(runs):

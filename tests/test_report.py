@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from scaling.config import ConfigError, RunConfig
-from scaling.report import analysis, write_report
+from scaling.report import write_report
+from scaling.report.questions import largest, seeds
 
 BATCHES = [32, 64, 128, 256, 512, 1024]
 # Steps to target per LR rule: perfect scaling (r ~ 0.52) up to 256, then doubling saves under 10% (r ~ 0.95).
@@ -47,7 +48,7 @@ def fabricate_result(overrides: dict, status: str, steps: int | None, rate: floa
                         "train_time_s": step * batch / rate, "accuracy": 0.3 + 0.6 * k / 5, "loss": 2.0 / k})
     windows = [rate * (1 + windows_jitter * ((i % 3) - 1)) for i in range(8)]
     result = {
-        "schema_version": 1, "status": status, "config": cfg.to_dict(),
+        "schema_version": 2, "status": status, "config": cfg.to_dict(),
         "batch": {"global": batch, "per_device": min(batch, 256), "num_processes": 1,
                   "accumulation_steps": max(1, batch // 256), "world_size": 1},
         "lr": {"rule": cfg.lr_scaling, "base": cfg.base_lr, "base_bs": cfg.base_bs,
@@ -65,6 +66,9 @@ def fabricate_result(overrides: dict, status: str, steps: int | None, rate: floa
         "final": {"accuracy": history[-1]["accuracy"], "loss": history[-1]["loss"]},
         "history": history if status != "diverged" else history[:1],
         "environment": {"device": "synthetic GPU", "device_type": "cuda", "world_size": 1},
+        "model": {"name": "cnn1d", "task": "classification", "parameters": 8_000,
+                  "gradient_bytes": [40, 16_000, 128, 16_000], "input_shape": [40], "input_dtype": "float32",
+                  "num_classes": 10},
     }
     if extras:
         result["data_wait_fraction"] = data_wait_at(batch)
@@ -189,8 +193,8 @@ def test_mlperf_scoring_appears_with_five_seeds_only(five, two):
     assert "| MLPerf-style score (s) |" in md5 and "MLPerf-style score (fastest and slowest" in md5
     assert "MLPerf-style score" not in md2
     assert "needs at least 5 seeds" in md2
-    assert analysis.mlperf_score([5.0, 1.0, 2.0, 3.0, 100.0]) == pytest.approx(10 / 3)
-    assert analysis.mlperf_score([1.0, 2.0, 3.0, 4.0]) is None
+    assert seeds.mlperf_score([5.0, 1.0, 2.0, 3.0, 100.0]) == pytest.approx(10 / 3)
+    assert seeds.mlperf_score([1.0, 2.0, 3.0, 4.0]) is None
 
 
 def test_seed_table_has_mean_and_std(two):
@@ -287,11 +291,11 @@ def test_a_folder_without_results_is_a_config_error(tmp_path):
     assert not (tmp_path / "report.md").exists()
 
 
-@pytest.mark.parametrize(("ratio", "regime"), [(0.5, analysis.REGIME_PERFECT), (0.6, analysis.REGIME_PERFECT),
-                                               (0.61, analysis.REGIME_DIMINISHING), (0.9, analysis.REGIME_NO_GAIN),
-                                               (1.2, analysis.REGIME_NO_GAIN)])
+@pytest.mark.parametrize(("ratio", "regime"), [(0.5, largest.REGIME_PERFECT), (0.6, largest.REGIME_PERFECT),
+                                               (0.61, largest.REGIME_DIMINISHING), (0.9, largest.REGIME_NO_GAIN),
+                                               (1.2, largest.REGIME_NO_GAIN)])
 def test_regime_thresholds(ratio, regime):
-    assert analysis.classify_ratio(ratio) == regime
+    assert largest.classify_ratio(ratio) == regime
 
 
 def test_decompositions_of_one_global_batch_are_compared(tmp_path):

@@ -191,7 +191,7 @@ def test_step_claims_within_the_step_resolution_are_not_decided(tmp_path):
 
 
 def analysis_no_gain() -> float:
-    from scaling.report.analysis import NO_GAIN_MIN_RATIO
+    from scaling.report.questions.largest import NO_GAIN_MIN_RATIO
 
     return NO_GAIN_MIN_RATIO
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from test_report import fabricate_result, throughput_at
 
-from scaling.report import formatting, plots, sections, write_report
-from scaling.report.critical_batch import powers_of_two
+from scaling.report import formatting, write_report
+from scaling.report.questions import critical_batch
+from scaling.report.questions.critical_batch_fits import powers_of_two
 from scaling.report.study import Study
 
 BATCHES = [32, 64, 128, 256, 512, 1024, 2048]
@@ -71,7 +72,7 @@ def report(tmp_path_factory):
 
 
 def _section(md: str) -> str:
-    return md.split(f"## {sections.QUESTION_CRITICAL}\n", 1)[1].split("\n## ", 1)[0]
+    return md.split(f"## {critical_batch.QUESTION}\n", 1)[1].split("\n## ", 1)[0]
 
 
 def _conclusions(md: str) -> list[str]:
@@ -152,8 +153,8 @@ def test_four_plots_exist_and_are_embedded(report):
 def test_noise_plot_spreads_at_most_twelve_runs_across_batches(report):
     root, _, _, _ = report
     study = Study.load(root, root)
-    runs = plots.noise_runs(study)
-    assert len(runs) == plots.MAX_NOISE_LINES  # 2 rules x 7 batches = 14 candidates
+    runs = critical_batch.noise_runs(study)
+    assert len(runs) == critical_batch.MAX_NOISE_LINES  # 2 rules x 7 batches = 14 candidates
     assert {run.global_bs for run in runs} == set(BATCHES)
     assert len({(run.global_bs, run.lr_rule) for run in runs}) == len(runs)
 

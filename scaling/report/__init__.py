@@ -12,17 +12,27 @@ data loading become the limit, how much do seeds vary. Every comparison is decid
 against run-to-run variation and a practical threshold (scaling/stats.py, docs/report.md); each conclusion
 is also a record in findings.json.
 
-Layout, each layer importing only from those before it:
+Layout, each layer importing only from those before it (no import cycle):
     runs.py            loading result.json / study.json, grouping runs into configurations
-    analysis.py        numbers and decisions: aggregates over seeds, regimes, rankings, LR rules, powers of two,
-                       data wait (through scaling.stats)
-    critical_batch.py  numbers: the gradient-noise-scale fits (B_crit, B_simple, predictions)
-    study.py           the shared context (Study), each analysis computed once (cached properties)
     formatting.py      number formatting for tables, sentences and plot labels
-    plots.py           one function per PNG
-    findings.py        Finding: each sentence with its record for findings.json (FINDINGS, the Conclusions)
     render.py          blocks (Heading, Table, Figure...) and their Markdown and HTML
-    sections.py        SECTIONS, the extension point: each section's blocks
+    aggregates.py      numbers several questions share: Stat, Point (a series at one batch), series_points,
+                       per-seed values of the runs that reached the target, the batch ladder
+    study.py           the shared context (Study) and `per_study`, which computes a question's analysis once
+    finding.py         Finding (each sentence with its record for findings.json) and the shared wording
+    plots.py           what every plot shares: figure, saving, axes and ticks, colours, not-reached marks
+    questions/         one module per question, each with its analysis, findings, section and plots:
+        faster.py          is a bigger batch faster? ranking by train time to target, time along a series
+        largest.py         the largest useful batch: steps to target, Shallue et al. regimes, the knee
+        critical_batch.py  the critical batch size (numbers in critical_batch_fits.py: the noise-scale fits)
+        devices.py         how long on N devices (scaling/devices/predict.py)
+        lr_rules.py        how the learning rate should scale
+        powers_of_two.py   does a power of two matter
+        data_loading.py    data wait and throughput (with decompositions.py: the fastest decomposition)
+        seeds.py           seed-to-seed variation, MLPerf-style score
+        failures.py        runs that did not reach the target or have not finished
+    findings.py        FINDINGS, the Conclusions' order of every question's findings; study-wide notes
+    sections.py        SECTIONS, the report's order: title, Conclusions, the run table, each question's section
     writer.py          write_report (report.md, report.html, findings.json)
     command.py         the `scaling report` command (also `python -m scaling.report`, __main__.py)
 """

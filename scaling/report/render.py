@@ -48,6 +48,11 @@ class Figure:
 Block = Heading | Paragraph | Note | Bullets | Table | Figure
 
 
+def figure_or_note(path: Path | None, caption: str, missing: str) -> list[Block]:
+    """The plot with its caption, or a Note saying why there is none."""
+    return [Figure(path, caption)] if path is not None else [Note(missing)]
+
+
 # --- Markdown ---------------------------------------------------------------------------------------------
 
 

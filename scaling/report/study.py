@@ -1,15 +1,25 @@
-"""The study as the sections see it: runs, configurations and the analyses they share, computed once."""
+"""The study as the questions see it: runs, configurations, the series points they share, and each question's
+analysis computed once (`per_study`).
+
+Study knows no question: a question module (scaling/report/questions/) wraps its own analysis of the whole
+study in `@per_study`, so that its findings, its blocks, its plots and any question that builds on it share
+one computation, and Study stays below every question module (they import it; it imports none of them).
+"""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, wraps
 from pathlib import Path
+from typing import Any, TypeVar
 
 from scaling import stats
-from scaling.report import analysis, critical_batch
+from scaling.report.aggregates import Point, series_points
 from scaling.report.runs import Configuration, Run, group_configurations, load_runs, read_study_file
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -22,6 +32,7 @@ class Study:
     figures: dict[str, Path] = field(default_factory=dict)  # plot name -> PNG written by a section
     rules: stats.Rules = field(default_factory=stats.Rules)  # when a difference counts (threshold, confidence)
     all_configurations: list[Configuration] = field(default_factory=list)  # unfinished runs too: the tables
+    analyses: dict[Hashable, Any] = field(default_factory=dict, repr=False)  # key -> a question's analysis
 
     @classmethod
     def load(cls, study_dir: Path, out_dir: Path, rules: stats.Rules | None = None) -> Study:
@@ -35,54 +46,16 @@ class Study:
         return cls(str(name), study_dir, out_dir, runs, [c for c in finished if c.runs], rules=rules or stats.Rules(),
                    all_configurations=everything)
 
-    @cached_property
-    def series(self) -> dict[str, list[analysis.Point]]:
-        return analysis.series_points(self.configurations)
+    def cached(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """`compute()` the first time `key` is asked for, the same object after that."""
+        if key not in self.analyses:
+            self.analyses[key] = compute()
+        return self.analyses[key]
 
     @cached_property
-    def doublings(self) -> dict[str, list[analysis.Doubling]]:
-        return {name: analysis.doublings(name, points, self.rules) for name, points in self.series.items()}
-
-    @cached_property
-    def ranking(self) -> analysis.Ranking | None:
-        """The fastest configuration to the target against every other (None when none reached it with
-        every seed)."""
-        return analysis.rank([c for c in self.configurations if any(run.target is not None for run in c.runs)],
-                             self.rules)
-
-    @property
-    def best(self) -> Configuration | None:
-        return self.ranking.best if self.ranking else None
-
-    @cached_property
-    def trends(self) -> list[analysis.Trend]:
-        trends = [analysis.trend(name, points, self.rules) for name, points in self.series.items()]
-        return [t for t in trends if t is not None]
-
-    @cached_property
-    def rule_comparisons(self) -> list[analysis.RuleComparison]:
-        return analysis.rule_comparisons(self.configurations, self.rules)
-
-    @cached_property
-    def noise(self) -> critical_batch.NoiseAnalysis:
-        """The gradient-noise-scale fits (critical batch size) of every series."""
-        return critical_batch.analyse(self.runs, self.series, self.rules)
-
-    @cached_property
-    def power_comparisons(self) -> list[analysis.PowerComparison]:
-        return analysis.power_of_two_comparisons(self.configurations, self.rules)
-
-    @cached_property
-    def input_bound(self) -> analysis.InputBound | None:
-        return analysis.input_bound(self.ladder, self.rules)
-
-    @cached_property
-    def saturation(self) -> analysis.Saturation | None:
-        return analysis.saturation(self.ladder, self.rules)
-
-    @cached_property
-    def decompositions(self) -> list[analysis.DecompositionComparison]:
-        return analysis.decomposition_comparisons(self.configurations, self.rules)
+    def series(self) -> dict[str, list[Point]]:
+        """Per series, one point per global batch (aggregates.series_points)."""
+        return series_points(self.configurations)
 
     @property
     def max_seeds(self) -> int:
@@ -101,20 +74,11 @@ class Study:
         return targets.most_common(1)[0][0] if targets else None
 
     @property
-    def seeded(self) -> list[Configuration]:
-        """Configurations run with several seeds."""
-        return [c for c in self.configurations if len(c.runs) >= 2]
-
-    @property
     def ladder(self) -> list[Configuration]:
         """Configurations that chase a target: the batch ladder. Throughput probes without a target (e.g.
         127/128/129) are left out so that they do not skew the per-batch throughput or data-wait figures."""
         chasing = [c for c in self.configurations if any(run.target is not None for run in c.runs)]
         return chasing or self.configurations
-
-    @property
-    def lr_rules(self) -> list[str]:
-        return sorted({run.lr_rule for run in self.target_runs if run.lr_rule is not None})
 
     @property
     def target_runs(self) -> list[Run]:
@@ -124,3 +88,15 @@ class Study:
 
     def target_text(self) -> str:
         return f"{self.target * 100:g}% accuracy" if self.target is not None else "the target"
+
+
+def per_study(analyse: Callable[[Study], T]) -> Callable[[Study], T]:
+    """A question's analysis of the whole study, computed once per Study (on first use) and shared by the
+    question's findings, blocks and plots, and by any other question that builds on it."""
+    key = f"{analyse.__module__}.{analyse.__qualname__}"
+
+    @wraps(analyse)
+    def cached(study: Study) -> T:
+        return study.cached(key, lambda: analyse(study))
+
+    return cached

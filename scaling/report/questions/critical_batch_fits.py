@@ -1,5 +1,6 @@
-"""The numbers of the critical-batch-size question: the gradient noise scale (McCandlish et al. 2018, "An
-Empirical Model of Large-Batch Training", arXiv:1812.06162). No formatting, no plotting.
+"""The numbers of the critical-batch-size question (critical_batch.py holds the rest of it): the gradient
+noise scale (McCandlish et al. 2018, "An Empirical Model of Large-Batch Training", arXiv:1812.06162). No
+formatting, no plotting.
 
 Per series (the report's grouping of configurations, e.g. per LR rule), from the runs that reached the
 target (mean over seeds at each global batch), fit
@@ -11,8 +12,8 @@ batch sizes), next to the B_simple measured during training (result["noise_scale
 and predict steps, samples and time to target at batch sizes not run, and the fastest global batch for a few
 device counts.
 
-`analyse` computes them once per study (Study.noise); sections.critical_batch_size renders them, plots.py draws
-them and findings.noise_findings turns them into sentences.
+`analyse` computes them (once per study: critical_batch.noise_of); critical_batch.py turns them into
+findings, its section and plots.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from scaling.noise.fits import (
     predict_steps,
     predict_time,
 )
-from scaling.report import analysis
+from scaling.report.aggregates import Point, stat
 from scaling.report.runs import Run
 
 # Device counts for which the fastest global batch is predicted (throughput(B) = n x tp(B / n)).
@@ -147,7 +148,7 @@ class SeriesFit:
     candidates: list[int] = field(default_factory=list)  # powers of two from smallest/2 to largest x 4
     n_seeds: int = 1  # the fewest seeds that reached the target at a fitted batch
     incomplete: set[int] = field(default_factory=set)  # batches run where some seed did not reach the target
-    points: list[analysis.Point] = field(default_factory=list)
+    points: list[Point] = field(default_factory=list)
     rules: stats.Rules = field(default_factory=stats.Rules)
 
     @property
@@ -287,7 +288,7 @@ class SeriesFit:
         hits = dict.fromkeys(chosen, 0)
         for _ in range(CHOICE_RESAMPLES):
             # Fitted batches only (every seed reached): the others add throughput, not steps, and stay as run.
-            resampled = [analysis.Point(p.batch, [p.runs[i] for i in rng.integers(0, len(p.runs), len(p.runs))])
+            resampled = [Point(p.batch, [p.runs[i] for i in rng.integers(0, len(p.runs), len(p.runs))])
                          if p.all_reached else p for p in self.points]
             refit = _fit_parts(resampled)
             if refit is None or not refit[2].fit.physical or not refit[4]:
@@ -308,7 +309,7 @@ class NoiseAnalysis:
     methods: Counter
 
 
-def analyse(runs: list[Run], series: dict[str, list[analysis.Point]],
+def analyse(runs: list[Run], series: dict[str, list[Point]],
             rules: stats.Rules = stats.DEFAULT_RULES) -> NoiseAnalysis:
     """The fits of every series (Study.series) with enough batch sizes that reached the target."""
     present = any(has_noise_data(run) for run in runs)
@@ -328,7 +329,7 @@ def analyse(runs: list[Run], series: dict[str, list[analysis.Point]],
     return NoiseAnalysis(present, fits, too_few, b_all, methods)
 
 
-def _outcome(point: analysis.Point) -> str:
+def _outcome(point: Point) -> str:
     """`reached` (every seed), `reached by 1 of 3 seeds`, or the status of the runs that missed."""
     if point.all_reached:
         return "reached"
@@ -337,7 +338,7 @@ def _outcome(point: analysis.Point) -> str:
     return point.outcome
 
 
-def _fit_parts(points: list[analysis.Point], bootstrap: bool = False):
+def _fit_parts(points: list[Point], bootstrap: bool = False):
     """(batches, steps, tradeoff, samples, per-device throughput) from the batches where every seed reached the
     target (the mean over the seeds; one that some seed missed is not fitted: its steps would be those of the
     lucky seeds); None with fewer than 2 such batches. Without `bootstrap` the fit has no uncertainty (the
@@ -349,7 +350,7 @@ def _fit_parts(points: list[analysis.Point], bootstrap: bool = False):
     steps = [p.steps.mean for p in reached]
     samples = []
     for p in reached:
-        measured = analysis.stat(run.get("samples_to_target") for run in p.runs if run.reached).mean
+        measured = stat(run.get("samples_to_target") for run in p.runs if run.reached).mean
         samples.append(measured if measured else p.steps.mean * p.batch)
     tradeoff = fit_tradeoff(batches, steps, samples) if bootstrap else fit_tradeoff(batches, steps, samples,
                                                                                      resamples=0)
@@ -363,7 +364,7 @@ def _fit_parts(points: list[analysis.Point], bootstrap: bool = False):
     return batches, steps, tradeoff, samples, per_device_mean
 
 
-def _fit_series(name: str, points: list[analysis.Point], rules: stats.Rules = stats.DEFAULT_RULES) -> SeriesFit | None:
+def _fit_series(name: str, points: list[Point], rules: stats.Rules = stats.DEFAULT_RULES) -> SeriesFit | None:
     reached = [p for p in points if p.all_reached and p.steps.mean is not None]
     if len(reached) < 2:
         return None

@@ -1,6 +1,7 @@
-"""Report section: predicted train time to target against the number of devices, for every configuration that
-reached the target, and the fastest way to the target with up to N devices (scaling/devices/predict.py,
-docs/predict.md).
+"""How long would it take on N devices? Predicted train time to target against the number of devices, for every
+configuration that reached the target, and the fastest way to the target with up to N devices
+(scaling/devices/predict.py, docs/predict.md): the predictions, their findings, this question's section and
+its plot.
 
 Each run's steps to target are its own (every decomposition of a global batch trains the same trajectory);
 the step time on n devices is the run's measured micro-step compute at the per-device batch, n-fold parallel,
@@ -15,7 +16,6 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from matplotlib import colormaps
 
@@ -24,15 +24,13 @@ from scaling.devices.comm import PRESETS, Interconnect
 from scaling.devices.predict import device_counts, gradient_bytes, predict_on_devices, profile_run
 from scaling.files import read_metrics
 from scaling.report import formatting as fmt
-from scaling.report import plots
-from scaling.report.render import Block, Figure, Heading, Note, Paragraph, Table
+from scaling.report.finding import ESTIMATE, Finding
+from scaling.report.plots import new_figure, save
+from scaling.report.render import Block, Bullets, Figure, Heading, Note, Paragraph, Table
 from scaling.report.runs import Configuration, Run
 from scaling.report.study import Study
 
-if TYPE_CHECKING:
-    pass
-
-QUESTION_DEVICES = "How long would it take on N devices?"
+QUESTION = "How long would it take on N devices?"
 MAX_DEVICES = 64  # the table and plot go up to this many devices (or the global batch, if smaller)
 ANSWER_CAPS = (1, 8, 64)  # "the fastest way to the target with up to N devices", for these N
 PLOT_DEVICES = "devices_time_to_target"
@@ -83,10 +81,7 @@ class DeviceAnalysis:
 def device_analysis(study: Study, link: Interconnect | None = None) -> DeviceAnalysis:
     """The predictions of every configuration that reached the target (computed once per study and link)."""
     link = link or report_interconnect(study)
-    cache = vars(study).setdefault("_device_analysis", {})
-    if link.name not in cache:
-        cache[link.name] = _analyse(study, link)
-    return cache[link.name]
+    return study.cached((__name__, link.name), lambda: _analyse(study, link))
 
 
 def _analyse(study: Study, link: Interconnect) -> DeviceAnalysis:
@@ -138,8 +133,50 @@ def fastest_within(analysis: DeviceAnalysis, cap: int) -> tuple[DeviceRow, int] 
     return row, n
 
 
-def device_count_blocks(study: Study) -> list[Block]:
-    blocks: list[Block] = [Heading(QUESTION_DEVICES)]
+# --- findings, section and plot -----------------------------------------------------------------------------
+
+
+def _caps(analysis: DeviceAnalysis) -> list[int]:
+    largest = max(analysis.counts, default=1)
+    return sorted({cap for cap in ANSWER_CAPS if cap <= largest} | {largest})
+
+
+def device_count_findings(study: Study, link: Interconnect | None = None) -> list[Finding]:
+    """"The fastest way to the target with up to N devices", for N in ANSWER_CAPS (and the largest count);
+    the Conclusions show the largest (the others are `detail`)."""
+    analysis = device_analysis(study, link)
+    if not analysis.rows:
+        return []
+    findings = []
+    caps = _caps(analysis)
+    for cap in caps:
+        row, n = fastest_within(analysis, cap)
+        configuration = row.configuration
+        series = "" if configuration.series == "all" else f" ({configuration.series})"
+        scaled = " (per-device batch not measured: compute scaled per sample)" if n in row.scaled else ""
+        text = (f"With up to {fmt.devices(cap)}, the fastest predicted way to {study.target_text()} is global batch "
+                f"{configuration.global_bs}{series} on {fmt.devices(n)} (per-device {row.per_device[n]} × "
+                f"{row.accumulation[n]} accumulation): {fmt.seconds(row.times[n])} s train time for "
+                f"{fmt.integer(row.steps)} steps, over {analysis.link.name}{scaled}.")
+        findings.append(Finding(f"fastest_with_devices@{cap}", text, kind=ESTIMATE, winner=configuration.label,
+                                detail=cap != caps[-1],
+                                numbers={"devices_cap": cap, "devices": n, "configuration": configuration.label,
+                                         "global_batch": configuration.global_bs, "per_device": row.per_device[n],
+                                         "accumulation_steps": row.accumulation[n],
+                                         "predicted_train_time_s": row.times[n], "steps_to_target": row.steps,
+                                         "interconnect": analysis.link.to_dict(),
+                                         "measured_micro_batch": n not in row.scaled}))
+    return findings
+
+
+def section(study: Study) -> list[Block]:
+    """Predicted time to target on 1, 2, 4, ... devices, and its answers."""
+    found = device_count_findings(study)
+    return _blocks(study) + ([Bullets([finding.statement for finding in found])] if found else [])
+
+
+def _blocks(study: Study) -> list[Block]:
+    blocks: list[Block] = [Heading(QUESTION)]
     if study.target is None or not any(run.reached and run.target == study.target for run in study.runs):
         return blocks + [Note("No run reached its target: no time to predict.")]
     analysis = device_analysis(study)
@@ -178,14 +215,14 @@ def device_count_blocks(study: Study) -> list[Block]:
         blocks.append(Figure(path, f"Predicted train time to target against device count, one line per "
                                    f"configuration, all-reduce over {link.name}; hollow: per-device batch not "
                                    f"measured (scaled per sample)."))
-    return blocks  # the sentences: findings.device_count_findings (sections.py adds them)
+    return blocks
 
 
 def plot_devices(study: Study, analysis: DeviceAnalysis) -> Path | None:
     rows = [row for row in analysis.rows if row.times]
     if not rows:
         return None
-    figure, ax = plots.new_figure(8.0, 5.0)
+    figure, ax = new_figure(8.0, 5.0)
     cmap = colormaps["viridis"]
     for index, row in enumerate(rows):
         color = cmap(0.9 * index / max(1, len(rows) - 1))
@@ -206,4 +243,4 @@ def plot_devices(study: Study, analysis: DeviceAnalysis) -> Path | None:
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     if not all(math.isfinite(t) and t > 0 for row in rows for t in row.times.values()):
         ax.set_yscale("linear")
-    return plots._save(study, figure, PLOT_DEVICES)
+    return save(study, figure, PLOT_DEVICES)
