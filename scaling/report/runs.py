@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from scaling.config import ConfigError
-from scaling.results import FINAL_STATUSES, read_result_checked
+from scaling.results import FINAL_STATUSES, Result, read_result_checked
 
 UNREADABLE = "unreadable"  # a result.json the loader refuses (scaling/results.py): named, not reported on
 # Keys that differ between the seeds of one configuration and say nothing about the configuration itself.
@@ -26,11 +26,12 @@ BATCH_KEYS = ("global_bs", "per_device_bs", "accumulation_steps", "emulate_proce
 
 @dataclass
 class Run:
-    """One training run: its result document (empty when the run left none) and its config."""
+    """One training run: its result document, loaded and checked by scaling.results (empty when the run left
+    none, or left one that is not finished or cannot be read), and its config."""
 
     id: str
     status: str
-    result: dict[str, Any]
+    result: Result | dict[str, Any]
     config: dict[str, Any]
     error: str | None = None
     folder: Path | None = None
@@ -55,7 +56,7 @@ class Run:
 
     @property
     def batch(self) -> dict[str, Any]:
-        return self.result.get("batch") or {}
+        return self.get("batch") or {}  # a failed run's result has one too
 
     @property
     def global_bs(self) -> int | None:
@@ -64,30 +65,30 @@ class Run:
     @property
     def per_device_bs(self) -> int | None:
         value = self.batch.get("per_device", self.config.get("per_device_bs"))
-        return value if isinstance(value, int) else None
+        return value if isinstance(value, int) else None  # the config's may be "auto"
 
     @property
     def decomposition(self) -> str | None:
         """`per_device × num_processes × accumulation_steps`, as the runner resolved it."""
         batch = self.batch
-        if not {"per_device", "num_processes", "accumulation_steps"} <= batch.keys():
+        if not batch:
             return None
         return f"{batch['per_device']} × {batch['num_processes']} × {batch['accumulation_steps']}"
 
     @property
     def lr_rule(self) -> str | None:
-        return (self.result.get("lr") or {}).get("rule", self.config.get("lr_scaling"))
+        lr = self.get("lr")
+        return lr["rule"] if lr else self.config.get("lr_scaling")
 
     @property
     def lr_scaled(self) -> float | None:
-        return (self.result.get("lr") or {}).get("scaled")
+        lr = self.get("lr")
+        return lr["scaled"] if lr else None
 
     @property
     def target(self) -> float | None:
-        target = self.result.get("target")
-        if isinstance(target, dict):
-            return target.get("value")
-        return self.config.get("target_accuracy")
+        target = self.get("target")
+        return target["value"] if target else self.config.get("target_accuracy")
 
     @property
     def train_time(self) -> float | None:
@@ -111,10 +112,9 @@ class Run:
         if steps is None:
             return None
         recorded = self.get("steps_to_target_resolution")
-        if isinstance(recorded, int | float) and recorded > 0:
+        if recorded is not None and recorded > 0:
             return float(recorded)
-        earlier = [h.get("step") for h in self.history if isinstance(h.get("step"), int | float)]
-        earlier = [step for step in earlier if step < steps]
+        earlier = [h["step"] for h in self.history if h["step"] < steps]
         return float(steps - max(earlier, default=0)) or 1.0
 
     @property
@@ -128,7 +128,8 @@ class Run:
     @property
     def torch_threads(self) -> int | None:
         """Intra-op threads the run trained with (environment.torch_threads; absent in older results)."""
-        return (self.get("environment") or {}).get("torch_threads")
+        environment = self.get("environment")
+        return environment.get("torch_threads") if environment else None
 
     @property
     def throughput(self) -> float | None:
@@ -140,7 +141,8 @@ class Run:
 
     @property
     def peak_memory(self) -> float | None:
-        return (self.get("peak_memory") or {}).get("allocated_bytes")
+        memory = self.get("peak_memory")
+        return memory.get("allocated_bytes") if memory else None
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -148,7 +150,7 @@ class Run:
 
     @property
     def windows(self) -> list[float]:
-        return [w for w in self.get("throughput_windows") or [] if w is not None]
+        return list(self.get("throughput_windows") or [])
 
 
 @dataclass
@@ -228,7 +230,8 @@ def _run_from_entry(study_dir: Path, entry: dict[str, Any]) -> Run:
     path = folder / "result.json"
     loaded, problem = read_result_checked(path) if path.exists() or path.is_symlink() else (None, None)
     if problem is not None:
-        return Run(run_id, UNREADABLE, {}, dict(entry.get("overrides") or {}), f"{path} {problem}", folder, True)
+        return Run(run_id, UNREADABLE, {}, dict(entry.get("overrides") or {}), _where(path, study_dir, problem),
+                   folder, True)
     result = loaded if loaded is not None and loaded["status"] in FINAL_STATUSES else {}
     if "config" in result:
         config, partial = dict(result["config"]), False
@@ -244,10 +247,19 @@ def _run_from_file(study_dir: Path, path: Path) -> Run:
     run_id = folder.relative_to(study_dir).as_posix() if folder != study_dir else study_dir.resolve().name
     result, problem = read_result_checked(path)
     if problem is not None:  # damaged: named, and left out of every number
-        return Run(run_id, UNREADABLE, {}, {}, f"{path} {problem}", folder, True)
+        return Run(run_id, UNREADABLE, {}, {}, _where(path, study_dir, problem), folder, True)
     if result["status"] not in FINAL_STATUSES:  # running or interrupted: a row, without numbers
         return Run(run_id, "incomplete", {}, {}, None, folder, True)
     return Run(run_id, result["status"], result, dict(result.get("config") or {}), result.get("error"), folder)
+
+
+def _where(path: Path, study_dir: Path, problem: str) -> str:
+    """`runs/x/result.json holds NaN ...`: the file, as the study folder names it, and what is wrong."""
+    try:
+        path = path.relative_to(study_dir)
+    except ValueError:
+        pass
+    return f"{path} {problem}"
 
 
 def _complete_partial_configs(runs: list[Run]) -> None:

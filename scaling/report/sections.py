@@ -27,7 +27,7 @@ from scaling.report.questions import (
     seeds,
 )
 from scaling.report.render import Block, Bullets, Heading, Note, Paragraph, Table
-from scaling.report.runs import Run
+from scaling.report.runs import UNREADABLE, Run
 from scaling.report.study import Study
 
 Section = Callable[[Study], list[Block]]
@@ -121,6 +121,8 @@ def _note(run: Run, mark: str | None) -> str:
         parts.append(f"final accuracy {fmt.percent(run.get('final').get('accuracy'))} after {run.get('steps')} steps")
     elif run.status == "completed":
         parts.append(f"{fmt.integer(run.get('steps'))} steps, no target")
+    if run.status == UNREADABLE:  # the loader's one line: which file, which field
+        return "; ".join([*parts, f"left out: {run.error}"])
     if run.error:
         lines = [line.strip() for line in str(run.error).splitlines() if line.strip()]
         tail = lines[-1] if lines else ""
