@@ -257,6 +257,8 @@ def _parse(path: Path) -> Any:
         if size > MAX_RESULT_BYTES:
             raise ResultError(f"{path} is {size:,} bytes, not a result this tool wrote")
         return json.loads(path.read_bytes().decode("utf-8"), parse_constant=_no_constant)
+    except ResultError:
+        raise
     except UnicodeDecodeError:
         raise ResultError(f"{path} is not UTF-8 text") from None
     except _NonFinite as err:

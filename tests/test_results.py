@@ -73,12 +73,16 @@ def test_a_damaged_result_is_named_in_one_line_with_its_field(tmp_path, damage, 
     ('{"status": "reach', "is not valid JSON (torn or damaged)"),
     ('[1, 2]', "is not a result of this tool (no status)"),
     (b"\xff\xfe", "is not UTF-8 text"),
+    (None, "is a folder, not a file"),
 ])
 def test_a_file_that_is_not_a_result_is_named_in_one_line(tmp_path, text, fragment):
     folder = tmp_path / "run"
     folder.mkdir()
     path = folder / "result.json"
-    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    if text is None:
+        path.mkdir()
+    else:
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(ResultError) as err:
         load_result(path)
     assert str(err.value).startswith(str(path)) and fragment in str(err.value)
