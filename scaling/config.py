@@ -61,7 +61,8 @@ class RunConfig:
     eval_every: int | None = None  # optimizer steps; when unset, eval_every_epochs applies
     eval_every_epochs: float = 0.25
     diverge_factor: float = 5.0  # a training loss above this multiple of the first one counts as divergence
-    exact_target: bool = True  # replay the window before the first evaluation at the target: the exact step
+    exact_target: bool = True  # replay from the start, evaluating every step: the exact first step at the target
+    exact_target_max_steps: int = 20000  # at most this many replayed steps (each with an evaluation)
 
     # workload
     dataset: str = "mnist1d"
@@ -123,7 +124,8 @@ _POSITIVE = {
     "lr_step_gamma", "diverge_factor", "memory_cap_mb", "prefetch_factor", "probe_steps", "checkpoint_every",
     "noise_every",
 }
-_NON_NEGATIVE = {"warmup_steps", "warmup_epochs", "momentum", "weight_decay", "num_workers", "log_min_s"}
+_NON_NEGATIVE = {"warmup_steps", "warmup_epochs", "momentum", "weight_decay", "num_workers", "log_min_s",
+                 "exact_target_max_steps"}
 MATERIALIZE = ("auto", "true", "false")
 _CHOICES = {
     "materialize": MATERIALIZE,

@@ -35,7 +35,9 @@ GROUPS: list[tuple[str, list[tuple[str, str]]]] = [
         ("eval_every", "evaluate every N optimizer steps"),
         ("eval_every_epochs", "evaluate every fraction of an epoch (when --eval-every is not set)"),
         ("diverge_factor", "a training loss above this multiple of the first one ends the run as diverged"),
-        ("exact_target", "replay evaluation windows to find the exact first step at the target"),
+        ("exact_target", "replay training, evaluating every step, to find the exact first step at the target"),
+        ("exact_target_max_steps", "the most steps that replay may take (each with one evaluation); beyond it the "
+                                   "result gives the interval that holds the first step"),
     ]),
     ("data and model", [
         ("dataset", "mnist1d, mnist1d_images, synthetic_images, a hub id, a local file or folder, or module:callable"),

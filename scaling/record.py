@@ -208,11 +208,12 @@ class RunRecord:
         return self.history[self.first_eval_at_target] if self.first_eval_at_target is not None else None
 
     def _step_resolution(self) -> int | None:
-        """1 when steps_to_target is exact, else the width of the evaluation window it lies in."""
+        """How many steps can still be the first at the target: 1 when steps_to_target is exact, else the
+        width of the search's interval."""
         if self.target is None:
             return None
-        low, high = self.target.search["window"]
-        return 1 if self.target.search["exact"] else high - low
+        low, high = self.target.search["interval"]
+        return high - low + 1
 
     def failure_result(self, err: BaseException, status: str, suggestion: str | None) -> FailureResult:
         """result.json of a run that ended in an exception (status "oom" or "failed")."""

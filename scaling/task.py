@@ -37,6 +37,17 @@ class ClassificationTask:
         loss_sum, correct, count = sums
         return correct / count, loss_sum / count
 
+    def decided(self, sums: list[float], total: int, target: float) -> bool | None:
+        """Whether accuracy over all `total` samples reaches `target` whatever the samples not yet in `sums`
+        hold: True when the correct ones so far already reach it, False when not even all the rest correct
+        would; None while it can still go either way. The same formula as the whole evaluation's."""
+        _, correct, seen = sums
+        if correct / total >= target:
+            return True
+        if (correct + total - seen) / total < target:
+            return False
+        return None
+
     def predictions(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs.argmax(dim=1)
 

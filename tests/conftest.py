@@ -161,8 +161,8 @@ def a_record(status: str = "reached", steps: int = 40, seed: int = 0, output_dir
     record.window_rates, record.window_durations = [1000.0, 1100.0, 900.0], [1.0, 1.0, 1.0]
     if status == "reached":
         record.first_eval_at_target = len(record.history) - 1
-        record.target = TargetCrossing(33, 3.1, 2.6, {"method": "replay", "window": [30, 40], "exact": True,
-                                                      "first_step": 33})
+        record.target = TargetCrossing(33, 3.1, 2.6, {"method": "replay", "exact": True, "first_step": 33,
+                                                      "interval": [33, 33], "window": [0, 40], "reason": None})
     if status == "interrupted":
         record.checkpoint, record.stop_signal = f"{output_dir}/checkpoint", "SIGTERM"
     return record

@@ -47,9 +47,13 @@ def test_replayed_step_equals_evaluating_every_step(every_step, tmp_path):
     # The clock at the exact step: before the first evaluation at the target, replay excluded.
     assert 0 < result["train_time_to_target_s"] <= coarse["train_time_s"]
     assert result["time_to_target_s"] >= result["train_time_to_target_s"]
-    # The replay evaluated the steps up to the first crossing and no further.
-    replayed = [accuracy for values in search["accuracies"].values() for accuracy in values]
-    assert len(replayed) == search["evaluations"] and max(replayed) >= 0.7
+    # The replay evaluated every step from the start up to the first crossing and no further; an evaluation
+    # stopped once the rest of the set could not reach the target is recorded as None.
+    replayed = search["accuracies"]["0"]
+    assert len(replayed) == search["evaluations"] == result["steps_to_target"]
+    assert all(a is None or a < 0.7 for a in replayed[:-1]) and replayed[-1] >= 0.7
+    assert any(a is None for a in replayed[:-1]) and any(a is not None for a in replayed[:-1])
+    assert search["interval"] == [result["steps_to_target"]] * 2
 
 
 def test_without_replay_the_first_evaluation_decides_and_the_resolution_says_so(every_step, tmp_path):
@@ -58,8 +62,11 @@ def test_without_replay_the_first_evaluation_decides_and_the_resolution_says_so(
     result = load_result(tmp_path)
     assert result["steps_to_target"] == result["first_eval_at_target"]["step"]
     assert result["steps_to_target"] % 50 == 0 and result["steps_to_target"] >= every_step["steps_to_target"]
-    assert result["steps_to_target_resolution"] == 1  # a one-step window, since evaluation was not replayed
-    assert result["target_search"]["method"] == "evaluation" and result["target_search"]["exact"] is False
+    search = result["target_search"]
+    assert search["method"] == "evaluation" and search["exact"] is False
+    # Every step from the first unevaluated one up to that evaluation can hold the first crossing.
+    assert search["interval"] == [1, result["steps_to_target"]]
+    assert result["steps_to_target_resolution"] == result["steps_to_target"]
 
 
 def test_a_replay_that_cannot_reproduce_the_run_is_not_called_exact(tmp_path):
@@ -73,8 +80,9 @@ def test_a_replay_that_cannot_reproduce_the_run_is_not_called_exact(tmp_path):
     search = result["target_search"]
     assert search["method"] == "replay" and search["verified"] is False and search["exact"] is False
     assert result["steps_to_target"] == result["first_eval_at_target"]["step"]
-    low, high = search["window"]
-    assert result["steps_to_target_resolution"] == high - low > 1
+    low, high = search["interval"]
+    assert (low, high) == (1, result["steps_to_target"])  # an unreproduced replay excludes nothing
+    assert result["steps_to_target_resolution"] == high - low + 1 > 1
 
 
 def exact_b_simple(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> float:

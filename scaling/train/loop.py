@@ -29,7 +29,7 @@ from scaling.record import RunRecord, TargetCrossing
 from scaling.task import Task
 from scaling.train.checkpoint import Checkpoint
 from scaling.train.clock import PhaseTimer, RunClock, ThroughputWindows, summarize_phases, synchronize
-from scaling.train.evaluation import evaluate, steps_per_eval
+from scaling.train.evaluation import evaluate, evaluate_against, steps_per_eval
 from scaling.train.state import Snapshot, TrainingState
 from scaling.train.step import StepRunner
 from scaling.train.target import TargetSearch
@@ -76,7 +76,8 @@ class Trainer:
                                 or plan.per_device_bs >= 2):
             self.noise = NoiseMonitor(accelerator, self.model, plan, cfg.noise_every, off_clock=self.off_the_clock,
                                       task=task)
-        self.target_search = TargetSearch(self, enabled=cfg.exact_target and cfg.target_accuracy is not None)
+        self.target_search = TargetSearch(self, enabled=cfg.exact_target and cfg.target_accuracy is not None,
+                                          max_steps=cfg.exact_target_max_steps)
         self.window_steps = cfg.log_every  # steps per logging window (window_length)
         self._boundary: tuple[int, float] | None = None  # (step, agreed elapsed) at the last window boundary
         self._checkpointed_at = 0
@@ -110,7 +111,7 @@ class Trainer:
         self.clock = RunClock(record.elapsed_s, record.eval_s)
         self.windows.restart(self.samples)
         record.clock_points.append((record.step, self.clock.train_elapsed()))
-        self.target_search.window_start()
+        self.target_search.start()
         while self.last_step is None or record.step < self.last_step:
             self.train_step()
             eval_due = record.step % self.eval_interval == 0 or record.step == self.last_step
@@ -127,7 +128,6 @@ class Trainer:
                 if cfg.target_accuracy is not None and accuracy >= cfg.target_accuracy:
                     self.reach_target()
                     break
-                self.target_search.window_start()
             if time_up:
                 break
             if stop:  # preemption: every process saw the request at this same step
@@ -308,8 +308,8 @@ class Trainer:
         self.record.step = step + 1
         return self.accelerator.reduce(self.step_means(losses), reduction="mean").item()  # host sync: replay is off the clock
 
-    def evaluate_metric(self) -> float:
-        return evaluate(self.unwrapped, self.eval_set, self.accelerator, self.task)[0]
+    def reaches(self, target: float, whole: bool) -> tuple[bool, float | None]:
+        return evaluate_against(self.unwrapped, self.eval_set, self.accelerator, self.task, target, whole)
 
     def probe_noise(self, label: str) -> None:
         """The noise scale at the current weights (scaling/noise/monitor.py, `probe`), on the batches of the

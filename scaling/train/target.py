@@ -1,21 +1,33 @@
-"""The exact optimizer step at which the evaluation metric first reaches the target.
+"""The first optimizer step at which the evaluation metric reaches the target, and how sure that is.
 
 Scheduled evaluations come every `eval_interval` steps, so the first one at or above the target (MLPerf's
-rule) rounds steps-to-target up by as much as that interval: at small batches, thousands of steps. Here the
-training state is kept (in memory) after every evaluation below the target; when an evaluation reaches it,
-the state of the previous evaluation is restored and that window is replayed, evaluating after every step,
-up to the first step at or above the target (and earlier windows too while the target was within reach:
-`TargetSearch`). The batches are a function of (seed, step) and the LR a function
-of the step, so the replay retrains exactly what the run trained: its per-step training losses are compared
-with the ones the run recorded, and the step counts as exact only when they agree (docs/clock.md). The
-replay runs off the clock; afterwards the state the run had reached is restored.
+rule), at step T, rounds steps-to-target up by as much as that interval: at small batches, hundreds of steps.
+The metric is noisy from one step to the next, so the target can be crossed anywhere before T, and lost again
+before the next evaluation: the only way to know the first step is to look at every step. So the search
+keeps the training state of the moment training started and, when an evaluation reaches the target, trains
+again from there, evaluating after every step, until the first step at the target. Every earlier step has
+then been evaluated below it: the step is exact, and equals what a run evaluating after every step
+(`--eval-every 1`) reports. The batches are a function of (seed, step) and the LR a function of the step, so
+the replay retrains what the run trained; its per-step training losses, and its accuracies at the run's own
+evaluations, must match what the run recorded, or the replay is not the run's trajectory and nothing it
+found counts.
+
+Where that certainty cannot be had, the result says `exact: false` and gives `interval`, the steps that
+can still hold the first crossing:
+- the replay was capped (`--exact-target-max-steps`) before it met the target: from the step after the
+  last one replayed;
+- the run was resumed: the steps before the resume point that no evaluation saw are unknown, the replay
+  starts at the resume point;
+- the replay did not reproduce the run (nondeterministic kernels, augmentation drawn in loader workers).
+`steps_to_target` is then the upper end, the first evaluation at the target. The replay runs off the clock;
+afterwards the state the run had reached is restored. Its cost (one replayed step and one evaluation per
+step up to the crossing) is in docs/performance.md.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Protocol
@@ -23,14 +35,9 @@ from typing import Protocol
 from scaling.record import RunRecord
 from scaling.train.state import Snapshot
 
-# The search goes back while an evaluation at either end of a window is within NEAR_SIGMAS step-to-step
-# standard deviations of the target, through as many windows as SNAPSHOT_BUDGET_BYTES of held training
-# states allow (one state per window, between MIN_WINDOWS and MAX_WINDOWS of them).
-NEAR_SIGMAS = 3.0
-SNAPSHOT_BUDGET_BYTES = 512 * 2**20
-MIN_WINDOWS, MAX_WINDOWS = 4, 64
 # Per-step training losses of the replay and of the run must agree to this relative tolerance for the
-# replay to count as the run's own trajectory (float32 rounding of identical arithmetic gives 0).
+# replay to count as the run's own trajectory (float32 rounding of identical arithmetic gives 0); the
+# accuracies at the run's own evaluations must agree exactly (same weights, same evaluation set).
 LOSS_TOLERANCE = 1e-5
 
 
@@ -46,127 +53,114 @@ class Replay(Protocol):
 
     def replay_step(self, step: int) -> float: ...
 
-    def evaluate_metric(self) -> float: ...
+    def reaches(self, target: float, whole: bool) -> tuple[bool, float | None]: ...
 
     def paused(self) -> AbstractContextManager: ...
 
 
 class TargetSearch:
-    """Keeps the states of the latest evaluations below the target and, when an evaluation reaches it,
-    replays the windows before it to find the first step at the target.
+    """Holds the training state of the moment training started (`start`) and, when an evaluation reaches the
+    target, replays forward from it to the first step at the target (`find_first_step`)."""
 
-    The window that ends at the crossing evaluation is always replayed. Accuracy from one step to the next
-    is noisy, so the target can be crossed briefly inside an earlier window and lost again before that
-    window's evaluation; the search therefore goes on backwards, window by window, while an evaluation at
-    either end of the window lies within NEAR_SIGMAS standard deviations of the target (sigma: the
-    step-to-step spread of the accuracies replayed so far), through as many windows as the states held in
-    memory allow (SNAPSHOT_BUDGET_BYTES). A search that stops at that limit, or whose replay does not
-    reproduce the run's losses, is not exact: the result then gives the first evaluation at the target and
-    the window.
-    """
-
-    def __init__(self, loop: Replay, enabled: bool):
+    def __init__(self, loop: Replay, enabled: bool, max_steps: int):
         self.loop = loop
         self.enabled = enabled
-        self.bases: deque[Snapshot] | None = None
+        self.max_steps = max_steps
+        self.base: Snapshot | None = None
 
-    def window_start(self) -> None:
-        """At the start of training and after every evaluation below the target."""
-        if self.enabled:
-            snapshot = self.loop.snapshot()
-            if self.bases is None:
-                windows = max(MIN_WINDOWS, min(MAX_WINDOWS, SNAPSHOT_BUDGET_BYTES // max(1, snapshot.nbytes())))
-                self.bases = deque(maxlen=windows)
-            self.bases.append(snapshot)
+    def start(self) -> None:
+        """At the start of training (or of a resumed run): the state the replay starts from."""
+        if self.enabled and self.max_steps > 0:
+            self.base = self.loop.snapshot()
 
     def find_first_step(self, target: float, at_first_step: Callable[[], None] | None = None) -> dict:
-        """Replay windows before the crossing evaluation; returns the search record (docs/results.md).
-        `at_first_step()` runs while the model holds the weights of the first step at the target (the noise
-        probe). The loop is left in the state it had before the search."""
+        """The search record (docs/results.md). `at_first_step()` runs while the model holds the weights of the
+        first step at the target (the noise probe), or those of the evaluation that reached it when the step
+        is not exact. The loop is left in the state it had before the search."""
         loop = self.loop
         end_step = loop.record.step
-        if not self.enabled or not self.bases or end_step - self.bases[-1].step <= 1:
+        start = self.base.step if self.base is not None else end_step
+        unseen = _unevaluated_steps(loop.record.history, end_step)
+        if not unseen:  # every step before this one was evaluated (--eval-every 1): nothing to replay
             if at_first_step is not None:
                 at_first_step()
-            return {"method": "evaluation", "window": [end_step - 1, end_step], "exact": self.enabled,
-                    "first_step": end_step, "verified": None, "windows": 0, "evaluations": 0, "seconds": 0.0}
-        start = time.perf_counter()
+            return _record("evaluation", end_step, end_step, [end_step, end_step], exact=True)
+        if self.base is None:
+            if at_first_step is not None:
+                at_first_step()
+            return _record("evaluation", end_step, unseen[0], [end_step, end_step], exact=False,
+                           reason="--exact-target false" if not self.enabled else "--exact-target-max-steps 0")
+        began = time.perf_counter()
         with loop.paused():
             end = loop.snapshot()
-            first, accuracies, worst, complete, low = self._search(end_step, target)
-            exact = first is not None and worst <= LOSS_TOLERANCE and complete
+            loop.restore(self.base)
+            replay = self._replay(start, min(end_step, start + self.max_steps), target)
+            exact, low, reason = self._judge(replay, start, end_step, unseen)
             if exact and at_first_step is not None:
-                base = max((b for b in self.bases if b.step < first), key=lambda b: b.step)
-                loop.restore(base)
-                self._replay(base.step, first, target=None)
-                at_first_step()
+                at_first_step()  # the loop holds the first step at the target
             loop.restore(end)
             if not exact and at_first_step is not None:
-                at_first_step()  # at the first evaluation at the target, which is then the reported step
-        return {"method": "replay", "window": [low, end_step], "exact": exact,
-                "first_step": first if exact else end_step, "verified": worst <= LOSS_TOLERANCE,
-                "complete": complete, "max_loss_rel_diff": worst, "windows": len(accuracies),
-                "evaluations": sum(len(a) for a in accuracies.values()),
-                "accuracies": {str(k): v for k, v in sorted(accuracies.items())},
-                "seconds": time.perf_counter() - start}
+                at_first_step()  # at the evaluation that reached the target, the reported step
+        first = replay["first"] if exact else end_step
+        return _record("replay", first, low, [start, end_step], exact=exact, reason=reason,
+                       verified=replay["worst"] <= LOSS_TOLERANCE and replay["matches"],
+                       max_loss_rel_diff=replay["worst"], evaluations=len(replay["accuracies"]),
+                       accuracies={str(start): replay["accuracies"]}, seconds=time.perf_counter() - began)
 
-    def _search(self, end_step: int, target: float):
-        """Windows from the newest backwards. Returns (first step at the target or None, replayed accuracies
-        per window start, worst relative loss difference, whether the search ended by the rule, the first
-        step searched)."""
-        evaluated = {h["step"]: h["accuracy"] for h in self.loop.record.history}
-        bases = list(self.bases)
-        first, worst, replayed = None, 0.0, []
-        accuracies: dict[int, list[float]] = {}
-        window_end = end_step
-        for index in range(len(bases) - 1, -1, -1):
-            base = bases[index]
-            if window_end != end_step:
-                ends = [evaluated.get(base.step), evaluated.get(window_end)]
-                margin = NEAR_SIGMAS * _step_to_step_sigma(replayed)
-                if max((a for a in ends if a is not None), default=0.0) < target - margin:
-                    return first, accuracies, worst, True, window_end
-            self.loop.restore(base)
-            found, window_accuracies, window_worst = self._replay(base.step, window_end, target)
-            accuracies[base.step] = window_accuracies
-            replayed += window_accuracies
-            worst = max(worst, window_worst)
-            first = found if found is not None else first
-            window_end = base.step
-        # Every window back to the start of training was searched; after a resume, the windows before it
-        # cannot be, so the search is complete only from step 0.
-        start = bases[0].step
-        return first, accuracies, worst, start == 0, start
-
-    def _replay(self, from_step: int, to_step: int, target: float | None) -> tuple[int | None, list[float], float]:
-        """Train again from `from_step` (the loop holds that state) up to `to_step`, evaluating after
-        every step when a target is given, stopping at the first step at or above it. Returns (that step or
-        None, the accuracies, worst relative difference between replayed and recorded losses)."""
+    def _replay(self, from_step: int, to_step: int, target: float) -> dict:
+        """Train again from `from_step` (the loop holds that state), evaluating after every step, up to the
+        first step at or above the target or `to_step`. An evaluation stops once the samples it has not seen
+        cannot change the answer (its accuracy is then None); at the run's own evaluations it runs whole.
+        Returns what it saw: the first step at the target (or
+        None), the accuracies, the worst relative difference between replayed and recorded losses, and
+        whether its accuracies at the run's own evaluations equal the run's."""
         loop = self.loop
-        accuracies: list[float] = []
-        worst = 0.0
+        recorded = {entry["step"]: entry["accuracy"] for entry in loop.record.history}
+        accuracies: list[float | None] = []
+        worst, matches, first = 0.0, True, None
         for step in range(from_step, to_step):
             replayed = loop.replay_step(step)
             worst = max(worst, _relative_difference(replayed, loop.record.train_loss[step]))
-            if target is None:
-                continue
-            accuracies.append(loop.evaluate_metric())
-            if accuracies[-1] >= target:
-                return step + 1, accuracies, worst
-        return None, accuracies, worst
+            reached, accuracy = loop.reaches(target, whole=step + 1 in recorded)
+            accuracies.append(accuracy)
+            if step + 1 in recorded and accuracy != recorded[step + 1]:
+                matches = False
+            if reached:
+                first = step + 1
+                break
+        return {"first": first, "accuracies": accuracies, "worst": worst, "matches": matches,
+                "last": from_step + len(accuracies)}
+
+    def _judge(self, replay: dict, start: int, end_step: int, unseen: list[int]) -> tuple[bool, int, str | None]:
+        """(exact, the first step that can still be the first crossing, why not exact)."""
+        if replay["worst"] > LOSS_TOLERANCE or not replay["matches"]:
+            return False, unseen[0], "the replay did not reproduce the run's losses and evaluations"
+        before = [step for step in unseen if step <= start]
+        if replay["first"] is None:
+            low = before[0] if before else replay["last"] + 1
+            return False, low, f"the replay stopped at its limit of {self.max_steps} steps (--exact-target-max-steps)"
+        if before:
+            return False, before[0], f"resumed at step {start}: steps before it that no evaluation saw are unknown"
+        return True, replay["first"], None
 
 
-def _step_to_step_sigma(accuracies: list[float]) -> float:
-    """The noise of one evaluation's accuracy from step to step: the standard deviation of successive
-    differences over sqrt(2) (each difference holds two independent draws); 0 with fewer than 3 values."""
-    if len(accuracies) < 3:
-        return 0.0
-    diffs = [b - a for a, b in zip(accuracies, accuracies[1:], strict=False)]
-    mean = sum(diffs) / len(diffs)
-    return math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / 2)
+def _unevaluated_steps(history: list[dict], end_step: int) -> list[int]:
+    """Steps before `end_step` after which no evaluation ran (each could hold the first crossing)."""
+    seen = {entry["step"] for entry in history}
+    return [step for step in range(1, end_step) if step not in seen]
+
+
+def _record(method: str, first: int, low: int, window: list[int], exact: bool, reason: str | None = None,
+            **details) -> dict:
+    """The search record: `interval` [low, high] holds the first step at the target (one step when exact)."""
+    high = first if exact else window[1]
+    return {"method": method, "exact": exact, "first_step": first, "interval": [low if not exact else first, high],
+            "window": window, "reason": reason, **details}
 
 
 def _relative_difference(replayed: float, recorded: float | None) -> float:
     if recorded is None:  # the run recorded a non-finite loss here: it cannot be checked, so it fails
+        return float("inf")
+    if not math.isfinite(replayed):
         return float("inf")
     return abs(replayed - recorded) / max(abs(recorded), 1e-12)
