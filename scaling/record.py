@@ -59,8 +59,9 @@ class RunFacts:
 
 @dataclass
 class TargetCrossing:
-    """The first step at the target: exact when `search["exact"]` (scaling/train/target.py), else the first
-    scheduled evaluation at the target."""
+    """The first step at the target: exact when `search["exact"]` (scaling/train/target.py), else the upper
+    end of the search's interval (the first scheduled evaluation at the target, or for a run resumed without
+    the state at its start, the first step its replay saw at the target)."""
 
     step: int
     time_s: float  # wall time to the target (evaluations included)

@@ -44,8 +44,18 @@ def reference(tmp_path_factory):
     return result
 
 
+def forget_the_start(checkpoint: Path) -> None:
+    """Make the checkpoint one written without the training state at the start (an earlier version's)."""
+    (checkpoint / "start_0.pt").unlink()
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    del manifest["files"]["start_0.pt"]
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+
+
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_interrupt_checkpoints_and_resume_reaches_the_target_at_the_same_step(tmp_path, reference, signum, code):
+    """The resumed run replays from the state at the start its checkpoint holds: the same exact step. (With
+    SIGINT the checkpoint is made one without that state: the step is then an interval holding the truth.)"""
     first_start = time.time()
     proc = start([*LONG, "--output-dir", str(tmp_path)])
     wait_for_metrics(tmp_path, 3)
@@ -59,6 +69,9 @@ def test_interrupt_checkpoints_and_resume_reaches_the_target_at_the_same_step(tm
     stopped_at = interrupted["steps"]
     assert 0 < stopped_at < reference["steps_to_target"]
 
+    with_start = signum == signal.SIGTERM
+    if not with_start:
+        forget_the_start(tmp_path / "checkpoint")
     downtime = 3.0
     time.sleep(downtime)
     resumed_proc = run_entry([*LONG, "--output-dir", str(tmp_path), "--resume"])
@@ -66,7 +79,14 @@ def test_interrupt_checkpoints_and_resume_reaches_the_target_at_the_same_step(tm
     assert f"resumed from {tmp_path / 'checkpoint'} at step {stopped_at}" in resumed_proc.stdout
     resumed = load_result(tmp_path)
     assert resumed["status"] == "reached"
-    assert resumed["steps_to_target"] == reference["steps_to_target"]
+    search, truth = resumed["target_search"], reference["steps_to_target"]
+    assert reference["target_search"]["exact"]
+    if with_start:
+        assert search["exact"] and resumed["steps_to_target"] == truth
+    else:
+        assert not search["exact"] and "resumed at step" in search["reason"]
+        low, high = search["interval"]
+        assert low <= truth <= high == resumed["steps_to_target"]
     assert resumed["train_loss"] == pytest.approx(reference["train_loss"], rel=1e-5)
     # The clock excludes the downtime (and both start-ups): it is well under the wall time of it all.
     assert resumed["time_to_target_s"] < time.time() - first_start - downtime

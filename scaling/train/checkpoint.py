@@ -2,6 +2,8 @@
 
 A checkpoint is Accelerate's `save_state` (model, optimizer, every process's RNG states) plus the loop's own
 state dict (`trainer_state.json`), which the trainer hands over: this module does not know what is in it.
+It may also hold, per process, the training state of the moment training started (`start_<rank>.pt`), from
+which a resumed run's exact-step search replays (scaling/train/target.py).
 
 The folder holds at most three copies (docs/reliability.md):
 
@@ -62,10 +64,11 @@ class Checkpoint:
 
     # ---- save ----
 
-    def save(self, loop_state: dict) -> None:
+    def save(self, loop_state: dict, start: dict | None = None) -> None:
         """Written to checkpoint.tmp (manifest last), then renamed over checkpoint, so a kill at any point
         keeps a complete copy; correct whatever earlier interrupted saves left behind. `loop_state` must hold
-        the run's config under "config" (checked on load). A write error is an OutputError on every process."""
+        the run's config under "config" (checked on load); `start` (tensors and plain containers) is this
+        process's training state at the start. A write error is an OutputError on every process."""
         accelerator = self.accelerator
         tmp, old = self.tmp, self.old
         error = None
@@ -75,6 +78,8 @@ class Checkpoint:
         if error is None:
             # safetensors and torch report a failed write as their own errors (SafetensorError, RuntimeError)
             error = _attempt(lambda: accelerator.save_state(str(tmp)), any_error=True)
+        if error is None and start is not None:
+            error = _attempt(lambda: _save_tensors(start, tmp / self.start_file), any_error=True)
         error = self._agree(error)
         if accelerator.is_main_process and error is None:
             error = _attempt(lambda: self._finish(tmp, old, loop_state))
@@ -115,7 +120,25 @@ class Checkpoint:
             error = "another process could not write its part"
         return error
 
+    @property
+    def start_file(self) -> str:
+        return f"start_{self.accelerator.process_index}.pt"
+
     # ---- load ----
+
+    def load_start(self) -> dict | None:
+        """The training state at the start saved with the checkpoint just loaded (verified with it), or None
+        for a checkpoint written without one."""
+        import torch
+
+        path = self.directory / self.start_file
+        if not path.is_file():
+            return None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise CheckpointError(f"--resume: checkpoint file {path} cannot be read ({type(err).__name__}: "
+                                  f"{_first_line(err)}); rerun with --overwrite to start over") from None
 
     def load(self, cfg: RunConfig) -> dict:
         """Restore model, optimizer and RNG states from the newest copy that verifies; return the loop state.
@@ -283,6 +306,12 @@ def _verify_rng(path: Path) -> None:
                               f"{_first_line(err)})") from None
     if not isinstance(states, dict) or any(key not in states for key in RNG_KEYS):
         raise CheckpointError(f"checkpoint file {path} is not an RNG state")
+
+
+def _save_tensors(value: dict, path: Path) -> None:
+    import torch
+
+    torch.save(value, path)
 
 
 def _read_json(path: Path) -> Any:

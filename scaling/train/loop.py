@@ -271,11 +271,11 @@ class Trainer:
         record = self.record
         record.status, record.first_eval_at_target = "reached", len(record.history) - 1
         search = self.target_search.find_first_step(self.cfg.target_accuracy, lambda: self.probe_noise("target"))
-        if not search["exact"]:
-            first = record.history[-1]
-            record.target = TargetCrossing(first["step"], first["time_s"], first["train_time_s"], search)
-            return
+        first = record.history[-1]
         step = search["first_step"]
+        if step == first["step"]:  # the evaluation that reached the target is the reported step
+            record.target = TargetCrossing(step, first["time_s"], first["train_time_s"], search)
+            return
         train_time = self.train_time_at(step)
         # Wall time: the training clock at that step plus the evaluations run until the one that found it.
         record.target = TargetCrossing(step, train_time + self.clock.eval_s, train_time, search)
@@ -333,13 +333,17 @@ class Trainer:
         self.read_clock()
         if self.noise is not None:
             self.record.noise_state = self.noise.state_dict()
-        self.checkpoint.save(self.record.state_dict())
+        base = self.target_search.base
+        self.checkpoint.save(self.record.state_dict(), start=base.to_dict() if base is not None else None)
 
     def load_checkpoint(self) -> None:
         """Resume: the record's loop state from the checkpoint (the sampler needs only the step: batches are a
         function of (seed, step)), the model, optimizer and RNG states through Accelerate."""
         self.record.load_state_dict(self.checkpoint.load(self.cfg))
         self._checkpointed_at = self.step
+        start = self.checkpoint.load_start()
+        if start is not None:
+            self.target_search.base = Snapshot.from_dict(start)
         if self.noise is not None and self.record.noise_state:
             self.noise.load_state_dict(self.record.noise_state)
 

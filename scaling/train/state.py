@@ -27,6 +27,16 @@ class Snapshot:
     rng_cpu: torch.Tensor
     rng_cuda: list[torch.Tensor] | None
 
+    def to_dict(self) -> dict:
+        """Plain containers of tensors, numbers and strings: what `torch.load(weights_only=True)` reads back."""
+        return {"step": self.step, "model": self.model, "optimizer": self.optimizer, "scaler": self.scaler,
+                "rng_cpu": self.rng_cpu, "rng_cuda": self.rng_cuda}
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> Snapshot:
+        return cls(step=saved["step"], model=saved["model"], optimizer=saved["optimizer"], scaler=saved["scaler"],
+                   rng_cpu=saved["rng_cpu"], rng_cuda=saved["rng_cuda"])
+
     def nbytes(self) -> int:
         """Bytes of the tensors held (weights, buffers and optimizer state)."""
         tensors = list(self.model.values()) + [value for state in self.optimizer.get("state", {}).values()

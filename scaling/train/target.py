@@ -16,8 +16,9 @@ Where that certainty cannot be had, the result says `exact: false` and gives `in
 can still hold the first crossing:
 - the replay was capped (`--exact-target-max-steps`) before it met the target: from the step after the
   last one replayed;
-- the run was resumed: the steps before the resume point that no evaluation saw are unknown, the replay
-  starts at the resume point;
+- the run was resumed from a checkpoint that does not hold the state at the start (one written by an
+  earlier version of this tool): the steps before the resume point that no
+  evaluation saw are unknown, the replay starts at the resume point;
 - the replay did not reproduce the run (nondeterministic kernels, augmentation drawn in loader workers).
 `steps_to_target` is then the upper end, the first evaluation at the target. The replay runs off the clock;
 afterwards the state the run had reached is restored. Its cost (one replayed step and one evaluation per
@@ -69,8 +70,9 @@ class TargetSearch:
         self.base: Snapshot | None = None
 
     def start(self) -> None:
-        """At the start of training (or of a resumed run): the state the replay starts from."""
-        if self.enabled and self.max_steps > 0:
+        """At the start of training: the state the replay starts from. A resumed run keeps the one its
+        checkpoint saved (the loop sets `base`), or starts from the resume point if the checkpoint had none."""
+        if self.enabled and self.max_steps > 0 and self.base is None:
             self.base = self.loop.snapshot()
 
     def find_first_step(self, target: float, at_first_step: Callable[[], None] | None = None) -> dict:
@@ -95,13 +97,13 @@ class TargetSearch:
             end = loop.snapshot()
             loop.restore(self.base)
             replay = self._replay(start, min(end_step, start + self.max_steps), target)
-            exact, low, reason = self._judge(replay, start, end_step, unseen)
-            if exact and at_first_step is not None:
-                at_first_step()  # the loop holds the first step at the target
+            exact, low, first, reason = self._judge(replay, start, end_step, unseen)
+            at_replayed = first == replay["first"]
+            if at_replayed and at_first_step is not None:
+                at_first_step()  # the loop holds the reported step: the first one the replay saw at the target
             loop.restore(end)
-            if not exact and at_first_step is not None:
+            if not at_replayed and at_first_step is not None:
                 at_first_step()  # at the evaluation that reached the target, the reported step
-        first = replay["first"] if exact else end_step
         return _record("replay", first, low, [start, end_step], exact=exact, reason=reason,
                        verified=replay["worst"] <= LOSS_TOLERANCE and replay["matches"],
                        max_loss_rel_diff=replay["worst"], evaluations=len(replay["accuracies"]),
@@ -131,17 +133,20 @@ class TargetSearch:
         return {"first": first, "accuracies": accuracies, "worst": worst, "matches": matches,
                 "last": from_step + len(accuracies)}
 
-    def _judge(self, replay: dict, start: int, end_step: int, unseen: list[int]) -> tuple[bool, int, str | None]:
-        """(exact, the first step that can still be the first crossing, why not exact)."""
+    def _judge(self, replay: dict, start: int, end_step: int,
+               unseen: list[int]) -> tuple[bool, int, int, str | None]:
+        """(exact, the first and the last step that can still be the first crossing, why not exact)."""
         if replay["worst"] > LOSS_TOLERANCE or not replay["matches"]:
-            return False, unseen[0], "the replay did not reproduce the run's losses and evaluations"
+            return False, unseen[0], end_step, "the replay did not reproduce the run's losses and evaluations"
         before = [step for step in unseen if step <= start]
         if replay["first"] is None:
             low = before[0] if before else replay["last"] + 1
-            return False, low, f"the replay stopped at its limit of {self.max_steps} steps (--exact-target-max-steps)"
+            return (False, low, end_step,
+                    f"the replay stopped at its limit of {self.max_steps} steps (--exact-target-max-steps)")
         if before:
-            return False, before[0], f"resumed at step {start}: steps before it that no evaluation saw are unknown"
-        return True, replay["first"], None
+            return (False, before[0], replay["first"],
+                    f"resumed at step {start}: steps before it that no evaluation saw are unknown")
+        return True, replay["first"], replay["first"], None
 
 
 def _unevaluated_steps(history: list[dict], end_step: int) -> list[int]:
@@ -153,8 +158,7 @@ def _unevaluated_steps(history: list[dict], end_step: int) -> list[int]:
 def _record(method: str, first: int, low: int, window: list[int], exact: bool, reason: str | None = None,
             **details) -> dict:
     """The search record: `interval` [low, high] holds the first step at the target (one step when exact)."""
-    high = first if exact else window[1]
-    return {"method": method, "exact": exact, "first_step": first, "interval": [low if not exact else first, high],
+    return {"method": method, "exact": exact, "first_step": first, "interval": [low, first],
             "window": window, "reason": reason, **details}
 
 
