@@ -15,8 +15,12 @@ per-seed values exceeds the run-to-run variation at a stated confidence *and* a 
 - `best_of(samples, rules)`: the lowest of several, decided only when it beats every other one, each
   comparison at the Bonferroni-corrected confidence so that the chance of a false "fastest" stays at
   1 - confidence however many candidates there are.
-- `seeds_needed`: when undecided, the seeds per configuration that would likely resolve it (80% power), from
-  the observed spread and the distance between the observed difference and the threshold.
+- When undecided, what the seeds could tell, from the observed per-seed spread and nothing else (the
+  observed difference may be noise: an A/A study's is): `resolvable`, the smallest relative difference
+  this many seeds would decide with 80% power (the threshold plus the interval's half-width at that power),
+  and `seeds_needed`, the seeds per configuration whose interval would resolve the threshold itself: lie
+  within ±threshold, with 80% power, were there no difference at all (so that any difference beyond the
+  threshold is then told apart from none).
 
 The t quantile comes from the regularized incomplete beta function (continued fraction) and bisection, so
 fractional Welch-Satterthwaite degrees of freedom are exact without scipy.
@@ -35,6 +39,8 @@ DEFAULT_THRESHOLD = 0.05
 POWER = 0.8
 # Beyond this many seeds per configuration the estimate says "more than": the two are as good as the same.
 MAX_SEEDS = 100
+# Points of the midpoint rule over the spread of the estimated variance in the power calculations.
+QUADRATURE = 200
 
 LOWER = "lower"  # a < b beyond the threshold
 HIGHER = "higher"  # a > b beyond the threshold
@@ -167,7 +173,8 @@ class Comparison:
     threshold: float
     verdict: str  # LOWER, HIGHER, EQUIVALENT or UNDECIDED
     reason: str  # why, in words: "one seed", "interval crosses the 5% threshold", ...
-    seeds_needed: int | None = None  # seeds per configuration that would likely resolve an undecided one
+    seeds_needed: int | None = None  # seeds per configuration that would resolve the threshold (undecided only)
+    resolvable: float | None = None  # smallest relative difference these seeds would decide (undecided only)
     resolution: float = 0.0  # the larger resolution of the two sides (0: exact values)
     variance: float = 0.0  # per-seed variance of the logs, the mean of the two sides (resolution included)
 
@@ -188,13 +195,14 @@ class Comparison:
                           None if self.ratio is None else 1.0 / self.ratio,
                           None if self.high is None else 1.0 / self.high, None if self.low is None else 1.0 / self.low,
                           self.confidence, self.threshold, flip.get(self.verdict, self.verdict), self.reason,
-                          self.seeds_needed, self.resolution, self.variance)
+                          self.seeds_needed, self.resolvable, self.resolution, self.variance)
 
     def to_dict(self) -> dict:
         return {"n_a": self.n_a, "n_b": self.n_b, "mean_a": self.mean_a, "mean_b": self.mean_b,
                 "ratio": self.ratio, "ci_low": self.low, "ci_high": self.high, "confidence": self.confidence,
                 "threshold": self.threshold, "verdict": self.verdict, "reason": self.reason,
-                "seeds_needed": self.seeds_needed, "resolution": self.resolution or None}
+                "seeds_needed": self.seeds_needed, "resolvable": self.resolvable,
+                "resolution": self.resolution or None}
 
 
 def compare(a: Sequence[float | None], b: Sequence[float | None], rules: Rules = DEFAULT_RULES, *,
@@ -243,29 +251,78 @@ def compare(a: Sequence[float | None], b: Sequence[float | None], rules: Rules =
         verdict, reason = UNDECIDED, f"the means differ by no more than the resolution ({resolution:g})"
     else:
         verdict, reason = UNDECIDED, f"the interval crosses the {rules.threshold:.0%} threshold"
-    needed = None
+    needed = resolvable = None
+    variance = (var_a + var_b) / 2.0
     if verdict == UNDECIDED:
-        needed = seeds_needed(delta, (var_a + var_b) / 2.0, rules, confidence,
-                              current=min(len(values_a), len(values_b)))
+        seeds = min(len(values_a), len(values_b))
+        needed = seeds_needed(variance, rules, confidence, current=seeds)
+        resolvable = resolvable_difference(variance, seeds, rules, confidence)
     return Comparison(ratio=ratio, low=math.exp(low), high=math.exp(high), verdict=verdict, reason=reason,
-                      seeds_needed=needed, variance=(var_a + var_b) / 2.0, **base)
+                      seeds_needed=needed, resolvable=resolvable, variance=variance, **base)
 
 
-def seeds_needed(delta: float, variance: float, rules: Rules, confidence: float, current: int) -> int | None:
-    """Seeds per configuration for an interval that clears the threshold (or fits within it) with probability
-    POWER, if the true log difference were `delta` and the per-seed log variance `variance`: the usual
-    n = 2 σ² (z_{1-α/2} + z_power)² / effect², the effect being the distance from |delta| to the threshold.
-    None when it exceeds MAX_SEEDS (the two are as good as the same, or as good as on the threshold)."""
-    effect = abs(abs(delta) - rules.log_threshold)
+def _power(n: int, confidence: float, condition) -> float:
+    """E over the sample spread of P(condition): with n seeds per side and per-seed log variance 1, the
+    estimated difference is N(delta, 2/n) and the pooled variance s² ~ χ²_df / df, df = 2(n - 1) (Welch's
+    with equal spreads). `condition(half)` gives P(success | the interval's half-width); the expectation over
+    s is a midpoint rule on the χ² density (QUADRATURE points between its 0.01% and 99.99% quantiles)."""
+    df = 2 * (n - 1)
+    t = t_quantile(1.0 - (1.0 - confidence) / 2.0, df)
+    low, high = max(1e-9, df - 8.0 * math.sqrt(2.0 * df)), df + 10.0 * math.sqrt(2.0 * df)
+    width = (high - low) / QUADRATURE
+    total = weight = 0.0
+    for k in range(QUADRATURE):
+        x = low + (k + 0.5) * width
+        density = math.exp((df / 2.0 - 1.0) * math.log(x) - x / 2.0 - (df / 2.0) * math.log(2.0)
+                           - math.lgamma(df / 2.0))
+        total += density * condition(t * math.sqrt(x / df) * math.sqrt(2.0 / n))
+        weight += density
+    return total / weight
+
+
+def _normal_cdf(x: float) -> float:
+    return 0.5 * math.erfc(-x / math.sqrt(2.0))
+
+
+def seeds_needed(variance: float, rules: Rules, confidence: float, current: int) -> int | None:
+    """The fewest seeds per configuration whose interval lies within ±threshold with probability POWER were
+    there no difference (so that a difference beyond the threshold is then told from none): the power of
+    that equivalence test, computed over the spread of the estimated variance (`_power`). It does not assume
+    the observed difference is real. None when it exceeds MAX_SEEDS."""
     if variance <= 0:
         return current + 1
-    if effect <= 0:
-        return None
-    z = z_quantile(1.0 - (1.0 - confidence) / 2.0) + z_quantile(POWER)
-    n = math.ceil(2.0 * variance * z * z / (effect * effect))
-    if n > MAX_SEEDS:
-        return None
-    return max(n, current + 1)
+    edge = rules.log_threshold / math.sqrt(variance)  # in units of the per-seed spread
+    root = math.sqrt(2.0)
+
+    def within(n: int):
+        # |estimate| < edge - half, the estimate N(0, 2/n)
+        return lambda half: max(0.0, 2.0 * _normal_cdf((edge - half) / (root / math.sqrt(n))) - 1.0)
+
+    for n in range(current + 1, MAX_SEEDS + 1):
+        if _power(n, confidence, within(n)) >= POWER:
+            return n
+    return None
+
+
+def resolvable_difference(variance: float, seeds: int, rules: Rules, confidence: float) -> float:
+    """The smallest relative difference that `seeds` seeds per configuration decide with probability POWER
+    (the whole interval beyond the threshold; power over the spread of the estimated variance: `_power`),
+    by bisection on the log difference."""
+    if variance <= 0:
+        return math.expm1(rules.log_threshold)
+    sigma, edge = math.sqrt(variance), rules.log_threshold
+    spread = math.sqrt(2.0 / seeds)
+
+    def power(delta: float) -> float:
+        return _power(seeds, confidence, lambda half: _normal_cdf((delta - edge - half * sigma) / (sigma * spread)))
+
+    low, high = edge, edge + 1.0
+    while power(high) < POWER:
+        high = edge + 2.0 * (high - edge)
+    for _ in range(40):
+        middle = (low + high) / 2.0
+        low, high = (middle, high) if power(middle) < POWER else (low, middle)
+    return math.expm1(high)
 
 
 # --- several samples --------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Shared helpers: run the real entry points as subprocesses, on a dataset cache private to the session."""
+"""Shared helpers: run the real entry points (in this process, or as subprocesses where a test needs a process
+of its own), on a dataset cache private to the session."""
 
 from __future__ import annotations
 
@@ -20,12 +21,20 @@ RUN_PY = REPO / "scaling" / "run.py"
 SMALL = ["--num-samples", "8000", "--progress", "false", "--cpu"]
 
 
+# No network here or in CI: fail at once instead of retrying. Set before anything imports huggingface_hub or
+# datasets (they read these when imported), so runs in this process see them too.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
     cache = tmp_path_factory.mktemp("scaling-cache")
     os.environ["SCALING_CACHE"] = str(cache)
-    os.environ["HF_HUB_OFFLINE"] = "1"  # no network here or in CI: fail at once instead of retrying
-    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    # One intra-op thread, as each child process gets (child_env): two pytest-xdist workers share 2 cores.
+    import torch
+
+    torch.set_num_threads(1)
     yield
 
 
@@ -40,8 +49,15 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_entry(args: list[str], timeout: float = 300, cwd: Path | None = None, **env: str):
-    """`python scaling/run.py ARGS`, as a user runs it."""
+def run_entry(args: list[str], timeout: float = 300, cwd: Path | None = None, **env: str) -> Exited:
+    """`scaling run ARGS` in this process (as run_in_process): a real run, without the seconds a new
+    interpreter spends importing torch, accelerate and datasets. `timeout` is the subprocess's (run_script)."""
+    return run_in_process(args, cwd=cwd, **env)
+
+
+def run_script(args: list[str], timeout: float = 300, cwd: Path | None = None, **env: str):
+    """`python scaling/run.py ARGS` in a process of its own, as a user runs it: for what needs one (signals,
+    exit without a result, the environment a process starts with, the script's own path handling)."""
     return subprocess.run(
         [sys.executable, str(RUN_PY), *args], capture_output=True, text=True, timeout=timeout,
         cwd=cwd or REPO, env=child_env(**env),
@@ -90,9 +106,13 @@ class Exited:
 
 
 def run_in_process(args: list[str], command: str = "run", cwd: Path | None = None, **env: str) -> Exited:
-    """`scaling COMMAND ARGS` called in this process, its output captured: for argument, config and input
-    checks that end before anything trains (no interpreter to start, no torch to import). `env` is set for
-    the call (PYTHONPATH entries also go on sys.path, for a test's own module:callable)."""
+    """`scaling COMMAND ARGS` called in this process, its output captured, as a process would end: its exit
+    status, and for an exception (a bug) status 1 with the traceback on stderr. `env` is set for the call
+    (PYTHONPATH entries also go on sys.path, for a test's own module:callable); Accelerate's process-wide
+    state is reset after it, so that the next call may choose another precision or device."""
+    import gc
+    import traceback
+
     from scaling.cli import main
 
     out, err = io.StringIO(), io.StringIO()
@@ -110,7 +130,12 @@ def run_in_process(args: list[str], command: str = "run", cwd: Path | None = Non
                 code = main([command, *args])
             except SystemExit as exit_:  # argparse's --help
                 code = exit_.code if isinstance(exit_.code, int) else 0
+            except Exception:  # noqa: BLE001 - what an uncaught exception does to a process
+                traceback.print_exc()
+                code = 1
     finally:
+        _reset_accelerate()
+        gc.collect()
         os.chdir(saved_cwd)
         os.environ.clear()
         os.environ.update(saved_env)
@@ -120,6 +145,13 @@ def run_in_process(args: list[str], command: str = "run", cwd: Path | None = Non
             if any(str(getattr(sys.modules[name], "__file__", None) or "").startswith(p) for p in own):
                 del sys.modules[name]
     return Exited(code, out.getvalue(), err.getvalue())
+
+
+def _reset_accelerate() -> None:
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
 
 
 def load_result(output_dir: Path) -> dict:

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SMALL, assert_ok, assert_one_line_error, run_entry, run_in_process
+from conftest import SMALL, assert_ok, assert_one_line_error, run_entry, run_in_process, run_script
 
 QUICK = ["--max-steps", "4", "--target-accuracy", "none", "--progress", "false", "--cpu"]
 
@@ -187,8 +187,8 @@ def test_a_damaged_dataset_cache_is_rebuilt_and_an_unwritable_one_named(tmp_path
 @pytest.mark.slow  # a real process: the hub's offline switch is read when the library is imported
 def test_an_unreachable_hub_fails_fast_in_one_line_without_retry_noise(tmp_path):
     started = time.time()
-    proc = run_entry([*SMALL, "--dataset", "someone/some-dataset", "--output-dir", str(tmp_path / "out")],
-                     timeout=120, HF_HUB_OFFLINE="0", HF_DATASETS_OFFLINE="0", HF_ENDPOINT="http://127.0.0.1:9")
+    proc = run_script([*SMALL, "--dataset", "someone/some-dataset", "--output-dir", str(tmp_path / "out")],
+                      timeout=120, HF_HUB_OFFLINE="0", HF_DATASETS_OFFLINE="0", HF_ENDPOINT="http://127.0.0.1:9")
     assert_one_line_error(proc, "cannot load --dataset 'someone/some-dataset': the Hugging Face hub (127.0.0.1) "
                                 "cannot be reached", "no copy is cached here")
     assert "Retry" not in proc.stderr and "retry" not in proc.stdout

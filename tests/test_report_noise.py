@@ -209,3 +209,39 @@ def test_steps_that_do_not_bend_give_no_critical_batch(tmp_path):
     assert "not both positive: the steps do not bend as the model expects" in md
     assert "No series has a physical fit (S_min and E_min positive): no predictions." in md
     assert "critical_batch_steps" not in paths and "noise_scale_over_training" in paths
+
+
+@pytest.mark.slow  # four reports with plots
+@pytest.mark.parametrize("problem", range(2))
+def test_b_crit_is_decided_only_when_its_interval_is_within_a_factor_of_two(tmp_path, problem):
+    """Generated studies: steps = S(B) times noise of 2% (tight) or 45% (loose) per run, three seeds per batch
+    (the loose ones have bootstrap standard deviations as large as the estimate, as in issue 28).
+    The decision follows the bootstrap interval at the study's confidence, recomputed here from the finding's
+    own numbers, and the interval is printed either way."""
+    import numpy as np
+
+    rng = np.random.default_rng(problem)
+    for spread, folder in ((0.02, tmp_path / "tight"), (0.45, tmp_path / "loose")):
+        for batch in (64, 128, 256, 512, 1024):
+            for seed in range(3):
+                steps = max(1, round(steps_at("linear", batch) * float(np.exp(rng.normal(0, spread)))))
+                write_run(folder, f"bs{batch}-s{seed}", {"global_bs": batch, "seed": seed}, "reached", steps,
+                          noise_scale(400.0, steps, batch))
+        paths = write_report(folder)
+        findings = {f["id"]: f for f in json.loads(paths["findings.json"].read_text())["findings"]}
+        finding = findings["critical_batch"]
+        numbers = finding["numbers"]
+        line = next(line for line in _conclusions(paths["report.md"].read_text())
+                    if line.startswith("Critical batch size B_crit ≈ "))
+        if not numbers["physical"]:
+            assert spread > 0.02 and not finding["decided"]
+            continue
+        low, high = numbers["b_crit_interval"]
+        assert f"{formatting.confidence(numbers['confidence'])} interval {formatting.sig(low)}–" in line
+        informative = numbers["b_crit"] / 2 <= low <= high <= numbers["b_crit"] * 2
+        assert finding["decided"] == (informative and not numbers["extrapolated"]), line
+        if spread == 0.02:
+            assert finding["decided"], line
+        else:
+            assert not informative and not finding["decided"], line
+            assert "not decided: its 95% interval is wider than a factor of 2 either way" in line

@@ -26,7 +26,7 @@ Time to target adds measured throughput: T(B) = S(B) B / throughput(B).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -79,6 +79,21 @@ class Estimate:
     std: float | None = None
     low: float | None = None  # 16th percentile of the bootstrap fits
     high: float | None = None  # 84th percentile
+    draws: tuple[float, ...] = field(default=(), repr=False, compare=False)  # the finite bootstrap fits
+
+    def interval(self, confidence: float) -> tuple[float, float] | None:
+        """The central `confidence` interval of the bootstrap fits (None without them)."""
+        if len(self.draws) < 2:
+            return None
+        tail = 50.0 * (1.0 - confidence)
+        low, high = np.percentile(np.asarray(self.draws), [tail, 100.0 - tail])
+        return float(low), float(high)
+
+    def within_factor(self, factor: float, confidence: float) -> bool:
+        """The `confidence` interval lies within [value / factor, value x factor]: an informative estimate."""
+        bounds = self.interval(confidence)
+        return (bounds is not None and self.value > 0 and bounds[0] >= self.value / factor
+                and bounds[1] <= self.value * factor)
 
 
 
@@ -241,7 +256,8 @@ def _estimate(value: float, draws: np.ndarray) -> Estimate:
     if len(draws) < 2:
         return Estimate(value)
     low, high = np.percentile(draws, INTERVAL)
-    return Estimate(value=value, std=float(np.std(draws, ddof=1)), low=float(low), high=float(high))
+    return Estimate(value=value, std=float(np.std(draws, ddof=1)), low=float(low), high=float(high),
+                    draws=tuple(float(d) for d in draws))
 
 
 # -------------------------------------------------------------------------------------------- prediction

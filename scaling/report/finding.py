@@ -96,13 +96,13 @@ def hardest(comparisons: list[stats.Comparison]) -> stats.Comparison | None:
 
 
 def verdict_text(study: Study, comparison: stats.Comparison | None, n_seeds: int) -> str:
-    """Why a comparison is not decided, and how many seeds would likely decide it."""
+    """Why a comparison is not decided, what its seeds can resolve and how many would resolve the threshold."""
     if n_seeds < 2 or comparison is None or comparison.reason == "one seed":
         return one_seed(study)
     if comparison.verdict == stats.EQUIVALENT:
         return (f"no practical difference (within ±{fmt.percent(study.rules.threshold, 0)} at "
                 f"{fmt.confidence(comparison.confidence)} confidence)")
-    return "not decided; " + fmt.seeds_advice(comparison.seeds_needed, study.rules)
+    return "not decided; " + fmt.seeds_advice(comparison, study.rules)
 
 
 def status_words(status: str) -> str:

@@ -88,12 +88,19 @@ def change(comparison: Comparison, what: str, interval: bool = True) -> str:
     return text
 
 
-def seeds_advice(needed: int | None, rules: Rules) -> str:
-    """How many seeds per configuration would likely decide an open comparison."""
-    if needed is None:
-        return (f"more than {MAX_SEEDS} seeds per configuration would be needed: the difference lies too close "
-                f"to the {rules.threshold:.0%} threshold for the run-to-run spread")
-    return f"about {needed} seeds per configuration would likely resolve it"
+def seeds_advice(comparison: Comparison, rules: Rules) -> str:
+    """What an open comparison's seeds can resolve, and how many would resolve the practical threshold
+    (scaling/stats.py: neither assumes the observed difference is real)."""
+    n = min(comparison.n_a, comparison.n_b)
+    text = ""
+    if comparison.resolvable is not None:
+        text = (f"with {n} seeds the study resolves differences beyond ±{percent(comparison.resolvable)} "
+                f"(about 80% power); ")
+    if comparison.seeds_needed is None:
+        return text + (f"more than {MAX_SEEDS} seeds per configuration would be needed to resolve the "
+                       f"±{rules.threshold:.0%} threshold at this run-to-run spread")
+    return text + (f"about {comparison.seeds_needed} seeds per configuration would resolve the "
+                   f"±{rules.threshold:.0%} threshold")
 
 
 def batch_list(batches: list[int]) -> str:

@@ -19,6 +19,7 @@ from scaling.report.plots import LINESTYLES, batch_axis, log_axis, log_y, new_fi
 from scaling.report.questions.critical_batch_fits import (
     CHOICE_RESAMPLES,
     DEVICE_COUNTS,
+    INFORMATIVE_FACTOR,
     LOOSE_FIT,
     ORDER_OF_MAGNITUDE,
     NoiseAnalysis,
@@ -64,9 +65,15 @@ def comparison_sentence(fit: SeriesFit, count: int) -> Finding:
                               f"batch size")
         return Finding(fid, text, False, None, fit.n_seeds, ESTIMATE, numbers)
     b = fit.b_crit
+    interval = fit.interval
     numbers.update(b_crit=b.value, b_crit_std=b.std, b_crit_low=b.low, b_crit_high=b.high,
-                   extrapolated=fit.extrapolated, ratio_to_b_simple=fit.ratio)
-    spread = f" (±{fmt.sig(b.std, 2)})" if b.std is not None else " (exact through 2 points, no uncertainty)"
+                   b_crit_interval=list(interval) if interval else None, confidence=fit.rules.confidence,
+                   informative=fit.informative, extrapolated=fit.extrapolated, ratio_to_b_simple=fit.ratio)
+    if interval is not None:
+        spread = (f" ({fmt.confidence(fit.rules.confidence)} interval {fmt.sig(interval[0])}–"
+                  f"{fmt.sig(interval[1])}, ±{fmt.sig(b.std, 2)})")
+    else:
+        spread = " (exact through 2 points, no uncertainty)"
     text = f"critical batch size B_crit ≈ {fmt.sig(b.value)}{spread} from the fit"
     if fit.extrapolated:
         text += f", outside the batches fitted ({fit.batches[0]}–{fit.batches[-1]}): an extrapolation"
@@ -86,9 +93,9 @@ def comparison_sentence(fit: SeriesFit, count: int) -> Finding:
             text += (f"; B_crit / B_simple = {ratio:.2g}: more than an order of magnitude apart, unlike McCandlish "
                      f"et al. 2018, who found B_simple within an order of magnitude of B_crit")
     if not fit.decided:
-        why = ("one seed per batch" if fit.n_seeds < 2 else "no uncertainty from 2 batch sizes"
-               if fit.tradeoff.resamples == 0 else "an extrapolation")
-        text += f" (an estimate to act on needs 3+ batch sizes with 2+ seeds each, inside the range: {why})"
+        text += (f" (not decided: {' and '.join(fit.undecided_because)}; an estimate to act on needs 3+ batch "
+                 f"sizes with 2+ seeds each, inside the range, known within a factor of "
+                 f"{INFORMATIVE_FACTOR:g})")
     return Finding(fid, sentence(lead, text), fit.decided, fmt.sig(b.value) if fit.decided else None,
                    fit.n_seeds, ESTIMATE, numbers)
 

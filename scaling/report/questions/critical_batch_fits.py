@@ -44,6 +44,8 @@ from scaling.report.runs import Run
 DEVICE_COUNTS = (1, 8, 64)
 # McCandlish et al. 2018 found B_simple within an order of magnitude of B_crit.
 ORDER_OF_MAGNITUDE = 10.0
+# B_crit is decided only when its interval at the study's confidence lies within this factor of it either way.
+INFORMATIVE_FACTOR = 2.0
 # Above this largest relative residual of the steps fit, the report says the model fits loosely.
 LOOSE_FIT = 0.2
 # Refits of the fastest-batch prediction on seeds resampled within each batch (fixed seed: reports repeat).
@@ -163,10 +165,38 @@ class SeriesFit:
         return not self.batches[0] / 2 <= self.b_crit.value <= self.batches[-1] * 2
 
     @property
+    def interval(self) -> tuple[float, float] | None:
+        """B_crit's central interval at the study's confidence, from the bootstrap refits."""
+        return self.b_crit.interval(self.rules.confidence)
+
+    @property
+    def informative(self) -> bool:
+        """That interval lies within a factor INFORMATIVE_FACTOR of the estimate either way."""
+        return self.b_crit.within_factor(INFORMATIVE_FACTOR, self.rules.confidence)
+
+    @property
+    def undecided_because(self) -> list[str]:
+        """Why B_crit is not an estimate to act on (empty when it is)."""
+        if not self.physical:
+            return ["no physical fit"]
+        reasons = []
+        if self.n_seeds < 2:
+            reasons.append("one seed per batch")
+        if self.tradeoff.resamples == 0:
+            reasons.append("no uncertainty from 2 batch sizes")
+        elif not self.informative:
+            reasons.append(f"its {self.rules.confidence:.0%} interval is wider than a factor of "
+                           f"{INFORMATIVE_FACTOR:g} either way")
+        if self.extrapolated:
+            reasons.append("an extrapolation")
+        return reasons
+
+    @property
     def decided(self) -> bool:
         """B_crit is an estimate worth acting on: a physical fit with an uncertainty (3+ batch sizes), every
-        fitted batch with 2+ seeds, and inside the batches fitted."""
-        return self.physical and self.n_seeds >= 2 and self.tradeoff.resamples > 0 and not self.extrapolated
+        fitted batch with 2+ seeds, an interval at the study's confidence within a factor of 2 of the
+        estimate, and inside the batches fitted."""
+        return not self.undecided_because
 
     @property
     def b_crit(self) -> Estimate:
