@@ -83,10 +83,10 @@ def instructions(*args: str, timeout: float = 900) -> subprocess.CompletedProces
 @pytest.mark.skipif(shutil.which("valgrind") is None or shutil.which("cc") is None,
                     reason="counting instructions needs valgrind and a C compiler")
 def test_instructions_benchmark_counts_the_work_of_both_loops():
-    # Windows of 40 steps: the counted steps 20-59 hold a window boundary (step 40) and a noise-scale
-    # measurement (step 50; every 50 steps at this batch), whose instructions must be left out as the clock
+    # The two loops counted at once (--jobs 2: the counts do not depend on it). Windows of 40 steps: the
+    # counted steps 20-59 hold a window boundary (step 40) and a noise-scale measurement (step 50; every 50 steps at this batch), whose instructions must be left out as the clock
     # leaves out its time: counted, its extra half-batch forward and backward alone would add about 1% per step.
-    out = instructions("--paths", "map", "--batch-sizes", "32", "--window-steps", "40", "--jobs", "1", "--cache-sim")
+    out = instructions("--paths", "map", "--batch-sizes", "32", "--window-steps", "40", "--jobs", "2", "--cache-sim")
     assert out.returncode == 0, out.stderr
     rows = [line.split() for line in out.stdout.splitlines() if line.split()[:2] == ["map", "32"]]
     assert len(rows) == 2  # the instructions, then the simulated caches and branches
