@@ -368,6 +368,7 @@ def test_median_interval_takes_the_sign_test_order_statistics_and_covers_the_med
     assert 0.95 <= covered / trials <= 0.995  # exact coverage for n = 15: 1 - 2 * P(B <= 3) = 0.965
 
 
+@pytest.mark.slow  # 2,400 simulated comparisons
 @pytest.mark.parametrize("sigma", [0.05, 0.1])
 def test_what_the_seeds_can_resolve_holds_in_simulated_studies(sigma):
     """The two figures an open comparison states, checked by simulation rather than by their formula: with
@@ -389,6 +390,7 @@ def test_what_the_seeds_can_resolve_holds_in_simulated_studies(sigma):
     assert 0.62 <= sum(decided) / len(decided) <= 0.9, (resolvable, sum(decided))
 
 
+@pytest.mark.slow  # three reports with plots
 def test_an_a_a_study_says_what_it_could_resolve_not_that_more_seeds_would_resolve_it(tmp_path):
     """Identical configurations (seeds 0-2 against 3-5 of one configuration, as issue 28's A/A study): never
     decided, and the sentence states the difference its seeds resolve and the seeds the threshold needs,
