@@ -43,12 +43,16 @@ def write_run(root: Path, run_id: str, overrides: dict, *, steps: int | None, ti
     return result
 
 
-def fabricate(root: Path, configs: dict[tuple, dict], seeds: int, noise: float, rng: random.Random) -> Path:
+def fabricate(root: Path, configs: dict[tuple, dict], seeds: int, noise: float, rng: random.Random,
+              time_noise: float | None = None) -> Path:
     """configs: (global_bs, lr_scaling) -> {"time": s, "steps": n, "rate": samples/s, optional "status",
-    "eval_every", "overrides"}; each seed's values are the true ones times exp(N(0, noise))."""
+    "eval_every", "overrides"}; each seed's values are the true ones times exp(N(0, noise)) (the train time's
+    times exp(N(0, time_noise)) when given: machine load moves time, not steps)."""
     for (batch, rule), truth in configs.items():
         for seed in range(seeds):
             jitter = [math.exp(rng.gauss(0.0, noise)) for _ in range(3)]
+            if time_noise is not None:
+                jitter[1] = math.exp(rng.gauss(0.0, time_noise))
             status = truth.get("status", "reached")
             if callable(status):
                 status = status(seed)
@@ -95,6 +99,23 @@ def test_a_real_difference_is_decided_with_the_right_winner(tmp_path):
     fastest = found["fastest"]
     assert not fastest["decided"] and fastest["winner"] is None
     assert "the data do not separate it from" in fastest["statement"]
+
+
+@pytest.mark.parametrize("seed", [5, 6, 7])
+def test_the_lr_rule_is_decided_on_steps_while_time_stays_open_under_load(tmp_path, seed):
+    """Steps to target do not move with machine load, train time does (±25% here): the LR-rule question is
+    decided on steps, says so, and the time questions stay undecided."""
+    configs = {key: {**truth, "time": 3.0} for key, truth in LADDER.items()}  # one true time everywhere
+    fabricate(tmp_path, configs, seeds=3, noise=0.02, rng=random.Random(seed), time_noise=0.25)
+    found = findings(write_report(tmp_path))
+    for batch in (1024, 2048):
+        rule = found[f"lr_rule@{batch}"]
+        assert rule["decided"] and rule["winner"] == "sqrt", rule["statement"]
+        assert rule["numbers"]["decided_on"] == "steps to target"
+        assert "decided on steps to target" in rule["statement"] and "train time" not in rule["statement"]
+    assert found["lr_rule"]["decided"] and "on steps to target" in found["lr_rule"]["statement"]
+    assert not found["fastest"]["decided"], found["fastest"]["statement"]
+    assert "train time" in found["fastest"]["statement"]
 
 
 def test_a_clearly_fastest_configuration_is_decided_and_starred(tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from scaling.report.runs import Configuration, Run
@@ -112,6 +113,10 @@ def reached_steps(runs: list[Run]) -> tuple[list[float | None], list[float]]:
     """Per-seed steps to target of the runs that reached it, and their resolutions."""
     reached = [run for run in runs if run.reached]
     return [run.steps_to_target for run in reached], [run.step_resolution or 0.0 for run in reached]
+
+
+# A per-seed quantity a decision compares: runs -> (values, resolutions), e.g. reached_times or reached_steps.
+Measure = Callable[[list[Run]], tuple[list, list[float]]]
 
 
 def throughputs(configuration: Configuration) -> list[float]:

@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D
 
 from scaling import stats
 from scaling.report import formatting as fmt
-from scaling.report.aggregates import Point, min_seeds, reached_times, stat, target_points
+from scaling.report.aggregates import Measure, Point, min_seeds, reached_times, stat, target_points
 from scaling.report.finding import (
     MAX_NAMED,
     Finding,
@@ -117,16 +117,17 @@ class Ranking:
         return [c for c in self.others if self.comparison(c).verdict != stats.LOWER]
 
 
-def rank(configurations: list[Configuration], rules: stats.Rules) -> Ranking | None:
-    """Rank by train time to target; only configurations where every seed reached the target compete (one
-    that failed with some seed is never recommended). None when no configuration qualifies."""
-    complete = [c for c in configurations if c.runs and c.all_reached and reached_times(c.runs)[0]]
+def rank(configurations: list[Configuration], rules: stats.Rules, measure: Measure = reached_times) -> Ranking | None:
+    """Rank by train time to target (or by another per-seed `measure`, e.g. aggregates.reached_steps); only
+    configurations where every seed reached the target compete (one that failed with some seed is never
+    recommended). None when no configuration qualifies."""
+    complete = [c for c in configurations if c.runs and c.all_reached and measure(c.runs)[0]]
     partial = [c for c in configurations if c.reached and not c.all_reached]
     if not complete:
         return None
     groups = twin_groups(complete)
     representatives = [group[0] for group in groups]
-    pooled = {id(group[0]): seed_means(group) for group in groups}
+    pooled = {id(group[0]): seed_means(group, measure) for group in groups}
     samples = {key: values for key, (values, _) in pooled.items()}
     resolutions = {key: res for key, (_, res) in pooled.items()}
     decision = stats.best_of(samples, rules, resolutions=resolutions)
@@ -136,17 +137,17 @@ def rank(configurations: list[Configuration], rules: stats.Rules) -> Ranking | N
                    {id(group[0]): group for group in groups})
 
 
-def seed_means(group: list[Configuration]) -> tuple[list[float], list[float]]:
-    """Per seed, the mean train time (and resolution) over configurations that train identically: the same
-    training timed twice, so their difference is timing noise and their mean the better measurement. One
-    value per seed keeps the count of independent trainings honest."""
+def seed_means(group: list[Configuration], measure: Measure = reached_times) -> tuple[list[float], list[float]]:
+    """Per seed, the mean train time (or other `measure`) and its resolution over configurations that train
+    identically: the same training timed twice, so their difference is timing noise and their mean the better
+    measurement. One value per seed keeps the count of independent trainings honest."""
     by_seed: dict[str, list[Run]] = {}
     for configuration in group:
         for index, run in enumerate(configuration.runs):
             by_seed.setdefault(str(run.seed) if run.seed is not None else f"#{index}", []).append(run)
     values, resolutions = [], []
     for runs in by_seed.values():
-        times, res = reached_times(runs)
+        times, res = measure(runs)
         if times:
             values.append(statistics.fmean(times))
             resolutions.append(statistics.fmean(res))

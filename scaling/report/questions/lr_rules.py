@@ -1,6 +1,7 @@
 """How should the learning rate scale? Per global batch (every other setting equal), the LR rules against each
-other on train time to target (rules that give the same LR schedule there train identically and are not
-ranked), where each rule stops reaching the target, this question's section (the rule-by-batch table) and
+other on steps to target (an optimization question: steps do not move with machine load, train time does,
+and at one global batch samples are steps × batch; time to target is the fastest-configuration question's),
+rules that give the same LR schedule there train identically and are not ranked; where each rule stops reaching the target, this question's section (the rule-by-batch table) and
 its findings.
 """
 
@@ -13,7 +14,7 @@ from typing import Any
 
 from scaling import stats
 from scaling.report import formatting as fmt
-from scaling.report.aggregates import Point, min_seeds, reached_times, stat
+from scaling.report.aggregates import Point, min_seeds, reached_steps, stat
 from scaling.report.finding import OBSERVATION, Finding, answers, hardest, status_words, verdict_text
 from scaling.report.questions.faster import rank, seed_means, twin_groups
 from scaling.report.render import Block, Heading, Note, Table
@@ -21,6 +22,7 @@ from scaling.report.runs import Configuration, Run
 from scaling.report.study import Study, per_study
 
 QUESTION = "How should the learning rate scale?"
+STEPS = "steps to target"  # the quantity the LR rules are decided on
 
 
 def rule_cells(runs: list[Run]) -> dict[str, dict[int, list[Run]]]:
@@ -39,8 +41,8 @@ class RuleComparison:
     batch: int
     configurations: dict[str, Configuration]  # rule -> its configuration
     identical: list[list[str]]  # groups of 2+ rules that train identically here (same LR schedule)
-    best: str | None  # the rule with the lowest train time among those where every seed reached the target
-    against: dict[str, stats.Comparison | str]  # other rule -> comparison of times, or "did not reach"
+    best: str | None  # the rule with the fewest steps to target among those where every seed reached it
+    against: dict[str, stats.Comparison | str]  # other rule -> comparison of steps, or "did not reach"
     beaten: dict[str, bool] = field(default_factory=dict)  # other rule -> the data separate it from `best`
 
     @property
@@ -59,7 +61,7 @@ class RuleComparison:
 def rule_comparisons(configurations: list[Configuration], rules: stats.Rules) -> list[RuleComparison]:
     """Per global batch (and every other setting), the LR rules against each other. Rules that train
     identically there are not ranked; a rule where every seed reached the target beats one where none did
-    (with 2+ seeds each) and is compared on train time with the others."""
+    (with 2+ seeds each) and is compared on steps to target with the others."""
     groups: dict[str, list[Configuration]] = {}
     for c in configurations:
         if c.lr_rule is None or c.global_bs is None or not any(run.target is not None for run in c.runs):
@@ -72,7 +74,7 @@ def rule_comparisons(configurations: list[Configuration], rules: stats.Rules) ->
         if len(by_rule) < 2:
             continue
         twins = [[c.lr_rule for c in g] for g in twin_groups(list(by_rule.values())) if len(g) >= 2]
-        ranking = rank(list(by_rule.values()), rules)
+        ranking = rank(list(by_rule.values()), rules, measure=reached_steps)
         best = ranking.best.lr_rule if ranking else None
         against: dict[str, stats.Comparison | str] = {}
         beaten: dict[str, bool] = {}
@@ -88,7 +90,8 @@ def rule_comparisons(configurations: list[Configuration], rules: stats.Rules) ->
                     comparison = ranking.comparison(c)
                     against[rule], beaten[rule] = comparison, comparison.verdict == stats.LOWER
                 else:  # reached with some seeds only: compared on those
-                    (a, ra), (b, rb) = seed_means([ranking.best, *ranking.twins]), reached_times(c.runs)
+                    (a, ra), (b, rb) = (seed_means([ranking.best, *ranking.twins], reached_steps),
+                                        reached_steps(c.runs))
                     comparison = stats.compare(a, b, rules, resolution_a=ra, resolution_b=rb)
                     against[rule], beaten[rule] = comparison, comparison.verdict == stats.LOWER
         out.append(RuleComparison(group[0].global_bs, by_rule, twins, best, against, beaten))
@@ -134,6 +137,9 @@ def lr_rule_per_batch(study: Study) -> list[Finding]:
 def _rule_batch_text(study: Study, r: RuleComparison) -> tuple[str, dict[str, Any]]:
     numbers: dict[str, Any] = {"batch": r.batch, "identical": r.identical, "best": r.best,
                                "lr": {rule: c.runs[0].lr_scaled for rule, c in r.configurations.items()},
+                               "decided_on": STEPS,
+                               "steps_to_target": {rule: stat(run.steps_to_target for run in c.runs).mean
+                                                   for rule, c in r.configurations.items()},
                                "train_time_s": {rule: stat(run.train_time for run in c.runs).mean
                                                 for rule, c in r.configurations.items()},
                                "against": {rule: (c.to_dict() if isinstance(c, stats.Comparison) else c)
@@ -149,16 +155,16 @@ def _rule_batch_text(study: Study, r: RuleComparison) -> tuple[str, dict[str, An
         if isinstance(against, str):
             parts.append(f"{rule} did not reach the target")
         else:
-            parts.append(f"against {rule}, {fmt.change(against, 'train time', interval=r.n_seeds >= 2)}")
+            parts.append(f"against {rule}, {fmt.change(against, STEPS, interval=r.n_seeds >= 2)}")
     identical = [g for g in r.identical if r.best in g]
     same = (f" ({fmt.batch_list([x for x in identical[0] if x != r.best])} trains identically)" if identical else "")
     only = all(isinstance(a, str) for a in r.against.values())
     verdict = ("the only rule that reached the target with every seed" if only else
-               "the fastest" if r.decided else "lowest on mean train time")
+               "the better rule on steps to target" if r.decided else "lowest on mean steps to target")
     lead = f"{r.best}{same} is {verdict}"
     text = f"{lead} ({'; '.join(parts)})"
     if r.decided:
-        return text + ": decided", numbers
+        return text + ": decided on steps to target", numbers
     comparisons = [c for c in r.against.values() if isinstance(c, stats.Comparison) and c.verdict != stats.LOWER]
     worst = hardest(comparisons)
     return f"{text}: {verdict_text(study, worst, r.n_seeds)}", numbers
@@ -176,7 +182,7 @@ def lr_rules(study: Study) -> list[Finding]:
     n_seeds = min(r.n_seeds for r in comparisons)
     parts = []
     if wins:
-        parts.append("; ".join(f"{rule} was decided the better rule at batch "
+        parts.append("; ".join(f"{rule} was decided the better rule on steps to target at batch "
                                f"{fmt.batch_list([r.batch for r in comparisons if r.decided and r.best == rule])}"
                                for rule, _ in wins.most_common()))
     if open_:
@@ -187,7 +193,7 @@ def lr_rules(study: Study) -> list[Finding]:
                      f"ranked)")
     winner = wins.most_common(1)[0][0] if len(wins) == 1 else None
     text = "LR rule: " + "; ".join(parts) + "." if parts else "LR rule: no batch size to compare the rules at."
-    numbers = {"wins": dict(wins), "undecided": open_, "identical": identical,
+    numbers = {"decided_on": STEPS, "wins": dict(wins), "undecided": open_, "identical": identical,
                "compared": [r.batch for r in comparisons]}
     return [Finding("lr_rule", text, winner is not None, winner, n_seeds, numbers=numbers)]
 
