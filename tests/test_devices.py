@@ -215,7 +215,10 @@ def test_report_section_table_and_a_result_without_the_models_gradient_layout(tm
     skipped = [block.text for block in blocks if isinstance(block, Note) and block.text.startswith("Not predicted")]
     assert len(skipped) == 1 and "before results recorded the model's gradient layout" in skipped[0]
     findings = device_count_findings(study)
-    assert all(f.numbers["interconnect"]["name"] == "nvlink4" for f in findings)  # an H100: NVLink 4
+    # An H100: NVLink 4, named wherever an answer uses more than one device (one device: no communication).
+    assert all((f.numbers["interconnect"] or {}).get("name") == ("nvlink4" if f.numbers["devices"] > 1 else None)
+               for f in findings)
+    assert "no communication" in findings[0].statement and "nvlink4" not in findings[0].statement
     # More devices never lose here (NVLink is fast and the compute scales): the answer uses them all.
     assert [f.numbers["devices"] for f in findings] == [1, 8, 64]
 
@@ -268,3 +271,43 @@ def test_measured_contention_slows_every_ranks_own_work_by_its_factor():
     assert predict_on_devices(profile, [1_000_000], 2, link, contention=faster).components["contention"] == 0.0
     # Measured for another process count: not used.
     assert predict_on_devices(profile, [1_000_000], 4, link, contention=shared).contention_factor is None
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_one_device_answer_per_count_the_fastest_row_of_its_table(tmp_path, seed):
+    """Generated studies (random steps per configuration, three seeds each): for every device cap the one
+    answer is the fastest cell of the section's table at or below the cap, the same in the sentence and in
+    findings.json; it is decided only when it beats every other configuration, and never contradicted by
+    another finding about the same device count."""
+    import random
+
+    from scaling.report import write_report
+    from scaling.report.questions.devices import device_analysis
+
+    rng = random.Random(seed)
+    for batch, steps in zip((128, 256, 512), rng.sample([20, 40, 80], 3), strict=True):  # one twice as fast
+        for run_seed in range(3):
+            result = emulating_result(steps_to_target=max(2, round(steps * rng.uniform(0.95, 1.05))),
+                                      train_time_to_target_s=None)
+            result["config"] = {**result["config"], "global_bs": batch, "seed": run_seed}
+            result["batch"] = {**result["batch"], "global": batch, "per_device": batch // 4}
+            result["train_time_to_target_s"] = result["steps_to_target"] * 0.05
+            write_run(tmp_path / f"bs{batch}-s{run_seed}", result)
+    paths = write_report(tmp_path)
+    document = json.loads(paths["findings.json"].read_text())
+    answers = {f["numbers"]["devices_cap"]: f for f in document["findings"] if f["id"].startswith("fastest_with")}
+    from scaling.report.study import Study
+
+    analysis = device_analysis(Study.load(tmp_path, tmp_path / "again"))
+    assert sorted(answers) == [1, 8, 64]
+    for cap, finding in answers.items():
+        cells = [(row.times[n], row.configuration.label, n) for row in analysis.rows for n in row.times if n <= cap]
+        time, label, n = min(cells)
+        numbers = finding["numbers"]
+        assert (numbers["configuration"], numbers["devices"]) == (label, n)
+        assert numbers["predicted_train_time_s"] == pytest.approx(time)
+        assert f"on {n} device" in finding["statement"] and f"{numbers['global_batch']}" in finding["statement"]
+        # Half the steps of the runner-up at a 5% spread: decided, for the table's fastest row.
+        assert finding["decided"] and finding["winner"] == label, finding["statement"]
+        assert numbers["runner_up"]["verdict"] == "lower" and numbers["runner_up"]["ratio"] < 0.6
+    assert not any(f["id"].startswith("predicted_fastest@") for f in document["findings"])

@@ -19,6 +19,7 @@ from test_report import fabricate_result
 from scaling import stats
 from scaling.report import write_report
 from scaling.report.command import main as report_main
+from scaling.report.questions.critical_batch import noise_of
 from scaling.report.study import Study
 from scaling.report.writer import findings_document
 
@@ -189,11 +190,14 @@ def test_predicted_fastest_batch_never_recommends_a_batch_that_failed(tmp_path):
     fabricate_study(tmp_path, rules=("linear",), batches=[64, 128, 256, 512, 1024, 2048],
                     reached=lambda _, batch: batch < 1024)
     found = findings(write_report(tmp_path))
-    chosen = [f for key, f in found.items() if key.startswith("predicted_fastest@")]
-    assert {f["numbers"]["devices"] for f in chosen} == {1, 8, 64}
-    for f in chosen:
+    (fit,) = noise_of(Study.load(tmp_path, tmp_path)).fits
+    assert {c.devices for c in fit.fastest} == {1, 8, 64}
+    for c in fit.fastest:
+        assert all(batch < 1024 for batch in fit.eligible(c.devices)) and c.choice.batch < 1024
+    suggested = [f for key, f in found.items() if key.startswith("fit_suggests@")]
+    for f in suggested:  # a batch not run: what to run next, never a decided answer
+        assert not f["decided"] and f["numbers"]["batch"] not in (64, 128, 256, 512, 1024, 2048)
         assert all(batch < 1024 for batch in f["numbers"]["candidates"]), f["numbers"]
-        assert int(f["winner"]) < 1024 if f["decided"] else f["numbers"]["batch"] < 1024
 
 
 def test_step_claims_within_the_step_resolution_are_not_decided(tmp_path):
@@ -217,14 +221,19 @@ def analysis_no_gain() -> float:
     return NO_GAIN_MIN_RATIO
 
 
-def test_super_linear_steps_are_flagged_not_called_perfect(tmp_path):
-    configs = {(32, "sqrt"): {"time": 3.0, "steps": 100, "rate": 5_000, "eval_every": 25},
-               (64, "sqrt"): {"time": 1.0, "steps": 31, "rate": 10_000, "eval_every": 25}}  # r = 0.31
+@pytest.mark.parametrize(("every", "cause"), [(25, "evaluation granularity"), (1, "the steps are exact")])
+def test_super_linear_steps_are_flagged_not_called_perfect(tmp_path, every, cause):
+    """r below 0.5 is never called perfect scaling; it is blamed on granularity only where the steps are known
+    to an interval (exact steps: the LR rule's doing)."""
+    configs = {(32, "sqrt"): {"time": 3.0, "steps": 100, "rate": 5_000, "eval_every": every},
+               (64, "sqrt"): {"time": 1.0, "steps": 31, "rate": 10_000, "eval_every": every}}  # r = 0.31
     fabricate(tmp_path, configs, seeds=2, noise=0.0, rng=random.Random(6))
     found = findings(write_report(tmp_path))
     perfect = found["perfect_scaling"]
     assert perfect["numbers"]["doublings"][0]["super_linear"]
-    assert not perfect["decided"] and "evaluation granularity" in perfect["statement"]
+    assert not perfect["decided"] and cause in perfect["statement"], perfect["statement"]
+    other = {"evaluation granularity", "the steps are exact"} - {cause}
+    assert other.pop() not in perfect["statement"]
 
 
 def _decided_winners(root: Path) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """What is the critical batch size? McCandlish et al. 2018's model of steps and samples to target fitted per
 series (the numbers: critical_batch_fits.py), B_crit against the B_simple measured during training, the
-predicted steps and time at batch sizes not run and the predicted fastest batch on a few device counts: their
+predicted steps and time at batch sizes not run and the batch the fit points to on a few device counts: their
 findings, this question's section and its plots.
 """
 
@@ -14,7 +14,7 @@ from matplotlib import colormaps
 
 from scaling.noise.fits import predict_samples, predict_steps
 from scaling.report import formatting as fmt
-from scaling.report.finding import ESTIMATE, Finding, answers, one_seed, prefix, sentence, suffix
+from scaling.report.finding import ESTIMATE, Finding, answers, prefix, sentence, suffix
 from scaling.report.plots import LINESTYLES, batch_axis, log_axis, log_y, new_figure, save, series_colors
 from scaling.report.questions.critical_batch_fits import (
     CHOICE_RESAMPLES,
@@ -101,47 +101,32 @@ def comparison_sentence(fit: SeriesFit, count: int) -> Finding:
 
 
 def device_findings(fit: SeriesFit, count: int, study: Study) -> list[Finding]:
-    """The predicted fastest global batch per device count, with how firmly the resampled seeds pick it."""
+    """Batches the fit points to on a few device counts that were not run: what to run next, never an answer
+    (the device-count question answers from the configurations run, with their communication; this fit
+    assumes none). A pick among the batches run adds nothing to that answer and is left to the table."""
     if not fit.physical:
         return []
     out = []
     for c in fit.fastest:
-        text = (f"predicted fastest global batch on {fmt.devices(c.devices)}: {c.choice.batch} "
-                f"({fmt.seconds(c.choice.time_s)} s; n × tp(B/n), no communication cost)")
-        if c.runner_up is not None:
-            text += f", the runner-up {c.runner_up} predicted {fmt.percent(c.margin)} slower"
+        if c.choice.batch in fit.run_batches:
+            continue
+        text = (f"the steps fit points to global batch {c.choice.batch} on {fmt.devices(c.devices)}, not run "
+                f"(predicted {fmt.seconds(c.choice.time_s)} s with n × tp(B/n) and no communication cost")
         if c.agreement is not None:
-            text += f"; {fmt.percent(c.agreement, 0)} of refits on resampled seeds pick {c.choice.batch}"
-        if c.decided:
-            text += "; decided"
-        elif c.n_seeds < 2:
-            text += f"; {one_seed(study)}"
-        else:
-            reasons = []
-            if not c.fit_decided:
-                reasons.append("the fit behind it is not decided")
-            if c.runner_up is None:
-                reasons.append("no other candidate")
-            if not c.measured_range:
-                reasons.append("its per-device batch is below the measured ones")
-            if c.agreement is not None and c.agreement < study.rules.confidence:
-                reasons.append(f"under {fmt.confidence(study.rules.confidence)} agreement")
-            if c.margin is not None and c.margin <= study.rules.threshold:
-                reasons.append(f"the runner-up within {fmt.percent(study.rules.threshold, 0)}")
-            text += f"; not decided ({' and '.join(reasons) or 'too little data'})"
-        if fit.failed_from is not None:
-            text += f"; no batch from {fit.failed_from}, where no seed reached the target, is a candidate"
+            text += f"; {fmt.percent(c.agreement, 0)} of refits on resampled seeds pick it"
+        text += "): run it to check; the device-count answer covers the configurations run"
         numbers = {"devices": c.devices, "batch": c.choice.batch, "time_s": c.choice.time_s,
                    "steps": c.choice.steps, "runner_up": c.runner_up, "margin": c.margin,
-                   "agreement": c.agreement, "candidates": fit.eligible(c.devices)}
-        out.append(Finding(f"predicted_fastest@{c.devices}{suffix(fit.series)}",
-                           sentence(prefix(fit.series, count), text), c.decided, str(c.choice.batch),
-                           c.n_seeds, ESTIMATE, numbers))
+                   "agreement": c.agreement, "candidates": fit.eligible(c.devices), "run": False}
+        out.append(Finding(f"fit_suggests@{c.devices}{suffix(fit.series)}",
+                           sentence(prefix(fit.series, count), text), False, None, c.n_seeds, ESTIMATE, numbers,
+                           detail=True))
     return out
 
 
 def noise_findings(study: Study) -> list[Finding]:
-    """The critical batch size: B_crit against B_simple, and the predicted fastest batch, per series."""
+    """The critical batch size: B_crit against B_simple, and batches not run that the fit points to, per
+    series."""
     fits = noise_of(study).fits
     out = []
     for fit in fits:  # named by series whenever the study has several, even if only one could be fitted
@@ -252,18 +237,18 @@ def _prediction_blocks(study: Study, result: NoiseAnalysis) -> list[Block]:
                     fmt.integer(c.choice.steps), fmt.seconds(c.choice.time_s),
                     f"{c.runner_up} (+{fmt.percent(c.margin)})" if c.runner_up is not None else fmt.DASH,
                     fmt.percent(c.agreement, 0) if c.agreement is not None else "— (one seed)",
-                    "yes" if c.decided else "no", c.note or fmt.DASH]
+                    "yes" if c.choice.batch in fit.run_batches else "no", c.note or fmt.DASH]
                    for fit in fits for c in fit.fastest]
     if choice_rows:
-        blocks.append(Table(["series", "devices", "fastest global batch", "per-device batch", "predicted steps",
-                             "predicted train time (s)", "runner-up", "refits agreeing", "decided", "note"],
+        blocks.append(Table(["series", "devices", "the fit's pick", "per-device batch", "predicted steps",
+                             "predicted train time (s)", "runner-up", "refits agreeing", "run", "note"],
                             choice_rows, wrap=(9,)))
         blocks.append(Note(
             f"Refits agreeing: the share of {CHOICE_RESAMPLES} refits, each on the seeds of every "
-            f"batch resampled with replacement, that pick the same batch. Decided when that share is at least "
-            f"{fmt.confidence(study.rules.confidence)} and the runner-up is predicted more than "
-            f"{fmt.percent(study.rules.threshold, 0)} slower. Batches run without every seed reaching the target, "
-            f"and batches from one where no seed reached it, are never candidates."))
+            f"batch resampled with replacement, that pick the same batch. The fit's picks are what to run next, "
+            f"not answers: the answer per device count is the device-count question's (the configurations run, "
+            f"with communication). Batches run without every seed reaching the target, and batches from one "
+            f"where no seed reached it, are never candidates."))
         blocks.append(Note(
             "n devices: throughput(B) = n × tp(B/n), tp the measured per-device throughput against the per-device "
             "batch (runs on several real processes divided by their count), i.e. perfect data parallelism with no "
@@ -275,7 +260,7 @@ def _prediction_blocks(study: Study, result: NoiseAnalysis) -> list[Block]:
     blocks += figure_or_note(plot_predicted_time(study),
                              "Predicted train time to target against global batch: solid, in the measured set-up; "
                              "dashed, 8 devices; dotted, 64 devices (n × tp(B/n), no communication cost; per-device "
-                             "batches within or above the measured ones); dots: measured; ★: predicted fastest.",
+                             "batches within or above the measured ones); dots: measured; ★: the fit's pick.",
                              "No throughput measurements: no time prediction plot.")
     return blocks
 
@@ -375,7 +360,7 @@ def plot_noise_over_training(study: Study) -> Path | None:
 
 def plot_predicted_time(study: Study) -> Path | None:
     """Predicted train time to target against batch (the measured set-up, and 8 and 64 devices), measured
-    train times overlaid, the predicted fastest batch of each curve starred."""
+    train times overlaid, the fit's pick on each curve starred."""
     fits = [fit for fit in noise_of(study).fits if fit.physical and fit.throughput]
     if not fits:
         return None
@@ -402,6 +387,6 @@ def plot_predicted_time(study: Study) -> Path | None:
     batch_axis(ax)
     log_y(ax)
     ax.set_ylabel(f"train time to {study.target_text()} (s)")
-    ax.set_title("Predicted time to target (★: fastest); n devices: n × tp(B/n), no communication cost")
+    ax.set_title("Predicted time to target (★: the fit's pick); n devices: n × tp(B/n), no communication cost")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return save(study, figure, PLOT_TIME)

@@ -123,15 +123,6 @@ class DeviceChoice:
     fit_decided: bool = False  # the fit it rests on is itself one to act on (SeriesFit.decided)
     measured_range: bool = True  # every candidate's per-device batch is at least the smallest measured
 
-    @property
-    def decided(self) -> bool:
-        """A choice among 2+ candidates, from a fit worth acting on, within the measured per-device batches,
-        that resampled seeds agree on at the confidence, with the runner-up slower by more than the
-        threshold."""
-        return (self.fit_decided and self.measured_range and self.runner_up is not None and self.n_seeds >= 2
-                and self.agreement is not None and self.agreement >= self.rules.confidence
-                and self.margin is not None and self.margin > self.rules.threshold)
-
 
 @dataclass
 class SeriesFit:

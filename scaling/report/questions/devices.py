@@ -19,12 +19,13 @@ from pathlib import Path
 
 from matplotlib import colormaps
 
+from scaling import stats
 from scaling.config import ConfigError
 from scaling.devices.comm import PRESETS, Interconnect
 from scaling.devices.predict import device_counts, gradient_bytes, predict_on_devices, profile_run
 from scaling.files import read_metrics
 from scaling.report import formatting as fmt
-from scaling.report.finding import ESTIMATE, Finding
+from scaling.report.finding import ESTIMATE, Finding, hardest, verdict_text
 from scaling.report.plots import new_figure, save
 from scaling.report.render import Block, Bullets, Figure, Heading, Note, Paragraph, Table
 from scaling.report.runs import Configuration, Run
@@ -64,7 +65,8 @@ class DeviceRow:
     measured_s: float | None
     steps: float | None
     run_as: str = ""  # the measured runs' decomposition (per-device x processes x accumulation, emulated?)
-    times: dict[int, float] = field(default_factory=dict)
+    times: dict[int, float] = field(default_factory=dict)  # geometric mean over run_times (what is compared)
+    run_times: dict[int, list[float]] = field(default_factory=dict)  # device count -> one prediction per run
     per_device: dict[int, int] = field(default_factory=dict)
     accumulation: dict[int, int] = field(default_factory=dict)
     scaled: set[int] = field(default_factory=set)  # device counts whose per-device batch was not measured
@@ -113,24 +115,68 @@ def _row(configuration: Configuration, runs: list[Run], link: Interconnect) -> D
         row.run_as = profile.decomposition.replace(" x ", " × ")
         for n in device_counts(profile.global_bs, MAX_DEVICES):
             prediction = predict_on_devices(profile, gradient, n, link)
-            if prediction.train_time_to_target_s is None:
-                continue
+            if prediction.train_time_to_target_s is None or not prediction.train_time_to_target_s > 0:
+                continue  # no target, or a breakdown too inconsistent to give a positive time
             per_run.setdefault(n, []).append(prediction.train_time_to_target_s)
             row.per_device[n] = prediction.plan.per_device_bs
             row.accumulation[n] = prediction.plan.accumulation_steps
             if not prediction.measured_micro_batch:
                 row.scaled.add(n)
-    row.times = {n: statistics.fmean(times) for n, times in per_run.items()}
+    row.run_times = per_run
+    row.times = {n: stats.geometric_mean(times) for n, times in per_run.items()}
     return row
 
 
-def fastest_within(analysis: DeviceAnalysis, cap: int) -> tuple[DeviceRow, int] | None:
-    """The (configuration, device count <= cap) with the lowest predicted time (ties: fewer devices)."""
-    options = [(row.times[n], n, row) for row in analysis.rows for n in row.times if n <= cap]
+def best_count(row: DeviceRow, cap: int) -> int | None:
+    """The row's device count <= cap with the lowest predicted time (ties: fewer devices)."""
+    counts = [n for n in row.times if n <= cap]
+    return min(counts, key=lambda n: (row.times[n], n)) if counts else None
+
+
+@dataclass
+class DeviceAnswer:
+    """The fastest predicted way to the target with up to `cap` devices: each configuration at its best device
+    count, the lowest predicted time (the table's fastest row) against every other, on the per-run
+    predictions (each seed's own steps, measured compute, the same modelled interconnect)."""
+
+    cap: int
+    options: dict[int, tuple[DeviceRow, int]]  # id(row) -> (row, its best device count <= cap)
+    decision: stats.Best
+
+    @property
+    def row(self) -> DeviceRow:
+        return self.options[self.decision.best][0]
+
+    @property
+    def devices(self) -> int:
+        return self.options[self.decision.best][1]
+
+    @property
+    def n_seeds(self) -> int:
+        return min(len(row.run_times[n]) for row, n in self.options.values())
+
+    @property
+    def decided(self) -> bool:
+        return self.decision.decided and self.n_seeds >= 2
+
+    def nearest(self) -> tuple[DeviceRow, int, stats.Comparison] | None:
+        """The runner-up (the option predicted closest to the answer) and the answer against it."""
+        if not self.decision.comparisons:
+            return None
+        key = min(self.decision.comparisons, key=lambda k: self.options[k][0].times[self.options[k][1]])
+        row, n = self.options[key]
+        return row, n, self.decision.comparisons[key]
+
+
+def answer_within(analysis: DeviceAnalysis, cap: int, rules: stats.Rules) -> DeviceAnswer | None:
+    """With up to `cap` devices: the configuration and device count predicted fastest, decided against every
+    other configuration (None when no configuration has a prediction on so few devices)."""
+    options = {id(row): (row, n) for row in analysis.rows if (n := best_count(row, cap)) is not None}
     if not options:
         return None
-    time, n, row = min(options, key=lambda option: (option[0], option[1]))
-    return row, n
+    samples = {key: row.run_times[n] for key, (row, n) in options.items()}
+    decision = stats.best_of(samples, rules)
+    return DeviceAnswer(cap, options, decision) if decision is not None else None
 
 
 # --- findings, section and plot -----------------------------------------------------------------------------
@@ -142,31 +188,53 @@ def _caps(analysis: DeviceAnalysis) -> list[int]:
 
 
 def device_count_findings(study: Study, link: Interconnect | None = None) -> list[Finding]:
-    """"The fastest way to the target with up to N devices", for N in ANSWER_CAPS (and the largest count);
-    the Conclusions show the largest (the others are `detail`)."""
+    """"The fastest way to the target with up to N devices", for N in ANSWER_CAPS (and the largest count):
+    one answer per N, the fastest row of the section's table at that N, decided against every other
+    configuration; the Conclusions show the largest (the others are `detail`)."""
     analysis = device_analysis(study, link)
     if not analysis.rows:
         return []
-    findings = []
     caps = _caps(analysis)
-    for cap in caps:
-        row, n = fastest_within(analysis, cap)
-        configuration = row.configuration
-        series = "" if configuration.series == "all" else f" ({configuration.series})"
-        scaled = " (per-device batch not measured: compute scaled per sample)" if n in row.scaled else ""
-        text = (f"With up to {fmt.devices(cap)}, the fastest predicted way to {study.target_text()} is global batch "
-                f"{configuration.global_bs}{series} on {fmt.devices(n)} (per-device {row.per_device[n]} × "
-                f"{row.accumulation[n]} accumulation): {fmt.seconds(row.times[n])} s train time for "
-                f"{fmt.integer(row.steps)} steps, over {analysis.link.name}{scaled}.")
-        findings.append(Finding(f"fastest_with_devices@{cap}", text, kind=ESTIMATE, winner=configuration.label,
-                                detail=cap != caps[-1],
-                                numbers={"devices_cap": cap, "devices": n, "configuration": configuration.label,
-                                         "global_batch": configuration.global_bs, "per_device": row.per_device[n],
-                                         "accumulation_steps": row.accumulation[n],
-                                         "predicted_train_time_s": row.times[n], "steps_to_target": row.steps,
-                                         "interconnect": analysis.link.to_dict(),
-                                         "measured_micro_batch": n not in row.scaled}))
-    return findings
+    answers = [(cap, answer_within(analysis, cap, study.rules)) for cap in caps]
+    return [_answer_finding(study, analysis, answer, cap != caps[-1]) for cap, answer in answers if answer]
+
+
+def _where(row: DeviceRow, n: int) -> str:
+    """`global batch 512 (sqrt) on 8 devices (per-device 64 × 1 accumulation)`."""
+    configuration = row.configuration
+    series = "" if configuration.series == "all" else f" ({configuration.series})"
+    return (f"global batch {configuration.global_bs}{series} on {fmt.devices(n)} (per-device {row.per_device[n]} "
+            f"× {row.accumulation[n]} accumulation)")
+
+
+def _answer_finding(study: Study, analysis: DeviceAnalysis, answer: DeviceAnswer, detail: bool) -> Finding:
+    row, n, cap = answer.row, answer.devices, answer.cap
+    link = "no communication" if n == 1 else f"the gradient all-reduce modelled over {analysis.link.name}"
+    scaled = "; per-device batch not measured: compute scaled per sample" if n in row.scaled else ""
+    text = (f"With up to {fmt.devices(cap)}, the fastest predicted way to {study.target_text()} is {_where(row, n)}: "
+            f"{fmt.seconds(row.times[n])} s predicted train time for {fmt.integer(row.steps)} steps ({link}{scaled})")
+    nearest = answer.nearest()
+    numbers = {"devices_cap": cap, "devices": n, "configuration": row.configuration.label,
+               "global_batch": row.configuration.global_bs, "per_device": row.per_device[n],
+               "accumulation_steps": row.accumulation[n], "predicted_train_time_s": row.times[n],
+               "steps_to_target": row.steps, "decided_on": "predicted train time",
+               "interconnect": analysis.link.to_dict() if n > 1 else None,
+               "measured_micro_batch": n not in row.scaled, "runner_up": None}
+    if nearest is None:
+        text += "; no other configuration to compare: not decided"
+    else:
+        other, m, comparison = nearest
+        numbers["runner_up"] = {"configuration": other.configuration.label, "devices": m,
+                                "predicted_train_time_s": other.times[m], **comparison.to_dict()}
+        text += (f"; against the runner-up, {_where(other, m)}, "
+                 f"{fmt.change(comparison, 'predicted train time', interval=answer.n_seeds >= 2)}")
+        if answer.decided:
+            text += ": decided (faster than every other configuration on the seeds' own steps)"
+        else:
+            open_ = [answer.decision.comparisons[k] for k in answer.decision.ties]
+            text += f": {verdict_text(study, hardest(open_), answer.n_seeds)}"
+    return Finding(f"fastest_with_devices@{cap}", text + ".", answer.decided, row.configuration.label,
+                   answer.n_seeds, ESTIMATE, numbers, detail=detail)
 
 
 def section(study: Study) -> list[Block]:
@@ -201,7 +269,8 @@ def _blocks(study: Study) -> list[Block]:
             cells.append(fmt.DASH if value is None else fmt.seconds(value) + (SCALED_MARK if n in row.scaled else ""))
         rows.append(cells)
     blocks.append(Table(header, rows))
-    notes = ["Predicted train time to target (s), mean over the seeds that reached it; run as: per-device × "
+    notes = ["Predicted train time to target (s), geometric mean over the seeds that reached it (what the answers "
+             "compare); run as: per-device × "
              "processes × accumulation of the measured run; — : the global batch does not split over that many "
              "devices."]
     if any(row.scaled for row in analysis.rows):

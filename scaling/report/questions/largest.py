@@ -231,11 +231,14 @@ def _perfect_scaling(study: Study, steps: list[Doubling], lead: str, tag: str) -
             f"(r = {', '.join(_ratio_text(d) for d in used)})")
     odd = [d for d in used if d.super_linear]
     if odd:
-        text += (f"; r below {SUPER_LINEAR_RATIO} at "
-                 f"{', '.join(f'{d.small} → {d.large} ({_steps_text(d)})' for d in odd)} is better than "
-                 f"perfect scaling allows: the steps to target there are known only to the evaluation "
-                 f"interval, so read it as evaluation granularity, not as a gain")
-    text += "; " + ("decided" if decided and not odd else "not decided (super-linear)" if decided
+        where = ', '.join(f'{d.small} → {d.large} ({_steps_text(d)})' for d in odd)
+        coarse = any(max(d.resolution_small or 1, d.resolution_large or 1) > 1 for d in odd)
+        cause = ("the steps to target there are known only to an interval, so read it as evaluation "
+                 "granularity, not as a gain" if coarse else
+                 "the steps are exact, so it is the LR rule's doing (a larger LR at the larger batch), not a "
+                 "gain of the batch alone")
+        text += f"; r below {SUPER_LINEAR_RATIO} at {where} is better than perfect scaling allows: {cause}"
+    text += "; " + ("decided on steps to target" if decided and not odd else "not decided (super-linear)" if decided
                     else _regime_undecided(study, n_seeds, [d for d in used if not d.regime_decided],
                                            (PERFECT_MAX_RATIO,)))
     return Finding(f"perfect_scaling{tag}", sentence(lead, text), decided and not odd,
@@ -264,7 +267,7 @@ def _largest_useful(study: Study, name: str, steps: list[Doubling], lead: str, t
                                        "doublings": [_doubling_numbers(d) for d in steps]}
     open_ = [d for d in knee_doublings(steps)
              if not (d.no_gain_decided if at is not None and d.small >= at else d.gain_decided)]
-    text += "; " + ("decided" if decided else _regime_undecided(study, n_seeds, open_, (NO_GAIN_MIN_RATIO,)))
+    text += "; " + ("decided on steps to target" if decided else _regime_undecided(study, n_seeds, open_, (NO_GAIN_MIN_RATIO,)))
     largest = steps[-1].large
     missed = [p for p in study.series[name] if p.batch > largest and not p.all_reached
               and any(run.target is not None for run in p.runs)]
