@@ -9,6 +9,7 @@ a conclusion, write a finding function in its question's module and insert it in
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 
 from scaling.report.finding import Finding, FindingFunction
@@ -50,6 +51,19 @@ def all_findings(study: Study) -> list[Finding]:
 def conclusions(study: Study) -> list[str]:
     """The Conclusions' sentences: every finding but the per-batch details their summaries stand for."""
     return [finding.statement for finding in all_findings(study) if not finding.detail]
+
+
+def conclusions_by_question(study: Study) -> dict[str, list[str]]:
+    """The Conclusions' sentences under the question each answers (its module's QUESTION), in FINDINGS'
+    order of first appearance."""
+    groups: dict[str, list[str]] = {}
+    for function in FINDINGS:
+        module = sys.modules[function.__module__]
+        question = getattr(module, "QUESTION", "Other findings")
+        sentences = [finding.statement for finding in function(study) if not finding.detail]
+        if sentences:
+            groups.setdefault(question, []).extend(sentences)
+    return groups
 
 
 def notes(study: Study) -> list[str]:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from scaling.report import findings
 from scaling.report import formatting as fmt
+from scaling.report.answer import recommendation
 from scaling.report.finding import status_words
 from scaling.report.questions import (
     critical_batch,
@@ -65,11 +66,18 @@ def title(study: Study) -> list[Block]:
     ]
 
 
+def answer(study: Study) -> list[Block]:
+    """At most five lines: what to use and what is not decided (answer.py), before the detail."""
+    return [Heading("Answer"), Bullets(recommendation(study).lines)]
+
+
 def conclusions(study: Study) -> list[Block]:
-    notes: list[Block] = [Note(text) for text in findings.notes(study)]
-    sentences = findings.conclusions(study)
-    return [Heading("Conclusions"), *notes,
-            *([Bullets(sentences)] if sentences else [Note("No conclusion: too little data.")])]
+    """Every finding but the per-batch details, grouped by the question it answers."""
+    blocks: list[Block] = [Heading("Conclusions"), *[Note(text) for text in findings.notes(study)]]
+    groups = findings.conclusions_by_question(study)
+    for question, sentences in groups.items():
+        blocks += [Heading(question, 3), Bullets(sentences)]
+    return blocks if groups else [*blocks, Note("No conclusion: too little data.")]
 
 
 def configurations_table(study: Study) -> list[Block]:
@@ -133,7 +141,7 @@ def _note(run: Run, mark: str | None) -> str:
 
 
 # The report, in order. Insert a function here to add a section.
-SECTIONS: list[Section] = [title, conclusions, configurations_table, faster.section, largest.section,
+SECTIONS: list[Section] = [title, answer, conclusions, configurations_table, faster.section, largest.section,
                            critical_batch.section, devices.section, lr_rules.section, powers_of_two.section,
                            data_loading.section, seeds.section]
 

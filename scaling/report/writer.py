@@ -8,6 +8,7 @@ from pathlib import Path
 
 from scaling import stats
 from scaling.config import ConfigError
+from scaling.report.answer import recommendation
 from scaling.report.findings import all_findings, notes
 from scaling.report.render import Block, to_html, to_markdown
 from scaling.report.sections import SECTIONS
@@ -58,6 +59,7 @@ def findings_document(study: Study) -> dict:
                             "best of several is picked"},
         "seeds_per_configuration": {"min": min(seeds, default=0), "max": max(seeds, default=0)},
         "notes": notes(study),
+        "recommendation": recommendation(study).to_dict(),
         "findings": [finding.to_dict() for finding in all_findings(study)],
     }
 

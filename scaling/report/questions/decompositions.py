@@ -14,6 +14,8 @@ from scaling.report.finding import Finding, hardest, suffix, verdict_text
 from scaling.report.runs import Configuration
 from scaling.report.study import Study, per_study
 
+QUESTION = "Which decomposition of a global batch is fastest?"
+
 
 @dataclass
 class DecompositionComparison:

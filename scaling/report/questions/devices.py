@@ -182,7 +182,8 @@ def answer_within(analysis: DeviceAnalysis, cap: int, rules: stats.Rules) -> Dev
 # --- findings, section and plot -----------------------------------------------------------------------------
 
 
-def _caps(analysis: DeviceAnalysis) -> list[int]:
+def caps_of(analysis: DeviceAnalysis) -> list[int]:
+    """The device counts asked about: ANSWER_CAPS up to the largest count predicted, and that count."""
     largest = max(analysis.counts, default=1)
     return sorted({cap for cap in ANSWER_CAPS if cap <= largest} | {largest})
 
@@ -194,7 +195,7 @@ def device_count_findings(study: Study, link: Interconnect | None = None) -> lis
     analysis = device_analysis(study, link)
     if not analysis.rows:
         return []
-    caps = _caps(analysis)
+    caps = caps_of(analysis)
     answers = [(cap, answer_within(analysis, cap, study.rules)) for cap in caps]
     return [_answer_finding(study, analysis, answer, cap != caps[-1]) for cap, answer in answers if answer]
 

@@ -9,6 +9,8 @@ from collections import Counter
 from scaling.report.finding import OBSERVATION, Finding, status_words
 from scaling.report.study import Study
 
+QUESTION = "Which runs did not reach their target?"
+
 
 def failures(study: Study) -> list[Finding]:
     """Runs that ended without reaching their target (throughput probes without one, `completed`, aside), and
