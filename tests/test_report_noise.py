@@ -247,3 +247,21 @@ def test_b_crit_is_decided_only_when_its_interval_is_within_a_factor_of_two(tmp_
         else:
             assert not informative and not finding["decided"], line
             assert "not decided: its 95% interval is wider than a factor of 2 either way" in line
+
+
+def test_a_diverged_run_does_not_set_the_noise_plots_axes(tmp_path):
+    """A run whose B_simple swings to 30,000 as it diverges is drawn but does not set the y range.
+    """
+    fabricate_study(tmp_path, rules=("linear",), batches=[64, 128, 256])
+    record = noise_scale(400.0, 50, 512)
+    for point, value in zip(record["series"], [None, 2.0, 30_000.0, 5.0], strict=False):
+        point["b_simple"] = value
+    write_run(tmp_path, "bs512-linear-s0", {"global_bs": 512, "lr_scaling": "linear", "seed": 0}, "diverged", None,
+              record)
+    paths = write_report(tmp_path)
+    assert "noise_scale_over_training" in paths
+    study = Study.load(tmp_path, tmp_path)
+    runs = critical_batch.noise_runs(study)
+    assert any(run.status == "diverged" for run in runs)  # still drawn
+    low, high = critical_batch.noise_limits(study, runs)
+    assert high < 2_000 and low > 2.0 / 1.5  # set by the runs that trained (B_simple 120-420) and B_crit

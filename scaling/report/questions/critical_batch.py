@@ -14,7 +14,7 @@ from matplotlib import colormaps
 
 from scaling.noise.fits import predict_samples, predict_steps
 from scaling.report import formatting as fmt
-from scaling.report.finding import ESTIMATE, Finding, answers, prefix, sentence, suffix
+from scaling.report.finding import ESTIMATE, Finding, answers, prefix, sentence, status_words, suffix
 from scaling.report.plots import LINESTYLES, batch_axis, log_axis, log_y, new_figure, save, series_colors
 from scaling.report.questions.critical_batch_fits import (
     CHOICE_RESAMPLES,
@@ -315,7 +315,10 @@ def noise_runs(study: Study) -> list[Run]:
     """At most MAX_NOISE_LINES runs with a B_simple series, one per (series, batch), spread across batches."""
     chosen: dict[tuple[int, str], Run] = {}
     for configuration in study.configurations:
-        for run in sorted(configuration.runs, key=lambda r: str(r.seed)):
+        # A run that trained normally first (a diverged one stands for its batch only when no other did), then
+        # by seed as a number (seed 10 after seed 2).
+        for run in sorted(configuration.runs, key=lambda r: (failed(r), not isinstance(r.seed, int),
+                                                              r.seed if isinstance(r.seed, int) else 0, str(r.seed))):
             if run.global_bs and b_simple_series(run):
                 chosen.setdefault((run.global_bs, configuration.series), run)
     keys = sorted(chosen)
@@ -325,9 +328,26 @@ def noise_runs(study: Study) -> list[Run]:
     return [chosen[key] for key in keys]
 
 
+def failed(run: Run) -> bool:
+    """The run ended in a failure of training (diverged, stalled, failed, out of memory): its noise scale
+    swings with the collapse and says nothing about the batch."""
+    return run.status not in ("reached", "not_reached", "completed")
+
+
+def noise_limits(study: Study, runs: list[Run]) -> tuple[float, float] | None:
+    """The noise plot's y range: the B_simple of the runs that trained normally and the fitted B_crit, with a
+    margin (None when every run failed: matplotlib's own range)."""
+    values = [value for run in runs if not failed(run) for _, value in b_simple_series(run)]
+    if not values:
+        return None
+    values += [fit.b_crit.value for fit in noise_of(study).fits if fit.physical and fit.b_crit.value > 0]
+    return min(values) / 1.5, max(values) * 1.5
+
+
 def plot_noise_over_training(study: Study) -> Path | None:
     """B_simple against optimizer step, one line per chosen run (colour: batch; style: series), with each
-    series' fitted B_crit as a horizontal line."""
+    series' fitted B_crit as a horizontal line. Failed runs are drawn thin and grey and do not set the axes
+    (a diverging run's B_simple swings over orders of magnitude)."""
     runs = noise_runs(study)
     if not runs:
         return None
@@ -342,14 +362,20 @@ def plot_noise_over_training(study: Study) -> Path | None:
         points = b_simple_series(run)
         series = series_of[id(run)]
         label = f"batch {run.global_bs}" + (f" ({series})" if several and series != "all" else "")
-        ax.plot([p[0] for p in points], [p[1] for p in points], lw=1.3, alpha=0.85, ls=styles.get(series, "-"),
-                color=cmap(0.9 * math.log2(run.global_bs / batches[0]) / span), label=label)
+        color = cmap(0.9 * math.log2(run.global_bs / batches[0]) / span)
+        if failed(run):
+            color, label = "#9e9e9e", f"{label}, {status_words(run.status)} (not setting the axes)"
+        ax.plot([p[0] for p in points], [p[1] for p in points], lw=0.8 if failed(run) else 1.3, alpha=0.85,
+                ls=styles.get(series, "-"), color=color, label=label)
     for fit in noise_of(study).fits:
         if fit.physical:
             ax.axhline(fit.b_crit.value, color="#d62728", lw=1, ls=styles.get(fit.series, "--"), alpha=0.8,
                        label=f"B_crit from the fit{f' ({fit.series})' if several else ''}")
     log_axis(ax, "x")
     log_y(ax)
+    limits = noise_limits(study, runs)
+    if limits is not None:
+        ax.set_ylim(*limits)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("B_simple = tr(Σ) / |G|²")
     ax.grid(True, alpha=0.3)
