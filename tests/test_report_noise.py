@@ -265,3 +265,28 @@ def test_a_diverged_run_does_not_set_the_noise_plots_axes(tmp_path):
     assert any(run.status == "diverged" for run in runs)  # still drawn
     low, high = critical_batch.noise_limits(study, runs)
     assert high < 2_000 and low > 2.0 / 1.5  # set by the runs that trained (B_simple 120-420) and B_crit
+
+
+def test_steps_known_to_an_interval_widen_the_critical_batch_interval(tmp_path):
+    """Runs whose first step at the target is known only to an interval (steps_to_target_resolution > 1):
+    the table shows the range, and B_crit's interval covers the fit on the ranges' low ends too."""
+    exact = fabricate_study(tmp_path / "exact", rules=("linear",), seeds=3)
+    coarse = fabricate_study(tmp_path / "coarse", rules=("linear",), seeds=3)
+    for path in [*(exact / "runs").glob("*/result.json"), *(coarse / "runs").glob("*/result.json")]:
+        result = json.loads(path.read_text())  # batch 32 of the coarse study (steps around 1,660): to 400
+        result["steps_to_target_resolution"] = 400 if path.parent.name.startswith("bs32-") and coarse in path.parents \
+            else 1
+        path.write_text(json.dumps(result))
+    found = {}
+    for name, root in (("exact", exact), ("coarse", coarse)):
+        paths = write_report(root)
+        document = json.loads(paths["findings.json"].read_text())
+        found[name] = next(f for f in document["findings"] if f["id"] == "critical_batch")
+        if name == "coarse":
+            md = paths["report.md"].read_text()
+            assert re.search(r"\| \d{1,3}(,\d{3})*–\d{1,3}(,\d{3})* \|", md)  # a steps range in the table
+    assert found["exact"]["numbers"]["steps_known_to_intervals"] == []
+    assert found["coarse"]["numbers"]["steps_known_to_intervals"] == [32]
+    (lo_exact, hi_exact), (lo_coarse, hi_coarse) = (found[k]["numbers"]["b_crit_interval"] for k in ("exact", "coarse"))
+    assert lo_coarse < lo_exact and hi_coarse >= hi_exact * 0.999
+    assert "known only to an interval" in found["coarse"]["statement"]

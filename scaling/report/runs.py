@@ -118,6 +118,15 @@ class Run:
         return float(steps - max(earlier, default=0)) or 1.0
 
     @property
+    def steps_interval(self) -> tuple[int, int] | None:
+        """(low, high): the steps that can still be the first at the target when it is not known exactly (high
+        is steps_to_target); None when it is exact (resolution 1) or the run did not reach the target."""
+        steps, resolution = self.steps_to_target, self.step_resolution
+        if steps is None or resolution is None or resolution <= 1:
+            return None
+        return max(1, int(steps - resolution + 1)), int(steps)
+
+    @property
     def time_resolution(self) -> float | None:
         """The train time to target is known to the same share as the steps (the time of one resolution)."""
         steps, time, resolution = self.steps_to_target, self.train_time, self.step_resolution

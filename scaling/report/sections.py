@@ -100,8 +100,8 @@ def configurations_table(study: Study) -> list[Block]:
         row = [run.id, fmt.integer(run.global_bs), run.decomposition or fmt.DASH, run.lr_rule or fmt.DASH,
                fmt.lr(run.lr_scaled)]
         row += [str(run.seed)] * show_seed
-        row += [run.status, fmt.seconds(run.wall_time), fmt.seconds(run.train_time), fmt.integer(run.steps_to_target),
-                fmt.integer(run.get("samples_to_target") if run.reached else None), fmt.integer(run.throughput)]
+        row += [run.status, fmt.seconds(run.wall_time), fmt.seconds(run.train_time), _steps_cell(run),
+                _samples_cell(run), fmt.integer(run.throughput)]
         row += [fmt.percent(run.data_wait)] * show_wait + [fmt.nbytes(run.peak_memory)] * show_memory
         row.append(_note(run, mark if id(run) in best_runs else None))
         rows.append(row)
@@ -111,10 +111,27 @@ def configurations_table(study: Study) -> list[Block]:
                            f"(see Conclusions); {LOWEST_MARK}: the lowest mean train time where the data do not "
                            f"separate it from every other. Only configurations where every seed reached the "
                            f"target compete."))
+    if any(run.steps_interval for run in runs):
+        blocks.append(Note("Steps as a range (81–120): the first step at the target is known only to lie in it "
+                           "(the run's replay could not pin it down, docs/clock.md); the questions on steps use "
+                           "the range's upper end and count its width as resolution."))
     missing = [name for name, shown in (("data-wait share", show_wait), ("peak memory", show_memory)) if not shown]
     if missing:
         blocks.append(Note(f"Not recorded by these runs: {' and '.join(missing)}."))
     return blocks
+
+
+def _steps_cell(run: Run) -> str:
+    """`175`, or `81–120` where the first step at the target is known only to an interval."""
+    interval = run.steps_interval
+    return fmt.integer(run.steps_to_target) if interval is None else f"{interval[0]:,}–{interval[1]:,}"
+
+
+def _samples_cell(run: Run) -> str:
+    interval, batch = run.steps_interval, run.global_bs
+    if interval is None or not batch:
+        return fmt.integer(run.get("samples_to_target") if run.reached else None)
+    return f"{interval[0] * batch:,}–{interval[1] * batch:,}"
 
 
 def _by_seed(runs: list[Run]) -> list[Run]:
@@ -125,6 +142,11 @@ def _note(run: Run, mark: str | None) -> str:
     parts = [mark] if mark else []
     if run.status == "diverged":
         parts.append(f"diverged at step {run.get('diverged_at_step')}")
+    elif run.status == "stalled":  # `stalled at step 18 (5 evaluations at the chance loss 2.30)`
+        stall = run.get("stall")
+        evidence = f" ({stall['evaluations']} evaluations at the chance loss {stall['chance_loss']:.2f})" \
+            if stall else ""
+        parts.append(f"stalled at step {run.get('stalled_at_step')}{evidence}")
     elif run.status == "not_reached" and run.get("final"):
         parts.append(f"final accuracy {fmt.percent(run.get('final').get('accuracy'))} after {run.get('steps')} steps")
     elif run.status == "completed":

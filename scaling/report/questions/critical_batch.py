@@ -74,6 +74,10 @@ def comparison_sentence(fit: SeriesFit, count: int) -> Finding:
                   f"{fmt.sig(interval[1])}, ±{fmt.sig(b.std, 2)})")
     else:
         spread = " (exact through 2 points, no uncertainty)"
+    numbers["steps_known_to_intervals"] = fit.inexact
+    if fit.inexact and interval is not None:
+        spread = spread[:-1] + (f"; the steps to target at batch {fmt.batch_list(fit.inexact)} are known only to "
+                                f"an interval, and the interval covers the fits at both of its ends)")
     text = f"critical batch size B_crit ≈ {fmt.sig(b.value)}{spread} from the fit"
     if fit.extrapolated:
         text += f", outside the batches fitted ({fit.batches[0]}–{fit.batches[-1]}): an extrapolation"

@@ -143,6 +143,8 @@ class SeriesFit:
     incomplete: set[int] = field(default_factory=set)  # batches run where some seed did not reach the target
     points: list[Point] = field(default_factory=list)
     rules: stats.Rules = field(default_factory=stats.Rules)
+    inexact: list[int] = field(default_factory=list)  # fitted batches with a run whose steps are an interval
+    low_tradeoff: TradeoffFit | None = None  # the fit on the intervals' low ends (None: every step exact)
 
     @property
     def failed_from(self) -> int | None:
@@ -157,13 +159,20 @@ class SeriesFit:
 
     @property
     def interval(self) -> tuple[float, float] | None:
-        """B_crit's central interval at the study's confidence, from the bootstrap refits."""
-        return self.b_crit.interval(self.rules.confidence)
+        """B_crit's central interval at the study's confidence, from the bootstrap refits; where some steps to
+        target are known only to an interval, widened to cover the refits on the intervals' low ends too."""
+        high_end = self.b_crit.interval(self.rules.confidence)
+        if high_end is None or self.low_tradeoff is None:
+            return high_end
+        low_end = self.low_tradeoff.b_crit.interval(self.rules.confidence) or (self.low_tradeoff.b_crit.value,) * 2
+        return min(high_end[0], low_end[0]), max(high_end[1], low_end[1])
 
     @property
     def informative(self) -> bool:
         """That interval lies within a factor INFORMATIVE_FACTOR of the estimate either way."""
-        return self.b_crit.within_factor(INFORMATIVE_FACTOR, self.rules.confidence)
+        bounds, value = self.interval, self.b_crit.value
+        return (bounds is not None and value > 0 and bounds[0] >= value / INFORMATIVE_FACTOR
+                and bounds[1] <= value * INFORMATIVE_FACTOR)
 
     @property
     def undecided_because(self) -> list[str]:
@@ -385,12 +394,24 @@ def _fit_parts(points: list[Point], bootstrap: bool = False):
     return batches, steps, tradeoff, samples, per_device_mean
 
 
+def _low_end_fit(reached: list[Point]) -> TradeoffFit:
+    """The fit on the low ends of the steps' intervals (the earliest each first step at the target can be):
+    with the fit on their high ends (steps_to_target), it bounds what the intervals allow."""
+    batches, steps = [], []
+    for p in reached:
+        batches.append(p.batch)
+        steps.append(stat(run.steps_interval[0] if run.steps_interval else run.steps_to_target
+                          for run in p.runs).mean)
+    return fit_tradeoff(batches, steps, [s * b for s, b in zip(steps, batches, strict=True)])
+
+
 def _fit_series(name: str, points: list[Point], rules: stats.Rules = stats.DEFAULT_RULES) -> SeriesFit | None:
     reached = [p for p in points if p.all_reached and p.steps.mean is not None]
     if len(reached) < 2:
         return None
     batches, steps, tradeoff, samples, per_device = _fit_parts(points, bootstrap=True)
     runs = [run for p in points for run in p.runs]
+    inexact = sorted({p.batch for p in reached for run in p.runs if run.steps_interval})
     fit = SeriesFit(
         series=name, batches=batches, steps=steps, samples=samples, tradeoff=tradeoff,
         b_simple=[value for run in runs if (value := b_simple_at_target(run)) is not None],
@@ -400,7 +421,8 @@ def _fit_series(name: str, points: list[Point], rules: stats.Rules = stats.DEFAU
         run_batches={p.batch: _outcome(p) for p in points},
         n_seeds=min(len(p.reached) for p in reached),
         incomplete={p.batch for p in points if not p.all_reached},
-        points=points, rules=rules,
+        points=points, rules=rules, inexact=inexact,
+        low_tradeoff=_low_end_fit(reached) if inexact else None,
     )
     run_batches = list(fit.run_batches)
     fit.candidates = powers_of_two(min(run_batches) / 2, max(run_batches) * 4)
