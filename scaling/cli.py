@@ -84,6 +84,7 @@ def sweep(argv: list[str], spec_required: bool = True, report: bool = False) -> 
 
 def _predict_parser() -> ArgumentParser:
     from scaling.devices.comm import PRESETS
+    from scaling.hardware import PEAK_TFLOPS
 
     parser = ArgumentParser(prog="scaling predict",
                             description="Predict train time to target on N devices from a finished run: steps "
@@ -105,14 +106,44 @@ def _predict_parser() -> ArgumentParser:
     parser.add_argument("--no-overlap", action="store_true",
                         help="the all-reduce does not overlap with backward (default: it does, except a measured "
                              "CPU all-reduce with no core to spare)")
+    scale = parser.add_mutually_exclusive_group()
+    scale.add_argument("--compute-ratio", type=float, metavar="R",
+                       help="target compute speed / measured: each micro-batch's forward/backward time is divided "
+                            "by R (default: the run's device as measured)")
+    scale.add_argument("--target-device", metavar="NAME",
+                       help="scale the compute by the ratio of datasheet peak FLOP/s, NAME / the run's device, at "
+                            "the run's precision (same utilisation assumed; not for a CPU run): "
+                            f"{', '.join(name for name, _ in PEAK_TFLOPS)}")
     parser.add_argument("--json", action="store_true", help="print the prediction as JSON")
     return parser
 
 
-def predict(argv: list[str]) -> int:
-    """`scaling predict RUN_DIR --processes N ...`: docs/predict.md."""
+def _measure_comm(args, result, plan, gradient_bytes):
+    """`--measure-comm`: real all-reduces, DDP's synchronization and the contention across N local processes."""
+    import torch
+
     from scaling.devices import comm, measure
     from scaling.devices import predict as predict_devices
+
+    first = comm.FIRST_BUCKET_BYTES if args.bucket_cap_mb == comm.DEFAULT_BUCKET_CAP_MB \
+        else int(args.bucket_cap_mb * comm.MIB)
+    buckets = comm.ddp_buckets(gradient_bytes, args.bucket_cap_mb, first)
+    on_gpu = result["environment"].get("device_type") == "cuda" and torch.cuda.is_available()
+    if not args.json:
+        print(f"scaling: timing all-reduces of {len(buckets)} bucket size(s) across {args.processes} local "
+              f"processes ({'nccl' if on_gpu else 'gloo'})...", flush=True)
+    return measure.measure_allreduce(args.processes, measure.measurement_sizes(buckets),
+                                     device="cuda" if on_gpu else "cpu",
+                                     threads=predict_devices.run_threads(result),
+                                     parameter_bytes=list(reversed(gradient_bytes)),
+                                     compute=predict_devices.compute_load(result, plan.per_device_bs))
+
+
+def predict(argv: list[str]) -> int:
+    """`scaling predict RUN_DIR --processes N ...`: docs/predict.md."""
+    from scaling.devices import comm
+    from scaling.devices import predict as predict_devices
+    from scaling.devices.compute import requested_scale
 
     args = _predict_parser().parse_args(argv)
     if (args.bandwidth is None) != (args.latency is None):
@@ -122,6 +153,7 @@ def predict(argv: list[str]) -> int:
     if not args.bucket_cap_mb > 0:
         raise ConfigError(f"--bucket-cap-mb must be > 0, got {args.bucket_cap_mb}")
     result, metrics, folder = predict_devices.load_run(args.run_dir)
+    scale = requested_scale(result, args.compute_ratio, args.target_device)
     profile = predict_devices.profile_run(result, metrics)
     plan = predict_devices.plan_devices(profile, args.processes, args.per_device_bs)  # refuse a bad split first
     link, measurement = None, None
@@ -134,27 +166,15 @@ def predict(argv: list[str]) -> int:
                           f"NAME ({', '.join(comm.PRESETS)}), or --bandwidth GB/s --latency us")
     gradient_bytes = predict_devices.gradient_bytes(result)
     if args.measure_comm and args.processes > 1:
-        import torch
-
-        first = comm.FIRST_BUCKET_BYTES if args.bucket_cap_mb == comm.DEFAULT_BUCKET_CAP_MB \
-            else int(args.bucket_cap_mb * comm.MIB)
-        buckets = comm.ddp_buckets(gradient_bytes, args.bucket_cap_mb, first)
-        on_gpu = result["environment"].get("device_type") == "cuda" and torch.cuda.is_available()
-        if not args.json:
-            print(f"scaling: timing all-reduces of {len(buckets)} bucket size(s) across {args.processes} local "
-                  f"processes ({'nccl' if on_gpu else 'gloo'})...", flush=True)
-        measurement = measure.measure_allreduce(args.processes, measure.measurement_sizes(buckets),
-                                             device="cuda" if on_gpu else "cpu",
-                                             threads=predict_devices.run_threads(result),
-                                             parameter_bytes=list(reversed(gradient_bytes)),
-                                             compute=predict_devices.compute_load(result, plan.per_device_bs))
+        measurement = _measure_comm(args, result, plan, gradient_bytes)
         link = measurement.interconnect()
     if link is not None and args.no_overlap:
         link = dataclasses.replace(link, overlap=False)
     prediction = predict_devices.predict_on_devices(profile, gradient_bytes, args.processes, link,
                                                     args.per_device_bs, args.bucket_cap_mb,
                                                     ddp=measurement.ddp if measurement else None,
-                                                    contention=measurement.contention if measurement else None)
+                                                    contention=measurement.contention if measurement else None,
+                                                    compute=scale)
     text = predict_devices.explain(profile, prediction)
     if args.json:
         report = predict_devices.PredictionReport(

@@ -11,8 +11,8 @@ steps of M micro-steps each in those windows, counted from metrics.jsonl):
     t_sync  = grad_sync seconds / K                       the run's own exposed all-reduce (0 on one process)
 
 On N devices each rank runs A' = G / (N b') micro-steps of b' samples (b' = b unless asked otherwise; at
-another b' the per-micro-step costs are scaled per sample), then one all-reduce, then the same optimizer step
-as every other rank:
+another b' the per-micro-step costs are scaled per sample; t_micro is divided by the compute ratio R of
+scaling.devices.compute, 1 unless asked), then one all-reduce, then the same optimizer step as every other rank:
 
     step(N) = A' (t_micro + t_data) + t_opt + t_other + exposed all-reduce (scaling.devices.comm)
               + the loop's two small collectives per logging window (the loss and stop-flag reductions)
@@ -64,6 +64,7 @@ from scaling.devices.comm import (
     ddp_buckets,
     exposed_allreduce,
 )
+from scaling.devices.compute import ComputeScale, ComputeSource, compute_source
 from scaling.files import read_metrics
 from scaling.results import FAILURE_STATUSES, FINAL_STATUSES, Result, load_result
 
@@ -98,6 +99,7 @@ class RunProfile:
     target: float | None = None
     device: str | None = None
     notes: tuple[str, ...] = ()
+    device_type: str | None = None  # environment.device_type: "cpu", "cuda", ...
 
     @property
     def steady_step_s(self) -> float:
@@ -186,7 +188,7 @@ def profile_run(result: Result, metrics: list[dict] | None = None) -> RunProfile
         steps_to_target=result["steps_to_target"], train_time_to_target_s=result["train_time_to_target_s"],
         train_elapsed_s=train_elapsed, step_s=float(step_s), steps_per_window=steps / max(1, windows),
         window_step_s=window_step_s, target=result["target"]["value"], device=result["environment"].get("device"),
-        notes=tuple(notes), **profile,
+        notes=tuple(notes), device_type=result["environment"].get("device_type"), **profile,
     )
 
 
@@ -262,30 +264,35 @@ class DevicePrediction:
     ddp_measured: bool = False  # the all-reduce and DDP's overhead are DDPCost's measurement, not the model
     contention_factor: float | None = None  # Contention.factor applied to every rank's own work (None: not measured)
     notes: tuple[str, ...] = ()
+    compute: ComputeSource | None = None  # whose forward/backward time, scaled by what (scaling.devices.compute)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["link"] = None if self.link is None else self.link.to_dict()
         out["band_s"] = None if self.band_s is None else list(self.band_s)
         out["notes"] = list(self.notes)
+        out["compute"] = None if self.compute is None else self.compute.to_dict()
         return out
 
 
 def predict_on_devices(profile: RunProfile, gradient_bytes: list[int], processes: int,
                        link: Interconnect | None, per_device_bs: int | None = None,
                        bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB, ddp: DDPCost | None = None,
-                       contention: Contention | None = None) -> DevicePrediction:
+                       contention: Contention | None = None, compute: ComputeScale | None = None
+                       ) -> DevicePrediction:
     """Step time and train time to target on `processes` devices (module docstring). `gradient_bytes` are
     per parameter, in the order backward produces them (scaling.devices.comm.model_gradient_bytes). `ddp` (from
     `--measure-comm` at the same process count) replaces the modelled all-reduce by DDP's measured
     synchronization and adds DDP's per-micro-step overhead; `contention` (the same) slows every rank's own
-    work (compute, data, optimizer, other) by its factor."""
+    work (compute, data, optimizer, other) by its factor; `compute` (None: as measured) divides every
+    micro-batch's forward/backward time by its ratio."""
     plan = plan_devices(profile, processes, per_device_bs)
     if processes > 1 and link is None:
         raise ConfigError("predicting more than one device needs an interconnect: --measure-comm, "
                           "--interconnect NAME, or --bandwidth and --latency")
     scale = plan.per_device_bs / profile.per_device_bs
-    micro_compute = profile.micro_compute_s * scale
+    source = compute_source(compute, profile, link)
+    micro_compute = profile.micro_compute_s * scale / source.ratio
     micro_data = profile.micro_data_s * scale
     first = FIRST_BUCKET_BYTES if bucket_cap_mb == DEFAULT_BUCKET_CAP_MB else int(bucket_cap_mb * MIB)
     buckets = ddp_buckets(gradient_bytes, bucket_cap_mb, first)
@@ -296,10 +303,6 @@ def predict_on_devices(profile: RunProfile, gradient_bytes: list[int], processes
         contention = None
     comm = exposed_allreduce(buckets, processes, link or _NO_LINK, backward,
                              measured_total_s=ddp.sync_s if ddp is not None else None)
-    window_sync = 0.0
-    if processes > 1:
-        window_sync = WINDOW_COLLECTIVES * allreduce_time(SMALL_COLLECTIVE_BYTES, processes, link) \
-            / max(1.0, profile.steps_per_window)
     components = {
         "compute": plan.accumulation_steps * micro_compute,
         "data": plan.accumulation_steps * micro_data,
@@ -307,7 +310,7 @@ def predict_on_devices(profile: RunProfile, gradient_bytes: list[int], processes
         "other": profile.other_s,
         "allreduce": comm.exposed_s,
         "ddp_overhead": plan.accumulation_steps * ddp.micro_overhead_s if ddp is not None else 0.0,
-        "window_collectives": window_sync,
+        "window_collectives": _window_collectives_s(profile, processes, link),
     }
     own_work = components["compute"] + components["data"] + components["optimizer"] + components["other"]
     components["contention"] = (contention.factor - 1.0) * own_work if contention is not None else 0.0
@@ -329,7 +332,16 @@ def predict_on_devices(profile: RunProfile, gradient_bytes: list[int], processes
         train_time_to_target_s=time_to_target, band_s=band, train_time_s=profile.train_elapsed_s + profile.steps * delta,
         measured_micro_batch=scale == 1, ddp_measured=ddp is not None,
         contention_factor=contention.factor if contention is not None else None, notes=tuple(notes),
+        compute=source,
     )
+
+
+def _window_collectives_s(profile: RunProfile, processes: int, link: Interconnect | None) -> float:
+    """The loop's two small collectives per logging window, spread over the window's steps."""
+    if processes == 1:
+        return 0.0
+    per_window = WINDOW_COLLECTIVES * allreduce_time(SMALL_COLLECTIVE_BYTES, processes, link)
+    return per_window / max(1.0, profile.steps_per_window)
 
 
 _NO_LINK = Interconnect("none", math.inf, 0.0, "given")
@@ -370,6 +382,8 @@ def explain(profile: RunProfile, prediction: DevicePrediction) -> str:
     ms = lambda seconds: f"{seconds * 1e3:.3g} ms"  # noqa: E731
     target = f"{profile.target * 100:g}%" if profile.target is not None else "the target"
     micro = "measured" if p.measured_micro_batch else f"scaled from the run's {profile.per_device_bs}"
+    r = 1.0 if p.compute is None else p.compute.ratio
+    ratio = "" if r == 1 else f", divided by the compute ratio {r:.3g}"
     lines = [f"On {plan.processes} device{'s' * (plan.processes != 1)} (per-device {plan.per_device_bs} x "
              f"{plan.processes} x {plan.accumulation_steps} accumulation step{'s' * (plan.accumulation_steps != 1)}"
              f" = global {plan.global_bs})"]
@@ -390,12 +404,15 @@ def explain(profile: RunProfile, prediction: DevicePrediction) -> str:
         f"(measured: x{p.contention_factor:.3g})")
     lines.append(
         f"Per step {ms(p.step_s)} (the run: {ms(profile.step_s)}): {plan.accumulation_steps} x "
-        f"{ms(c['compute'] / plan.accumulation_steps)} forward/backward ({micro} at batch {plan.per_device_bs}), "
+        f"{ms(c['compute'] / plan.accumulation_steps)} forward/backward "
+        f"({micro} at batch {plan.per_device_bs}{ratio}), "
         f"data {ms(c['data'])}, optimizer {ms(c['optimizer'])}, other {ms(c['other'])}{ddp}"
         f"{shared}, "
         f"and the all-reduce of {_bytes(p.gradient_bytes)} of gradients in {len(p.allreduce.bucket_bytes)} "
         f"bucket{'s' * (len(p.allreduce.bucket_bytes) != 1)} ({how}): {ms(p.allreduce.total_s)}, of which "
         f"{ms(p.allreduce.exposed_s)} not hidden behind backward.")
+    if p.compute is not None:
+        lines.append(p.compute.describe() + ".")
     if p.link is not None and plan.processes > 1:
         lines.append(f"Interconnect {p.link.describe()}.")
     lines += [f"Note: {note}." for note in p.notes]
