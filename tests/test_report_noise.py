@@ -72,7 +72,7 @@ def report(tmp_path_factory):
 
 
 def _section(md: str) -> str:
-    return md.split(f"## {critical_batch.QUESTION}\n", 1)[1].split("\n## ", 1)[0]
+    return md.split(f"\n## {critical_batch.QUESTION}\n", 1)[1].split("\n## ", 1)[0]
 
 
 def _conclusions(md: str) -> list[str]:
