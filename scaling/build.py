@@ -18,7 +18,7 @@ from scaling import distributed
 from scaling.batching import BatchPlan, GlobalBatchSampler, plan_batch
 from scaling.config import ConfigError, RunConfig
 from scaling.data import Workload, load_workload
-from scaling.data.delivery import materialize
+from scaling.data.delivery import Read, materialize
 from scaling.devices.comm import model_gradient_bytes
 from scaling.files import MetricsWriter
 from scaling.lr import LRSchedule, build_schedule
@@ -64,7 +64,7 @@ def build(cfg: RunConfig, resume: bool = False) -> Built:
     check_model_name(cfg.model)  # a typo must not wait for the dataset to be generated
     with state.local_main_process_first():  # rank 0 of each node builds the dataset cache
         workload = load_workload(cfg)
-    materialized, notes = materialize_workload(workload, cfg.materialize)
+    materialized, notes, train_read = materialize_workload(workload, cfg.materialize)
     notes = workload.notes + notes
     set_seed(cfg.seed)  # same initial weights in every process and every decomposition
     model = build_model(cfg.model, workload.input_shape, workload.num_classes, task)
@@ -85,7 +85,8 @@ def build(cfg: RunConfig, resume: bool = False) -> Built:
         config=cfg, plan=plan, lr=lr_summary(cfg, schedule), steps_per_epoch=sampler.steps_per_epoch,
         environment=environment(accelerator.device, accelerator.num_processes, accelerator.distributed_type.value),
         train_samples=len(workload.train), eval_samples=len(workload.eval), model=model_facts,
-        batch_coupled_layers=coupled, auto_batch=auto_batch, materialized=materialized)
+        batch_coupled_layers=coupled, auto_batch=auto_batch, materialized=materialized,
+        train_read=train_read and {"read_s": train_read.seconds, "samples_read": train_read.samples})
     metrics = MetricsWriter(Path(cfg.output_dir) / "metrics.jsonl", enabled=accelerator.is_main_process,
                             append=resume)
     trainer = Trainer(RunRecord(facts), sampler, TrainingState(accelerator, model, optimizer), schedule,
@@ -119,17 +120,19 @@ def lr_summary(cfg: RunConfig, schedule: LRSchedule) -> dict:
             "warmup_steps": schedule.warmup_steps, "decay": schedule.decay}
 
 
-def materialize_workload(workload: Workload, mode: str) -> tuple[list[str], list[str]]:
+def materialize_workload(workload: Workload, mode: str) -> tuple[list[str], list[str], Read | None]:
     """--materialize: hold map-style splits of fixed tensors in memory (scaling/data/delivery.py). Returns
-    the splits materialized and the lines to print."""
-    done, notes = [], []
+    the splits materialized, the lines to print and the training set's timed read (None when it was not
+    read into memory): the user's pipeline's per-sample cost."""
+    done, notes, train_read = [], [], None
     for split in ("train", "eval"):
         before = getattr(workload, split)
-        after, note = materialize(before, mode, "training" if split == "train" else "evaluation")
+        after, note, read = materialize(before, mode, "training" if split == "train" else "evaluation")
         setattr(workload, split, after)
         done += [split] if after is not before else []
         notes += [note] if note else []
-    return done, notes
+        train_read = read if split == "train" else train_read
+    return done, notes, train_read
 
 
 def start_processes(cfg: RunConfig) -> tuple[RunConfig, PartialState]:

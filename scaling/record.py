@@ -18,6 +18,7 @@ from typing import Any
 
 from scaling.batching import BatchPlan
 from scaling.config import RunConfig
+from scaling.data.pipeline import user_pipeline
 from scaling.results import SCHEMA_VERSION, FailureResult, Result, straggler_ratio
 
 
@@ -54,6 +55,8 @@ class RunFacts:
     batch_coupled_layers: list[str] = field(default_factory=list)
     auto_batch: dict[str, Any] | None = None
     materialized: list[str] = field(default_factory=list)
+    # the training set's read into memory, when --materialize held it: {"read_s", "samples_read"}
+    train_read: dict[str, Any] | None = None
     flops_per_sample: float | None = None  # counted when training starts (scaling/hardware.py)
 
 
@@ -190,6 +193,7 @@ class RunRecord:
             "eval_samples": facts.eval_samples,
             "materialized": facts.materialized,
             "bottleneck": self.bottleneck,
+            "pipeline": self._pipeline(),
             "peak_memory": self.peak_memory,
             "compute": self.compute,
             **optional,
@@ -199,6 +203,21 @@ class RunRecord:
         """Samples over the training clock."""
         train = self.train_elapsed_s
         return self.samples / train if train > 0 and self.step else None
+
+    def _pipeline(self) -> dict[str, Any]:
+        """What the user's own loader would do (user_pipeline), against the compute ceiling this run measured
+        training from memory: the probe's training step alone when it ran, else the run's throughput without
+        its data-wait share."""
+        rate, wait = self.throughput(), data_wait_fraction(self.step_time)
+        if self.ceilings is not None:
+            compute, source = self.ceilings["compute_samples_per_s"], "probe"
+        elif rate is not None:
+            compute, source = (rate / (1 - wait) if wait is not None and wait < 1 else rate), "run"
+        else:
+            compute, source = None, None
+        bound = self.bottleneck["bound"] if self.bottleneck else None
+        return user_pipeline(self.facts.train_read, self.config.num_workers, self.plan.world_size, compute, source,
+                             bound)
 
     def _target_point(self) -> dict[str, Any] | None:
         if self.target is None:

@@ -81,6 +81,22 @@ class ModelRecord(TypedDict):
     num_classes: int
 
 
+class PipelineRecord(TypedDict):
+    """The user's own loader of the training set, judged apart from the run (scaling.data.pipeline):
+    with `materialized`, from its timed read into memory; else the run's own verdict."""
+
+    materialized: bool
+    read_s: float | None
+    samples_read: int | None
+    per_sample_s: float | None
+    workers: int | None  # loader processes per training process: max(1, num_workers)
+    processes: int | None  # training processes, each with its own loader
+    input_ceiling_samples_per_s: float | None
+    compute_ceiling_samples_per_s: float | None
+    compute_from: str | None  # "probe" | "run"
+    verdict: str | None  # "input-bound" | "compute-bound"
+
+
 class Result(TypedDict, total=False):
     """result.json of a finished or interrupted run (docs/results.md). The keys marked "only ..." appear in
     some results only; every other key is always present."""
@@ -129,6 +145,7 @@ class Result(TypedDict, total=False):
     compile_s: float | None
     materialized: list[str]
     bottleneck: dict[str, Any] | None
+    pipeline: PipelineRecord | None  # null in results written before it
     ceilings: dict[str, Any]  # only with --probe
     checkpoint: str  # only when interrupted
     stop_signal: str  # only when interrupted
@@ -191,8 +208,13 @@ def summary_line(result: Result, path: Path) -> str:
 
 
 def _bound_text(result: Result) -> str:
-    """`, compute-bound (data wait 3%)`: the run's bottleneck verdict in the summary line."""
-    verdict = result.get("bottleneck")
+    """`, compute-bound (data wait 3%)`: the run's bottleneck verdict in the summary line; for a training
+    set read into memory, also what the user's own loader would do (scaling/data/pipeline.py)."""
+    verdict, pipeline = result.get("bottleneck"), result.get("pipeline")
+    if pipeline and pipeline["materialized"]:
+        from scaling.data.pipeline import summary_text  # scaling.data imports torch: only a run prints this
+
+        return summary_text(pipeline, verdict)
     if not verdict:
         return ""
     wait = verdict.get("data_wait_fraction")

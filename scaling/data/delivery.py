@@ -7,6 +7,7 @@ other map-style dataset goes through a DataLoader whose batch sampler follows th
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,36 +40,52 @@ def sample_batch(dataset: Any, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return fetch_batch(dataset, torch.arange(size) % len(dataset))
 
 
-def materialize(dataset: Any, mode: str, name: str) -> tuple[Any, str | None]:
+@dataclass(frozen=True)
+class Read:
+    """How long `materialize` took to read a dataset through the tool's reader (fetch_batch: the dataset's
+    own `__getitems__`, else its `__getitem__` one item at a time, in one process): the user's pipeline's
+    per-sample cost, which the run's in-memory copy no longer pays (docs/timing.md)."""
+
+    samples: int
+    seconds: float
+
+    @property
+    def per_sample_s(self) -> float:
+        return self.seconds / self.samples
+
+
+def materialize(dataset: Any, mode: str, name: str) -> tuple[Any, str | None, Read | None]:
     """A map-style dataset whose items are fixed (input tensor, int label) pairs, read once into a
     TensorPair, so training takes the whole-batch fast path instead of collating item by item. Returns the
-    dataset (unchanged when not materialized) and a line saying what happened, or None.
+    dataset (unchanged when not materialized), a line saying what happened, or None, and the timed read
+    when it was materialized.
 
     `auto` requires the items to be the same on two reads (random augmentation in __getitem__ must stay
     random: it is then left as it is), and the whole to fit MATERIALIZE_MAX_BYTES and
     MATERIALIZE_MAX_SECONDS; `true` materializes whatever the items are; `false` never."""
     if mode == "false" or isinstance(dataset, TensorPair) or len(dataset) == 0:
-        return dataset, None
+        return dataset, None, None
     first = dataset[0]
     if not (isinstance(first, (tuple, list)) and len(first) == 2 and torch.is_tensor(first[0])):
         if mode == "true":
             raise ConfigError(f"--materialize true: the {name} items are not (tensor, label) pairs")
-        return dataset, None
+        return dataset, None, None
     if mode == "auto":
         reason = _why_not_materialize(dataset, first)
         if reason is not None:
-            return dataset, f"{name} set kept in its loader ({reason}; --materialize true forces it)"
+            return dataset, f"{name} set kept in its loader ({reason}; --materialize true forces it)", None
     start = time.perf_counter()
     indices = torch.arange(len(dataset))
     parts = [fetch_batch(dataset, indices[i:i + 4096]) for i in range(0, len(dataset), 4096)]
+    read = Read(len(dataset), time.perf_counter() - start)  # the reads alone: not the concatenation below
     try:
         inputs = torch.cat([p[0] for p in parts])
     except RuntimeError:
         raise ConfigError(f"--materialize: the {name} inputs do not all have one shape") from None
     pair = TensorPair(inputs, torch.cat([p[1] for p in parts]))
     return pair, (f"{name} set materialized: {len(pair):,} samples read once into memory "
-                  f"({inputs.numel() * inputs.element_size() / 2**20:,.1f} MiB, {time.perf_counter() - start:.1f} s); "
-                  f"--materialize false keeps the loader")
+                  f"({inputs.numel() * inputs.element_size() / 2**20:,.1f} MiB, {read.seconds:.1f} s, "
+                  f"{read.per_sample_s * 1e3:.2g} ms/sample); --materialize false keeps the loader"), read
 
 
 def _why_not_materialize(dataset: Any, first: tuple) -> str | None:

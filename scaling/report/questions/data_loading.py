@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from itertools import pairwise
 from pathlib import Path
 
 from scaling import stats
+from scaling.data.pipeline import loaders_text, per_sample_text, rate_text
 from scaling.report import formatting as fmt
 from scaling.report.aggregates import Stat, ladder, stat
 from scaling.report.finding import OBSERVATION, Finding, answers, one_seed
@@ -28,7 +30,7 @@ from scaling.report.plots import (
     spread_caption,
 )
 from scaling.report.questions import decompositions
-from scaling.report.render import Block, Heading, figure_or_note
+from scaling.report.render import Block, Heading, Table, figure_or_note
 from scaling.report.runs import RUN_ONLY_KEYS, Configuration, Run
 from scaling.report.study import Study, per_study
 
@@ -164,7 +166,7 @@ def saturation_of(study: Study) -> Saturation | None:
 def data_wait(study: Study) -> list[Finding]:
     bound = input_bound_of(study)
     if bound is None:
-        return []
+        return user_loader(study)
     limit = fmt.percent(DATA_WAIT_LIMIT, 0)
     top_batch, top = bound.top
     onset = bound.onset
@@ -184,6 +186,13 @@ def data_wait(study: Study) -> list[Finding]:
         text = (f"The data-wait share exceeds {limit} at batch {fmt.batch_list(above)} but not at the largest batch: "
                 f"no consistent input-pipeline limit")
         winner = None
+    runs = [run for _, group in pooled_runs(study.ladder) for run in group]
+    copies = sum(_read_into_memory(run) is not None for run in runs)
+    if copies:  # the data wait of a copy in memory says nothing of the user's loader (user_loader below)
+        text = (f"As run ({copies} of {len(runs)} runs trained from the training set read into memory, not "
+                f"through your loader): {text[0].lower()}{text[1:]}"
+                ).replace("data loading is not the limit", "data loading was not the limit of the in-memory copy")
+        winner = f"{winner} as run" if winner == "not input-bound" else winner
     if bound.decided:
         text += f" (every batch's {fmt.confidence(study.rules.confidence)} interval on its side of {limit}: decided)"
     elif bound.n_seeds < 2:
@@ -193,7 +202,7 @@ def data_wait(study: Study) -> list[Finding]:
         text += (f" (not decided: the interval of the share includes {limit} at batch "
                  f"{fmt.batch_list(close) if close else 'none, but the onset is not clean'})")
     return [Finding("input_bound", text + ".", bound.decided and winner is not None, winner, bound.n_seeds,
-                    numbers=numbers)]
+                    numbers=numbers), *user_loader(study)]
 
 
 def throughput(study: Study) -> list[Finding]:
@@ -236,8 +245,104 @@ def section(study: Study) -> list[Block]:
                              f"Share of training time spent waiting for data; dashed: "
                              f"{DATA_WAIT_LIMIT:.0%}.",
                              "These runs did not record data_wait_fraction: no data-wait plot.")
+    blocks += user_loader_table(study)
     return blocks + answers(throughput(study) + decompositions.decompositions(study) + data_wait(study),
                              "No throughput or data-wait measurements to judge from.")
+
+
+# --- the user's own loader, where the runs trained from a copy in memory ------------------------------------
+
+
+def _read_into_memory(run: Run) -> dict | None:
+    """The run's `pipeline` block when it read its training set into memory (--materialize), else None."""
+    pipeline = run.get("pipeline")
+    return pipeline if pipeline and pipeline.get("materialized") else None
+
+
+@dataclass
+class UserLoader:
+    """A configuration whose runs trained from the training set read into memory: what the user's own loader
+    would do, from the timed read (result.json `pipeline`, medians over the runs)."""
+
+    configuration: Configuration
+    per_sample_s: float | None
+    loaders: str  # `1 loader process`
+    input_ceiling: float | None
+    compute_ceiling: float | None
+    verdicts: Counter  # the runs' verdicts for the user's loader
+    data_wait: float | None  # mean share as run (the copy's)
+
+    @property
+    def verdict(self) -> str:
+        """The runs' verdict, `mixed` when they disagree, `not judged` without a compute ceiling."""
+        judged = [v for v in self.verdicts if v is not None]
+        return "not judged" if not judged else judged[0] if len(judged) == 1 else "mixed"
+
+
+def _median(values) -> float | None:
+    kept = [v for v in values if v is not None]
+    return statistics.median(kept) if kept else None
+
+
+@per_study
+def user_loaders_of(study: Study) -> list[UserLoader]:
+    out = []
+    for configuration in study.configurations:
+        blocks = [p for p in map(_read_into_memory, configuration.runs) if p is not None]
+        if blocks:
+            out.append(UserLoader(configuration, _median(p["per_sample_s"] for p in blocks), loaders_text(blocks[0]),
+                                  _median(p["input_ceiling_samples_per_s"] for p in blocks),
+                                  _median(p["compute_ceiling_samples_per_s"] for p in blocks),
+                                  Counter(p["verdict"] for p in blocks), stat(r.data_wait for r in configuration.runs).mean))
+    return out
+
+
+def _span(values: list[float | None], text: Callable[[float], str]) -> str:
+    """`500` or `480–520`: the values as `text` writes them, one when they agree."""
+    known = sorted(v for v in values if v is not None)
+    if not known:
+        return fmt.DASH
+    low, high = text(known[0]), text(known[-1])
+    return low if low == high else f"{low}–{high}"
+
+
+def user_loader(study: Study) -> list[Finding]:
+    """Per configuration read into memory: input- or compute-bound for the user's own loader, decided from the
+    timed read, never from the copy's data wait."""
+    loaders = user_loaders_of(study)
+    if not loaders:
+        return []
+    groups: dict[str, list[UserLoader]] = {}
+    for loader in loaders:
+        groups.setdefault(loader.verdict, []).append(loader)
+    clauses = []
+    for verdict, group in groups.items():
+        names = fmt.batch_list([loader.configuration.label for loader in group])
+        clauses.append(
+            f"{verdict} at {names} ({_span([g.per_sample_s for g in group], per_sample_text)}/sample as read; input "
+            f"ceiling ~{_span([g.input_ceiling for g in group], rate_text)} samples/s with {group[0].loaders} against "
+            f"compute {_span([g.compute_ceiling for g in group], rate_text)} samples/s measured from memory)")
+    text = ("Your own loader, judged from the timed read of the training set into memory (the data wait as run is "
+            "the copy's; loader workers assumed to parallelise the reads, docs/timing.md): " + "; ".join(clauses))
+    numbers = {loader.configuration.label: {"per_sample_s": loader.per_sample_s, "verdict": loader.verdict,
+                                            "input_ceiling_samples_per_s": loader.input_ceiling,
+                                            "compute_ceiling_samples_per_s": loader.compute_ceiling,
+                                            "data_wait_as_run": loader.data_wait} for loader in loaders}
+    winner = next(iter(groups)) if len(groups) == 1 else None
+    return [Finding("user_loader", text + ".", False, winner, min(len(g.configuration.runs) for g in loaders),
+                    kind=OBSERVATION, numbers=numbers)]
+
+
+def user_loader_table(study: Study) -> list[Block]:
+    """One row per configuration read into memory: the user's loader against the run as it ran."""
+    loaders = user_loaders_of(study)
+    if not loaders:
+        return []
+    rows = [[loader.configuration.label, per_sample_text(loader.per_sample_s), loader.loaders,
+             rate_text(loader.input_ceiling), rate_text(loader.compute_ceiling), loader.verdict, fmt.percent(loader.data_wait)]
+            for loader in loaders]
+    return [Table(["configuration", "cost per sample (as read)", "your loader", "input ceiling (samples/s)",
+                   "compute ceiling (samples/s)", "your loader is", "data wait as run (in memory)"], rows)]
 
 
 def _errorbar_series(study: Study, ax, statistic: str, scale: float = 1.0) -> bool:
