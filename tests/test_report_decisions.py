@@ -439,3 +439,28 @@ def test_an_a_a_study_says_what_it_could_resolve_not_that_more_seeds_would_resol
             assert "seeds per configuration would resolve the ±5% threshold" in rule["statement"] or (
                 "more than 100 seeds" in rule["statement"])
             assert against["resolvable"] > 0.05
+
+
+def test_runs_chasing_another_target_are_left_out_of_the_target_questions(tmp_path):
+    """Two runs to 70% (far fewer steps) beside a study to 90%: said once, compared nowhere."""
+    fabricate(tmp_path, LADDER, seeds=3, noise=0.02, rng=random.Random(8))
+    for seed in range(2):
+        write_run(tmp_path, f"easy-s{seed}", {"global_bs": 4096, "lr_scaling": "sqrt", "seed": seed,
+                                               "target_accuracy": 0.7}, steps=5, time_s=0.1, rate=60_000)
+    paths = write_report(tmp_path)
+    document = json.loads(paths["findings.json"].read_text())
+    assert any("chase another target (70%)" in note for note in document["notes"])
+    found = findings(paths)
+    assert "4096" not in found["fastest"]["statement"] and found["fastest"]["numbers"]["global_batch"] != 4096
+    assert all("4096" not in f["statement"] for key, f in found.items() if key.startswith(("largest", "lr_rule")))
+    assert "| easy-s0 |" in paths["report.md"].read_text()  # still in the table
+
+
+def test_configurations_that_train_identically_to_the_best_share_its_star(tmp_path):
+    """At the reference batch linear and sqrt are one training: both are starred when it is the best."""
+    configs = {**LADDER, (256, "sqrt"): {"time": 0.8, "steps": 80, "rate": 20_000},
+               (256, "linear"): {"time": 0.8, "steps": 80, "rate": 20_000}}
+    fabricate(tmp_path, configs, seeds=3, noise=0.02, rng=random.Random(9))
+    paths = write_report(tmp_path)
+    starred = [line for line in paths["report.md"].read_text().splitlines() if line.startswith("| bs256-")]
+    assert len(starred) == 6 and all("★" in line for line in starred)

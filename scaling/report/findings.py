@@ -74,6 +74,12 @@ def notes(study: Study) -> list[str]:
                    "below is decided: the numbers are single measurements. Add `seeds: [0, 1, 2]` to the study spec "
                    "(docs/studies.md) and run the sweep again into the same folder; finished runs are kept and only "
                    "the new seeds run.")
+    others = study.other_target_runs
+    if others:
+        targets = sorted({run.target for run in others})
+        out.append(f"{len(others)} run{'s' * (len(others) != 1)} chase{'s' * (len(others) == 1)} another target "
+                   f"({', '.join(f'{t * 100:g}%' for t in targets)}) than the study's {study.target_text()}: left "
+                   f"out of every question about the target (they are in the Configurations table).")
     threads = sorted({run.torch_threads for run in study.runs if run.torch_threads is not None})
     if len(threads) > 1:
         out.append(f"Runs were timed with different numbers of torch threads ({', '.join(map(str, threads))}; "

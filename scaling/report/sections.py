@@ -93,7 +93,8 @@ def configurations_table(study: Study) -> list[Block]:
     header += ["data wait"] * show_wait + ["peak memory"] * show_memory + ["note"]
     ranking = faster.ranking_of(study)
     best = faster.best_configuration(study)
-    best_runs = {id(run) for run in best.runs} if best else set()
+    # The best and the configurations that train identically to it (same LR schedule at that batch) share the mark.
+    best_runs = {id(run) for c in [best, *ranking.twins] for run in c.runs} if best and ranking else set()
     mark = BEST_MARK if ranking is not None and ranking.decided else LOWEST_MARK
     rows = []
     for run in runs:

@@ -54,8 +54,24 @@ class Study:
 
     @cached_property
     def series(self) -> dict[str, list[Point]]:
-        """Per series, one point per global batch (aggregates.series_points)."""
-        return series_points(self.configurations)
+        """Per series, one point per global batch (aggregates.series_points), without configurations that
+        chase another target than the study's (their steps and times are to another goal)."""
+        return series_points([c for c in self.configurations if not self.other_target(c)])
+
+    def other_target(self, configuration: Configuration) -> bool:
+        """Every run of the configuration chases a target, none of them the study's."""
+        targets = {run.target for run in configuration.runs}
+        return bool(targets) and None not in targets and self.target not in targets
+
+    @property
+    def chasing(self) -> list[Configuration]:
+        """Configurations with a run that chases the study's target: the ones target questions compare."""
+        return [c for c in self.configurations if any(run.target is not None and run.target == self.target
+                                                      for run in c.runs)]
+
+    @property
+    def other_target_runs(self) -> list[Run]:
+        return [run for c in self.configurations if self.other_target(c) for run in c.runs]
 
     @property
     def max_seeds(self) -> int:
@@ -77,14 +93,13 @@ class Study:
     def ladder(self) -> list[Configuration]:
         """Configurations that chase a target: the batch ladder. Throughput probes without a target (e.g.
         127/128/129) are left out so that they do not skew the per-batch throughput or data-wait figures."""
-        chasing = [c for c in self.configurations if any(run.target is not None for run in c.runs)]
-        return chasing or self.configurations
+        return self.chasing or self.configurations
 
     @property
     def target_runs(self) -> list[Run]:
         """Finished runs that chase a target (throughput-only probes, without one, are left out of target
         questions)."""
-        return [run for c in self.configurations for run in c.runs if run.target is not None]
+        return [run for c in self.chasing for run in c.runs if run.target == self.target]
 
     def target_text(self) -> str:
         return f"{self.target * 100:g}% accuracy" if self.target is not None else "the target"

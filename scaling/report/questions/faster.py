@@ -158,7 +158,7 @@ def seed_means(group: list[Configuration], measure: Measure = reached_times) -> 
 def ranking_of(study: Study) -> Ranking | None:
     """The fastest configuration to the target against every other (None when none reached it with every
     seed)."""
-    return rank([c for c in study.configurations if any(run.target is not None for run in c.runs)], study.rules)
+    return rank(study.chasing, study.rules)
 
 
 def best_configuration(study: Study) -> Configuration | None:
@@ -228,7 +228,7 @@ def fastest(study: Study) -> list[Finding]:
         return []
     ranking = ranking_of(study)
     if ranking is None:
-        reached = [c for c in study.configurations if c.reached]
+        reached = [c for c in study.chasing if c.reached]
         text = (f"No configuration reached {study.target_text()} with every seed"
                 + (f" ({len(reached)} reached it with some seeds only: none is recommended)" if reached else "")
                 + ".")

@@ -105,7 +105,7 @@ def rule_names(study: Study) -> list[str]:
 
 @per_study
 def comparisons_of(study: Study) -> list[RuleComparison]:
-    return rule_comparisons(study.configurations, study.rules)
+    return rule_comparisons(study.chasing, study.rules)
 
 
 # --- findings and section -----------------------------------------------------------------------------------
