@@ -61,6 +61,7 @@ class RunConfig:
     eval_every: int | None = None  # optimizer steps; when unset, eval_every_epochs applies
     eval_every_epochs: float = 0.25
     diverge_factor: float = 5.0  # a training loss above this multiple of the first one counts as divergence
+    stall_evals: int = 5  # end as stalled after this many evaluations at the chance loss without progress (0: off)
     exact_target: bool = True  # replay from the start, evaluating every step: the exact first step at the target
     exact_target_max_steps: int = 20000  # at most this many replayed steps (each with an evaluation)
 
@@ -125,7 +126,7 @@ _POSITIVE = {
     "noise_every",
 }
 _NON_NEGATIVE = {"warmup_steps", "warmup_epochs", "momentum", "weight_decay", "num_workers", "log_min_s",
-                 "exact_target_max_steps"}
+                 "exact_target_max_steps", "stall_evals"}
 MATERIALIZE = ("auto", "true", "false")
 _CHOICES = {
     "materialize": MATERIALIZE,

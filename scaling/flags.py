@@ -35,6 +35,8 @@ GROUPS: list[tuple[str, list[tuple[str, str]]]] = [
         ("eval_every", "evaluate every N optimizer steps"),
         ("eval_every_epochs", "evaluate every fraction of an epoch (when --eval-every is not set)"),
         ("diverge_factor", "a training loss above this multiple of the first one ends the run as diverged"),
+        ("stall_evals", "end the run as stalled after this many evaluations in a row after warmup (and at least "
+                        "an epoch) at the chance loss with no progress (0: never; docs/results.md)"),
         ("exact_target", "replay training, evaluating every step, to find the exact first step at the target"),
         ("exact_target_max_steps", "the most steps that replay may take (each with one evaluation); beyond it the "
                                    "result gives the interval that holds the first step"),

@@ -93,6 +93,8 @@ class RunRecord:
     first_eval_at_target: int | None = None  # index into history
     target: TargetCrossing | None = None
     diverged_at_step: int | None = None
+    stalled_at_step: int | None = None
+    stall: dict[str, Any] | None = None  # the stall rule's evidence (scaling/train/evaluation.py, StallRule)
     compile_s: float | None = None
     # Measured when the run ends (scaling/run.py, Trainer.finish):
     step_time: dict[str, Any] | None = None
@@ -172,6 +174,8 @@ class RunRecord:
             "elapsed_s": self.elapsed_s,
             "train_elapsed_s": self.train_elapsed_s,
             "diverged_at_step": self.diverged_at_step,
+            "stalled_at_step": self.stalled_at_step,
+            "stall": self.stall,
             "final": {"accuracy": final["accuracy"], "loss": final["loss"]} if final else None,
             "history": self.history,
             "train_loss": self.train_loss,

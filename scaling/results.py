@@ -19,7 +19,7 @@ from typing import Any, TypedDict
 from scaling.config import ConfigError
 
 # A run with one of these statuses is finished; "interrupted" is not (it resumes from its checkpoint).
-FINAL_STATUSES = ("reached", "not_reached", "completed", "diverged", "failed", "oom")
+FINAL_STATUSES = ("reached", "not_reached", "completed", "diverged", "stalled", "failed", "oom")
 FAILURE_STATUSES = ("failed", "oom")
 STATUSES = (*FINAL_STATUSES, "running", "interrupted")
 SCHEMA_VERSION = 2  # 2: `model` (parameters, gradient layout, input shape) added
@@ -67,6 +67,27 @@ class EvaluationRecord(TypedDict):
 class FinalRecord(TypedDict):
     accuracy: float
     loss: float | None
+
+
+class ProgressRecord(TypedDict):
+    step: int
+    accuracy: float
+    loss: float | None
+
+
+class StallRecord(TypedDict):
+    """Why a run was ended as stalled (scaling.train.evaluation.StallRule): the evaluations at the chance loss
+    since its last progress."""
+
+    evaluations: int
+    steps: list[int]
+    accuracies: list[float]
+    losses: list[float | None]
+    chance_loss: float
+    tolerance: float
+    min_steps: int
+    last_progress: ProgressRecord
+    warmup_steps: int
 
 
 class ModelRecord(TypedDict):
@@ -122,6 +143,8 @@ class Result(TypedDict, total=False):
     elapsed_s: float
     train_elapsed_s: float
     diverged_at_step: int | None
+    stalled_at_step: int | None
+    stall: StallRecord | None
     final: FinalRecord | None
     history: list[EvaluationRecord]
     train_loss: list[float | None]

@@ -1,8 +1,10 @@
-"""Evaluation over the whole evaluation set, and when it is due."""
+"""Evaluation over the whole evaluation set, when it is due, and what a run's evaluations say about whether
+it still learns (`StallRule`: the `stalled` status)."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -74,3 +76,82 @@ def steps_per_eval(cfg: RunConfig, steps_per_epoch: int) -> int:
     if cfg.eval_every is not None:
         return cfg.eval_every
     return max(1, round(cfg.eval_every_epochs * steps_per_epoch))
+
+
+# ---- a run that has stopped learning: status "stalled" (docs/results.md, `stall`) ----
+CHANCE_TOLERANCE = 0.02  # an evaluation loss above (1 - 2%) x the chance loss is at chance
+ACCURACY_PROGRESS = 0.01  # progress: accuracy 1 point above its value at the last progress, ...
+LOSS_PROGRESS = 0.01  # ... or the loss 1% of the chance loss below it
+
+
+def chance_loss(num_classes: int) -> float:
+    """The cross-entropy of scoring every class alike, ln(C): what a classifier that learned nothing scores.
+    The best constant prediction scores the entropy of the labels, at most ln(C): with unbalanced classes
+    it lies below, and a stuck model there may not count as at chance (the rule then fails safe)."""
+    return math.log(num_classes)
+
+
+@dataclass(frozen=True)
+class StallRule:
+    """Whether a run has stalled, from its evaluation history alone (the same on every process: evaluations
+    are reduced over processes, so all stop at the same step with no communication of their own).
+
+    Stalled at an evaluation when it and the evaluations before it, back over at least `evaluations` (K) of
+    them spanning at least `min_steps` optimizer steps (one epoch: evaluations every few steps cannot stop a
+    run after a handful of steps), are each
+      - after warmup (step > warmup_steps: the LR is still rising before it, and a run may sit at chance
+        until it is large enough),
+      - at chance: loss None (non-finite) or >= (1 - CHANCE_TOLERANCE) x ln(C),
+      - after the last progress: an evaluation makes progress when its accuracy is more than
+        ACCURACY_PROGRESS above, or its loss more than LOSS_PROGRESS x ln(C) below, the values of the last
+        evaluation that made progress (the run's first evaluation is the first reference: evaluations come
+        after training steps, none scores the initial weights).
+
+    Conservative on purpose: a run stopped wrongly turns into a wrong finding (a configuration reported as
+    never reaching the target), a run not stopped only costs its budget. So a plateau above chance never
+    stalls a run (one often precedes an LR decay or a sudden drop); progress is measured from the last
+    evaluation that made progress, not the best one since (as Keras' EarlyStopping with min_delta), so a
+    run creeping up slowly accumulates progress rather than being judged per evaluation; and accuracy
+    counts as well as the loss, because a model whose scores are still small (loss near ln(C) early on)
+    can already rank the classes. `evaluations` 0 turns the rule off.
+    """
+
+    evaluations: int
+    chance_loss: float
+    warmup_steps: int
+    min_steps: int
+
+    def check(self, history: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The evidence (result.json's `stall`) when the run has stalled at its last evaluation, else None."""
+        if self.evaluations <= 0 or self.chance_loss <= 0 or not history:
+            return None
+        reference = self._last_progress(history)
+        window: list[dict[str, Any]] = []
+        for entry in reversed(history[reference + 1:]):
+            if entry["step"] <= self.warmup_steps or not self._at_chance(entry["loss"]):
+                break
+            window.insert(0, entry)
+        if len(window) < self.evaluations or window[-1]["step"] - window[0]["step"] < self.min_steps:
+            return None
+        best = history[reference]
+        return {"evaluations": len(window), "steps": [entry["step"] for entry in window],
+                "accuracies": [entry["accuracy"] for entry in window],
+                "losses": [entry["loss"] for entry in window],
+                "chance_loss": self.chance_loss, "tolerance": CHANCE_TOLERANCE, "min_steps": self.min_steps,
+                "last_progress": {"step": best["step"], "accuracy": best["accuracy"], "loss": best["loss"]},
+                "warmup_steps": self.warmup_steps}
+
+    def _at_chance(self, loss: float | None) -> bool:
+        return loss is None or loss >= (1 - CHANCE_TOLERANCE) * self.chance_loss
+
+    def _last_progress(self, history: list[dict[str, Any]]) -> int:
+        """The index of the last evaluation that made progress over the one before it that did."""
+        last = 0
+        for index in range(1, len(history)):
+            accuracy, loss = history[index]["accuracy"], history[index]["loss"]
+            ref_accuracy, ref_loss = history[last]["accuracy"], history[last]["loss"]
+            margin = LOSS_PROGRESS * self.chance_loss
+            better_loss = loss is not None and (ref_loss is None or loss < ref_loss - margin)
+            if accuracy > ref_accuracy + ACCURACY_PROGRESS or better_loss:
+                last = index
+        return last

@@ -3,7 +3,8 @@ or a budget. The loop owns the run record (scaling/record.py) and updates it as 
 
 Hot-loop rule: no `.item()` or other host sync per step. Per-step losses stay on the device and are read
 once per logging window (one all-reduce + one copy), which is also where divergence and the time budget
-are checked.
+are checked; whether the run has stalled (at the chance loss without progress) is decided from the
+evaluations, at evaluation boundaries only.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from scaling.record import RunRecord, TargetCrossing
 from scaling.task import Task
 from scaling.train.checkpoint import Checkpoint
 from scaling.train.clock import PhaseTimer, RunClock, ThroughputWindows, summarize_phases, synchronize
-from scaling.train.evaluation import evaluate, evaluate_against, steps_per_eval
+from scaling.train.evaluation import StallRule, chance_loss, evaluate, evaluate_against, steps_per_eval
 from scaling.train.state import Snapshot, TrainingState
 from scaling.train.step import StepRunner
 from scaling.train.target import TargetSearch
@@ -47,8 +48,8 @@ def total_steps(cfg: RunConfig, steps_per_epoch: int) -> int | None:
 
 
 class Trainer:
-    """The loop of one run. `run()` trains until the target, a budget or divergence; each helper does one
-    thing: a training step, a logging-window boundary, an evaluation. It implements the interface the
+    """The loop of one run. `run()` trains until the target, a budget, divergence or a stall; each helper does
+    one thing: a training step, a logging-window boundary, an evaluation. It implements the interface the
     exact-step search replays through (scaling/train/target.py, `Replay`)."""
 
     def __init__(self, record: RunRecord, sampler: GlobalBatchSampler, state: TrainingState, schedule: LRSchedule,
@@ -76,6 +77,9 @@ class Trainer:
                                 or plan.per_device_bs >= 2):
             self.noise = NoiseMonitor(accelerator, self.model, plan, cfg.noise_every, off_clock=self.off_the_clock,
                                       task=task)
+        num_classes = record.facts.model.num_classes
+        self.stall_rule = StallRule(cfg.stall_evals, chance_loss(num_classes) if num_classes >= 2 else 0.0,
+                                    schedule.warmup_steps, self.steps_per_epoch)
         self.target_search = TargetSearch(self, enabled=cfg.exact_target and cfg.target_accuracy is not None,
                                           max_steps=cfg.exact_target_max_steps)
         self.window_steps = cfg.log_every  # steps per logging window (window_length)
@@ -128,6 +132,8 @@ class Trainer:
                 if cfg.target_accuracy is not None and accuracy >= cfg.target_accuracy:
                     self.reach_target()
                     break
+                if self.check_stall():
+                    break
             if time_up:
                 break
             if stop:  # preemption: every process saw the request at this same step
@@ -137,7 +143,9 @@ class Trainer:
             if cfg.checkpoint_every and record.step - self._checkpointed_at >= cfg.checkpoint_every:
                 self.save_checkpoint()
         progress.close()
-        if record.status == "running":  # a budget ran out: the noise scale where training ended
+        # A budget ran out: the noise scale where training ended (not for a diverged or stalled run, whose
+        # weights are broken or stuck at chance: its gradients say nothing about the batch).
+        if record.status == "running":
             self.probe_noise("final")
         self.metrics.flush()
         return self.finish()
@@ -245,6 +253,15 @@ class Trainer:
         if diverged_at is not None:
             record.status, record.diverged_at_step = "diverged", diverged_at
         return diverged_at is not None
+
+    def check_stall(self) -> bool:
+        """At an evaluation boundary: whether the run has stalled (scaling/train/evaluation.py, StallRule). The
+        rule reads the evaluation history only, which every process holds alike: no extra sync."""
+        record = self.record
+        evidence = self.stall_rule.check(record.history)
+        if evidence is not None:
+            record.status, record.stalled_at_step, record.stall = "stalled", record.step, evidence
+        return evidence is not None
 
     def evaluate_now(self) -> float:
         clock = self.clock
