@@ -216,7 +216,7 @@ def _rule_outcome(rule: str, by_batch: dict[int, list[Run]]) -> tuple[str, dict[
         return f"{rule} never reached the target ({detail}).", numbers
     # A clean cut: fine up to some batch, never after it.
     reached_up_to = batches[len(batches) - len(missed) - 1]
-    verbs = {"diverged": "diverged", "failed": "failed", "oom": "ran out of memory"}
+    verbs = {"diverged": "diverged", "stalled": "stalled", "failed": "failed", "oom": "ran out of memory"}
     first = status[missed[0]]
     if len(set(status.values())) == 1 and first in verbs:
         what = f"{verbs[first]} from batch {missed[0]}"
@@ -251,8 +251,9 @@ def _rule_cell(runs: list[Run] | None) -> str:
     lr = fmt.lr(runs[0].lr_scaled) + " · " if runs[0].lr_scaled is not None else ""
     if not reached:
         point = Point(runs[0].global_bs or 0, runs)
-        diverged = [run.get("diverged_at_step") for run in runs if run.get("diverged_at_step") is not None]
-        where = f" (step {min(diverged)})" if point.outcome == "diverged" and diverged else ""
+        field = {"diverged": "diverged_at_step", "stalled": "stalled_at_step"}.get(point.outcome)
+        ended = [run.get(field) for run in runs if field and run.get(field) is not None]
+        where = f" (step {min(ended)})" if ended else ""
         return f"{lr}{point.outcome}{where}"
     steps = stat(run.steps_to_target for run in reached)
     time = stat(run.train_time for run in reached)
