@@ -293,6 +293,14 @@ def test_one_device_answer_per_count_the_fastest_row_of_its_table(tmp_path, seed
             result["batch"] = {**result["batch"], "global": batch, "per_device": batch // 4}
             result["train_time_to_target_s"] = result["steps_to_target"] * 0.05
             write_run(tmp_path / f"bs{batch}-s{run_seed}", result)
+    # Batch 1024 in the fewest steps, but one seed missed the target: it is predicted, never the answer.
+    for run_seed in range(3):
+        missed = run_seed == 2
+        result = emulating_result(status="not_reached" if missed else "reached", steps_to_target=None if missed else 10,
+                                  train_time_to_target_s=None if missed else 0.5)
+        result["config"] = {**result["config"], "global_bs": 1024, "seed": run_seed}
+        result["batch"] = {**result["batch"], "global": 1024, "per_device": 256}
+        write_run(tmp_path / f"bs1024-s{run_seed}", result)
     paths = write_report(tmp_path)
     document = json.loads(paths["findings.json"].read_text())
     answers = {f["numbers"]["devices_cap"]: f for f in document["findings"] if f["id"].startswith("fastest_with")}
@@ -301,7 +309,8 @@ def test_one_device_answer_per_count_the_fastest_row_of_its_table(tmp_path, seed
     analysis = device_analysis(Study.load(tmp_path, tmp_path / "again"))
     assert sorted(answers) == [1, 8, 64]
     for cap, finding in answers.items():
-        cells = [(row.times[n], row.configuration.label, n) for row in analysis.rows for n in row.times if n <= cap]
+        cells = [(row.times[n], row.configuration.label, n) for row in analysis.rows for n in row.times
+                 if n <= cap and row.configuration.all_reached]
         time, label, n = min(cells)
         numbers = finding["numbers"]
         assert (numbers["configuration"], numbers["devices"]) == (label, n)
@@ -311,3 +320,5 @@ def test_one_device_answer_per_count_the_fastest_row_of_its_table(tmp_path, seed
         assert finding["decided"] and finding["winner"] == label, finding["statement"]
         assert numbers["runner_up"]["verdict"] == "lower" and numbers["runner_up"]["ratio"] < 0.6
     assert not any(f["id"].startswith("predicted_fastest@") for f in document["findings"])
+    assert any(row.configuration.global_bs == 1024 for row in analysis.rows)  # in the table
+    assert all(f["numbers"]["global_batch"] != 1024 for f in answers.values())

@@ -94,8 +94,9 @@ def seeds_advice(comparison: Comparison, rules: Rules) -> str:
     n = min(comparison.n_a, comparison.n_b)
     text = ""
     if comparison.resolvable is not None:
-        text = (f"with {n} seeds the study resolves differences beyond ±{percent(comparison.resolvable)} "
-                f"(about 80% power); ")
+        beyond = (f"±{percent(comparison.resolvable)}" if comparison.resolvable < 1 else
+                  f"a factor of {1 + comparison.resolvable:.2g}")
+        text = f"with {n} seeds the study resolves differences beyond {beyond} (about 80% power); "
     if comparison.seeds_needed is None:
         return text + (f"more than {MAX_SEEDS} seeds per configuration would be needed to resolve the "
                        f"±{rules.threshold:.0%} threshold at this run-to-run spread")

@@ -170,8 +170,10 @@ class DeviceAnswer:
 
 def answer_within(analysis: DeviceAnalysis, cap: int, rules: stats.Rules) -> DeviceAnswer | None:
     """With up to `cap` devices: the configuration and device count predicted fastest, decided against every
-    other configuration (None when no configuration has a prediction on so few devices)."""
-    options = {id(row): (row, n) for row in analysis.rows if (n := best_count(row, cap)) is not None}
+    other configuration (None when no configuration has a prediction on so few devices). Only configurations
+    where every seed reached the target compete: one that missed it with some seed is never recommended."""
+    options = {id(row): (row, n) for row in analysis.rows
+               if row.configuration.all_reached and (n := best_count(row, cap)) is not None}
     if not options:
         return None
     samples = {key: row.run_times[n] for key, (row, n) in options.items()}
@@ -273,7 +275,7 @@ def _blocks(study: Study) -> list[Block]:
     notes = ["Predicted train time to target (s), geometric mean over the seeds that reached it (what the answers "
              "compare); run as: per-device × "
              "processes × accumulation of the measured run; — : the global batch does not split over that many "
-             "devices."]
+             "devices. Only configurations where every seed reached the target compete for the answers below."]
     if any(row.scaled for row in analysis.rows):
         notes.append(f"{SCALED_MARK}: the per-device batch is smaller than the measured one, so its compute is "
                      f"scaled per sample from it (optimistic on GPUs, whose efficiency drops at small batches).")
