@@ -6,6 +6,7 @@ spread of its estimated variance (scaling/stats.py uses it for what a study's se
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 
@@ -53,8 +54,10 @@ def t_cdf(t: float, df: float) -> float:
     return 1.0 - tail if t >= 0 else tail
 
 
+@functools.lru_cache(maxsize=4096)
 def t_quantile(p: float, df: float) -> float:
-    """The t with P(T <= t) = p (bisection on t_cdf, to 1e-10)."""
+    """The t with P(T <= t) = p (bisection on t_cdf, to 1e-10; cached: the power calculations ask for the same
+    few quantiles again and again)."""
     if not 0.0 < p < 1.0:
         raise ValueError(f"p must lie in (0, 1), got {p}")
     if p < 0.5:

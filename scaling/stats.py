@@ -215,10 +215,17 @@ def seeds_needed(variance: float, rules: Rules, confidence: float, current: int)
         # |estimate| < edge - half, the estimate N(0, 2/n)
         return lambda half: max(0.0, 2.0 * normal_cdf((edge - half) / (root / math.sqrt(n))) - 1.0)
 
-    for n in range(current + 1, MAX_SEEDS + 1):
-        if power_over_spread(n, confidence, within(n)) >= POWER:
-            return n
-    return None
+    def enough(n: int) -> bool:
+        return power_over_spread(n, confidence, within(n)) >= POWER
+
+    # The power grows with n (a narrower interval around a tighter estimate): bisect for the first n enough.
+    low, high = current, MAX_SEEDS
+    if not enough(high):
+        return None
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if enough(middle) else (middle, high)
+    return high
 
 
 def resolvable_difference(variance: float, seeds: int, rules: Rules, confidence: float) -> float:

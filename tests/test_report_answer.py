@@ -11,6 +11,8 @@ import pytest
 from test_report_decisions import LADDER, fabricate, findings
 
 from scaling.report import write_report
+from scaling.report.study import Study
+from scaling.report.writer import findings_document
 
 
 def answer_lines(md: str) -> list[str]:
@@ -60,8 +62,7 @@ def test_an_undecided_study_names_what_is_open_and_the_seeds_that_would_decide_i
     decided, and the answer says which seeds would resolve the threshold rather than pick a winner."""
     configs = {(batch, "sqrt"): {"time": 2.0, "steps": 100, "rate": 50_000} for batch in (256, 512, 1024)}
     fabricate(tmp_path, configs, seeds=3, noise=0.15, rng=random.Random(4))
-    paths = write_report(tmp_path)
-    recommendation = json.loads(paths["findings.json"].read_text())["recommendation"]
+    recommendation = findings_document(Study.load(tmp_path, tmp_path))["recommendation"]
     assert not any(entry["decided"] for entry in recommendation["devices"])
     assert recommendation["undecided"] and recommendation["lines"][-1].startswith("Not decided:")
     assert "seeds per configuration" in recommendation["next_run"]  # an edge reached by noise: seeds

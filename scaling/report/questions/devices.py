@@ -78,6 +78,7 @@ class DeviceAnalysis:
     rows: list[DeviceRow]
     counts: list[int]
     skipped: list[str]  # why a configuration that reached the target has no row
+    answers: dict = field(default_factory=dict, repr=False)  # (cap, rules) -> answer_within's answer, once
 
 
 def device_analysis(study: Study, link: Interconnect | None = None) -> DeviceAnalysis:
@@ -172,13 +173,13 @@ def answer_within(analysis: DeviceAnalysis, cap: int, rules: stats.Rules) -> Dev
     """With up to `cap` devices: the configuration and device count predicted fastest, decided against every
     other configuration (None when no configuration has a prediction on so few devices). Only configurations
     where every seed reached the target compete: one that missed it with some seed is never recommended."""
-    options = {id(row): (row, n) for row in analysis.rows
-               if row.configuration.all_reached and (n := best_count(row, cap)) is not None}
-    if not options:
-        return None
-    samples = {key: row.run_times[n] for key, (row, n) in options.items()}
-    decision = stats.best_of(samples, rules)
-    return DeviceAnswer(cap, options, decision) if decision is not None else None
+    key = (cap, rules.threshold, rules.confidence)
+    if key not in analysis.answers:
+        options = {id(row): (row, n) for row in analysis.rows
+                   if row.configuration.all_reached and (n := best_count(row, cap)) is not None}
+        decision = stats.best_of({k: row.run_times[n] for k, (row, n) in options.items()}, rules) if options else None
+        analysis.answers[key] = DeviceAnswer(cap, options, decision) if decision is not None else None
+    return analysis.answers[key]
 
 
 # --- findings, section and plot -----------------------------------------------------------------------------
