@@ -47,9 +47,8 @@ def test_the_answer_opens_the_report_and_matches_findings_json(tmp_path):
 def test_a_decided_middle_batch_is_recommended_without_extending_the_grid(tmp_path, seed):
     configs = {**LADDER, (1024, "sqrt"): {"time": 1.0, "steps": 60, "rate": 60_000}}  # twice as fast as any
     fabricate(tmp_path, configs, seeds=3, noise=0.02, rng=random.Random(seed))
-    paths = write_report(tmp_path)
-    recommendation = json.loads(paths["findings.json"].read_text())["recommendation"]
-    lines = answer_lines(paths["report.md"].read_text())
+    recommendation = findings_document(Study.load(tmp_path, tmp_path))["recommendation"]
+    lines = recommendation["lines"]
     assert lines[0].startswith("Fastest to 90% accuracy: global batch 1024 with the sqrt LR rule")
     one = next(entry for entry in recommendation["devices"] if entry["devices_cap"] == 1)
     assert one["global_batch"] == 1024 and one["decided"], lines

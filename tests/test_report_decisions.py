@@ -66,7 +66,10 @@ def fabricate(root: Path, configs: dict[tuple, dict], seeds: int, noise: float, 
 
 def quick_findings(root: Path) -> dict[str, dict]:
     """findings.json's findings by id, without drawing the plots (the same objects the writer records)."""
-    return {f["id"]: f for f in findings_document(Study.load(root, root))["findings"]}
+    document = findings_document(Study.load(root, root))
+    ids = [f["id"] for f in document["findings"]]
+    assert len(ids) == len(set(ids)), "finding ids must be unique"
+    return {f["id"]: f for f in document["findings"]}
 
 
 def findings(paths: dict) -> dict[str, dict]:
@@ -92,7 +95,7 @@ LADDER = {
 
 def test_a_real_difference_is_decided_with_the_right_winner(tmp_path):
     fabricate(tmp_path, LADDER, seeds=4, noise=0.02, rng=random.Random(1))
-    found = findings(write_report(tmp_path))
+    found = quick_findings(tmp_path)
     for batch in (1024, 2048):
         rule = found[f"lr_rule@{batch}"]
         assert rule["decided"] and rule["winner"] == "sqrt", rule["statement"]
@@ -194,7 +197,7 @@ def test_predicted_fastest_batch_never_recommends_a_batch_that_failed(tmp_path):
 
     fabricate_study(tmp_path, rules=("linear",), batches=[64, 128, 256, 512, 1024, 2048],
                     reached=lambda _, batch: batch < 1024)
-    found = findings(write_report(tmp_path))
+    found = quick_findings(tmp_path)
     (fit,) = noise_of(Study.load(tmp_path, tmp_path)).fits
     assert {c.devices for c in fit.fastest} == {1, 8, 64}
     for c in fit.fastest:
@@ -211,7 +214,7 @@ def test_step_claims_within_the_step_resolution_are_not_decided(tmp_path):
                (1024, "sqrt"): {"time": 0.8, "steps": 12, "rate": 60_000, "eval_every": 2},
                (2048, "sqrt"): {"time": 0.7, "steps": 10, "rate": 65_000, "eval_every": 2}}
     fabricate(tmp_path, configs, seeds=2, noise=0.0, rng=random.Random(5))
-    found = findings(write_report(tmp_path))
+    found = quick_findings(tmp_path)
     useful = found["largest_useful_batch"]
     assert not useful["decided"], useful["statement"]
     last = useful["numbers"]["doublings"][-1]
@@ -233,7 +236,7 @@ def test_super_linear_steps_are_flagged_not_called_perfect(tmp_path, every, caus
     configs = {(32, "sqrt"): {"time": 3.0, "steps": 100, "rate": 5_000, "eval_every": every},
                (64, "sqrt"): {"time": 1.0, "steps": 31, "rate": 10_000, "eval_every": every}}  # r = 0.31
     fabricate(tmp_path, configs, seeds=2, noise=0.0, rng=random.Random(6))
-    found = findings(write_report(tmp_path))
+    found = quick_findings(tmp_path)
     perfect = found["perfect_scaling"]
     assert perfect["numbers"]["doublings"][0]["super_linear"]
     assert not perfect["decided"] and cause in perfect["statement"], perfect["statement"]
@@ -277,7 +280,7 @@ def test_a_single_repetition_with_one_seed_used_to_flip(tmp_path):
                                   windows_jitter=0.001, extras=False)
         (tmp_path / f"bs{batch}").mkdir()
         (tmp_path / f"bs{batch}" / "result.json").write_text(json.dumps(result))
-    found = findings(write_report(tmp_path))
+    found = quick_findings(tmp_path)
     power = found["powers_of_two@128"]
     assert not power["decided"] and power["n_seeds"] == 1
 
@@ -299,7 +302,7 @@ def test_findings_json_matches_the_report(tmp_path):
 def test_threshold_and_confidence_are_settable_and_checked(tmp_path, capsys):
     fabricate(tmp_path, LADDER, seeds=3, noise=0.02, rng=random.Random(9))
     # sqrt is 20% faster at 1024: decided at a 5% threshold, not at a 30% one.
-    assert findings(write_report(tmp_path))["lr_rule@1024"]["decided"]
+    assert quick_findings(tmp_path)["lr_rule@1024"]["decided"]
     assert report_main([str(tmp_path), "--threshold", "0.3"]) == 0
     loose = json.loads((tmp_path / "findings.json").read_text())
     assert loose["rules"]["threshold"] == 0.3
@@ -435,7 +438,7 @@ def test_an_a_a_study_says_what_it_could_resolve_not_that_more_seeds_would_resol
         truth = {"time": 2.0, "steps": 200, "rate": 50_000}
         fabricate(root, {(512, "sqrt"): truth, (512, "linear"): truth}, seeds=3, noise=0.15,
                   rng=random.Random(100 + trial))
-        rule = findings(write_report(root))["lr_rule@512"]
+        rule = quick_findings(root)["lr_rule@512"]
         assert not rule["decided"], rule["statement"]
         assert "would likely resolve" not in rule["statement"]
         (against,) = rule["numbers"]["against"].values()

@@ -14,7 +14,10 @@ from test_report import fabricate_result, throughput_at
 from scaling.report import formatting, write_report
 from scaling.report.questions import critical_batch
 from scaling.report.questions.critical_batch_fits import powers_of_two
+from scaling.report.render import Table
+from scaling.report.sections import configurations_table
 from scaling.report.study import Study
+from scaling.report.writer import findings_document
 
 BATCHES = [32, 64, 128, 256, 512, 1024, 2048]
 # Per LR rule: S_min, B_noise and the B_simple measured at the target. linear: B_simple close to B_crit;
@@ -258,9 +261,8 @@ def test_a_diverged_run_does_not_set_the_noise_plots_axes(tmp_path):
         point["b_simple"] = value
     write_run(tmp_path, "bs512-linear-s0", {"global_bs": 512, "lr_scaling": "linear", "seed": 0}, "diverged", None,
               record)
-    paths = write_report(tmp_path)
-    assert "noise_scale_over_training" in paths
     study = Study.load(tmp_path, tmp_path)
+    assert critical_batch.plot_noise_over_training(study).is_file()
     runs = critical_batch.noise_runs(study)
     assert any(run.status == "diverged" for run in runs)  # still drawn
     low, high = critical_batch.noise_limits(study, runs)
@@ -279,12 +281,12 @@ def test_steps_known_to_an_interval_widen_the_critical_batch_interval(tmp_path):
         path.write_text(json.dumps(result))
     found = {}
     for name, root in (("exact", exact), ("coarse", coarse)):
-        paths = write_report(root)
-        document = json.loads(paths["findings.json"].read_text())
+        study = Study.load(root, root)
+        document = findings_document(study)
         found[name] = next(f for f in document["findings"] if f["id"] == "critical_batch")
-        if name == "coarse":
-            md = paths["report.md"].read_text()
-            assert re.search(r"\| \d{1,3}(,\d{3})*–\d{1,3}(,\d{3})* \|", md)  # a steps range in the table
+        table = next(block for block in configurations_table(study) if isinstance(block, Table))
+        ranges = [row for row in table.rows if "–" in row[table.header.index("steps to target")]]
+        assert {row[0].split("/")[-1].split("-")[0] for row in ranges} == ({"bs32"} if name == "coarse" else set())
     assert found["exact"]["numbers"]["steps_known_to_intervals"] == []
     assert found["coarse"]["numbers"]["steps_known_to_intervals"] == [32]
     (lo_exact, hi_exact), (lo_coarse, hi_coarse) = (found[k]["numbers"]["b_crit_interval"] for k in ("exact", "coarse"))
