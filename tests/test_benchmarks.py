@@ -61,6 +61,7 @@ def test_overhead_benchmark_saves_the_ratios_it_prints_and_pools_passes(tmp_path
     assert ("map", "32", "6") in lines  # the in-process pairs, 3 per pass
 
 
+@pytest.mark.slow  # seconds of real subprocesses or repeated studies: the full suite runs it
 def test_overhead_benchmark_pool_refuses_a_file_it_did_not_save(tmp_path):
     other = tmp_path / "other.json"
     other.write_text('{"whole_runs": [{"path": "memory"}]}')

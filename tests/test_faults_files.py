@@ -223,6 +223,7 @@ def test_a_study_folder_that_a_script_cannot_carry_is_refused(tmp_path):
     assert not list(tmp_path.rglob("*.sbatch")) and not (tmp_path / "PWNED").exists()
 
 
+@pytest.mark.slow  # seconds of real subprocesses or repeated studies: the full suite runs it
 def test_slurm_scripts_quote_every_word_and_never_eval(tmp_path):
     """Run the written scripts with bash, with stand-ins for srun, torchrun, scontrol and python that record
     their arguments: the commands arrive word for word, and nothing else runs."""

@@ -250,6 +250,7 @@ def _decided_winners(root: Path) -> dict[str, str]:
     return {f["id"]: f["winner"] for f in document["findings"] if f["decided"]}
 
 
+@pytest.mark.slow  # seconds of real subprocesses or repeated studies: the full suite runs it
 def test_repeating_a_study_never_contradicts_a_decided_finding(tmp_path):
     """A/A: the same study, its seeds drawn again 12 times with 3% run-to-run noise. Truly equal alternatives
     (sqrt 1024 vs 2048, linear vs sqrt at 512, 127/128/129) must never be decided one way in one repetition
