@@ -164,10 +164,10 @@ def _seeds_needed(comparisons: list[stats.Comparison | None]) -> int | None:
 
 def _next_run(study: Study, choice: Configuration | None, seeds: int | None) -> str | None:
     """The one run that would decide most: the batch beyond the grid's edge when the recommended batch sits
-    on it and its series' time decidedly falls towards it (the LR rules' reference batch when that lies
-    beyond and was not run), else more seeds. An edge reached by noise alone asks for seeds, not batches."""
-    trend = next((t for t in faster.trends_of(study) if choice is not None and t.series == choice.series), None)
-    towards_edge = trend is not None and trend.decided and trend.low.batch == choice.global_bs
+    on it and time along some series decidedly falls towards that batch (the LR rules' reference batch when
+    that lies beyond and was not run), else more seeds. An edge reached by noise alone asks for seeds."""
+    towards_edge = choice is not None and any(t.decided and t.low.batch == choice.global_bs
+                                              for t in faster.trends_of(study))
     if towards_edge and choice.global_bs:
         run = sorted({c.global_bs for c in study.ladder if c.series == choice.series and c.global_bs})
         reference = (choice.runs[0].get("lr") or {}).get("base_bs") if choice.runs else None

@@ -95,7 +95,7 @@ def seeds_advice(comparison: Comparison, rules: Rules) -> str:
     text = ""
     if comparison.resolvable is not None:
         beyond = (f"±{percent(comparison.resolvable)}" if comparison.resolvable < 1 else
-                  f"a factor of {1 + comparison.resolvable:.2g}")
+                  f"a factor of {sig(1 + comparison.resolvable, 2)}")
         text = f"with {n} seeds the study resolves differences beyond {beyond} (about 80% power); "
     if comparison.seeds_needed is None:
         return text + (f"more than {MAX_SEEDS} seeds per configuration would be needed to resolve the "
