@@ -66,3 +66,14 @@ def test_an_undecided_study_names_what_is_open_and_the_seeds_that_would_decide_i
     assert recommendation["undecided"] and recommendation["lines"][-1].startswith("Not decided:")
     assert "seeds per configuration" in recommendation["next_run"]  # an edge reached by noise: seeds
     assert len(recommendation["lines"]) <= 5
+
+
+def test_a_best_batch_at_the_small_edge_asks_for_the_lr_rules_reference_batch(tmp_path):
+    """As in the default study: time decidedly rises from the smallest batch run (512), and the LR rules'
+    reference batch (base_bs 256) lies below the grid and was not run: that is the run to make next."""
+    configs = {(batch, rule): {"time": 1.0 * batch / 512, "steps": 100, "rate": 50_000}
+               for batch in (512, 1024, 2048) for rule in ("sqrt", "linear")}
+    fabricate(tmp_path, configs, seeds=3, noise=0.02, rng=random.Random(5))
+    recommendation = findings_document(Study.load(tmp_path, tmp_path))["recommendation"]
+    assert recommendation["devices"][0]["global_batch"] == 512
+    assert recommendation["next_run"].startswith("global batch 256 "), recommendation
