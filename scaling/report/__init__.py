@@ -32,7 +32,8 @@ Layout, each layer importing only from those before it (no import cycle):
         seeds.py           seed-to-seed variation, MLPerf-style score
         failures.py        runs that did not reach the target or have not finished
     findings.py        FINDINGS, the Conclusions' order of every question's findings; study-wide notes
-    sections.py        SECTIONS, the report's order: title, Conclusions, the run table, each question's section
+    answer.py          the answer at the top (at most five lines) and findings.json's recommendation
+    sections.py        SECTIONS, the report's order: title, Answer, Conclusions, the run table, each question's section
     writer.py          write_report (report.md, report.html, findings.json)
     command.py         the `scaling report` command (also `python -m scaling.report`, __main__.py)
 """

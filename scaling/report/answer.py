@@ -14,8 +14,9 @@ from typing import Any
 
 from scaling import stats
 from scaling.report import formatting as fmt
+from scaling.report.finding import hardest
 from scaling.report.questions import faster, largest, lr_rules
-from scaling.report.questions.devices import DeviceAnswer, answer_within, caps_of, device_analysis
+from scaling.report.questions.devices import answer_within, caps_of, device_analysis
 from scaling.report.runs import Configuration
 from scaling.report.study import Study, per_study
 
@@ -63,9 +64,10 @@ def _decided_text(study: Study, decided: bool) -> str:
     return f"decided at {fmt.confidence(study.rules.confidence)} confidence" if decided else "not decided"
 
 
-def _device_line(study: Study, out: Recommendation) -> tuple[Configuration | None, int | None]:
+def _device_line(study: Study, out: Recommendation) -> tuple[Configuration | None, stats.Comparison | None]:
     """The fastest configuration per device count (the device-count answers), or, without predictions, the
-    fastest as run. Returns the configuration recommended on the fewest devices and the seeds it would need."""
+    fastest as run. Returns the configuration recommended on the fewest devices and the open comparison that needs the most
+    seeds (finding.hardest)."""
     analysis = device_analysis(study)
     answers = [(cap, a) for cap in caps_of(analysis) if (a := answer_within(analysis, cap, study.rules))]
     if not answers:
@@ -97,15 +99,11 @@ def _device_line(study: Study, out: Recommendation) -> tuple[Configuration | Non
     if open_:
         out.undecided.append("the fastest configuration with up to " +
                              fmt.batch_list([fmt.devices(cap) for cap, _ in open_]))
-    return answers[0][1].row.configuration, _seeds_needed([_hardest(a) for _, a in open_])
+    ties = [a.decision.comparisons[k] for _, a in open_ for k in a.decision.ties]
+    return answers[0][1].row.configuration, hardest(ties)
 
 
-def _hardest(answer: DeviceAnswer) -> stats.Comparison | None:
-    ties = [answer.decision.comparisons[k] for k in answer.decision.ties]
-    return max(ties, key=lambda c: c.seeds_needed or 0, default=None)
-
-
-def _as_run_line(study: Study, out: Recommendation) -> tuple[Configuration | None, int | None]:
+def _as_run_line(study: Study, out: Recommendation) -> tuple[Configuration | None, stats.Comparison | None]:
     ranking = faster.ranking_of(study)
     if ranking is None:
         out.lines.append(f"No configuration reached {study.target_text()} with every seed: nothing to recommend.")
@@ -118,7 +116,7 @@ def _as_run_line(study: Study, out: Recommendation) -> tuple[Configuration | Non
     if ranking.decided:
         return ranking.best, None
     out.undecided.append("the fastest configuration")
-    return ranking.best, _seeds_needed([ranking.comparison(c) for c in ranking.ties])
+    return ranking.best, hardest([ranking.comparison(c) for c in ranking.ties])
 
 
 def _lr_rule_line(study: Study, out: Recommendation) -> None:
@@ -157,12 +155,7 @@ def _largest_line(study: Study, out: Recommendation, choice: Configuration | Non
         out.undecided.append("the largest useful batch")
 
 
-def _seeds_needed(comparisons: list[stats.Comparison | None]) -> int | None:
-    needed = [c.seeds_needed for c in comparisons if c is not None and c.seeds_needed]
-    return max(needed, default=None)
-
-
-def _next_run(study: Study, choice: Configuration | None, seeds: int | None) -> str | None:
+def _next_run(study: Study, choice: Configuration | None, seeds: stats.Comparison | None) -> str | None:
     """The one run that would decide most: the batch beyond the grid's edge when the recommended batch sits
     on it and time along some series decidedly falls towards that batch (the LR rules' reference batch when
     that lies beyond and was not run), else more seeds. An edge reached by noise alone asks for seeds."""
@@ -176,8 +169,11 @@ def _next_run(study: Study, choice: Configuration | None, seeds: int | None) -> 
             return f"global batch {below} (the recommended batch is the smallest run)"
         if len(run) > 1 and choice.global_bs == run[-1]:
             return f"global batch {choice.global_bs * 2} (the recommended batch is the largest run)"
-    if seeds is not None:
-        return f"about {seeds} seeds per configuration (now {study.max_seeds})"
+    if seeds is not None and seeds.verdict == stats.UNDECIDED and seeds.n_a >= 2 and seeds.n_b >= 2:
+        if seeds.seeds_needed is None:
+            return (f"none within reach: more than {stats.MAX_SEEDS} seeds per configuration at this run-to-run "
+                    f"spread")
+        return f"about {seeds.seeds_needed} seeds per configuration (now {study.max_seeds})"
     if study.one_seed:
         return "3 or more seeds per configuration (now 1)"
     return None

@@ -36,34 +36,42 @@ FINDINGS: list[FindingFunction] = [
 ]
 
 
-def all_findings(study: Study) -> list[Finding]:
-    """Every finding, in the Conclusions' order (findings.json holds them all). Ids are unique: a second
-    finding under one id (two groups of settings asking the same question) gets `#2`, and so on."""
-    out = [finding for function in FINDINGS for finding in function(study)]
+def findings_by_question(study: Study) -> dict[str, list[Finding]]:
+    """Every finding under the question it answers (its module's QUESTION), in FINDINGS' order, computed once
+    per Study. Ids are unique: a second finding under one id (two groups of settings asking the same question)
+    gets `#2`, and so on."""
+    return study.cached(__name__, lambda: _by_question(study))
+
+
+def _by_question(study: Study) -> dict[str, list[Finding]]:
+    groups: dict[str, list[Finding]] = {}
     seen: Counter[str] = Counter()
-    for finding in out:
-        seen[finding.id] += 1
-        if seen[finding.id] > 1:
-            finding.id = f"{finding.id}#{seen[finding.id]}"
-    return out
+    for function in FINDINGS:
+        question = getattr(sys.modules[function.__module__], "QUESTION", "Other findings")
+        for finding in function(study):
+            seen[finding.id] += 1
+            if seen[finding.id] > 1:
+                finding.id = f"{finding.id}#{seen[finding.id]}"
+            groups.setdefault(question, []).append(finding)
+    return groups
+
+
+def all_findings(study: Study) -> list[Finding]:
+    """Every finding, in the Conclusions' order (findings.json holds them all)."""
+    return [finding for found in findings_by_question(study).values() for finding in found]
 
 
 def conclusions(study: Study) -> list[str]:
     """The Conclusions' sentences: every finding but the per-batch details their summaries stand for."""
-    return [finding.statement for finding in all_findings(study) if not finding.detail]
+    return [sentence for sentences in conclusions_by_question(study).values() for sentence in sentences]
 
 
 def conclusions_by_question(study: Study) -> dict[str, list[str]]:
-    """The Conclusions' sentences under the question each answers (its module's QUESTION), in FINDINGS'
-    order of first appearance."""
-    groups: dict[str, list[str]] = {}
-    for function in FINDINGS:
-        module = sys.modules[function.__module__]
-        question = getattr(module, "QUESTION", "Other findings")
-        sentences = [finding.statement for finding in function(study) if not finding.detail]
-        if sentences:
-            groups.setdefault(question, []).extend(sentences)
-    return groups
+    """The Conclusions' sentences under their questions: every finding but the per-batch details their
+    summaries stand for."""
+    groups = {question: [f.statement for f in found if not f.detail]
+              for question, found in findings_by_question(study).items()}
+    return {question: sentences for question, sentences in groups.items() if sentences}
 
 
 def notes(study: Study) -> list[str]:

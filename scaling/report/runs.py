@@ -193,6 +193,12 @@ class Configuration:
         return len(self.reached) == len(self.runs)
 
 
+def seed_order(run: Run) -> tuple:
+    """Runs by seed as a number (seed 10 after seed 2), runs without a seed last."""
+    seed = run.seed
+    return (seed is None, not isinstance(seed, int), seed if isinstance(seed, int) else 0, str(seed))
+
+
 def read_study_file(study_dir: Path) -> dict[str, Any]:
     """`study.json` when present and valid, else an empty mapping (the report also reads bare folders)."""
     path = study_dir / "study.json"

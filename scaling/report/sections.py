@@ -28,7 +28,7 @@ from scaling.report.questions import (
     seeds,
 )
 from scaling.report.render import Block, Bullets, Heading, Note, Paragraph, Table
-from scaling.report.runs import UNREADABLE, Run
+from scaling.report.runs import UNREADABLE, Run, seed_order
 from scaling.report.study import Study
 
 Section = Callable[[Study], list[Block]]
@@ -136,7 +136,7 @@ def _samples_cell(run: Run) -> str:
 
 
 def _by_seed(runs: list[Run]) -> list[Run]:
-    return sorted(runs, key=lambda run: (run.seed is None, str(run.seed)))
+    return sorted(runs, key=seed_order)
 
 
 def _note(run: Run, mark: str | None) -> str:

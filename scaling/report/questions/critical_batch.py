@@ -28,7 +28,7 @@ from scaling.report.questions.critical_batch_fits import (
     b_simple_series,
 )
 from scaling.report.render import Block, Heading, Note, Paragraph, Table, figure_or_note
-from scaling.report.runs import Run
+from scaling.report.runs import Run, seed_order
 from scaling.report.study import Study, per_study
 
 QUESTION = "What is the critical batch size? (gradient noise scale)"
@@ -321,8 +321,7 @@ def noise_runs(study: Study) -> list[Run]:
     for configuration in study.configurations:
         # A run that trained normally first (a diverged one stands for its batch only when no other did), then
         # by seed as a number (seed 10 after seed 2).
-        for run in sorted(configuration.runs, key=lambda r: (failed(r), not isinstance(r.seed, int),
-                                                              r.seed if isinstance(r.seed, int) else 0, str(r.seed))):
+        for run in sorted(configuration.runs, key=lambda r: (failed(r), seed_order(r))):
             if run.global_bs and b_simple_series(run):
                 chosen.setdefault((run.global_bs, configuration.series), run)
     keys = sorted(chosen)
