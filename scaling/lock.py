@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from scaling.config import ConfigError
+from scaling.files import refuse_link
 
 RUN_LOCK = ".run.lock"
 
@@ -27,7 +28,9 @@ class _FolderLock:
 
     def _try_acquire(self) -> str | None:
         """None when acquired; else who holds it."""
-        handle = open(self.path, "a+")  # held open for the lock's lifetime
+        refuse_link(self.path)  # opening a planted link would truncate the file it points at
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        handle = os.fdopen(fd, "r+")  # held open for the lock's lifetime
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from scaling.config import ConfigError, RunConfig
-from scaling.lock import RunLock
+from scaling.files import refuse_link
+from scaling.lock import RUN_LOCK, RunLock
 from scaling.results import FINAL_STATUSES, read_result_checked
 
 LATEST = "latest"  # runs/latest links to the newest run folder that a run without --output-dir made
@@ -95,6 +96,8 @@ def prepare_output_dir(cfg: RunConfig, resume: bool) -> tuple[RunConfig, RunLock
         cfg = dataclasses.replace(cfg, output_dir=str(out))
     out = Path(cfg.output_dir)
     make_writable_folder(out)
+    for name in (RUN_LOCK, *RUN_FILES):  # nothing the run writes goes through a link planted in its folder
+        refuse_link(out / name)
     lock = RunLock(out).acquire()
     try:
         folder = inspect_run_folder(out)

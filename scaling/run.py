@@ -36,7 +36,6 @@ if __package__ in (None, ""):
     signal.signal(signal.SIGINT, _interrupted)
 
 import dataclasses
-import os
 import time
 
 import torch
@@ -46,7 +45,7 @@ from scaling import distributed
 from scaling.build import Built, build, start_processes
 from scaling.ceilings import bottleneck, measure_ceilings, verdict
 from scaling.config import ConfigError, RunConfig, parse_args
-from scaling.files import OutputError, write_json_atomic
+from scaling.files import OutputError, atomic_file, write_json_atomic
 from scaling.hardware import compute_efficiency, count_flops_per_sample, peak_memory, reset_peak_memory
 from scaling.lock import RunLock
 from scaling.memory import OutOfMemory, check_fits, is_out_of_memory, oom_suggestion
@@ -135,6 +134,7 @@ def train(built: Built) -> RunRecord:
             check_fits(cfg, plan, model, trainer.source.dataset, accelerator.device, built.task)
         ceilings = measure_ceilings(cfg, trainer.source, trainer.state, built.task, built.say) if cfg.probe else None
         trainer.run()
+        trainer.metrics.check()  # the result goes where the record is, or the run fails (FolderGone)
     except Exception as err:
         write_failure(built, err)
         if is_out_of_memory(err):
@@ -169,7 +169,9 @@ def write_failure(built: Built, err: BaseException) -> None:
         status = "oom" if is_out_of_memory(err) else "failed"
         suggestion = oom_suggestion(built.plan) if status == "oom" else None
         try:
-            write_json_atomic(built.output_dir / "result.json", built.record.failure_result(err, status, suggestion))
+            # into the folder the run opened, wherever it is now (never into a folder that replaced it)
+            write_json_atomic(built.output_dir / "result.json", built.record.failure_result(err, status, suggestion),
+                              dir_fd=built.trainer.metrics.folder_fd)
         except OutputError:  # the disk that failed the run may refuse this too: the first error is reported
             pass
 
@@ -184,11 +186,10 @@ def write_result(built: Built, record: RunRecord) -> Result:
 
 
 def _save_weights(model: torch.nn.Module, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as err:  # torch reports a failed write as RuntimeError
+        with atomic_file(path) as handle:
+            torch.save(model.state_dict(), handle)
+    except RuntimeError as err:  # torch reports a failed write as RuntimeError
         raise OutputError(f"cannot write {path}: {err}") from None
 
 

@@ -352,25 +352,31 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_loading_data(
     assert proc.stdout == ""
 
 
+def small_files():  # a 20 kB file-size limit on the child: writes past it fail with EFBIG, as a full disk fails
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+
 @pytest.mark.slow
-def test_a_full_disk_mid_run_ends_failed_with_the_reason_in_one_line(tmp_path):
+def test_a_write_that_fails_mid_run_ends_failed_with_the_reason_in_one_line(tmp_path):
+    # Logged every step, metrics.jsonl grows about 200 bytes a step: past 20 kB near step 100, while the
+    # failed result.json fits.
+    # (A link to /dev/full in its place, the old way to fill a disk, is now refused before the run starts.)
+    assert_ok(run_entry([*QUICK, "--output-dir", str(tmp_path / "warm")]))  # the dataset cache exists
     out = tmp_path / "run"
-    out.mkdir()
-    (out / "metrics.jsonl").symlink_to("/dev/full")  # every write: No space left on device
-    proc = run_entry([*QUICK, "--max-steps", "40", "--output-dir", str(out)], timeout=120)
-    assert_one_line_error(proc, f"cannot write {out / 'metrics.jsonl'}: No space left on device")
+    proc = subprocess.run([sys.executable, str(RUN_PY), *QUICK, "--max-steps", "300", "--log-every", "1",
+                           "--log-min-s", "0", "--output-dir", str(out)],
+                          cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120,
+                          preexec_fn=small_files)
+    assert_one_line_error(proc, f"cannot write {out / 'metrics.jsonl'}: File too large")
     result = read_result(out / "result.json")
-    assert result["status"] == "failed" and "No space left on device" in result["error"]
+    assert result["status"] == "failed" and "File too large" in result["error"]
+    assert 50 < len(read_metrics(out / "metrics.jsonl")) < 300  # what was written before the failure is kept
 
 
 @pytest.mark.slow
 def test_a_checkpoint_that_cannot_be_written_ends_failed_and_keeps_what_was_written(tmp_path):
     assert_ok(run_entry([*QUICK, "--output-dir", str(tmp_path / "warm")]))  # the dataset cache exists
-
-    def small_files():  # a 20 kB file-size limit: checkpoints (about 80 kB) cannot be written
-        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
-
-    out = tmp_path / "run"
+    out = tmp_path / "run"  # checkpoints (about 80 kB) cannot be written under small_files' limit
     proc = subprocess.run([sys.executable, str(RUN_PY), *QUICK, "--max-steps", "40", "--checkpoint-every", "10",
                            "--output-dir", str(out)], cwd=REPO, env=child_env(), capture_output=True, text=True,
                           timeout=120, preexec_fn=small_files)

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from scaling.errors import ConfigError
-from scaling.files import write_json_atomic
+from scaling.files import open_for_writing, refuse_link, write_json_atomic, write_text_atomic
 from scaling.lock import wait_for_run_lock
 from scaling.output import inspect_run_folder
 from scaling.parent import DIE_WITH_PARENT_ENV, die_with_parent, die_with_parent_available
@@ -106,11 +106,13 @@ def run_config(study_config: StudyConfig, signals: SweepSignals | None = None, s
     launcher = study_config.launcher
     out = Path(study_config.config.output_dir)
     config_path = out / "config.yaml"
+    refuse_link(out.parent)  # runs/ and runs/<configuration> planted as links would lead the run elsewhere
+    refuse_link(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        config_path.write_text(yaml.safe_dump(study_config.config.to_dict(), sort_keys=False))
     except OSError as err:
         raise ConfigError(f"cannot write {config_path}: {err.strerror or err}") from None
+    write_text_atomic(config_path, yaml.safe_dump(study_config.config.to_dict(), sort_keys=False))
     holder = wait_for_run_lock(out, launcher.grace_s)  # a run of a killed sweep may still be checkpointing
     if holder is not None:
         return {"status": "failed", "returncode": None, "wall_s": 0.0, "resumed": False,
@@ -147,9 +149,10 @@ def _launch(study_config: StudyConfig, config_path: Path, mode: str, signals: Sw
     try:
         for node, command in enumerate(launch_commands(study_config, config_path, mode)):
             suffix = f".node{node}" if node else ""
-            stdout = open(out / f"stdout{suffix}.log", "w")  # closed below
-            stderr = open(out / f"stderr{suffix}.log", "w")
-            logs += [stdout, stderr]
+            stdout = open_for_writing(out / f"stdout{suffix}.log")  # closed below
+            logs.append(stdout)
+            stderr = open_for_writing(out / f"stderr{suffix}.log")
+            logs.append(stderr)
             # Its own session: a terminal's Ctrl-C reaches the sweep alone, which forwards it (SweepSignals);
             # and the launcher dies with the sweep (SIGTERM, so the run checkpoints), even by SIGKILL.
             processes.append(subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env, cwd=os.getcwd(),
@@ -177,9 +180,14 @@ def _launch(study_config: StudyConfig, config_path: Path, mode: str, signals: Sw
         entry["status"] = result["status"]
     elif signals.signum:
         entry["status"] = "interrupted"  # stopped before it could write an outcome; rerun continues it
-    else:
+    else:  # a run that ends without its result failed, whatever its exit status says (os._exit(0), say)
         entry["status"] = "failed"
-        entry["error_tail"] = _tail(out / "stderr.log")
+        tail = _tail(out / "stderr.log")
+        if entry["returncode"] == 0 or not tail:
+            missing = "its result.json still says running" if result is not None else "no result.json"
+            tail = (f"the run ended with exit status {entry['returncode']} without writing its result "
+                    f"({missing})\n{tail}").strip()
+        entry["error_tail"] = tail
     return entry
 
 

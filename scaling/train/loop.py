@@ -346,6 +346,7 @@ class Trainer:
         self.record.elapsed_s, self.record.eval_s = self.clock.elapsed(), self.clock.eval_s
 
     def save_checkpoint(self) -> None:
+        self.metrics.check()  # a deleted or replaced folder is not recreated by the save (FolderGone)
         self._checkpointed_at = self.step
         self.read_clock()
         if self.noise is not None:
