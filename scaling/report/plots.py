@@ -9,6 +9,7 @@ report neither needs a display nor disturbs a caller's own matplotlib session.
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
+from scaling.files import refuse_link, write_bytes_atomic
 from scaling.report.aggregates import Point
 from scaling.report.study import Study
 
@@ -31,8 +33,12 @@ def new_figure(width: float = 7.0, height: float = 4.5):
 
 
 def save(study: Study, figure, name: str) -> Path:
+    """The figure as OUT_DIR/<name>.png, atomically and never through a link (scaling.files)."""
     path = study.out_dir / f"{name}.png"
-    figure.savefig(path, dpi=110, bbox_inches="tight")
+    refuse_link(path)
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=110, bbox_inches="tight")
+    write_bytes_atomic(path, png.getvalue())
     study.figures[name] = path
     return path
 

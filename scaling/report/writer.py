@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from scaling import stats
 from scaling.config import ConfigError
+from scaling.files import refuse_link, write_text_atomic
 from scaling.report.answer import recommendation
 from scaling.report.findings import all_findings, notes
 from scaling.report.render import Block, to_html, to_markdown
@@ -42,9 +42,14 @@ def write_report(study_dir: str | Path, out_dir: str | Path | None = None, *, th
     out_dir.mkdir(parents=True, exist_ok=True)
     blocks: list[Block] = [block for section in SECTIONS for block in section(study)]
     markdown, page, record = out_dir / "report.md", out_dir / "report.html", out_dir / "findings.json"
-    markdown.write_text(to_markdown(blocks), encoding="utf-8")
-    page.write_text(to_html(blocks, f"Scaling report: {study.name}"), encoding="utf-8")
-    _write_json(record, findings_document(study))
+    # Every text is made before any is written, so that a failure leaves the last report whole, not a new
+    # report.md beside an old findings.json; each file is replaced atomically and never through a link.
+    texts = {markdown: to_markdown(blocks), page: to_html(blocks, f"Scaling report: {study.name}"),
+             record: json.dumps(findings_document(study), indent=2, default=_plain, allow_nan=False) + "\n"}
+    for path in texts:
+        refuse_link(path)
+    for path, text in texts.items():
+        write_text_atomic(path, text)
     return {"report.md": markdown, "report.html": page, "findings.json": record, **study.figures}
 
 
@@ -62,13 +67,6 @@ def findings_document(study: Study) -> dict:
         "recommendation": recommendation(study).to_dict(),
         "findings": [finding.to_dict() for finding in all_findings(study)],
     }
-
-
-def _write_json(path: Path, document: dict) -> None:
-    """Atomically, so that a reader gating on it never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(document, indent=2, default=_plain, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _plain(value):
