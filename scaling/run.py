@@ -37,6 +37,7 @@ if __package__ in (None, ""):
 
 import dataclasses
 import time
+import traceback
 
 import torch
 import yaml
@@ -106,7 +107,10 @@ def settle(cfg: RunConfig, resume: bool) -> tuple[RunConfig, RunLock | None]:
 
 def run(cfg: RunConfig, resume: bool = False) -> Result:
     """Build everything for `cfg` (settled), train, and write the result. Returns the result document."""
-    built = build(cfg, resume)
+    try:
+        built = build(cfg, resume)
+    except SystemExit as exit_:
+        raise quiet_exit_error(exit_, "before training started") or exit_ from None
     write_running(built)
     with StopOnSignals(built.trainer.request_stop):  # held until the final result is written
         record = train(built)
@@ -135,6 +139,12 @@ def train(built: Built) -> RunRecord:
         ceilings = measure_ceilings(cfg, trainer.source, trainer.state, built.task, built.say) if cfg.probe else None
         trainer.run()
         trainer.metrics.check()  # the result goes where the record is, or the run fails (FolderGone)
+    except SystemExit as exit_:
+        error = quiet_exit_error(exit_, f"at step {record.step}")
+        if error is None:
+            raise
+        write_failure(built, error)
+        raise error from None
     except Exception as err:
         write_failure(built, err)
         if is_out_of_memory(err):
@@ -144,6 +154,19 @@ def train(built: Built) -> RunRecord:
         trainer.metrics.close()
     measure_the_end(built, ceilings)
     return record
+
+
+def quiet_exit_error(exit_: SystemExit, when: str) -> ConfigError | None:
+    """The error for user code (a dataset or model factory, a model's forward) that ended the process with
+    status 0 (`sys.exit()`, `SystemExit(0)`): left alone, the run would exit 0 without its result, a silent
+    false success. None for any other status: a non-zero exit already says the run failed, and the run's own
+    interruptions (status 130, 143) are SystemExits too."""
+    if exit_.code not in (0, None):
+        return None
+    frame = traceback.extract_tb(exit_.__traceback__)[-1] if exit_.__traceback__ else None
+    where = f" (at {Path(frame.filename).name}:{frame.lineno} in {frame.name})" if frame else ""
+    return ConfigError(f"SystemExit({exit_.code}) raised{where} {when}: a run that ends without writing its "
+                       "result is a failure; return, or raise an exception, instead of exiting")
 
 
 def measure_the_end(built: Built, ceilings: tuple[float, float] | None) -> None:

@@ -40,14 +40,14 @@ def write_report(study_dir: str | Path, out_dir: str | Path | None = None, *, th
     out_dir = Path(out_dir) if out_dir is not None else study_dir
     study = Study.load(study_dir, out_dir, rules)  # validates the folder before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)
-    blocks: list[Block] = [block for section in SECTIONS for block in section(study)]
     markdown, page, record = out_dir / "report.md", out_dir / "report.html", out_dir / "findings.json"
+    for path in (markdown, page, record):  # refused before any plot is drawn (each is checked again as written)
+        refuse_link(path)
+    blocks: list[Block] = [block for section in SECTIONS for block in section(study)]
     # Every text is made before any is written, so that a failure leaves the last report whole, not a new
     # report.md beside an old findings.json; each file is replaced atomically and never through a link.
     texts = {markdown: to_markdown(blocks), page: to_html(blocks, f"Scaling report: {study.name}"),
              record: json.dumps(findings_document(study), indent=2, default=_plain, allow_nan=False) + "\n"}
-    for path in texts:
-        refuse_link(path)
     for path, text in texts.items():
         write_text_atomic(path, text)
     return {"report.md": markdown, "report.html": page, "findings.json": record, **study.figures}
