@@ -56,7 +56,8 @@ def victims(tmp_path: Path) -> tuple[Path, Path]:
     return outside / "precious.txt", outside / "missing.txt"
 
 
-@pytest.mark.parametrize("name", ["report.html", "report.md", "findings.json", "a plot"])
+@pytest.mark.parametrize("name", ["report.html", *(pytest.param(name, marks=pytest.mark.slow)
+                                                  for name in ("report.md", "findings.json", "a plot"))])
 def test_the_report_never_writes_through_a_planted_link(tmp_path, name):
     study = a_study(tmp_path / "study")
     first = report(study)
@@ -218,6 +219,7 @@ def test_a_factory_that_exits_with_status_0_is_a_failure_in_one_line(tmp_path, f
                           "without writing its result is a failure")
 
 
+@pytest.mark.slow
 def test_a_model_that_exits_with_status_0_mid_run_ends_failed(tmp_path):
     folder = exiting_module(tmp_path / "mods")
     out = tmp_path / "run"
