@@ -193,3 +193,172 @@ def test_an_unreachable_hub_fails_fast_in_one_line_without_retry_noise(tmp_path)
                                 "cannot be reached", "no copy is cached here")
     assert "Retry" not in proc.stderr and "retry" not in proc.stdout
     assert time.time() - started < 30
+
+
+# Issue 29, items 7-13: bad data that used to reach training (or allocate without bound) before it failed.
+BAD_DATA = '''
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+
+def _split(samples=400, features=40, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(samples, features, generator=generator), torch.arange(samples) % 10
+
+
+def eval_label_outside():
+    inputs, labels = _split(200, seed=1)
+    labels[5] = 50
+    return TensorDataset(*_split()), TensorDataset(inputs, labels)
+
+
+def huge_label():
+    inputs, labels = _split()
+    labels[3] = 10**12
+    return TensorDataset(inputs, labels), TensorDataset(*_split(200, seed=1))
+
+
+def eval_shape():
+    return TensorDataset(*_split()), TensorDataset(*_split(200, features=41, seed=1))
+
+
+class OneOddSample(Dataset):
+    def __len__(self):
+        return 400
+
+    def __getitem__(self, index):
+        return torch.zeros(41 if index == 123 else 40), index % 10
+
+
+def odd_sample():
+    return OneOddSample(), OneOddSample()
+
+
+class OddBeyondTheSample(OneOddSample):
+    """The odd sample lies past the first 10,000 (which the label check reads): --materialize reads it."""
+    def __len__(self):
+        return 12000
+
+    def __getitem__(self, index):
+        return torch.zeros(41 if index == 11000 else 40), index % 10
+
+
+def odd_late_sample():
+    return OddBeyondTheSample(), TensorDataset(*_split(200, seed=1))
+
+
+class NaNBeyondTheSample(OddBeyondTheSample):
+    def __getitem__(self, index):
+        return torch.full((40,), float("inf") if index in (10500, 11500) else 0.0), index % 10
+
+
+def nan_late_sample():
+    return NaNBeyondTheSample(), TensorDataset(*_split(200, seed=1))
+
+
+class Endless(Dataset):
+    def __len__(self):
+        return 10**15
+
+    def __getitem__(self, index):
+        return torch.zeros(40), index % 10
+
+
+def absurd_length():
+    return Endless(), TensorDataset(*_split(200, seed=1))
+
+
+def sequence_labels():
+    inputs, _ = _split()
+    labels = torch.randint(0, 10, (400, 5))
+    return TensorDataset(inputs, labels), TensorDataset(inputs[:200], labels[:200])
+
+
+def nan_inputs():
+    inputs, labels = _split()
+    inputs[17, 3] = float("nan")
+    return TensorDataset(inputs, labels), TensorDataset(*_split(200, seed=1))
+
+
+def inf_eval_inputs():
+    inputs, labels = _split(200, seed=1)
+    inputs[9, 0] = float("inf")
+    return TensorDataset(*_split()), TensorDataset(inputs, labels)
+
+
+class NaNItem(OneOddSample):
+    def __getitem__(self, index):
+        return torch.full((40,), float("nan") if index == 77 else 0.0), index % 10
+
+
+def nan_item():
+    return NaNItem(), NaNItem()
+'''
+
+
+@pytest.mark.parametrize("factory, fragments", [
+    ("eval_label_outside", ["1 eval sample(s) have labels outside the train labels 0-9", "the first 50 (sample 5)"]),
+    ("huge_label", ["its train labels run from 0 to 1,000,000,000,000 with only 11 distinct values",
+                    "class ids 0, 1, 2, ..."]),
+    ("eval_shape", ["its eval inputs have shape (41,) but its train inputs (40,)"]),
+    ("odd_sample", ["train sample 123 has input shape (41,), sample 0 (40,)"]),
+    ("absurd_length", ["its train split says it has 1,000,000,000,000,000 samples (its __len__)"]),
+    ("sequence_labels", ["its train labels have shape (400, 5)", "one class label per sample"]),
+    ("nan_inputs", ["its train inputs have 1 sample(s) with NaN or infinite values, the first sample 17"]),
+    ("inf_eval_inputs", ["its eval inputs have 1 sample(s) with NaN or infinite values, the first sample 9"]),
+    ("nan_item", ["its train inputs have 1 sample(s) with NaN or infinite values, the first sample 77"]),
+])
+def test_bad_data_from_a_factory_is_refused_before_training_in_one_line(tmp_path, factory, fragments):
+    (tmp_path / "baddata.py").write_text(BAD_DATA)
+    out = tmp_path / "out"
+    started = time.time()
+    proc = run_in_process([*QUICK, "--global-bs", "64", "--dataset", f"baddata:{factory}", "--model", "mlp",
+                           "--output-dir", str(out)], cwd=tmp_path)
+    assert_one_line_error(proc, f"--dataset 'baddata:{factory}'", *fragments)
+    assert not (out / "result.json").exists()  # refused before the run starts
+    assert time.time() - started < 60  # no giant allocation, no read of 10**15 samples
+
+
+@pytest.mark.parametrize("factory, fragments", [
+    ("odd_late_sample", ["--materialize: training sample 11000 has input shape (41,), sample 8192 (40,)"]),
+    ("nan_late_sample", ["--materialize: the training inputs have 2 sample(s) with NaN or infinite values, the "
+                         "first sample 10500"]),
+])
+def test_bad_samples_past_the_checked_ones_are_named_when_the_set_is_read_into_memory(tmp_path, factory, fragments):
+    """The load reads the first 10,000 samples of a dataset that is not in memory; --materialize auto reads the
+    rest once, vectorised, before training."""
+    (tmp_path / "baddata.py").write_text(BAD_DATA)
+    out = tmp_path / "out"
+    proc = run_in_process([*QUICK, "--global-bs", "64", "--dataset", f"baddata:{factory}", "--model", "mlp",
+                           "--output-dir", str(out)], cwd=tmp_path)
+    assert_one_line_error(proc, *fragments)
+    assert not (out / "result.json").exists()
+
+
+def test_a_batch_of_two_shapes_through_the_loader_is_one_line(tmp_path):
+    """A set kept in its DataLoader (--materialize false): the odd sample past the checked ones ends the run
+    at the batch that holds it, in one line, not a stack traceback."""
+    (tmp_path / "baddata.py").write_text(BAD_DATA)
+    out = tmp_path / "out"
+    proc = run_in_process([*QUICK[:1], "400", *QUICK[2:], "--global-bs", "1000", "--materialize", "false",
+                           "--dataset", "baddata:odd_late_sample", "--model", "mlp", "--output-dir", str(out)],
+                          cwd=tmp_path)
+    assert_one_line_error(proc, "a training batch's sample has input shape (41,), another (40,)")
+
+
+def _text_labels_csv(path: Path, rows: int = 300) -> Path:
+    rng = np.random.default_rng(0)
+    lines = ["a,b,c,label"]
+    lines += [",".join([*(f"{v:.3f}" for v in rng.normal(size=3)), ("cat", "dog", "bird")[row % 3]])
+              for row in range(rows)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("splits", [[], ["--train-split", "train[:80%]", "--eval-split", "train[80%:]"]])
+def test_text_labels_are_refused_with_how_to_encode_them(tmp_path, splits):
+    """With the automatic hold-out (no --eval-split of the file's own) and with explicit splits alike."""
+    path = _text_labels_csv(tmp_path / "pets.csv")
+    proc = run_in_process([*QUICK, "--dataset", str(path), "--global-bs", "64", "--model", "mlp", *splits,
+                           "--output-dir", str(tmp_path / "out")])
+    assert_one_line_error(proc, "label column 'label' holds text ('cat', 'dog', ...)", "class_encode_column")

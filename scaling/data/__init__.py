@@ -7,6 +7,7 @@ data becomes a `TensorPair`, which the training loop indexes a whole batch at a 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,8 @@ from torch.utils.data import TensorDataset
 
 from scaling.callables import call_factory, describe_exception
 from scaling.config import ConfigError, RunConfig, shown
-from scaling.data.tensors import TensorPair
+from scaling.data.tensors import TensorPair, non_finite_rows
+from scaling.task import CLASSIFICATION, Task
 
 
 @dataclass
@@ -38,7 +40,7 @@ class InputShape(tuple):
         return made
 
 
-def load_workload(cfg: RunConfig) -> Workload:
+def load_workload(cfg: RunConfig, task: Task = CLASSIFICATION) -> Workload:
     name = cfg.dataset
     notes: list[str] = []
     if name == "mnist1d":
@@ -68,11 +70,75 @@ def load_workload(cfg: RunConfig) -> Workload:
         from scaling.data.hf import load_hf
 
         train, eval_, notes = load_hf(cfg)
-    if len(train) == 0 or len(eval_) == 0:
+    return checked_workload(train, eval_, name, notes, task)
+
+
+def checked_workload(train: Any, eval_: Any, name: str, notes: list[str], task: Task = CLASSIFICATION) -> Workload:
+    """The two splits as a Workload, after the checks that keep bad data from reaching training: lengths that
+    an epoch's order fits in memory, one input shape across both splits, finite inputs, and labels the task
+    can learn from (scaling/task.py). In-memory tensors are checked whole with vectorised ops; any other
+    dataset on the samples its labels are read from (the first LABEL_LIMIT), the rest when it is read into
+    memory (scaling/data/delivery.py, `materialize`) or batched."""
+    sizes = {"train": _length(train, "train", name), "eval": _length(eval_, "eval", name)}
+    if 0 in sizes.values():
         raise ConfigError(f"--dataset {name!r}: the train and eval sets must both be non-empty")
+    for split, dataset in (("train", train), ("eval", eval_)):
+        _check_order_fits(dataset, sizes[split], split, name)
     x0 = _first_input(train, name)
-    num_classes = _num_classes(train, eval_, name)
+    e0 = _first_input(eval_, name)
+    if e0.shape != x0.shape:
+        raise ConfigError(f"--dataset {name!r}: its eval inputs have shape {tuple(e0.shape)} but its train inputs "
+                          f"{tuple(x0.shape)}; the model takes one input shape: give both splits the same")
+    labels, complete = {}, True
+    for split, dataset in (("train", train), ("eval", eval_)):
+        labels[split], whole = _read_split(dataset, split, x0.shape, name)
+        complete = complete and whole
+    num_classes = task.num_classes(labels, complete, f"--dataset {name!r}")
     return Workload(train, eval_, num_classes, InputShape(x0.shape, x0.dtype), notes)
+
+
+# Bytes per training sample of one epoch's order: the int64 permutation and, for a dataset batched through a
+# DataLoader, the same as Python ints (scaling/data/delivery.py, StepBatchSampler). Eval needs the int64 shard.
+ORDER_BYTES = {"train": 8 + 36, "eval": 8}
+
+
+def _length(dataset: Any, split: str, name: str) -> int:
+    try:
+        return len(dataset)
+    except Exception as err:  # the user's __len__: a float, a negative number, one past sys.maxsize, a raise
+        raise ConfigError(f"--dataset {name!r}: len() of its {split} split raised {describe_exception(err)}; "
+                          f"__len__ must return the number of samples") from None
+
+
+def _check_order_fits(dataset: Any, size: int, split: str, name: str) -> None:
+    """A length whose shuffled order alone would not fit in half the machine's memory is not a real dataset
+    (a __len__ of 10**15): refused before any index tensor of that size is allocated. In-memory tensors
+    hold their samples already."""
+    memory = _physical_memory()
+    if isinstance(dataset, TensorPair) or memory is None:
+        return
+    needed = size * ORDER_BYTES[split]
+    if needed > memory // 2:
+        raise ConfigError(f"--dataset {name!r}: its {split} split says it has {size:,} samples (its __len__); the "
+                          f"order of one epoch over them alone would take {_bytes_text(needed)}, more than half of "
+                          f"this machine's {_bytes_text(memory)} of memory: check its __len__")
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system that says
+        return None
+
+
+def _bytes_text(count: int) -> str:
+    """`125.4 GiB`, `38.2 PiB`: a size in binary units."""
+    value, unit = float(count), "bytes"
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+        if value < 1024 or unit == "EiB":
+            break
+        value /= 1024
+    return f"{value:,.1f} {unit}" if unit != "bytes" else f"{count:,} bytes"
 
 
 def _looks_like_path(name: str) -> bool:
@@ -127,35 +193,81 @@ def _pair(item: Any, name: str) -> tuple[Any, Any]:
     return item
 
 
-def _num_classes(train: Any, eval_: Any, name: str = "") -> int:
-    """Classes = the largest label + 1, after checking that labels are whole numbers >= 0 in both splits."""
-    if hasattr(train, "labels") and hasattr(eval_, "labels"):  # without decoding every sample
-        splits = {"train": torch.as_tensor(train.labels), "eval": torch.as_tensor(eval_.labels)}
-    else:  # a sample of each split (labels beyond it show up as an error at the first batch that has one)
-        splits = {"train": _sample_labels(train, name), "eval": _sample_labels(eval_, name)}
-    for split, labels in splits.items():
-        if labels.is_floating_point() or labels.is_complex():
-            raise ConfigError(f"--dataset {name!r}: its {split} labels are not whole numbers ({labels.dtype}); "
-                              f"class labels must be 0, 1, 2, ...")
-        if len(labels) and int(labels.min()) < 0:
-            raise ConfigError(f"--dataset {name!r}: its {split} labels include {int(labels.min())}; class labels "
-                              f"must be 0, 1, 2, ...")
-    return int(max(int(labels.max()) for labels in splits.values() if len(labels))) + 1
+LABEL_LIMIT = 10_000  # samples read from a dataset that is neither in memory nor has a `labels` attribute
 
 
-def _sample_labels(dataset: Any, name: str, limit: int = 10_000) -> torch.Tensor:
-    labels = []
-    for index, (_, label) in _items(dataset, min(len(dataset), limit), name):
-        if isinstance(label, torch.Tensor) and label.numel() == 1:
-            if label.is_floating_point():
-                raise ConfigError(f"--dataset {name!r}: sample {index} has label {label.item()!r}; class labels must "
-                                  f"be whole numbers 0, 1, 2, ...")
-            label = int(label)
-        if not isinstance(label, int):
-            raise ConfigError(f"--dataset {name!r}: sample {index} has label {shown(label)}; class labels must be "
-                              f"whole numbers 0, 1, 2, ...")
-        labels.append(int(label))
+def _read_split(dataset: Any, split: str, shape: torch.Size, name: str) -> tuple[torch.Tensor, bool]:
+    """(labels, whether they are all of the split's labels), checking inputs on the way: in-memory tensors
+    whole (vectorised), a dataset with a `labels` attribute not at all (that would decode every sample), any
+    other on its first LABEL_LIMIT samples (a sample's shape and its finiteness, a chunk at a time)."""
+    if isinstance(dataset, TensorPair):
+        if dataset.inputs.shape[1:] != shape:
+            raise ConfigError(f"--dataset {name!r}: its {split} inputs have shape {tuple(dataset.inputs.shape[1:])} "
+                              f"but its train inputs {tuple(shape)}; the model takes one input shape")
+        _check_finite_inputs(dataset.inputs, split, name)
+        return dataset.labels, True
+    if hasattr(dataset, "labels"):  # without decoding every sample
+        try:
+            return torch.as_tensor(dataset.labels), True
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ConfigError(f"--dataset {name!r}: the labels of its {split} split are not whole numbers 0, 1, "
+                              f"2, ... ({describe_exception(err)})") from None
+    count = min(len(dataset), LABEL_LIMIT)
+    return _sample_split(dataset, count, split, shape, name), count == len(dataset)
+
+
+def _sample_split(dataset: Any, count: int, split: str, shape: torch.Size, name: str) -> torch.Tensor:
+    """The labels of the first `count` samples; each sample's input must be a tensor of `shape`, every value
+    finite (checked a chunk of LABEL_CHUNK inputs at a time, stacked)."""
+    labels: list[int] = []
+    chunk: list[torch.Tensor] = []
+    bad, first_bad = 0, None  # samples with a non-finite value, and the first, over every chunk
+    for index, (inputs, label) in _items(dataset, count, name):
+        if not isinstance(inputs, torch.Tensor):
+            raise ConfigError(f"--dataset {name!r}: {split} sample {index}'s input is {type(inputs).__name__}, "
+                              f"not a tensor")
+        if inputs.shape != shape:
+            raise ConfigError(f"--dataset {name!r}: {split} sample {index} has input shape {tuple(inputs.shape)}, "
+                              f"sample 0 {tuple(shape)}; every sample must have one shape")
+        labels.append(_label(label, index, name))
+        chunk.append(inputs)
+        if len(chunk) == LABEL_CHUNK or index == count - 1:
+            found = non_finite_rows(torch.stack(chunk))
+            if found is not None:
+                bad += found[0]
+                first_bad = index + 1 - len(chunk) + found[1] if first_bad is None else first_bad
+            chunk = []
+    if first_bad is not None:
+        _refuse_non_finite(bad, first_bad, split, name)
     return torch.tensor(labels, dtype=torch.int64)
+
+
+def _label(label: Any, index: int, name: str) -> int:
+    if isinstance(label, torch.Tensor) and label.numel() > 1:
+        raise ConfigError(f"--dataset {name!r}: sample {index} has a label of shape {tuple(label.shape)}, but a "
+                          f"classification model takes one class label per sample, a whole number 0, 1, 2, ...")
+    if isinstance(label, torch.Tensor) and label.numel() == 1:
+        if label.is_floating_point() or label.is_complex():
+            raise ConfigError(f"--dataset {name!r}: sample {index} has label {shown(label.item())}; class labels "
+                              f"must be whole numbers 0, 1, 2, ...")
+        label = int(label)
+    if not isinstance(label, int) or isinstance(label, bool) or not -2**63 <= label < 2**63:
+        raise ConfigError(f"--dataset {name!r}: sample {index} has label {shown(label)}; class labels must be "
+                          f"whole numbers 0, 1, 2, ...")
+    return label
+
+
+def _check_finite_inputs(inputs: torch.Tensor, split: str, name: str) -> None:
+    found = non_finite_rows(inputs)
+    if found is not None:
+        _refuse_non_finite(*found, split, name)
+
+
+def _refuse_non_finite(count: int, first: int, split: str, name: str) -> None:
+    """NaN or infinite inputs are refused from any source (file datasets: scaling/data/hf.py): trained on, they
+    end the run `diverged`, which would read as a finding about the batch size."""
+    raise ConfigError(f"--dataset {name!r}: its {split} inputs have {count:,} sample(s) with NaN or infinite "
+                      f"values, the first sample {first} (counting from 0); fix or drop them")
 
 
 def _load_from_callable(spec: str) -> tuple[Any, Any]:

@@ -14,7 +14,7 @@ import torch
 
 from scaling.batching import GlobalBatchSampler
 from scaling.config import ConfigError, RunConfig
-from scaling.data.tensors import TensorPair
+from scaling.data.tensors import TensorPair, non_finite_rows
 
 # `--materialize auto` holds a map-style dataset in memory when it is at most this large and reading it
 # once would take at most this long (estimated from the first items).
@@ -32,7 +32,25 @@ def fetch_batch(dataset: Any, indices: torch.Tensor) -> tuple[torch.Tensor, torc
     index_list = indices.tolist()
     getitems = getattr(dataset, "__getitems__", None)
     pairs = getitems(index_list) if callable(getitems) else [dataset[i] for i in index_list]
-    return torch.stack([p[0] for p in pairs]), torch.as_tensor([int(p[1]) for p in pairs])
+    inputs = [p[0] for p in pairs]
+    check_one_shape(inputs, index_list)
+    return torch.stack(inputs), torch.as_tensor([int(p[1]) for p in pairs])
+
+
+def check_one_shape(inputs: list[Any], indices: list[int] | None = None, split: str = "") -> None:
+    """Every input of a batch must be a tensor of one shape, or stacking them fails with a traceback that
+    names neither the sample nor the dataset: one line naming the first odd sample (its index, when known)
+    and both shapes. A loop of tuple comparisons over a batch the caller has read already."""
+    where = f"{split} " if split else ""
+    for position, value in enumerate(inputs):
+        sample = f"{where}sample {indices[position]}" if indices is not None else f"a {where}batch's sample"
+        if not torch.is_tensor(value):
+            raise ConfigError(f"{sample}'s input is {type(value).__name__}, not a tensor")
+        first = inputs[0].shape
+        if value.shape != first:
+            other = f"sample {indices[0]}" if indices is not None else "another"
+            raise ConfigError(f"{sample} has input shape {tuple(value.shape)}, {other} {tuple(first)}; every "
+                              f"sample must have one shape")
 
 
 def sample_batch(dataset: Any, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,12 +94,17 @@ def materialize(dataset: Any, mode: str, name: str) -> tuple[Any, str | None, Re
             return dataset, f"{name} set kept in its loader ({reason}; --materialize true forces it)", None
     start = time.perf_counter()
     indices = torch.arange(len(dataset))
-    parts = [fetch_batch(dataset, indices[i:i + 4096]) for i in range(0, len(dataset), 4096)]
-    read = Read(len(dataset), time.perf_counter() - start)  # the reads alone: not the concatenation below
     try:
-        inputs = torch.cat([p[0] for p in parts])
-    except RuntimeError:
-        raise ConfigError(f"--materialize: the {name} inputs do not all have one shape") from None
+        parts = [fetch_batch(dataset, indices[i:i + 4096]) for i in range(0, len(dataset), 4096)]
+    except ConfigError as err:  # a sample of another shape, past those the labels were read from
+        raise ConfigError(f"--materialize: {name} {err}") from None
+    read = Read(len(dataset), time.perf_counter() - start)  # the reads alone: not the concatenation below
+    check_one_shape([p[0][0] for p in parts], [i * 4096 for i in range(len(parts))], name)
+    inputs = torch.cat([p[0] for p in parts])
+    found = non_finite_rows(inputs)  # past the samples checked at load (scaling/data/__init__.py)
+    if found is not None:
+        raise ConfigError(f"--materialize: the {name} inputs have {found[0]:,} sample(s) with NaN or infinite "
+                          f"values, the first sample {found[1]} (counting from 0); fix or drop them")
     pair = TensorPair(inputs, torch.cat([p[1] for p in parts]))
     return pair, (f"{name} set materialized: {len(pair):,} samples read once into memory "
                   f"({inputs.numel() * inputs.element_size() / 2**20:,.1f} MiB, {read.seconds:.1f} s, "
@@ -137,6 +160,7 @@ class BatchSource:
             cfg = self._cfg
             loader = torch.utils.data.DataLoader(
                 self.dataset, batch_sampler=StepBatchSampler(self.sampler, self.process_index, first_step),
+                collate_fn=collate,
                 num_workers=cfg.num_workers, pin_memory=cfg.pin_memory, prefetch_factor=cfg.prefetch_factor,
                 persistent_workers=cfg.persistent_workers,
             )
@@ -170,6 +194,16 @@ class BatchSource:
         cfg = self._cfg
         return (f"DataLoader, num_workers={cfg.num_workers}, pin_memory={cfg.pin_memory}, "
                 f"prefetch_factor={cfg.prefetch_factor}, persistent_workers={cfg.persistent_workers}")
+
+
+def collate(items: list[Any]) -> Any:
+    """The DataLoader's default collation, with a batch of inputs of two shapes named in one line."""
+    try:
+        return torch.utils.data.default_collate(items)
+    except RuntimeError:
+        if all(isinstance(item, (tuple, list)) and item for item in items):
+            check_one_shape([item[0] for item in items], split="training")
+        raise
 
 
 class StepBatchSampler(torch.utils.data.Sampler):

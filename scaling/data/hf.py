@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from scaling.config import ConfigError, RunConfig
-from scaling.data.tensors import TensorPair
+from scaling.config import ConfigError, RunConfig, shown
+from scaling.data.tensors import TensorPair, non_finite_rows
 
 _FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".arrow": "arrow"}
 
@@ -133,6 +133,23 @@ def _holdout(split, label_column: str, name: str) -> tuple[Any, Any, str]:
     return split.select(kept), split.select(sorted(held)), note
 
 
+def _check_label_text(split, column: str, name: str) -> None:
+    """Text labels ('cat', 'dog') are refused before anything is held out or converted, saying how to encode
+    them: the tool does not number them itself, since the numbering must be the same in every split and run."""
+    import datasets
+    import pyarrow.compute as pc
+
+    feature = split.features.get(column)
+    if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
+        return
+    values = pc.unique(split.data.column(column).drop_null()).to_pylist()
+    examples = ", ".join(shown(value, 20) for value in values[:2]) + (", ..." if len(values) > 2 else "")
+    raise ConfigError(f"--dataset {name!r}: label column {column!r} holds text ({examples}); class labels must be "
+                      f"whole numbers 0, 1, 2, ...: encode them first, e.g. with datasets' "
+                      f"dataset.class_encode_column({column!r}) and save_to_disk, or in pandas with "
+                      f"df[{column!r}].astype('category').cat.codes")
+
+
 def _decode_images(split, column: str) -> torch.Tensor:
     """An Image column (e.g. CIFAR-10's `img` on the hub) decoded once into a float tensor [N, C, H, W] in
     [0, 1], held in memory so training takes the whole-batch fast path."""
@@ -161,13 +178,11 @@ def _check_cells(split, columns: list[str], name: str, where: str) -> None:
 
 
 def _check_finite(values: torch.Tensor, column: str, name: str, where: str) -> None:
-    if values.is_floating_point():
-        bad = ~torch.isfinite(values.reshape(len(values), -1)).all(dim=1)
-        if bool(bad.any()):
-            first = int(bad.nonzero()[0, 0])
-            raise ConfigError(f"--dataset {name!r}: column {column!r} of split {where!r} has {int(bad.sum())} row(s) "
-                              f"with NaN or infinite values, the first in row {first} (counting from 0); fix or drop "
-                              f"them")
+    found = non_finite_rows(values)
+    if found is not None:
+        count, first = found
+        raise ConfigError(f"--dataset {name!r}: column {column!r} of split {where!r} has {count} row(s) with NaN or "
+                          f"infinite values, the first in row {first} (counting from 0); fix or drop them")
 
 
 def _to_tensor_pair(split, input_columns: list[str], label_column: str, name: str = "", where: str = "") -> TensorPair:
@@ -203,6 +218,8 @@ def load_hf(cfg: RunConfig) -> tuple[Any, Any, list[str]]:
     """(train, eval, notes to print) from any `datasets` source."""
     dataset_dict = _load_dataset_dict(cfg)
     train = _split(dataset_dict, cfg.train_split, cfg.dataset)
+    if cfg.label_column in train.column_names:
+        _check_label_text(train, cfg.label_column, cfg.dataset)
     notes = []
     if len(dataset_dict) == 1 and split_name(cfg.eval_split) not in dataset_dict:
         if cfg.label_column not in train.column_names:
@@ -231,5 +248,6 @@ def load_hf(cfg: RunConfig) -> tuple[Any, Any, list[str]]:
         absent = [c for c in [*inputs, cfg.label_column] if c not in split.column_names]
         if absent:
             raise ConfigError(f"split {cfg.eval_split!r} of --dataset {cfg.dataset!r} lacks column {absent[0]!r}")
+        _check_label_text(split, cfg.label_column, cfg.dataset)
     return (_to_tensor_pair(train, inputs, cfg.label_column, cfg.dataset, cfg.train_split),
             _to_tensor_pair(eval_, inputs, cfg.label_column, cfg.dataset, cfg.eval_split), notes)

@@ -7,6 +7,26 @@ from typing import Any
 import torch
 from torch.utils.data import TensorDataset
 
+FINITE_CHUNK_VALUES = 2**24  # values per isfinite call: its boolean mask stays at 16 MiB whatever the data's size
+
+
+def non_finite_rows(values: torch.Tensor) -> tuple[int, int] | None:
+    """(rows holding a NaN or an infinite value, the first such row) of a tensor of samples, or None when every
+    value is finite (always for integer tensors). Whole rows at a time, in chunks of about FINITE_CHUNK_VALUES
+    values, so a large in-memory dataset costs a few vectorised passes and no full-size mask."""
+    if not (values.is_floating_point() or values.is_complex()) or len(values) == 0:
+        return None
+    rows = values.reshape(len(values), -1)
+    step = max(1, FINITE_CHUNK_VALUES // max(1, rows.shape[1]))
+    count, first = 0, None
+    for start in range(0, len(rows), step):
+        bad = ~torch.isfinite(rows[start : start + step]).all(dim=1)
+        found = int(bad.sum())
+        if found and first is None:
+            first = start + int(bad.nonzero()[0, 0])
+        count += found
+    return None if first is None else (count, first)
+
 
 class TensorPair:
     """A map-style dataset over two tensors. `batch(indices)` gathers a whole batch with one index op per
