@@ -16,7 +16,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypedDict
 
-from scaling.config import ConfigError
+from scaling.config import ConfigError, RunConfig, shown
 
 # A run with one of these statuses is finished; "interrupted" is not (it resumes from its checkpoint).
 FINAL_STATUSES = ("reached", "not_reached", "completed", "diverged", "stalled", "failed", "oom")
@@ -330,7 +330,7 @@ def check_result(data: Any) -> str | None:
         return "is not a result of this tool (no status)"
     status = data["status"]
     if status not in STATUSES:
-        return f"has an unknown status {status!r}"
+        return f"has an unknown status {shown(status, 40)}"
     schema = RunningResult if status == "running" else FailureResult if status in FAILURE_STATUSES else Result
     # A run that says it is running may have been killed at any point of writing its first file: its status
     # is all a reader needs of it (the sweep runs it again, the report lists it as incomplete).
@@ -338,19 +338,47 @@ def check_result(data: Any) -> str | None:
         schema.__annotations__.keys()
     missing = sorted(name for name in required if name not in data)
     if missing:
-        return f"lacks field {missing[0]!r} (status {status})"
+        return f"lacks field {shown(missing[0], 40)} (status {status})"
     version = data.get("schema_version", 1)
     if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= SCHEMA_VERSION:
-        return f"has schema_version {version!r}; this tool reads 1 to {SCHEMA_VERSION}"
+        return f"has schema_version {shown(version, 40)}; this tool reads 1 to {SCHEMA_VERSION}"
     hints = _hints(schema)
     for name, value in data.items():
         if name in hints:
             problem = _type_problem(value, hints[name])
             if problem:
                 return f"field {name!r}: {problem}"
+    problem = config_problem(data.get("config"))
+    if problem:
+        return f"field 'config': {problem}"
     if schema is Result:
         _fill_absent(data, hints)
     return None
+
+
+def config_problem(config: Any) -> str | None:
+    """What is wrong with a result's `config` (None when each setting this tool knows has its type): the
+    report groups and labels runs by these values (a seed that is a list cannot be compared), so a setting of
+    the wrong type makes the result damaged. A key this version does not know (an older or newer field) is
+    left as it is."""
+    if config is None:
+        return None
+    hints = _config_hints()
+    for name, value in config.items():
+        if name in hints:
+            problem = _type_problem(value, hints[name])
+            if problem:
+                return f"{shown(name, 40)}: {problem}"
+    return None
+
+
+_CONFIG_HINTS: dict[str, Any] = {}
+
+
+def _config_hints() -> dict[str, Any]:
+    if not _CONFIG_HINTS:
+        _CONFIG_HINTS.update(typing.get_type_hints(RunConfig))
+    return _CONFIG_HINTS
 
 
 def _fill_absent(data: dict, hints: dict[str, Any]) -> None:
@@ -392,7 +420,7 @@ def _type_problem(value: Any, hint: Any) -> str | None:
         if not isinstance(value, dict):
             return f"must be an object, got {_kind(value)}"
         inner = args[1] if args else Any
-        return next((f"{k!r}: {p}" for k, item in value.items() if (p := _type_problem(item, inner))), None)
+        return next((f"{shown(k, 40)}: {p}" for k, item in value.items() if (p := _type_problem(item, inner))), None)
     if typing.is_typeddict(hint):
         if not isinstance(value, dict):
             return f"must be an object, got {_kind(value)}"

@@ -8,13 +8,16 @@ config without `seed` and `output_dir`, so the seeds of one configuration group 
 from __future__ import annotations
 
 import json
+import sys
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from scaling.config import ConfigError
-from scaling.results import FINAL_STATUSES, Result, read_result_checked
+from scaling.config import ConfigError, shown
+from scaling.results import FINAL_STATUSES, STATUSES, Result, config_problem, read_result_checked
+from scaling.userfiles import read_text_file
 
 UNREADABLE = "unreadable"  # a result.json the loader refuses (scaling/results.py): named, not reported on
 # Keys that differ between the seeds of one configuration and say nothing about the configuration itself.
@@ -199,30 +202,52 @@ def seed_order(run: Run) -> tuple:
     return (seed is None, not isinstance(seed, int), seed if isinstance(seed, int) else 0, str(seed))
 
 
+MAX_STUDY_FILE_BYTES = 256 << 20
+# Statuses the sweep records in study.json besides a result's own (scaling/study/sweep.py).
+ENTRY_STATUSES = (*STATUSES, "pending")
+
+
 def read_study_file(study_dir: Path) -> dict[str, Any]:
     """`study.json` when present and valid, else an empty mapping (the report also reads bare folders)."""
     path = study_dir / "study.json"
     if not path.is_file():
         return {}
+    text = read_text_file(path, "study file", MAX_STUDY_FILE_BYTES)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{path} is not valid JSON ({err}); fix or remove it") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a JSON object with 'name' and 'configs'")
+        data = json.loads(text, parse_constant=_no_constant)
+    except ValueError as err:
+        raise ConfigError(f"{path} is not valid JSON ({shown(str(err), 80)}); fix or remove it (the report then "
+                          f"reads the result.json files below the folder)") from None
+    if not isinstance(data, dict) or not isinstance(data.get("configs", []), list):
+        raise ConfigError(f"{path} must hold a JSON object with 'name' and a list 'configs'; fix or remove it")
     return data
 
 
-def load_runs(study_dir: str | Path) -> list[Run]:
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")  # NaN, Infinity: the sweep never writes one
+
+
+def warn_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def load_runs(study_dir: str | Path, warn: Callable[[str], None] = warn_stderr) -> list[Run]:
     """Every run of the study: the entries of study.json first (in its order), then any other
-    `**/result.json` below the folder. Raises ConfigError when nothing has finished."""
+    `**/result.json` below the folder. A damaged result.json or study.json entry is named in one
+    `scaling: warning:` line through `warn` and left out of every number (a damaged result stays listed).
+    Raises ConfigError when nothing has finished, naming the damaged files when every result is damaged."""
     study_dir = Path(study_dir)
     if not study_dir.is_dir():
         raise ConfigError(f"study folder {study_dir} does not exist")
     entries = read_study_file(study_dir).get("configs") or []
     runs: list[Run] = []
+    left_out: list[str] = []
     seen: set[Path] = set()
-    for entry in entries:
+    for index, entry in enumerate(entries):
+        problem = entry_problem(entry)
+        if problem is not None:
+            left_out.append(f"study.json configs[{index}] {problem}; that entry is left out of the report")
+            continue
         run = _run_from_entry(study_dir, entry)
         runs.append(run)
         if run.folder is not None:
@@ -230,13 +255,53 @@ def load_runs(study_dir: str | Path) -> list[Run]:
     for path in sorted(study_dir.glob("**/result.json")):
         if path.resolve() not in seen:
             runs.append(_run_from_file(study_dir, path))
+    damaged = [run for run in runs if run.status == UNREADABLE]
     if not any(run.status in FINAL_STATUSES for run in runs):
+        if damaged:
+            more = f"; and {len(damaged) - 1} more" if len(damaged) > 1 else ""
+            raise ConfigError(f"no finished runs under {study_dir}: its {len(damaged)} result.json file(s) cannot "
+                              f"be used ({damaged[0].error}{more}); fix or remove them")
         raise ConfigError(
             f"no finished runs under {study_dir}: expected study.json or result.json files "
             f"(docs/results.md); run the sweep first or point at the folder that holds its runs"
         )
+    for line in left_out:
+        warn(f"scaling: warning: {line}")
+    for run in damaged:
+        warn(f"scaling: warning: run {shown(run.id, 80)} is left out of the report: {run.error}")
     _complete_partial_configs(runs)
     return runs
+
+
+def entry_problem(entry: Any) -> str | None:
+    """What is wrong with one entry of study.json's `configs` (None when every field the report reads has its
+    type): an entry the report cannot use is left out, not a crash."""
+    if not isinstance(entry, dict):
+        return "is not an object"
+    run_id, overrides, out = entry.get("id"), entry.get("overrides"), entry.get("output_dir")
+    if not isinstance(run_id, str | int) or isinstance(run_id, bool) or not str(run_id):
+        return f"has 'id' {shown(run_id, 40)}, not a configuration id"
+    if overrides is not None:
+        if not isinstance(overrides, dict):
+            return f"has 'overrides' {shown(overrides, 40)}, not an object"
+        problem = config_problem(overrides)
+        if problem:
+            return f"'overrides': {problem}"
+    if out is not None and not _inside(out):
+        return f"has 'output_dir' {shown(out, 60)}, not a folder inside the study folder"
+    if entry.get("status") is not None and entry["status"] not in ENTRY_STATUSES:
+        return f"has an unknown 'status' {shown(entry['status'], 40)}"
+    if entry.get("error_tail") is not None and not isinstance(entry["error_tail"], str):
+        return f"has 'error_tail' {shown(entry['error_tail'], 40)}, not text"
+    return None
+
+
+def _inside(out: Any) -> bool:
+    """A relative path that stays inside the study folder (the sweep writes runs/<id>)."""
+    if not isinstance(out, str) or not out or "\0" in out:
+        return False
+    parts = PurePosixPath(out).parts
+    return not PurePosixPath(out).is_absolute() and ".." not in parts
 
 
 def _run_from_entry(study_dir: Path, entry: dict[str, Any]) -> Run:

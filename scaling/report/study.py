@@ -16,8 +16,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from scaling import stats
+from scaling.errors import shown
 from scaling.report.aggregates import Point, series_points
-from scaling.report.runs import Configuration, Run, group_configurations, load_runs, read_study_file
+from scaling.report.runs import (
+    Configuration,
+    Run,
+    group_configurations,
+    load_runs,
+    read_study_file,
+    warn_stderr,
+)
 
 T = TypeVar("T")
 
@@ -39,11 +47,11 @@ class Study:
         """`configurations` holds the finished runs only (every analysis and finding), `all_configurations`
         every run, unfinished (pending, running, interrupted) ones too, for the tables."""
         runs = load_runs(study_dir)
-        name = read_study_file(study_dir).get("name") or study_dir.resolve().name
+        name = study_name(read_study_file(study_dir).get("name"), study_dir)
         everything = group_configurations(runs)
         finished = [Configuration(c.settings, [run for run in c.runs if run.finished], c.series, c.label)
                     for c in everything]
-        return cls(str(name), study_dir, out_dir, runs, [c for c in finished if c.runs], rules=rules or stats.Rules(),
+        return cls(name, study_dir, out_dir, runs, [c for c in finished if c.runs], rules=rules or stats.Rules(),
                    all_configurations=everything)
 
     def cached(self, key: Hashable, compute: Callable[[], T]) -> T:
@@ -103,6 +111,20 @@ class Study:
 
     def target_text(self) -> str:
         return f"{self.target * 100:g}% accuracy" if self.target is not None else "the target"
+
+
+MAX_NAME_CHARS = 200
+
+
+def study_name(name: Any, study_dir: Path) -> str:
+    """study.json's `name` when it is text of a sane length (the sweep writes a plain file name), else the
+    folder's name, with a warning line: a damaged name does not stop the report."""
+    if isinstance(name, str) and name.strip() and len(name) <= MAX_NAME_CHARS:
+        return name
+    if name not in (None, ""):
+        warn_stderr(f"scaling: warning: {study_dir / 'study.json'} has 'name' {shown(name, 40)}, not a study "
+                    f"name; the report is named after the folder")
+    return study_dir.resolve().name
 
 
 def per_study(analyse: Callable[[Study], T]) -> Callable[[Study], T]:

@@ -1,0 +1,133 @@
+"""Bad input to `scaling report` and `scaling sweep --slurm`, through the real commands on real files: a damaged
+result.json or study.json entry is named in one line and left out (the rest reported, findings.json from the
+same study), SLURM fields and every configuration a grid expands to are refused before a script is written,
+and user text reaches report.md without markup."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_report import fabricate_result
+
+from conftest import assert_one_line_error, run_in_process
+
+SEEDS = (0, 1)
+BATCHES = (64, 128)
+
+
+def good_study(root: Path, name: str = "faults") -> dict:
+    """A study folder as the sweep leaves it: 2 batches x 2 seeds, every run reached."""
+    entries = []
+    for batch in BATCHES:
+        for seed in SEEDS:
+            run_id = f"bs{batch}-s{seed}"
+            overrides = {"global_bs": batch, "seed": seed}
+            folder = root / "runs" / run_id
+            folder.mkdir(parents=True)
+            steps = 400 if batch == 64 else 220 + 10 * seed
+            (folder / "result.json").write_text(json.dumps(fabricate_result(overrides, "reached", steps, 1000.0 * batch)))
+            entries.append({"id": run_id, "overrides": overrides, "status": "reached", "output_dir": f"runs/{run_id}"})
+    study = {"name": name, "spec": {}, "configs": entries}
+    (root / "study.json").write_text(json.dumps(study))
+    return study
+
+
+def report(root: Path):
+    return run_in_process([str(root)], command="report")
+
+
+def warnings(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.strip()]
+
+
+def assert_reported_without(root: Path, proc, run_id: str, *fragments: str) -> None:
+    """Exit 0, one warning line naming the damaged run (and what is wrong), the other runs reported, and
+    findings.json written with the report from the same runs."""
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = warnings(proc.stderr)
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("scaling: warning: ") and run_id in lines[0] and "left out" in lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr
+    markdown = (root / "report.md").read_text()
+    findings = json.loads((root / "findings.json").read_text())
+    assert findings["study"] == "faults" and findings["seeds_per_configuration"] == {"min": 1, "max": 2}
+    assert "(3 reached, 1 unreadable)" in markdown
+    assert f"| {run_id} | 128 | — |" in markdown and "left out: runs/" in markdown  # listed, without numbers
+    # findings.json is the report's own: the same runs counted, the same sentences
+    counted = [f["statement"] for f in findings["findings"] if "3 finished runs" in f["statement"]]
+    assert counted and all(statement in markdown for statement in counted)
+
+
+def damage_result(root: Path, run_id: str, change) -> None:
+    path = root / "runs" / run_id / "result.json"
+    text = path.read_text()
+    path.write_text(change(text) if callable(change) else change)
+
+
+# --- items 5 and 6: a damaged result.json -----------------------------------------------------------------
+
+
+def _set(**fields):
+    def change(text: str) -> str:
+        data = json.loads(text)
+        for dotted, value in fields.items():
+            *parents, last = dotted.split("__")
+            target = data
+            for parent in parents:
+                target = target[parent]
+            target[last] = value
+        return json.dumps(data)
+    return change
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (lambda text: text.replace('"elapsed_s": 1.0', '"elapsed_s": NaN'), "holds NaN"),
+    ('{"status": "reached", "steps": 4', "not valid JSON"),
+    ("[1, 2, 3]", "not a result of this tool"),
+    (_set(batch=64), "'batch': must be an object, got a number"),
+    (_set(steps_to_target="220"), "'steps_to_target': must be a whole number"),
+    (_set(config__seed=[1]), "'seed': must be a whole number, got a list"),
+    (_set(config__global_bs="128"), "'global_bs': must be a whole number, got text"),
+    (_set(config__lr_scaling={"a": 1}), "'lr_scaling': must be text, got an object"),
+    (_set(status="x" * 10_000), "unknown status"),
+])
+def test_a_damaged_result_is_named_in_one_line_and_left_out(tmp_path, change, fragment):
+    good_study(tmp_path)
+    damage_result(tmp_path, "bs128-s1", change)
+    proc = report(tmp_path)
+    assert_reported_without(tmp_path, proc, "bs128-s1", "runs/bs128-s1/result.json", fragment)
+    assert len(warnings(proc.stderr)[0]) < 400  # a huge value is never written out whole
+
+
+@pytest.mark.parametrize("entry, fragment", [
+    (5, "is not an object"),
+    ({"id": "bs128-s1", "output_dir": 5}, "'output_dir'"),
+    ({"id": "bs128-s1", "output_dir": "../../elsewhere"}, "'output_dir'"),
+    ({"id": "bs128-s1", "overrides": [1, 2]}, "'overrides'"),
+    ({"id": ["bs128-s1"]}, "'id'"),
+])
+def test_a_damaged_study_json_entry_is_named_and_left_out(tmp_path, entry, fragment):
+    study = good_study(tmp_path)
+    study["configs"][-1] = entry
+    (tmp_path / "study.json").write_text(json.dumps(study))
+    (tmp_path / "runs" / "bs128-s1" / "result.json").unlink()
+    proc = report(tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = warnings(proc.stderr)
+    assert len(lines) == 1 and lines[0].startswith("scaling: warning: ") and "study.json" in lines[0], proc.stderr
+    assert "configs[3]" in lines[0] and fragment in lines[0] and "left out" in lines[0], lines[0]
+    findings = json.loads((tmp_path / "findings.json").read_text())
+    assert findings["seeds_per_configuration"] == {"min": 1, "max": 2}
+
+
+def test_a_study_whose_every_result_is_damaged_is_one_error(tmp_path):
+    good_study(tmp_path)
+    for path in (tmp_path / "runs").glob("*/result.json"):
+        path.write_text('{"status": NaN}')
+    proc = report(tmp_path)
+    assert_one_line_error(proc, "no finished runs", "its 4 result.json file(s) cannot be used", "holds NaN")
+    assert not (tmp_path / "report.md").exists() and not (tmp_path / "findings.json").exists()
