@@ -218,3 +218,76 @@ def test_the_sweep_restarts_a_configuration_whose_checkpoint_cannot_be_loaded(tm
     again = subprocess.run(command, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
     assert_ok(again)
     assert "1 already complete" in again.stdout
+
+
+# ---------------------------------------------------------------- issue 29, item 14: every field validated
+
+# A short real run that saves a checkpoint every 20 steps and finishes (at step 40) in a few seconds.
+SHORT = [*SMALL, "--num-samples", "2000", "--global-bs", "32", "--max-steps", "40", "--target-accuracy", "none",
+         "--log-every", "10", "--eval-every", "20", "--checkpoint-every", "20"]
+
+
+@pytest.fixture(scope="module")
+def checkpointed(tmp_path_factory) -> Path:
+    """A run folder holding a real finished short run and its last checkpoint (step 40)."""
+    folder = tmp_path_factory.mktemp("checkpointed") / "run"
+    assert_ok(run_entry([*SHORT, "--output-dir", str(folder)]))
+    assert step_of(folder / "checkpoint") == 40
+    return folder
+
+
+def forge(folder: Path, **fields) -> Path:
+    """Rewrite trainer_state.json's `fields` and recompute the manifest (its step too), so that every file
+    verifies: what someone who can write the folder can make. result.json says running, as a killed run
+    leaves it, so that --resume takes the checkpoint."""
+    import hashlib
+
+    checkpoint = folder / "checkpoint"
+    result = json.loads((folder / "result.json").read_text())
+    (folder / "result.json").write_text(json.dumps({"status": "running", "config": result["config"]}))
+    state_path = checkpoint / "trainer_state.json"
+    state = {**json.loads(state_path.read_text()), **fields}
+    state_path.write_text(json.dumps(state))
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    manifest["step"] = state["step"]
+    manifest["files"]["trainer_state.json"] = {"size": state_path.stat().st_size,
+                                               "sha256": hashlib.sha256(state_path.read_bytes()).hexdigest()}
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+    return state_path
+
+
+@pytest.mark.parametrize("fields, fragment", [
+    ({"step": 10**30}, "step is 1000000000000000000000000000000, not a whole number from 0 to 1,000,000,000"),
+    ({"step": -7}, "step is -7, not a whole number from 0"),
+    ({"step": True}, "step is True"),
+    ({"step": 20}, "train_loss holds 40 values for 20 steps"),
+    ({"elapsed_s": -1.0}, "elapsed_s is -1.0"),
+    ({"eval_s": 1e300}, "eval_s is 1e+300"),
+    ({"first_loss": "2.3"}, "first_loss is '2.3'"),
+    ({"lr": None}, "lr is None"),
+    ({"history": [{"step": 10**30}]}, "history[0] is not an evaluation at a step from 0 to 40"),
+    ({"window_rates": [1.0, -5.0]}, "window_rates[1] is -5.0"),
+    ({"phase_windows": ["x"]}, "phase_windows[0] is 'x'"),
+    ({"noise": {"estimator": {"window": 10**30, "count": 1, "values": []}, "series": []}},
+     "noise.estimator.window is 1000000000000000000000000000000"),
+    ({"config": [1]}, "config is [1]"),
+])
+def test_a_forged_trainer_state_is_refused_in_one_line_naming_the_file(checkpointed, tmp_path, fields, fragment):
+    """Before: step 10**30 ended in `ValueError: Overflow when unpacking long long` (the sampler's seed), -7 in
+    `ZeroDivisionError` (the LR warmup), exit 1, where a bad checkpoint is exit 2 naming the file."""
+    run = copy_run(checkpointed, tmp_path)
+    state_path = forge(run, **fields)
+    proc = run_entry([*SHORT, "--output-dir", str(run), "--resume"])
+    assert_one_line_error(proc, f"--resume: checkpoint file {state_path} is not a usable trainer state: ", fragment,
+                          "--overwrite")
+    assert read_result(run / "result.json", finished_only=False)["status"] == "running"  # left as it was
+
+
+def test_a_checkpoint_past_the_step_budget_is_refused(checkpointed, tmp_path):
+    run = copy_run(checkpointed, tmp_path)
+    losses = json.loads((run / "checkpoint" / "trainer_state.json").read_text())["train_loss"]
+    state_path = forge(run, step=41, train_loss=[*losses, 2.0], lr=[0.03] * 41)
+    proc = run_entry([*SHORT, "--output-dir", str(run), "--resume"])
+    assert_one_line_error(proc, f"--resume: checkpoint file {state_path} is at step 41, past this run's "
+                                f"--max-steps 40")
+

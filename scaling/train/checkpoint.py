@@ -1,8 +1,10 @@
 """Checkpoints and preemption: save and restore a run, and turn SIGTERM/SIGINT into a request to stop.
 
 A checkpoint is Accelerate's `save_state` (model, optimizer, every process's RNG states) plus the loop's own
-state dict (`trainer_state.json`), which the trainer hands over: this module does not know what is in it.
-It may also hold, per process, the training state of the moment training started (`start_<rank>.pt`), from
+state dict (`trainer_state.json`), which the trainer hands over. A resume validates every field it reads
+(check_loop_state, check_start): a checkpoint's files are verified against its manifest, but a manifest can be
+rewritten with the files, so a step of 10**30 or -7 must be refused in one line, not reach the arithmetic of
+the sampler or the LR schedule. It may also hold, per process, the training state of the moment training started (`start_<rank>.pt`), from
 which a resumed run's exact-step search replays (scaling/train/target.py).
 
 The folder holds at most three copies (docs/reliability.md):
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 from collections.abc import Callable
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scaling.config import ConfigError, RunConfig
+from scaling.errors import shown
 from scaling.files import OutputError, write_json_atomic
 
 if TYPE_CHECKING:
@@ -40,6 +44,12 @@ MANIFEST_FORMAT = 1
 COPIES = ("checkpoint", "checkpoint.tmp", "checkpoint.old")  # the current one first: it wins a tie
 RNG_KEYS = ("random_state", "numpy_random_seed", "torch_manual_seed")
 MAX_STATE_BYTES = 1 << 30  # trainer_state.json: per-step losses and LRs, tens of MB for a million steps
+# Bounds on what a checkpoint may claim: far above any real run (a billion steps would take gigabytes of
+# per-step losses and LRs in trainer_state.json, which MAX_STATE_BYTES refuses anyway), small enough that no
+# arithmetic on them overflows (a seed times an epoch as a C long long, a deque's length).
+MAX_STEPS = 10**9
+MAX_SECONDS = 1e9  # about 30 years of wall time
+MAX_NOISE_WINDOW = 10**6
 
 
 class CheckpointError(ConfigError):
@@ -53,6 +63,7 @@ class Checkpoint:
         self.accelerator = accelerator
         self.directory = Path(directory)  # the same in every process: the run settled its folder first
         self.note: str | None = None  # said once resumed: which copy was used, and why
+        self._loaded_step = 0  # the step of the loop state loaded: the start state cannot be later
 
     @property
     def tmp(self) -> Path:
@@ -135,10 +146,15 @@ class Checkpoint:
         if not path.is_file():
             return None
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            start = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
             raise CheckpointError(f"--resume: checkpoint file {path} cannot be read ({type(err).__name__}: "
                                   f"{_first_line(err)}); rerun with --overwrite to start over") from None
+        problem = start_problem(start, self._loaded_step)
+        if problem is not None:
+            raise CheckpointError(f"--resume: checkpoint file {path} is not a usable start state: {problem}; "
+                                  f"rerun with --overwrite to start over")
+        return start
 
     def load(self, cfg: RunConfig) -> dict:
         """Restore model, optimizer and RNG states from the newest copy that verifies; return the loop state.
@@ -147,6 +163,11 @@ class Checkpoint:
         accelerator = self.accelerator
         chosen, state, skipped = select(self.directory, accelerator.num_processes, accelerator.process_index)
         check_resumable(state["config"], cfg)
+        if cfg.max_steps is not None and state["step"] > cfg.max_steps:
+            raise CheckpointError(f"--resume: checkpoint file {chosen / STATE_FILE} is at step {state['step']:,}, "
+                                  f"past this run's --max-steps {cfg.max_steps:,}; rerun with --overwrite to "
+                                  f"start over")
+        self._loaded_step = state["step"]
         if chosen != self.directory:
             self.note = (f"resuming from {chosen.name} (step {state.get('step')})"
                          + (f"; skipped {skipped}" if skipped else ""))
@@ -172,8 +193,6 @@ def check_resumable(saved: Any, cfg: RunConfig) -> None:
         raise CheckpointError("--resume: the checkpoint holds no run config; rerun with --overwrite to start over")
     changed = [k for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES and saved.get(k) != v]
     if changed:
-        from scaling.config import shown
-
         raise CheckpointError(f"--resume: the checkpoint was written with a different {changed[0]} "
                               f"({shown(saved.get(changed[0]))}, now {shown(getattr(cfg, changed[0]))})")
 
@@ -204,7 +223,7 @@ def _claimed_step(folder: Path) -> int | None:
             except CheckpointError:
                 return -1  # claims completeness but is damaged: verify() names the file
             step = data.get("step") if isinstance(data, dict) else None
-            return step if isinstance(step, int) and not isinstance(step, bool) else -1
+            return step if _is_count(step, MAX_STEPS) else -1
     return None
 
 
@@ -252,9 +271,164 @@ def verify(folder: Path, num_processes: int = 1, process_index: int = 0) -> dict
         raise CheckpointError(f"checkpoint file {rng} is missing (written by fewer processes?)")
     _verify_rng(rng)
     state = _read_json(folder / STATE_FILE)
-    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or "config" not in state:
+    if not isinstance(state, dict) or "step" not in state or "config" not in state:
         raise CheckpointError(f"checkpoint file {folder / STATE_FILE} is not a trainer state of this tool")
+    check_loop_state(state, folder / STATE_FILE)
     return state
+
+
+# ---- what a resume reads from a checkpoint: every field checked before the run uses it ----
+
+
+def check_loop_state(state: dict, path: Path) -> None:
+    """CheckpointError naming `path` and the first field that a run could not have written (RunRecord's
+    state_dict: scaling/record.py)."""
+    problem = loop_state_problem(state)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint file {path} is not a usable trainer state: {problem}")
+
+
+def loop_state_problem(state: dict) -> str | None:
+    """What is wrong with a loop state, or None. Bounds and types, and the invariants every save keeps: one
+    training loss and one LR per step, evaluations at steps already trained, one duration per window rate."""
+    for key in ("step", "elapsed_s", "eval_s", "first_loss", "history", "train_loss", "lr", "window_rates",
+                "window_durations", "phase_windows", "config"):
+        if key not in state:
+            return f"it has no {key!r}"
+    step = state["step"]
+    if not _is_count(step, MAX_STEPS):
+        return f"step is {shown(step)}, not a whole number from 0 to {MAX_STEPS:,}"
+    for key in ("elapsed_s", "eval_s"):
+        if not _is_number(state[key], 0.0, MAX_SECONDS):
+            return f"{key} is {shown(state[key])}, not a number of seconds from 0 to {MAX_SECONDS:g}"
+    if state["eval_s"] > state["elapsed_s"] * (1 + 1e-9) + 1e-6:
+        return f"eval_s ({state['eval_s']:g}) is more than elapsed_s ({state['elapsed_s']:g}), which includes it"
+    if state["first_loss"] is not None and not _is_number(state["first_loss"]):
+        return f"first_loss is {shown(state['first_loss'])}, not a finite number or null"
+    if not isinstance(state["config"], dict):
+        return f"config is {shown(state['config'])}, not a run config"
+    for key, allow_none in (("train_loss", True), ("lr", False)):
+        problem = _numbers_problem(key, state[key], allow_none, length=step)
+        if problem is not None:
+            return problem
+    return (_history_problem(state["history"], step) or _windows_problem(state)
+            or _noise_problem(state.get("noise"), step))
+
+
+def _history_problem(history: Any, step: int) -> str | None:
+    if not isinstance(history, list):
+        return f"history is {shown(history)}, not a list of evaluations"
+    previous = 0
+    for index, entry in enumerate(history):
+        at = entry.get("step") if isinstance(entry, dict) else None
+        if not _is_count(at, step) or at < previous:
+            return (f"history[{index}] is not an evaluation at a step from {previous:,} to {step:,} "
+                    f"({shown(entry)})")
+        previous = at
+        for key, value in entry.items():
+            if not isinstance(key, str) or (value is not None and not _is_number(value)):
+                return f"history[{index}][{shown(key)}] is {shown(value)}, not a finite number or null"
+    return None
+
+
+def _windows_problem(state: dict) -> str | None:
+    rates, durations, phases = state["window_rates"], state["window_durations"], state["phase_windows"]
+    for key, values in (("window_rates", rates), ("window_durations", durations)):
+        problem = _numbers_problem(key, values, allow_none=False, low=0.0)
+        if problem is not None:
+            return problem
+    if len(rates) != len(durations):
+        return f"{len(rates):,} window_rates but {len(durations):,} window_durations (one each per window)"
+    if not isinstance(phases, list):
+        return f"phase_windows is {shown(phases)}, not a list"
+    for index, window in enumerate(phases):
+        if window is None:
+            continue
+        if not isinstance(window, dict) or any(not isinstance(k, str) or not _is_number(v, 0.0)
+                                               for k, v in window.items()):
+            return f"phase_windows[{index}] is {shown(window)}, not phase seconds"
+    return None
+
+
+def _noise_problem(noise: Any, step: int) -> str | None:
+    """The noise monitor's state (scaling/noise/monitor.py), or None for a run without one."""
+    if noise is None:
+        return None
+    estimator = noise.get("estimator") if isinstance(noise, dict) else None
+    if not isinstance(estimator, dict) or not isinstance(noise.get("series"), list):
+        return f"noise is {shown(noise)}, not a noise-scale monitor's state"
+    window = estimator.get("window")
+    if window is not None and (not _is_count(window, MAX_NOISE_WINDOW) or window < 1):
+        return f"noise.estimator.window is {shown(window)}, not a whole number from 1 to {MAX_NOISE_WINDOW:,}"
+    for key in ("count", "skipped"):
+        if not _is_count(estimator.get(key, 0), step):
+            return f"noise.estimator.{key} is {shown(estimator.get(key))}, not a whole number from 0 to {step:,}"
+    values = estimator.get("values")
+    if not isinstance(values, list) or (window is not None and len(values) > window) or any(
+            not isinstance(pair, list) or len(pair) != 2 or not all(_is_number(v) for v in pair) for pair in values):
+        return f"noise.estimator.values is {shown(values)}, not at most {shown(window)} pairs of finite numbers"
+    for index, point in enumerate(noise["series"]):
+        if not isinstance(point, dict) or not _is_count(point.get("step"), step) or any(
+                value is not None and not _is_number(value) for key, value in point.items() if key != "step"):
+            return f"noise.series[{index}] is {shown(point)}, not a measurement at a step from 0 to {step:,}"
+    if not _is_number(noise.get("measure_s", 0.0), 0.0, MAX_SECONDS):
+        return f"noise.measure_s is {shown(noise.get('measure_s'))}, not a number of seconds"
+    return None
+
+
+def start_problem(start: Any, loaded_step: int) -> str | None:
+    """What is wrong with a saved start state (scaling/train/state.py's Snapshot.to_dict), or None."""
+    import torch
+
+    if not isinstance(start, dict):
+        return f"it holds {type(start).__name__}, not a training state"
+    missing = [key for key in ("step", "model", "optimizer", "scaler", "rng_cpu", "rng_cuda") if key not in start]
+    if missing:
+        return f"it has no {missing[0]!r}"
+    if not _is_count(start["step"], loaded_step):
+        return f"step is {shown(start['step'])}, not a whole number from 0 to the checkpoint's step {loaded_step:,}"
+    model, optimizer = start["model"], start["optimizer"]
+    if not isinstance(model, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in model.items()):
+        return "model is not a dict of named tensors"
+    if not isinstance(optimizer, dict) or not isinstance(optimizer.get("state"), dict) \
+            or not isinstance(optimizer.get("param_groups"), list):
+        return "optimizer is not an optimizer state (state and param_groups)"
+    if start["scaler"] is not None and not isinstance(start["scaler"], dict):
+        return "scaler is neither null nor a loss-scaler state"
+    if not (torch.is_tensor(start["rng_cpu"]) and start["rng_cpu"].dtype == torch.uint8):
+        return "rng_cpu is not a CPU random-number state (a uint8 tensor)"
+    cuda = start["rng_cuda"]
+    if cuda is not None and not (isinstance(cuda, list) and all(torch.is_tensor(t) and t.dtype == torch.uint8
+                                                                  for t in cuda)):
+        return "rng_cuda is neither null nor a list of CUDA random-number states"
+    return None
+
+
+def _is_count(value: Any, high: int) -> bool:
+    """A whole number from 0 to `high` (a JSON true is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= high
+
+
+def _is_number(value: Any, low: float = -math.inf, high: float = math.inf) -> bool:
+    """A finite int or float from `low` to `high` (no bool; JSON's 1e999 reads as inf)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value) and low <= value <= high
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def _numbers_problem(key: str, values: Any, allow_none: bool, length: int | None = None,
+                     low: float = -math.inf) -> str | None:
+    if not isinstance(values, list):
+        return f"{key} is {shown(values)}, not a list of numbers"
+    if length is not None and len(values) != length:
+        return f"{key} holds {len(values):,} values for {length:,} steps (one per step)"
+    for index, value in enumerate(values):
+        if not ((allow_none and value is None) or _is_number(value, low)):
+            return f"{key}[{index}] is {shown(value)}, not a finite number" + (" or null" if allow_none else "")
+    return None
 
 
 def _verify_file(path: Path, expected: Any) -> None:
