@@ -291,3 +291,29 @@ def test_a_checkpoint_past_the_step_budget_is_refused(checkpointed, tmp_path):
     assert_one_line_error(proc, f"--resume: checkpoint file {state_path} is at step 41, past this run's "
                                 f"--max-steps 40")
 
+
+# ---------------------------------------------------------------- issue 29, item 15: the file refused is named
+
+
+class _Planted:
+    """Pickles as a call of print: harmless if it ever ran, and seen on stdout if it did."""
+
+    def __reduce__(self):
+        return print, ("planted code ran",)
+
+
+def test_a_pre_manifest_checkpoint_with_a_malicious_optimizer_names_optimizer_bin(interrupted, tmp_path):
+    """Before: refused (torch's weights_only loader), but the message named model.safetensors."""
+    import pickle
+
+    run = copy_run(interrupted, tmp_path)
+    checkpoint = run / "checkpoint"
+    (checkpoint / "manifest.json").unlink()  # written before manifests: every file is opened to be checked
+    (checkpoint / "optimizer.bin").write_bytes(pickle.dumps({"state": _Planted()}))
+    with pytest.raises(CheckpointError) as err:
+        select(checkpoint)
+    assert f"checkpoint file {checkpoint / 'optimizer.bin'} cannot be read (UnpicklingError" in str(err.value)
+    assert "model.safetensors" not in str(err.value)
+    proc = run_entry([*ARGS, "--output-dir", str(run), "--resume"])
+    assert_one_line_error(proc, f"--resume: checkpoint file {checkpoint / 'optimizer.bin'} cannot be read")
+    assert "planted code ran" not in proc.stdout + proc.stderr

@@ -448,24 +448,35 @@ def _verify_file(path: Path, expected: Any) -> None:
 
 
 def _verify_loadable(folder: Path) -> None:
-    """A checkpoint without a manifest: open the model and optimizer files as accelerate will."""
+    """A checkpoint without a manifest: open the model and optimizer files as accelerate will, each on its
+    own, so that the message names the file that failed (an error's text need not name its file)."""
     from accelerate.utils import load
 
     model = folder / "model.safetensors"
-    try:
-        if model.is_file():
-            from safetensors import safe_open
+    if model.is_file():
+        _refused_unless_loads(model, lambda: _read_safetensors(model))
+    else:
+        model = folder / "pytorch_model.bin"
+        _refused_unless_loads(model, lambda: load(model, map_location="cpu"))
+    optimizer = folder / "optimizer.bin"
+    _refused_unless_loads(optimizer, lambda: load(optimizer, map_location="cpu"))
 
-            with safe_open(str(model), framework="pt") as handle:
-                for key in handle.keys():
-                    handle.get_tensor(key)
-        else:
-            model = folder / "pytorch_model.bin"
-            load(model, map_location="cpu")
-        load(folder / "optimizer.bin", map_location="cpu")
+
+def _read_safetensors(path: Path) -> None:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        for key in handle.keys():
+            handle.get_tensor(key)
+
+
+def _refused_unless_loads(path: Path, read: Callable[[], Any]) -> None:
+    """CheckpointError naming `path` when `read` fails (torn, not a checkpoint file, or a pickle that
+    torch's weights_only loader refuses)."""
+    try:
+        read()
     except Exception as err:
-        bad = model if "optimizer" not in str(err) else folder / "optimizer.bin"
-        raise CheckpointError(f"checkpoint file {bad} cannot be read ({type(err).__name__}: "
+        raise CheckpointError(f"checkpoint file {path} cannot be read ({type(err).__name__}: "
                               f"{_first_line(err)})") from None
 
 
