@@ -351,8 +351,46 @@ def check_result(data: Any) -> str | None:
     problem = config_problem(data.get("config"))
     if problem:
         return f"field 'config': {problem}"
+    problem = _range_problem(data)
+    if problem:
+        return problem
     if schema is Result:
         _fill_absent(data, hints)
+    return None
+
+
+# Bounds of the numbers a reader computes with (a ratio, a logarithm, a product): a value outside them is not one
+# a run writes (a batch of 0 divides by zero, a time of 1e308 overflows), so the file is damaged.
+MAX_COUNT = 10**15  # steps, samples, batch sizes
+MAX_SECONDS = 1e12  # times in seconds, and rates in samples per second
+BATCH_FIELDS = ("world_size", "num_processes", "accumulation_steps", "per_device", "global")
+COUNT_FIELDS = ("steps", "steps_to_target", "samples_to_target", "steps_to_target_resolution", "diverged_at_step",
+                "stalled_at_step", "steps_per_epoch", "train_samples", "eval_samples")
+AMOUNT_FIELDS = ("time_to_target_s", "train_time_to_target_s", "epochs_to_target", "elapsed_s", "train_elapsed_s",
+                 "throughput_samples_per_s", "throughput_median_window_samples_per_s", "train_time_per_step_s",
+                 "data_wait_fraction", "compile_s")
+HISTORY_FIELDS = ("step", "samples", "epoch", "time_s", "train_time_s")
+
+
+def _range_problem(data: dict) -> str | None:
+    """The first number a reader computes with that no run writes (types are already checked)."""
+    batch = data.get("batch")
+    if isinstance(batch, dict):
+        for name in BATCH_FIELDS:
+            if not 1 <= batch[name] <= MAX_COUNT:
+                return f"field 'batch': {name!r} is {shown(batch[name], 30)}, not a size from 1 to {MAX_COUNT:.0e}"
+        if batch["global"] != batch["per_device"] * batch["num_processes"] * batch["accumulation_steps"]:
+            return (f"field 'batch': 'global' {batch['global']} is not per_device x num_processes x "
+                    f"accumulation_steps ({batch['per_device']} x {batch['num_processes']} x "
+                    f"{batch['accumulation_steps']})")
+    checks = [(repr(name), data.get(name), MAX_COUNT) for name in COUNT_FIELDS]
+    checks += [(repr(name), data.get(name), MAX_SECONDS) for name in AMOUNT_FIELDS]
+    checks += [(f"'throughput_windows' item {i}", v, MAX_SECONDS) for i, v in enumerate(data.get("throughput_windows") or [])]
+    for index, entry in enumerate(data.get("history") or []):
+        checks += [(f"'history' item {index} {name!r}", entry.get(name), MAX_SECONDS) for name in HISTORY_FIELDS]
+    for label, value, high in checks:
+        if value is not None and not 0 <= value <= high:
+            return f"field {label} is {shown(value, 30)}, out of range (0 to {high:.0e})"
     return None
 
 

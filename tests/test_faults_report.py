@@ -94,6 +94,13 @@ def _set(**fields):
     (_set(config__global_bs="128"), "'global_bs': must be a whole number, got text"),
     (_set(config__lr_scaling={"a": 1}), "'lr_scaling': must be text, got an object"),
     (_set(status="x" * 10_000), "unknown status"),
+    # numbers of the right type that no run writes: each crashed a question (ZeroDivisionError, IndexError,
+    # OverflowError) before it was refused where results are loaded
+    (_set(batch__per_device=0), "'per_device' is 0, not a size"),
+    (_set(batch__accumulation_steps=0), "'accumulation_steps' is 0, not a size"),
+    (_set(batch__global=256), "'global' 256 is not per_device x num_processes x accumulation_steps"),
+    (_set(train_time_to_target_s=1e308), "'train_time_to_target_s' is 1e+308, out of range"),
+    (_set(throughput_windows=[-1.0]), "'throughput_windows' item 0 is -1.0, out of range"),
 ])
 def test_a_damaged_result_is_named_in_one_line_and_left_out(tmp_path, change, fragment):
     good_study(tmp_path)
