@@ -6,7 +6,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SMALL, assert_ok, assert_one_line_error, run_entry, run_in_process, run_script
+from conftest import (
+    SMALL,
+    assert_ok,
+    assert_one_line_error,
+    load_result,
+    run_entry,
+    run_in_process,
+    run_script,
+)
 
 QUICK = ["--max-steps", "4", "--target-accuracy", "none", "--progress", "false", "--cpu"]
 
@@ -335,15 +343,18 @@ def test_bad_samples_past_the_checked_ones_are_named_when_the_set_is_read_into_m
     assert not (out / "result.json").exists()
 
 
-def test_a_batch_of_two_shapes_through_the_loader_is_one_line(tmp_path):
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_a_batch_of_two_shapes_through_the_loader_is_one_line(tmp_path, workers):
     """A set kept in its DataLoader (--materialize false): the odd sample past the checked ones ends the run
-    at the batch that holds it, in one line, not a stack traceback."""
+    at the batch that holds it, in one line (from a loader worker too), not a stack traceback."""
     (tmp_path / "baddata.py").write_text(BAD_DATA)
     out = tmp_path / "out"
     proc = run_in_process([*QUICK[:1], "400", *QUICK[2:], "--global-bs", "1000", "--materialize", "false",
-                           "--dataset", "baddata:odd_late_sample", "--model", "mlp", "--output-dir", str(out)],
-                          cwd=tmp_path)
+                           "--num-workers", workers, "--dataset", "baddata:odd_late_sample", "--model", "mlp",
+                           "--output-dir", str(out)], cwd=tmp_path)
     assert_one_line_error(proc, "a training batch's sample has input shape (41,), another (40,)")
+    result = load_result(out)
+    assert result["status"] == "failed" and "input shape (41,)" in result["error"]
 
 
 def _text_labels_csv(path: Path, rows: int = 300) -> Path:

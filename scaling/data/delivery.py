@@ -175,11 +175,11 @@ class BatchSource:
                 yield self._tensors.batch(self._permutation[first + start : first + end])
         elif self.memory_format is not None:
             for _ in range(self.sampler.plan.micro_steps_per_process):
-                inputs, labels = next(self._iterator)
+                inputs, labels = next_batch(self._iterator)
                 yield (inputs.contiguous(memory_format=self.memory_format) if inputs.dim() == 4 else inputs), labels
         else:
             for _ in range(self.sampler.plan.micro_steps_per_process):
-                yield next(self._iterator)
+                yield next_batch(self._iterator)
 
     def replay_micro_batches(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The micro-batches of any step again, outside the loader's stream (the same samples; a loader's
@@ -203,6 +203,18 @@ def collate(items: list[Any]) -> Any:
     except RuntimeError:
         if all(isinstance(item, (tuple, list)) and item for item in items):
             check_one_shape([item[0] for item in items], split="training")
+        raise
+
+
+def next_batch(iterator: Any) -> Any:
+    """The loader's next batch. A ConfigError raised in a loader worker (`collate`) comes back re-raised with the
+    worker's traceback in its message: the original line alone is the error."""
+    try:
+        return next(iterator)
+    except ConfigError as err:
+        lines = str(err).strip().splitlines()
+        if len(lines) > 1 and "ConfigError: " in lines[-1]:
+            raise ConfigError(lines[-1].split("ConfigError: ", 1)[1]) from None
         raise
 
 
