@@ -317,3 +317,41 @@ def test_a_pre_manifest_checkpoint_with_a_malicious_optimizer_names_optimizer_bi
     proc = run_entry([*ARGS, "--output-dir", str(run), "--resume"])
     assert_one_line_error(proc, f"--resume: checkpoint file {checkpoint / 'optimizer.bin'} cannot be read")
     assert "planted code ran" not in proc.stdout + proc.stderr
+
+
+# ---------------------------------------------------------------- issue 29, item 1: no save through a link
+
+
+def test_a_save_never_writes_through_a_link_planted_at_checkpoint_tmp(tmp_path):
+    """Links planted during a real run at checkpoint.tmp (to a folder outside) and checkpoint.old (to a
+    missing path outside) are removed, never followed: nothing is written outside the run folder and the
+    later saves succeed."""
+    folder, outside = tmp_path / "run", tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("mine")
+    proc = subprocess.Popen([sys.executable, str(RUN_PY), *ARGS, "--checkpoint-every", "40", "--output-dir",
+                             str(folder)], cwd=REPO, env=child_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline, planted, planted_at = time.time() + 120, set(), None
+    while proc.poll() is None and time.time() < deadline and len(planted) < 2:
+        if (folder / "checkpoint" / "manifest.json").exists():
+            for name, target in (("checkpoint.tmp", outside), ("checkpoint.old", outside / "created")):
+                try:  # fails while a save has its own copy there: tried again
+                    if name not in planted:
+                        (folder / name).symlink_to(target)
+                        planted.add(name)
+                except FileExistsError:
+                    pass
+            try:
+                planted_at = step_of(folder / "checkpoint")
+            except (FileNotFoundError, ValueError):  # between a save's two renames
+                pass
+        time.sleep(0.005)
+    _, stderr = proc.communicate(timeout=120)
+    assert len(planted) == 2 and planted_at is not None, "the run ended before the links could be planted"
+    assert proc.returncode == 0, stderr[-2000:]
+    assert sorted(p.name for p in outside.iterdir()) == ["keep.txt"]  # nothing written or created outside
+    assert (outside / "keep.txt").read_text() == "mine"
+    assert not (folder / "checkpoint.tmp").is_symlink() and not (folder / "checkpoint.old").is_symlink()
+    assert step_of(folder / "checkpoint") > planted_at  # saved again after the links were planted
+    verify(folder / "checkpoint")

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from scaling.config import ConfigError, RunConfig
 from scaling.errors import shown
-from scaling.files import OutputError, write_json_atomic
+from scaling.files import OutputError, atomic_file, write_json_atomic
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -79,28 +79,38 @@ class Checkpoint:
         """Written to checkpoint.tmp (manifest last), then renamed over checkpoint, so a kill at any point
         keeps a complete copy; correct whatever earlier interrupted saves left behind. `loop_state` must hold
         the run's config under "config" (checked on load); `start` (tensors and plain containers) is this
-        process's training state at the start. A write error is an OutputError on every process."""
+        process's training state at the start. A write error is an OutputError on every process.
+
+        checkpoint.tmp is made afresh by this save: a link found there (planted in a shared folder) is
+        removed, never followed, and the folder is checked to be still the one made before anything is
+        written into it by its descriptor (the trainer state and the manifest) or renamed into place."""
         accelerator = self.accelerator
         tmp, old = self.tmp, self.old
-        error = None
+        error, made = None, []  # the main process's descriptor of the checkpoint.tmp it made
         if accelerator.is_main_process:
-            error = _attempt(lambda: _remove(tmp))
-        accelerator.wait_for_everyone()
-        if error is None:
-            # safetensors and torch report a failed write as their own errors (SafetensorError, RuntimeError)
-            error = _attempt(lambda: accelerator.save_state(str(tmp)), any_error=True)
-        if error is None and start is not None:
-            error = _attempt(lambda: _save_tensors(start, tmp / self.start_file), any_error=True)
-        error = self._agree(error)
-        if accelerator.is_main_process and error is None:
-            error = _attempt(lambda: self._finish(tmp, old, loop_state))
-        error = self._agree(error)
+            error = _attempt(lambda: made.append(_fresh_folder(tmp)))
+        try:
+            accelerator.wait_for_everyone()
+            if error is None:
+                # safetensors and torch report a failed write as their own errors (SafetensorError,
+                # RuntimeError)
+                error = _attempt(lambda: accelerator.save_state(str(tmp)), any_error=True)
+            if error is None and start is not None:
+                error = _attempt(lambda: _save_tensors(start, tmp / self.start_file), any_error=True)
+            error = self._agree(error)
+            if accelerator.is_main_process and error is None:
+                error = _attempt(lambda: self._finish(tmp, old, loop_state, made[0]))
+            error = self._agree(error)
+        finally:
+            for fd in made:
+                os.close(fd)
         if error is not None:
             raise OutputError(f"cannot write checkpoint {self.directory}: {error}; the previous checkpoint (if "
                               f"any) is kept")
 
-    def _finish(self, tmp: Path, old: Path, loop_state: dict) -> None:
-        write_json_atomic(tmp / STATE_FILE, loop_state)
+    def _finish(self, tmp: Path, old: Path, loop_state: dict, folder_fd: int) -> None:
+        _still_made(tmp, folder_fd)
+        write_json_atomic(tmp / STATE_FILE, loop_state, dir_fd=folder_fd)
         files = {}
         for path in sorted(tmp.iterdir()):
             if path.is_file() and path.name != MANIFEST:
@@ -108,12 +118,13 @@ class Checkpoint:
                 files[path.name] = {"size": path.stat().st_size, "sha256": _sha256(path)}
         manifest = {"format": MANIFEST_FORMAT, "step": loop_state.get("step"),
                     "num_processes": self.accelerator.num_processes, "files": files}
-        write_json_atomic(tmp / MANIFEST, manifest)  # last: from here on tmp is a complete copy
-        _fsync(tmp)
+        _still_made(tmp, folder_fd)  # the files hashed are the ones written
+        write_json_atomic(tmp / MANIFEST, manifest, dir_fd=folder_fd)  # last: from here on tmp is complete
+        _fsync_fd(folder_fd)
         # Any `old` is a leftover of an interrupted save and older than tmp: drop it before making room.
         _remove(old)
-        if self.directory.exists():
-            self.directory.rename(old)
+        if self.directory.exists() or self.directory.is_symlink():
+            self.directory.rename(old)  # a link planted at checkpoint is moved as a link, never followed
         tmp.rename(self.directory)
         _fsync(self.directory.parent)
         _remove(old)
@@ -496,7 +507,29 @@ def _verify_rng(path: Path) -> None:
 def _save_tensors(value: dict, path: Path) -> None:
     import torch
 
-    torch.save(value, path)
+    with atomic_file(path) as handle:  # a link at `path` is refused, never written through
+        torch.save(value, handle)
+
+
+def _fresh_folder(path: Path) -> int:
+    """An empty folder at `path` made by this process, and its descriptor: whatever was there before (a
+    leftover of an interrupted save, or a link) is removed first, a link as a link, never followed. Anything
+    put there again in between makes mkdir fail: the save fails, the previous checkpoint is kept."""
+    _remove(path)
+    os.mkdir(path)
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+
+
+def _still_made(path: Path, folder_fd: int) -> None:
+    """OutputError unless `path` is still the folder `_fresh_folder` made (not moved away, not a link)."""
+    try:
+        now, made = os.lstat(path), os.fstat(folder_fd)
+        same = (now.st_dev, now.st_ino) == (made.st_dev, made.st_ino)
+    except OSError:
+        same = False
+    if not same:
+        raise OutputError(f"{path} was replaced during the save (moved away, or swapped for a link or another "
+                          f"folder); nothing is written through it")
 
 
 def _read_json(path: Path) -> Any:
@@ -525,11 +558,16 @@ def _fsync(path: Path) -> None:
     except OSError:
         return
     try:
-        os.fsync(fd)
-    except OSError:
-        pass
+        _fsync_fd(fd)
     finally:
         os.close(fd)
+
+
+def _fsync_fd(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    except OSError:  # a file system that cannot: the renames still order the copies
+        pass
 
 
 def _remove(path: Path) -> None:
