@@ -62,7 +62,7 @@ class ClassificationTask:
         largest), and no eval label outside the training labels' range. `source` begins each message
         (`--dataset 'mod:fn'`). Vectorised over the label tensors: no loop over samples."""
         for split, values in labels.items():
-            self._check_label_values(values, split, source)
+            self.check_labels(values, split, source)
         train = labels["train"]
         if complete and len(train) and len(labels["eval"]):
             _check_eval_within_train(labels["eval"], int(train.min()), int(train.max()), source)
@@ -76,7 +76,8 @@ class ClassificationTask:
         return int(seen.max()) + 1
 
     @staticmethod
-    def _check_label_values(values: torch.Tensor, split: str, source: str) -> None:
+    def check_labels(values: torch.Tensor, split: str, source: str) -> None:
+        """One whole number >= 0 per sample (a 1-D integer tensor)."""
         if values.dim() != 1:
             raise ConfigError(f"{source}: its {split} labels have shape {tuple(values.shape)}, but a classification "
                               f"model takes one class label per sample (a tensor of shape ({len(values)},)); "

@@ -1,5 +1,6 @@
 """Issue 13: data and models the user hands over, the dataset cache, the hub. Real runs of the entry point."""
 
+import json
 import time
 from pathlib import Path
 
@@ -373,3 +374,14 @@ def test_text_labels_are_refused_with_how_to_encode_them(tmp_path, splits):
     proc = run_in_process([*QUICK, "--dataset", str(path), "--global-bs", "64", "--model", "mlp", *splits,
                            "--output-dir", str(tmp_path / "out")])
     assert_one_line_error(proc, "label column 'label' holds text ('cat', 'dog', ...)", "class_encode_column")
+
+
+def test_a_label_column_of_lists_is_refused_before_the_hold_out(tmp_path):
+    """A sequence model's targets (a list per row) in a file with one split: refused on all its rows, before
+    the automatic hold-out splits them."""
+    path = tmp_path / "sequences.jsonl"
+    path.write_text("".join(json.dumps({"a": row / 300, "b": 1 - row / 300, "label": [row % 3, (row + 1) % 3]}) + "\n"
+                            for row in range(300)))
+    proc = run_in_process([*QUICK, "--dataset", str(path), "--global-bs", "64", "--model", "mlp",
+                           "--output-dir", str(tmp_path / "out")])
+    assert_one_line_error(proc, "its train labels have shape (300, 2)", "one class label per sample")

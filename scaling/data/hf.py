@@ -9,6 +9,7 @@ import torch
 
 from scaling.config import ConfigError, RunConfig, shown
 from scaling.data.tensors import TensorPair, non_finite_rows
+from scaling.task import CLASSIFICATION
 
 _FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".arrow": "arrow"}
 
@@ -116,6 +117,7 @@ def _split(dataset_dict, spec: str, name: str):
 def _holdout(split, label_column: str, name: str) -> tuple[Any, Any, str]:
     """(train, eval, note): HOLDOUT_FRACTION of each class held out, chosen with a fixed seed."""
     labels = torch.as_tensor(split.with_format("torch", columns=[label_column])[:][label_column])
+    CLASSIFICATION.check_labels(labels, "train", f"--dataset {name!r}")  # one class per row, before holding out
     generator = torch.Generator().manual_seed(HOLDOUT_SEED)
     held: list[int] = []
     for label in torch.unique(labels):
