@@ -7,6 +7,7 @@ data becomes a `TensorPair`, which the training loop indexes a whole batch at a 
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -237,7 +238,9 @@ def _sample_split(dataset: Any, count: int, split: str, shape: torch.Size, name:
         if len(chunk) == LABEL_CHUNK or chunk_bytes >= FINITE_CHUNK_BYTES or index == count - 1:
             found = non_finite_rows(torch.stack(chunk))
             if found is not None:
-                bad, first_bad = bad + found[0], index + 1 - len(chunk) + found[1] if first_bad is None else first_bad
+                bad += found[0]
+                if first_bad is None:
+                    first_bad = index + 1 - len(chunk) + found[1]
             chunk, chunk_bytes = [], 0
     if first_bad is not None:
         _refuse_non_finite(bad, first_bad, split, name)
@@ -253,10 +256,10 @@ def _label(label: Any, index: int, name: str) -> int:
             raise ConfigError(f"--dataset {name!r}: sample {index} has label {shown(label.item())}; class labels "
                               f"must be whole numbers 0, 1, 2, ...")
         label = int(label)
-    if not isinstance(label, int) or isinstance(label, bool) or not -2**63 <= label < 2**63:
+    if not isinstance(label, numbers.Integral) or not -2**63 <= int(label) < 2**63:  # NumPy integers too
         raise ConfigError(f"--dataset {name!r}: sample {index} has label {shown(label)}; class labels must be "
                           f"whole numbers 0, 1, 2, ...")
-    return label
+    return int(label)
 
 
 def _check_finite_inputs(inputs: torch.Tensor, split: str, name: str) -> None:

@@ -42,11 +42,11 @@ def check_one_shape(inputs: list[Any], indices: list[int] | None = None, split: 
     names neither the sample nor the dataset: one line naming the first odd sample (its index, when known)
     and both shapes. A loop of tuple comparisons over a batch the caller has read already."""
     where = f"{split} " if split else ""
+    first = inputs[0].shape if inputs and torch.is_tensor(inputs[0]) else None
     for position, value in enumerate(inputs):
         sample = f"{where}sample {indices[position]}" if indices is not None else f"a {where}batch's sample"
         if not torch.is_tensor(value):
             raise ConfigError(f"{sample}'s input is {type(value).__name__}, not a tensor")
-        first = inputs[0].shape
         if value.shape != first:
             other = f"sample {indices[0]}" if indices is not None else "another"
             raise ConfigError(f"{sample} has input shape {tuple(value.shape)}, {other} {tuple(first)}; every "
