@@ -6,6 +6,7 @@ and user text reaches report.md without markup."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,41 @@ def test_a_study_whose_every_result_is_damaged_is_one_error(tmp_path):
     proc = report(tmp_path)
     assert_one_line_error(proc, "no finished runs", "its 4 result.json file(s) cannot be used", "holds NaN")
     assert not (tmp_path / "report.md").exists() and not (tmp_path / "findings.json").exists()
+
+
+# --- item 20: user text in report.md -------------------------------------------------------------------------
+
+
+def test_user_text_reaches_report_md_without_markup(tmp_path):
+    study = good_study(tmp_path)
+    study["name"] = "<script>alert(1)</script> [click](javascript:alert(2)) ![x](http://tracker.example/p.png)"
+    # a failed configuration that left no result: its id and its stderr tail come from study.json as they are
+    study["configs"].append({"id": "<img src=x onerror=alert(3)>", "overrides": {"global_bs": 256, "seed": 0},
+                             "status": "failed", "output_dir": "runs/failed",
+                             "error_tail": "Traceback ...\nValueError: <iframe src=//evil.example></iframe>"})
+    (tmp_path / "study.json").write_text(json.dumps(study))
+    proc = report(tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    markdown = (tmp_path / "report.md").read_text()
+    title = markdown.splitlines()[0]
+    assert title.startswith("# Scaling report: ")
+    for raw in ("<script", "<img", "<iframe"):
+        assert raw not in markdown, raw
+    targets = re.findall(r"(?<!\\)\]\(([^)]*)\)", markdown)  # every link or image the Markdown makes
+    assert targets and all(re.fullmatch(r"[a-z_]+\.png", target) for target in targets), targets
+    assert "&lt;script>alert(1)&lt;/script>" in title  # shown as text, not dropped
+    assert "&lt;img src=x onerror=alert(3)>" in markdown and "&lt;iframe src=//evil.example>" in markdown
+    assert "\\](javascript:alert(2))" in title
+    # the report's own Markdown is untouched: its plots stay linked, its code spans and comparisons as written
+    assert "](time_to_target.png)" in markdown and " < r < " in markdown
+
+
+def test_a_study_name_with_a_newline_stays_in_the_title(tmp_path):
+    study = good_study(tmp_path)
+    study["name"] = "study\n\n# Injected heading\n<b>bold</b>"
+    (tmp_path / "study.json").write_text(json.dumps(study))
+    proc = report(tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    markdown = (tmp_path / "report.md").read_text()
+    assert markdown.splitlines()[0] == "# Scaling report: study # Injected heading &lt;b>bold&lt;/b>"
+    assert "\n# Injected" not in markdown

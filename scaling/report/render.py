@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,23 +63,40 @@ def to_markdown(blocks: list[Block]) -> str:
 
 def _markdown(block: Block) -> str:
     if isinstance(block, Heading):
-        return "#" * block.level + " " + block.text
+        return "#" * block.level + " " + text(block.text)
     if isinstance(block, Paragraph):
-        return block.text
+        return text(block.text)
     if isinstance(block, Note):
-        return f"_{block.text}_"
+        return f"_{text(block.text)}_"
     if isinstance(block, Bullets):
-        return "\n".join(f"- {item}" for item in block.items)
+        return "\n".join(f"- {text(item)}" for item in block.items)
     if isinstance(block, Table):
         lines = [_markdown_row(block.header), "|" + "|".join("---" for _ in block.header) + "|"]
         return "\n".join(lines + [_markdown_row(row) for row in block.rows])
     if isinstance(block, Figure):
-        return f"![{block.caption}]({block.path.name})\n\n_{block.caption}_"
+        caption = text(block.caption)
+        return f"![{caption}]({block.path.name})\n\n_{caption}_"
     raise TypeError(f"unknown block {type(block).__name__}")
 
 
 def _markdown_row(cells: list[str]) -> str:
-    return "| " + " | ".join(str(cell).replace("|", "\\|").replace("\n", " ") for cell in cells) + " |"
+    return "| " + " | ".join(text(cell).replace("|", "\\|") for cell in cells) + " |"
+
+
+# User text (a study name, a run id, a line of a run's stderr) reaches report.md as it is written, and a Markdown
+# viewer renders raw HTML, links and images: whatever would open a tag (`<` before a letter, `/`, `!` or `?`) is
+# written as `&lt;`, a `]` that would close a link or image text as `\]`, and a backslash as `\\`. All still read
+# as written; a lone `<` (`0.6 < r`), other brackets and the report's own code spans are left alone.
+_TAG_OPEN = re.compile(r"<(?=[A-Za-z/!?])")
+_LINK_CLOSE = re.compile(r"\](?=\s*[(\[:])")
+# A line break would let text start a block of its own (a heading, an HTML block) out of its heading or cell.
+_LINE_BREAK = re.compile(r"[ \t]*(?:\r\n|\r|\n)[ \t\r\n]*")
+
+
+def text(value: object) -> str:
+    """`value` as one line of Markdown text that opens no tag, link or image."""
+    line = _LINE_BREAK.sub(" ", str(value)).replace("\\", "\\\\")  # `\\](` must not undo the escape below
+    return _LINK_CLOSE.sub(r"\\]", _TAG_OPEN.sub("&lt;", line))
 
 
 # --- HTML -------------------------------------------------------------------------------------------------
