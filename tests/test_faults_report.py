@@ -177,3 +177,48 @@ def test_a_study_name_with_a_newline_stays_in_the_title(tmp_path):
     markdown = (tmp_path / "report.md").read_text()
     assert markdown.splitlines()[0] == "# Scaling report: study # Injected heading &lt;b>bold&lt;/b>"
     assert "\n# Injected" not in markdown
+
+
+# --- item 18: SLURM fields ---------------------------------------------------------------------------------
+
+
+def write_spec(folder: Path, spec: dict, name: str = "spec.yaml") -> Path:
+    import yaml
+
+    path = folder / name
+    path.write_text(yaml.safe_dump(spec, allow_unicode=True))
+    return path
+
+
+def slurm_sweep(spec: Path, study_dir: Path, *flags: str):
+    return run_in_process([str(spec), "--dir", str(study_dir), "--slurm", "array", *flags], command="sweep")
+
+
+@pytest.mark.parametrize("slurm, fragment", [
+    ({"time": "١٢:٠٠:٠٠"}, "slurm time must be a SLURM time"),  # Arabic-Indic digits: \d matches them
+    ({"time": "１２:００:００"}, "slurm time must be a SLURM time"),  # fullwidth digits
+    ({"time": "1-24:00:00"}, "slurm time must be a SLURM time"),
+    ({"time": "02:75:00"}, "slurm time must be a SLURM time"),
+    ({"time": "0"}, "slurm time must be a SLURM time"),
+    ({"time": "999-00:00:00"}, "slurm time must be a SLURM time"),
+    ({"cpus_per_task": 99999999999999999999}, "slurm cpus_per_task must be a whole number from 1 to 4096"),
+    ({"cpus_per_task": 0}, "slurm cpus_per_task must be a whole number from 1 to 4096"),
+    ({"gpus_per_node": 0}, "slurm gpus_per_node must be a whole number from 1 to 64"),
+    ({"gpus_per_node": 10**6}, "slurm gpus_per_node must be a whole number from 1 to 64"),
+])
+def test_a_slurm_field_out_of_bounds_is_refused_before_a_script_is_written(tmp_path, slurm, fragment):
+    spec = write_spec(tmp_path, {"name": "alloc", "base": {"global_bs": 64, "num_samples": 4000},
+                                 "grid": {"seed": [0, 1]}, "slurm": slurm})
+    proc = slurm_sweep(spec, tmp_path / "study")
+    assert_one_line_error(proc, fragment)
+    assert not (tmp_path / "study" / "slurm").exists() and not (tmp_path / "study" / "runs").exists()
+
+
+@pytest.mark.parametrize("time", ["02:00:00", "1-12:00:00", "90", "30:00", "2-06", "365-00:00:00", "48:00:00"])
+def test_every_slurm_time_format_within_bounds_is_written(tmp_path, time):
+    spec = write_spec(tmp_path, {"name": "alloc", "base": {"global_bs": 64, "num_samples": 4000},
+                                 "slurm": {"time": time, "cpus_per_task": 4096, "gpus_per_node": 64}})
+    proc = slurm_sweep(spec, tmp_path / "study")
+    assert proc.returncode == 0, proc.stderr
+    lines = (tmp_path / "study" / "slurm" / "array.sbatch").read_text().splitlines()
+    assert f"#SBATCH --time={time}" in lines and "#SBATCH --cpus-per-task=4096" in lines

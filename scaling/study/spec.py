@@ -96,9 +96,37 @@ class SlurmSettings:
     account: str | None = None
 
 
-# Values that go into #SBATCH lines unquoted: SLURM's own time formats, and names of letters, digits, . _ -
-_SLURM_TIME = re.compile(r"(\d+-)?\d{1,3}(:\d{2}){0,2}")
+# Values that go into #SBATCH lines unquoted: SLURM's own time formats, and names of letters, digits, . _ -. ASCII
+# digits only ([0-9], never \d, which also matches Arabic-Indic and other digits SLURM does not read).
+_SLURM_TIME = re.compile(r"(?:(?P<days>[0-9]{1,3})-(?P<dh>[0-9]{1,2})(?::(?P<dm>[0-9]{2})(?::(?P<ds>[0-9]{2}))?)?"
+                         r"|(?P<h>[0-9]{1,4}):(?P<hm>[0-9]{2}):(?P<hs>[0-9]{2})"
+                         r"|(?P<m>[0-9]{1,6})(?::(?P<ms>[0-9]{2}))?)")
 _SLURM_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+MAX_SLURM_DAYS = 365  # a job time limit past a year is a typo, not a plan
+# Bounds of the allocation's numbers: larger is a typo (and SLURM would refuse the job only once queued).
+SLURM_BOUNDS = {"gpus_per_node": (1, 64), "cpus_per_task": (1, 4096)}
+
+
+def slurm_time_seconds(text: str) -> int | None:
+    """Seconds of a SLURM time limit (minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS), or None when it is
+    not one, has a field out of range (minutes or seconds past 59, hours past 23 after days) or is 0 or over
+    MAX_SLURM_DAYS."""
+    match = _SLURM_TIME.fullmatch(text)
+    if match is None:
+        return None
+    field = {k: int(v) for k, v in match.groupdict().items() if v is not None}
+    if "days" in field:
+        parts, limits = [field["days"], field["dh"], field.get("dm", 0), field.get("ds", 0)], [None, 23, 59, 59]
+        seconds = ((parts[0] * 24 + parts[1]) * 60 + parts[2]) * 60 + parts[3]
+    elif "h" in field:
+        parts, limits = [field["h"], field["hm"], field["hs"]], [None, 59, 59]
+        seconds = (parts[0] * 60 + parts[1]) * 60 + parts[2]
+    else:
+        parts, limits = [field["m"], field.get("ms", 0)], [None, 59]
+        seconds = parts[0] * 60 + parts[1]
+    if any(limit is not None and part > limit for part, limit in zip(parts, limits, strict=True)):
+        return None
+    return seconds if 0 < seconds <= MAX_SLURM_DAYS * 86400 else None
 
 
 def slurm_settings(section: Any, overrides: dict[str, Any] | None = None) -> SlurmSettings:
@@ -112,12 +140,13 @@ def slurm_settings(section: Any, overrides: dict[str, Any] | None = None) -> Slu
         raise ConfigError(f"study spec: unknown slurm key {shown(str(unknown[0]), 40)}; known: {', '.join(sorted(known))}")
     section.update({k: v for k, v in (overrides or {}).items() if v is not None})
     settings = SlurmSettings(**section)
-    for key in ("gpus_per_node", "cpus_per_task"):
+    for key, (low, high) in SLURM_BOUNDS.items():
         value = getattr(settings, key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < (key != "gpus_per_node")):
-            raise ConfigError(f"slurm {key} must be a whole number >= {int(key != 'gpus_per_node')}, got {shown(value)}")
-    if not isinstance(settings.time, str) or not _SLURM_TIME.fullmatch(settings.time):
-        raise ConfigError(f"slurm time must be a SLURM time such as 02:00:00 or 1-12:00:00, got {shown(settings.time)}")
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high):
+            raise ConfigError(f"slurm {key} must be a whole number from {low} to {high}, got {shown(value)}")
+    if not isinstance(settings.time, str) or slurm_time_seconds(settings.time) is None:
+        raise ConfigError(f"slurm time must be a SLURM time such as 02:00:00 or 1-12:00:00 (ASCII digits, minutes "
+                          f"and seconds 0-59, at most {MAX_SLURM_DAYS} days), got {shown(settings.time)}")
     for key in ("partition", "account"):
         value = getattr(settings, key)
         if value is not None and (not isinstance(value, str) or not _SLURM_NAME.fullmatch(value)):
