@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
+import os
 import sys
-from pathlib import Path
 
-from scaling.config import ArgumentParser, ConfigError
+from scaling.startup import quiet_interrupt
+
+if __name__ == "__main__" or os.path.basename(sys.argv[0]) == "scaling":
+    # The command itself (not a test or tool importing this module): Ctrl-C is quiet from here on, before the
+    # imports below; main() names the command once it knows it.
+    quiet_interrupt("scaling: interrupted")
+
+import dataclasses  # noqa: E402 - after the Ctrl-C handler
+from pathlib import Path  # noqa: E402
+
+from scaling.config import ArgumentParser, ConfigError  # noqa: E402
 
 USAGE = """usage: scaling COMMAND [options]
 
@@ -187,17 +196,10 @@ def predict(argv: list[str]) -> int:
 
 
 def quiet_ctrl_c(command: str) -> None:
-    """Ctrl-C ends any command with one line and status 130, no traceback; a run in training and a sweep
-    running a configuration install their own handlers (checkpoint, forward to the run) and restore this one."""
-    import signal
-
-    def interrupted(signum, frame):
-        from tqdm.auto import tqdm  # clears a progress bar before the line
-
-        tqdm.write(f"scaling: {command} interrupted", file=sys.stderr)
-        raise SystemExit(130)
-
-    signal.signal(signal.SIGINT, interrupted)
+    """Ctrl-C ends any command with one line and status 130, no traceback (also in the middle of an import:
+    scaling/startup.py); a run in training and a sweep running a configuration install their own handlers
+    (checkpoint, forward to the run) and restore this one."""
+    quiet_interrupt(f"scaling: {command} interrupted")
 
 
 def main(argv: list[str] | None = None) -> int:

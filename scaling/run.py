@@ -10,34 +10,28 @@ Read top to bottom: parse -> settle (the same configuration and output folder in
 
 from __future__ import annotations
 
+import os
 import sys
-from pathlib import Path
 
 if __package__ in (None, ""):
     # Run as a file path: put the repository root (not scaling/) on sys.path so `scaling` imports as a
-    # package and its module names (config, data, ...) cannot shadow anything else.
-    _here = str(Path(__file__).resolve().parent)
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(_here)]
-    sys.path.insert(0, str(Path(_here).parent))
+    # package and its module names (config, data, ...) cannot shadow anything else. os.path, not pathlib:
+    # nothing is imported before the Ctrl-C handler below.
+    _here = os.path.dirname(os.path.realpath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != _here]
+    sys.path.insert(0, os.path.dirname(_here))
 
-    def _interrupted(signum, frame):
-        """Ctrl-C while importing and building: one line and the shell's status, no traceback. Training
-        replaces this handler with its checkpointing one (scaling/train/checkpoint.py) and restores it after."""
-        import os
+    # Ctrl-C while importing and building: one line and the shell's status, no traceback (even in the middle
+    # of an import: scaling/startup.py). Training replaces this handler with its checkpointing one
+    # (scaling/train/signals.py) and restores it after.
+    from scaling.startup import quiet_interrupt
 
-        if os.environ.get("RANK", "0") == "0":
-            from tqdm.auto import tqdm  # clears a progress bar (dataset generation) before the line
-
-            tqdm.write("scaling: interrupted before training started; nothing to resume", file=sys.stderr)
-        raise SystemExit(130)
-
-    import signal
-
-    signal.signal(signal.SIGINT, _interrupted)
+    quiet_interrupt("scaling: interrupted before training started; nothing to resume")
 
 import dataclasses
 import time
 import traceback
+from pathlib import Path
 
 import torch
 import yaml
