@@ -248,6 +248,10 @@ def build_parser(prog: str = "scaling run") -> ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config as YAML (flags > --config > defaults) and exit")
+    parser.add_argument("--startup-timeout-s", metavar="SECONDS",
+                        help="end the run (exit 2, one line naming what it waited for) when start-up (the "
+                             "process group, loading the dataset, building the model) takes longer "
+                             "(default: none; a study's runs have the launcher's timeout_s)")
     for title, fields in GROUPS:
         group = parser.add_argument_group(title)
         for name, text in fields:
@@ -280,13 +284,29 @@ def parse_args(argv: list[str] | None, prog: str = "scaling run") -> tuple[RunCo
         what = f"unknown flag {flag.split('=')[0]}" if flag.startswith("-") else f"unexpected argument {flag!r}"
         raise ConfigError(f"{what}{_suggest(key, as_flag=True) if flag.startswith('-') else ''}")
     namespace = vars(parsed)
-    extras = {"resume": namespace.pop("resume", False), "print_config": namespace.pop("print_config", False)}
+    extras = {"resume": namespace.pop("resume", False), "print_config": namespace.pop("print_config", False),
+              "startup_timeout_s": startup_timeout(namespace.pop("startup_timeout_s", None))}
     config_path = namespace.pop("config", None)
     merged: dict[str, Any] = {}
     if config_path is not None:
         merged = apply_overrides(merged, load_yaml(config_path), from_cli=False, source=str(config_path))
     merged = apply_overrides(merged, namespace, from_cli=True, source="the command line")
     return make_config(merged), extras
+
+
+def startup_timeout(value: str | None) -> float | None:
+    """--startup-timeout-s: a positive number of seconds, or none. A limit on the run's start-up, not a
+    setting of the training: it is not in RunConfig (result.json, checkpoints and study ids do not record
+    it)."""
+    if value is None or value.strip().lower() in ("none", "null"):
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(f"--startup-timeout-s must be a positive number of seconds (or none), got {shown(value)}")
+    return seconds
 
 
 def make_config(values: dict[str, Any], source: str = "config") -> RunConfig:

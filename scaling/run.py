@@ -48,6 +48,8 @@ from scaling.output import prepare_output_dir
 from scaling.parent import die_with_parent_if_asked
 from scaling.record import RunRecord, data_wait_fraction
 from scaling.results import Result, exit_status, summary_line
+from scaling.startup import StartupTimeout, StartupWatch
+from scaling.startup import end as end_startup
 from scaling.train.signals import StopOnSignals
 
 
@@ -59,9 +61,11 @@ def main(argv: list[str] | None = None, prog: str = "scaling run") -> int:
         if extras["print_config"]:
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
             return 0
+        # Until training begins: says what start-up waits for, and ends it past --startup-timeout-s.
+        StartupWatch(extras["startup_timeout_s"]).start()
         cfg, lock = settle(cfg, extras["resume"])
         result = run(cfg, resume=extras["resume"])
-    except ConfigError as err:
+    except (ConfigError, StartupTimeout) as err:
         if distributed.is_main_process():
             print(f"scaling: error: {err}", file=sys.stderr)
         return 2
@@ -70,6 +74,7 @@ def main(argv: list[str] | None = None, prog: str = "scaling run") -> int:
             print(f"scaling: out of memory: {err}", file=sys.stderr)
         return 1
     finally:
+        end_startup()
         _close_process_group()
         if lock is not None:
             lock.release()

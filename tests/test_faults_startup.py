@@ -1,7 +1,7 @@
-"""Issue 29, item 16: Ctrl-C during start-up's imports.
+"""Issue 29, items 16 and 17: Ctrl-C during start-up's imports, and a start-up that hangs.
 
 Real processes and real signals: `python scaling/run.py` (and `python -m scaling.cli run`) interrupted at
-several moments of its start-up.
+several moments of its start-up; a real dataset factory that sleeps, under --startup-timeout-s.
 """
 
 from __future__ import annotations
@@ -9,11 +9,14 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import textwrap
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from conftest import REPO, RUN_PY, SMALL, child_env
+from conftest import REPO, RUN_PY, SMALL, assert_ok, assert_one_line_error, child_env, run_entry, run_script
 
 pytestmark = pytest.mark.slow
 
@@ -52,3 +55,66 @@ def test_ctrl_c_during_start_up_ends_with_130_and_one_line(tmp_path, interpreter
     assert "Traceback" not in stderr and "Error" not in stderr, stderr[-3000:]
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "interrupted" in lines[0], stderr[-3000:]
+
+
+HANGING = """
+import time
+
+
+def hang():
+    time.sleep(600)  # a download or a lock that never comes
+
+
+def swallow():
+    while True:
+        try:
+            time.sleep(600)
+        except:  # noqa: E722 - a factory that swallows everything, even the timeout
+            pass
+"""
+
+
+def _hanging_module(tmp_path: Path) -> Path:
+    (tmp_path / "hanging.py").write_text(textwrap.dedent(HANGING))
+    return tmp_path / "hanging.py"
+
+
+def test_a_hanging_dataset_factory_ends_at_the_start_up_limit_naming_what_it_waited_for(tmp_path):
+    """Before: no start-up limit for a single run; it waited forever (only a sweep's timeout_s ended it)."""
+    module = _hanging_module(tmp_path)
+    began = time.monotonic()
+    proc = run_script([*FLAGS, "--dataset", "hanging:hang", "--startup-timeout-s", "3", "--output-dir",
+                       str(tmp_path / "run")], timeout=120, PYTHONPATH=str(tmp_path))
+    took = time.monotonic() - began
+    assert_one_line_error(proc, "start-up took more than --startup-timeout-s 3 s: still loading the dataset",
+                          f"(in {module}:6, hang)", "raise the limit")
+    # The progress output said what start-up was waiting for before the limit was reached.
+    assert f"scaling: start-up: still loading the dataset (in {module}:6, hang)" in proc.stdout
+    assert took < 60  # ended by the limit (a few seconds after it), not by the test's timeout
+    assert not (tmp_path / "run" / "result.json").exists()  # nothing was trained: no result to report
+
+
+def test_a_factory_that_swallows_the_timeout_is_still_ended(tmp_path):
+    """The limit does not depend on the factory letting the exception through: the watch ends the process."""
+    module = _hanging_module(tmp_path)
+    proc = run_script([*FLAGS, "--dataset", "hanging:swallow", "--startup-timeout-s", "2", "--output-dir",
+                       str(tmp_path / "run")], timeout=120, PYTHONPATH=str(tmp_path))
+    assert_one_line_error(proc, "start-up took more than --startup-timeout-s 2 s: still loading the dataset",
+                          f"(in {module}:")
+
+
+def test_the_limit_covers_start_up_only(tmp_path):
+    """A run that starts within the limit trains past it; the watch and its SIGALRM handler are gone after."""
+    before = signal.getsignal(signal.SIGALRM)
+    proc = run_entry([*SMALL, "--num-samples", "2000", "--target-accuracy", "none", "--max-steps", "100000",
+                      "--max-time", "11", "--startup-timeout-s", "8", "--output-dir", str(tmp_path / "run")])
+    assert_ok(proc)
+    assert "start-up" not in proc.stdout + proc.stderr
+    assert signal.getsignal(signal.SIGALRM) == before
+    assert not [t for t in threading.enumerate() if t.name == "scaling-startup-watch"]
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-3", "nan", "inf"])
+def test_a_bad_start_up_limit_is_refused_in_one_line(tmp_path, value):
+    proc = run_entry([*FLAGS, "--startup-timeout-s", value, "--output-dir", str(tmp_path / "run")])
+    assert_one_line_error(proc, "--startup-timeout-s must be a positive number of seconds (or none), got ")

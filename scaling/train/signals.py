@@ -6,6 +6,8 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable
 
+from scaling.startup import end as end_startup
+
 
 class StopOnSignals:
     """SIGTERM (schedulers' preemption) and SIGINT (Ctrl-C) call `request_stop(signal name)` instead of
@@ -21,6 +23,9 @@ class StopOnSignals:
     def __enter__(self) -> StopOnSignals:
         def handler(signum, frame):
             self.request_stop(signal.Signals(signum).name)
+
+        # Training begins here: start-up's watch (what it waits for, --startup-timeout-s) ends.
+        end_startup()
 
         for number in self.SIGNALS:
             self.previous[number] = signal.signal(number, handler)
