@@ -57,17 +57,18 @@ class ClassificationTask:
 
     def num_classes(self, labels: dict[str, torch.Tensor], complete: bool, source: str) -> int:
         """The class scores the model must give (the largest label + 1), after checking the labels of each
-        split ({"train": ..., "eval": ...}, every label when `complete`, else a sample of each): one whole
-        number >= 0 per sample, forming a compact range of class ids (the output layer is sized from the
-        largest), and no eval label outside the training labels' range. `source` begins each message
-        (`--dataset 'mod:fn'`). Vectorised over the label tensors: no loop over samples."""
+        split ({"train": ..., "eval": ...}; `complete` when "train" holds every training label, else each may
+        be a sample): one whole number >= 0 per sample, forming a compact range of class ids (the output layer
+        is sized from the largest), and, when `complete`, no eval label outside the training labels' range.
+        `source` begins each message (`--dataset 'mod:fn'`). Vectorised over the label tensors: no loop over
+        samples."""
         for split, values in labels.items():
             self.check_labels(values, split, source)
         train = labels["train"]
         if complete and len(train) and len(labels["eval"]):
             _check_eval_within_train(labels["eval"], int(train.min()), int(train.max()), source)
-        # Every label known: the eval labels lie within the train labels' range, which alone sizes the output.
-        # A sample of each: the largest label of either may be the largest there is.
+        # Every train label known: the eval labels lie within their range, which alone sizes the output.
+        # A sample of the train labels: the largest label of either split may be the largest there is.
         present = [train] if complete else [values for values in labels.values() if len(values)]
         if not any(map(len, present)):
             return 1

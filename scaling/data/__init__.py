@@ -90,11 +90,11 @@ def checked_workload(train: Any, eval_: Any, name: str, notes: list[str], task: 
     if e0.shape != x0.shape:
         raise ConfigError(f"--dataset {name!r}: its eval inputs have shape {tuple(e0.shape)} but its train inputs "
                           f"{tuple(x0.shape)}; the model takes one input shape: give both splits the same")
-    labels, complete = {}, True
+    labels, whole = {}, {}
     for split, dataset in (("train", train), ("eval", eval_)):
-        labels[split], whole = _read_split(dataset, split, x0.shape, name)
-        complete = complete and whole
-    num_classes = task.num_classes(labels, complete, f"--dataset {name!r}")
+        labels[split], whole[split] = _read_split(dataset, split, x0.shape, name)
+    # Every train label known: any eval label (all, or a sample) outside their range is one the model never learns.
+    num_classes = task.num_classes(labels, whole["train"], f"--dataset {name!r}")
     return Workload(train, eval_, num_classes, InputShape(x0.shape, x0.dtype), notes)
 
 
