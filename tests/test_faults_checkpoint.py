@@ -292,6 +292,58 @@ def test_a_checkpoint_past_the_step_budget_is_refused(checkpointed, tmp_path):
                                 f"--max-steps 40")
 
 
+
+def _rewrite_manifest(checkpoint: Path, change) -> None:
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    change(manifest)
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("how, fragment", [
+    ("size a string", "is not a checkpoint manifest (its entry 'model.safetensors': {'sha256'"),
+    ("a name outside the folder", "is not a checkpoint manifest (its entry '../result.json'"),
+    ("num_processes a huge string", "was written by 'xxxxxxxx"),
+])
+def test_every_field_of_the_manifest_is_checked(checkpointed, tmp_path, how, fragment):
+    """Before: a manifest size that is not a number ended in `ValueError: Cannot specify ',' with 's'` (a
+    traceback, exit 1) while formatting the message; a huge num_processes was printed whole."""
+    run = copy_run(checkpointed, tmp_path)
+    checkpoint = run / "checkpoint"
+    forge(run)
+    if how == "size a string":
+        _rewrite_manifest(checkpoint, lambda m: m["files"]["model.safetensors"].update(size="x"))
+    elif how == "a name outside the folder":
+        _rewrite_manifest(checkpoint, lambda m: m["files"].update({"../result.json": m["files"]["optimizer.bin"]}))
+    else:
+        _rewrite_manifest(checkpoint, lambda m: m.update(num_processes="x" * 100_000))
+    proc = run_entry([*SHORT, "--output-dir", str(run), "--resume"])
+    assert_one_line_error(proc, f"--resume: checkpoint {'file ' if how != 'num_processes a huge string' else ''}"
+                                f"{checkpoint}", fragment)
+    assert len(proc.stderr) < 1000
+
+
+def test_a_forged_start_state_is_refused_in_one_line(tmp_path):
+    """The training state at the start (start_0.pt, for the exact-step replay) is checked as well: before, a
+    step past the checkpoint's own was taken as the replay's start."""
+    import hashlib
+
+    import torch
+
+    run = tmp_path / "run"
+    flags = [*SHORT, "--target-accuracy", "0.99"]  # a target (never reached): the start state is saved
+    assert_ok(run_entry([*flags, "--output-dir", str(run)]))
+    start_path = run / "checkpoint" / "start_0.pt"
+    start = torch.load(start_path, weights_only=True)
+    torch.save({**start, "step": 10**30}, start_path)
+    forge(run)
+    _rewrite_manifest(run / "checkpoint", lambda m: m["files"].update({"start_0.pt": {
+        "size": start_path.stat().st_size, "sha256": hashlib.sha256(start_path.read_bytes()).hexdigest()}}))
+    proc = run_entry([*flags, "--output-dir", str(run), "--resume"])
+    assert_one_line_error(proc, f"--resume: checkpoint file {start_path} is not a usable start state: step is "
+                                f"1000000000000000000000000000000, not a whole number from 0 to the checkpoint's "
+                                f"step 40")
+
+
 # ---------------------------------------------------------------- issue 29, item 15: the file refused is named
 
 

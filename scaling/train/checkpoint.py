@@ -268,9 +268,10 @@ def verify(folder: Path, num_processes: int = 1, process_index: int = 0) -> dict
             raise CheckpointError(f"checkpoint file {manifest_path} is not a checkpoint manifest")
         written_by = manifest.get("num_processes")
         if written_by != num_processes:
-            raise CheckpointError(f"checkpoint {folder} was written by {written_by} process(es), this run has "
-                                  f"{num_processes}; resume with the same launcher and process count")
+            raise CheckpointError(f"checkpoint {folder} was written by {shown(written_by)} process(es), this run "
+                                  f"has {num_processes}; resume with the same launcher and process count")
         for name, expected in files.items():
+            _check_manifest_entry(manifest_path, name, expected)
             _verify_file(folder / name, expected)
     else:  # written before manifests: the files accelerate needs, each loadable
         for name in (STATE_FILE, "optimizer.bin"):
@@ -442,9 +443,18 @@ def _numbers_problem(key: str, values: Any, allow_none: bool, length: int | None
     return None
 
 
-def _verify_file(path: Path, expected: Any) -> None:
-    if not isinstance(expected, dict):
-        raise CheckpointError(f"checkpoint file {path.parent / MANIFEST} is not a checkpoint manifest")
+def _check_manifest_entry(manifest_path: Path, name: Any, expected: Any) -> None:
+    """A manifest entry names a file of its own folder, with a byte count and a SHA-256 in hex."""
+    fine = (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\0" not in name
+            and isinstance(expected, dict) and _is_count(expected.get("size"), 1 << 62)
+            and isinstance(expected.get("sha256"), str) and len(expected["sha256"]) == 64
+            and all(c in "0123456789abcdef" for c in expected["sha256"]))
+    if not fine:
+        raise CheckpointError(f"checkpoint file {manifest_path} is not a checkpoint manifest (its entry "
+                              f"{shown(name)}: {shown(expected)})")
+
+
+def _verify_file(path: Path, expected: dict) -> None:
     try:
         if not path.is_file():
             raise CheckpointError(f"checkpoint file {path} is missing")
