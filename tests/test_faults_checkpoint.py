@@ -266,6 +266,7 @@ def forge(folder: Path, **fields) -> Path:
     ({"first_loss": "2.3"}, "first_loss is '2.3'"),
     ({"lr": None}, "lr is None"),
     ({"history": [{"step": 10**30}]}, "history[0] is not an evaluation at a step from 0 to 40"),
+    ({"history": [{"step": 20}]}, "history[0] has the keys ['step'], not an evaluation's"),
     ({"window_rates": [1.0, -5.0]}, "window_rates[1] is -5.0"),
     ({"phase_windows": ["x"]}, "phase_windows[0] is 'x'"),
     ({"noise": {"estimator": {"window": 10**30, "count": 1, "values": []}, "series": []}},

@@ -50,6 +50,12 @@ MAX_STATE_BYTES = 1 << 30  # trainer_state.json: per-step losses and LRs, tens o
 MAX_STEPS = 10**9
 MAX_SECONDS = 1e9  # about 30 years of wall time
 MAX_NOISE_WINDOW = 10**6
+# The keys the loop writes (scaling/train/loop.py's evaluate_now, clock.py's PhaseTimer, noise/monitor.py): the
+# result and the replay read them all.
+EVALUATION_KEYS = {"step", "samples", "epoch", "time_s", "train_time_s", "accuracy", "loss"}
+PHASE_KEYS = {"data_wait", "h2d", "fwd_bwd_nosync", "fwd_bwd_sync", "optimizer", "micro_nosync", "micro_sync",
+              "step_wall"}
+NOISE_POINT_KEYS = {"step", "grad_sq", "trace", "b_simple"}
 
 
 class CheckpointError(ConfigError):
@@ -337,9 +343,14 @@ def _history_problem(history: Any, step: int) -> str | None:
             return (f"history[{index}] is not an evaluation at a step from {previous:,} to {step:,} "
                     f"({shown(entry)})")
         previous = at
+        if set(entry) != EVALUATION_KEYS:
+            return f"history[{index}] has the keys {shown(sorted(map(str, entry)))}, not an evaluation's"
         for key, value in entry.items():
-            if not isinstance(key, str) or (value is not None and not _is_number(value)):
-                return f"history[{index}][{shown(key)}] is {shown(value)}, not a finite number or null"
+            if (value is not None or key != "loss") and not _is_number(value, 0.0):
+                return f"history[{index}][{key!r}] is {shown(value)}, not a finite number" + (
+                    " or null" if key == "loss" else " >= 0")
+        if entry["accuracy"] > 1:
+            return f"history[{index}]['accuracy'] is {shown(entry['accuracy'])}, not a fraction from 0 to 1"
     return None
 
 
@@ -356,9 +367,9 @@ def _windows_problem(state: dict) -> str | None:
     for index, window in enumerate(phases):
         if window is None:
             continue
-        if not isinstance(window, dict) or any(not isinstance(k, str) or not _is_number(v, 0.0)
-                                               for k, v in window.items()):
-            return f"phase_windows[{index}] is {shown(window)}, not phase seconds"
+        if not isinstance(window, dict) or set(window) != PHASE_KEYS or not all(_is_number(v, 0.0)
+                                                                               for v in window.values()):
+            return f"phase_windows[{index}] is {shown(window)}, not a window's phase seconds and counts"
     return None
 
 
@@ -380,7 +391,7 @@ def _noise_problem(noise: Any, step: int) -> str | None:
             not isinstance(pair, list) or len(pair) != 2 or not all(_is_number(v) for v in pair) for pair in values):
         return f"noise.estimator.values is {shown(values)}, not at most {shown(window)} pairs of finite numbers"
     for index, point in enumerate(noise["series"]):
-        if not isinstance(point, dict) or not _is_count(point.get("step"), step) or any(
+        if not isinstance(point, dict) or set(point) != NOISE_POINT_KEYS or not _is_count(point["step"], step) or any(
                 value is not None and not _is_number(value) for key, value in point.items() if key != "step"):
             return f"noise.series[{index}] is {shown(point)}, not a measurement at a step from 0 to {step:,}"
     if not _is_number(noise.get("measure_s", 0.0), 0.0, MAX_SECONDS):
