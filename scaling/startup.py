@@ -119,9 +119,10 @@ class StartupWatch:
         self.note_after_s = min(note_after_s, limit_s / 2) if limit_s is not None else note_after_s
         self._clock = time.monotonic
         self._start = self._clock()
-        self._main = threading.main_thread()
+        self._main = threading.current_thread()  # the thread that starts the run (the main one in a process)
         self._stop = threading.Event()
         self._previous_alarm = None
+        self._armed = False  # the SIGALRM handler is installed (signals go to the main thread only)
         self.message: str | None = None  # the timeout's line, once the limit is passed
         self._thread = threading.Thread(target=self._watch, name="scaling-startup-watch", daemon=True)
 
@@ -130,8 +131,9 @@ class StartupWatch:
         import signal
         import threading
 
-        if self.limit_s is not None and threading.current_thread() is self._main:  # signals: main thread only
+        if self.limit_s is not None and self._main is threading.main_thread():
             self._previous_alarm = signal.signal(signal.SIGALRM, self._alarm)
+            self._armed = True
         _watch = self
         self._thread.start()
         return self
@@ -145,9 +147,10 @@ class StartupWatch:
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join()
-        if self._previous_alarm is not None:
-            signal.signal(signal.SIGALRM, self._previous_alarm)
-            self._previous_alarm = None
+        if self._armed:
+            previous = self._previous_alarm  # None: a handler not installed from Python
+            signal.signal(signal.SIGALRM, previous if previous is not None else signal.SIG_DFL)
+            self._armed = False
         if _watch is self:
             _watch = None
 
@@ -173,11 +176,12 @@ class StartupWatch:
             if self.limit_s is not None and now - self._start >= self.limit_s and self.message is None:
                 self.message = (f"start-up took more than --startup-timeout-s {self.limit_s:g} s: still {stage}"
                                 f"{where}; nothing was trained; find what it waits for, or raise the limit")
-                deadline = now + GRACE_S
-                try:
-                    signal.pthread_kill(self._main.ident, signal.SIGALRM)
-                except (OSError, ValueError):
-                    deadline = now
+                deadline = now + GRACE_S if self._armed else now
+                if self._armed:
+                    try:
+                        signal.pthread_kill(self._main.ident, signal.SIGALRM)
+                    except (OSError, ValueError):
+                        deadline = now
             if deadline is not None and now >= deadline and not self._stop.is_set():
                 say(f"scaling: error: {self.message}", err=True)
                 _flush()
