@@ -33,6 +33,11 @@ _watch: StartupWatch | None = None  # the one watch of this process, while start
 # ---- Ctrl-C before training ----
 
 
+class Interrupted(SystemExit):  # noqa: N818 - as SystemExit
+    """Ctrl-C before training (status 130). Its own class, so that code catching a factory's SystemExit (a
+    factory that calls sys.exit is a failure) can let this one through."""
+
+
 def quiet_interrupt(message: str) -> None:
     """SIGINT ends the process with `message` (one line, the main process only) and status 130."""
     import signal
@@ -42,7 +47,7 @@ def quiet_interrupt(message: str) -> None:
         if _importing(frame):
             _flush()
             os._exit(EXIT_INTERRUPTED)
-        raise SystemExit(EXIT_INTERRUPTED)
+        raise Interrupted(EXIT_INTERRUPTED)
 
     signal.signal(signal.SIGINT, interrupted)
 
