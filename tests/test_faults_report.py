@@ -222,3 +222,59 @@ def test_every_slurm_time_format_within_bounds_is_written(tmp_path, time):
     assert proc.returncode == 0, proc.stderr
     lines = (tmp_path / "study" / "slurm" / "array.sbatch").read_text().splitlines()
     assert f"#SBATCH --time={time}" in lines and "#SBATCH --cpus-per-task=4096" in lines
+
+
+# --- item 19: every configuration checked before a script is written -----------------------------------------
+
+
+@pytest.mark.parametrize("spec, fragment", [
+    # refused by a run only once it starts (on the cluster): here before any file is written
+    ({"base": {"num_samples": 4000}, "grid": {"global_bs": [64, 99999999999999999999999999999]}},
+     "is over the limit"),
+    ({"base": {"num_samples": 4000}, "grid": {"global_bs": [64, 8192]}}, "--num-samples 4000 is too small"),
+    ({"base": {"num_samples": 4000, "dataset": "synthetic_images"}, "grid": {"global_bs": [64, 4096]}},
+     "--num-samples 4000 is too small for --dataset synthetic_images"),
+    ({"base": {"num_samples": 4000, "max_steps": 10**30}}, "'max_steps' 1000000"),
+    ({"base": {"num_samples": 4000}, "launcher": {"type": "torchrun", "nproc": 10**12}}, "launcher 'nproc'"),
+    # keys the sweep sets itself for every configuration: an axis over one would collapse silently
+    ({"base": {"num_samples": 4000}, "grid": {"output_dir": ["a", "b"]}}, "'output_dir' is set by the sweep"),
+    ({"base": {"num_samples": 4000}, "zip": {"output_dir": ["a", "b"], "seed": [0, 1]}},
+     "'output_dir' is set by the sweep"),
+    ({"base": {"num_samples": 4000}, "grid": {"progress": [True, False]}}, "'progress' is set by the sweep"),
+    ({"base": {"num_samples": 4000, "output_dir": "elsewhere"}}, "'output_dir' is set by the sweep"),
+])
+def test_every_configuration_is_checked_before_a_slurm_script_is_written(tmp_path, spec, fragment):
+    path = write_spec(tmp_path, {"name": "checked", **spec})
+    proc = slurm_sweep(path, tmp_path / "study")
+    assert_one_line_error(proc, fragment)
+    assert not (tmp_path / "study").exists()  # no script, no config.yaml, not even the folder
+    dry = run_in_process([str(path), "--dir", str(tmp_path / "study"), "--dry-run"], command="sweep")
+    assert_one_line_error(dry, fragment)  # the same check when only listing the configurations
+
+
+def test_the_size_check_names_the_configuration_and_a_spec_within_it_is_written(tmp_path):
+    path = write_spec(tmp_path, {"name": "checked", "base": {"num_samples": 4000},
+                                 "grid": {"global_bs": [64, 3200], "seed": [0, 1]}})
+    proc = slurm_sweep(path, tmp_path / "study")
+    assert proc.returncode == 0, proc.stderr
+    assert len((tmp_path / "study" / "slurm" / "commands.txt").read_text().splitlines()) == 4
+    path = write_spec(tmp_path, {"name": "checked", "base": {"num_samples": 4000},
+                                 "grid": {"global_bs": [64, 3201]}})
+    assert_one_line_error(slurm_sweep(path, tmp_path / "other"), "(configuration global_bs=3201)",
+                          "use --num-samples 4010 or more")
+
+
+def test_slurm_files_are_not_written_through_a_planted_link(tmp_path):
+    path = write_spec(tmp_path, {"name": "linked", "base": {"num_samples": 4000, "global_bs": 64}})
+    study_dir = tmp_path / "study"
+    (study_dir / "slurm").mkdir(parents=True)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep me\n")
+    (study_dir / "slurm" / "array.sbatch").symlink_to(outside)
+    proc = slurm_sweep(path, study_dir)
+    assert_one_line_error(proc, "array.sbatch is a symbolic link")
+    assert outside.read_text() == "keep me\n"
+    (study_dir / "slurm" / "array.sbatch").unlink()
+    (study_dir / "slurm" / "commands.txt").symlink_to(tmp_path / "missing.txt")
+    assert_one_line_error(slurm_sweep(path, study_dir), "commands.txt is a symbolic link")
+    assert not (tmp_path / "missing.txt").exists()

@@ -14,10 +14,11 @@ from pathlib import Path
 import yaml
 
 from scaling.config import ConfigError, shown
+from scaling.files import refuse_link, write_text_atomic
 from scaling.output import inspect_run_folder
 from scaling.resources import resource
 from scaling.results import read_result
-from scaling.study.spec import RUN_PY, SlurmSettings, StudyConfig, StudyPlan, slurm_settings
+from scaling.study.spec import RUN_PY, SLURM_BOUNDS, SlurmSettings, StudyConfig, StudyPlan, slurm_settings
 
 SLURM_TEMPLATE = resource("slurm.sbatch")  # package data; launch/slurm.sbatch is the repository's copy
 # `#SBATCH --output=STUDY_DIR/...` cannot be quoted: the study folder must be a plain path.
@@ -64,25 +65,30 @@ def write_slurm(study: StudyPlan, study_dir: Path, array: bool = True,
                           f"carry safely (its #SBATCH lines are not quoted); use a path of letters, digits and "
                           f"'._-/' (--dir)")
     settings = settings or slurm_settings(study.spec.get("slurm"))
+    nodes = max((c.launcher.nnodes for c in study.configs), default=1)
+    gpus = _gpus(settings, max((c.launcher.nproc for c in study.configs), default=1))
     template = SLURM_TEMPLATE.read_text()
     folder = study_dir / "slurm"
+    pending = [c for c in study.configs if read_result(Path(c.config.output_dir) / "result.json") is None]
+    configs = [(c, Path(c.config.output_dir)) for c in pending]
+    scripts = [folder / "commands.txt", folder / "array.sbatch"] if array else \
+        [folder / f"{c.id}.sbatch" for c in pending]
+    # Every file is written atomically and none through a link (scaling/files.py), and every path is checked
+    # before the first is written: a script, command list, run folder or config.yaml planted as a link in a
+    # shared study folder is refused in one line, never followed, and nothing is left half-written.
+    for path in [folder, study_dir / "runs", *scripts, *(p for _, out in configs for p in (out, out / "config.yaml"))]:
+        refuse_link(path)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        pending = [c for c in study.configs if read_result(Path(c.config.output_dir) / "result.json") is None]
         jobs = []
-        for study_config in pending:
-            out = Path(study_config.config.output_dir)
+        for study_config, out in configs:
             out.mkdir(parents=True, exist_ok=True)
             config_path = out / "config.yaml"
-            config_path.write_text(yaml.safe_dump(study_config.config.to_dict(), sort_keys=False))
+            write_text_atomic(config_path, yaml.safe_dump(study_config.config.to_dict(), sort_keys=False))
             jobs.append((study_config, out.resolve(), slurm_words(study_config, config_path.resolve())))
-        nodes = max((c.launcher.nnodes for c in study.configs), default=1)
-        gpus = settings.gpus_per_node
-        if gpus is None:
-            gpus = max((c.launcher.nproc for c in study.configs), default=1)
         written = []
         if array:
-            (folder / "commands.txt").write_text("".join(_shell_join(words) + "\n" for _, _, words in jobs))
+            write_text_atomic(folder / "commands.txt", "".join(_shell_join(words) + "\n" for _, _, words in jobs))
             branches = "".join(f"  {index}) OUT={shlex.quote(str(out))}; CMD=({_shell_join(words)}) ;;\n"
                                for index, (_, out, words) in enumerate(jobs))
             body = (f'case "$SLURM_ARRAY_TASK_ID" in\n{branches}'
@@ -91,18 +97,29 @@ def write_slurm(study: StudyPlan, study_dir: Path, array: bool = True,
             script = _fill(template, study.name, nodes, gpus, f"#SBATCH --array=0-{max(0, len(jobs) - 1)}", root,
                            body, settings)
             written.append(folder / "array.sbatch")
-            written[-1].write_text(script)
+            write_text_atomic(written[-1], script)
         else:
             for study_config, out, words in jobs:
                 body = f"OUT={shlex.quote(str(out))}\nCMD=({_shell_join(words)})\n" + _RUN_BODY
-                per_config = study_config.launcher.nproc if settings.gpus_per_node is None else settings.gpus_per_node
+                per_config = _gpus(settings, study_config.launcher.nproc)
                 script = _fill(template, f"{study.name}-{study_config.id}", study_config.launcher.nnodes, per_config,
                                "", root, body, settings)
                 written.append(folder / f"{study_config.id}.sbatch")
-                written[-1].write_text(script)
+                write_text_atomic(written[-1], script)
     except OSError as err:
         raise ConfigError(f"cannot write the SLURM scripts under {folder}: {err.strerror or err}") from None
     return written
+
+
+def _gpus(settings: SlurmSettings, nproc: int) -> int:
+    """GPUs per node a job asks for: the setting, else the launcher's process count, within SLURM_BOUNDS."""
+    if settings.gpus_per_node is not None:
+        return settings.gpus_per_node
+    low, high = SLURM_BOUNDS["gpus_per_node"]
+    if not low <= nproc <= high:
+        raise ConfigError(f"--slurm: a process count of {nproc} per node asks for more GPUs than a node has (at most "
+                          f"{high}); set slurm gpus_per_node (or --gpus-per-node)")
+    return nproc
 
 
 # Resume an unfinished configuration, skip a finished one, start any other from scratch.

@@ -38,6 +38,17 @@ SPEC_KEYS = {"name", "description", "base", "grid", "zip", "seeds", "launcher", 
 LAUNCHER_KEYS = {"type", "nproc", "config_file", "nnodes", "master_addr", "master_port", "local_nodes", "timeout_s",
                  "grace_s"}
 LAUNCH_AXES = {"nproc"}  # axis keys that belong to the launcher, not the run config
+# Run-config keys the sweep sets itself for every configuration (scaling/study/sweep.py, _make_config): its own
+# folder runs/<id>, no progress bar. Neither is part of a configuration's id, so an axis over one would collapse
+# into a single configuration without a word; `overwrite` is decided per configuration (resume or restart).
+SWEEP_OWNED = {"output_dir": "each configuration gets its own folder, STUDY_DIR/runs/<id> (choose the study folder "
+                             "with --dir)",
+               "progress": "a sweep's runs print no progress bar (the sweep shows one per configuration)"}
+# A whole-number setting past this is a typo, not a plan (2**53: the largest integer a float holds exactly, and
+# the LR rules and schedules compute in floats); a run would only fail with it on the cluster, or never end.
+MAX_SETTING = 2**53
+MAX_NPROC = 1024  # processes per node
+MAX_NNODES = 4096
 MAX_CONFIGS = 10_000  # configurations one spec may expand to (counted before expanding)
 # A study name becomes a folder name (runs/study-NAME) and a SLURM job name: a plain file name only.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -162,6 +173,8 @@ def _axes(section: Any, where: str) -> dict[str, list]:
     for key, values in section.items():
         if not isinstance(key, str) or (key not in FIELDS and key not in LAUNCH_AXES):
             raise ConfigError(f"study spec: unknown key {shown(key, 40)} in '{where}' (not a run-config key)")
+        if key in SWEEP_OWNED:
+            raise ConfigError(f"study spec: '{key}' is set by the sweep, not an axis of '{where}': {SWEEP_OWNED[key]}")
         if not isinstance(values, list):
             raise ConfigError(f"study spec: axis '{key}' in '{where}' must be a list, got {type(values).__name__}")
         if not values:
@@ -195,6 +208,10 @@ def _check_launcher_value(key: str, value: Any) -> Any:
     elif key in ("nproc", "nnodes"):
         if not whole(1):
             raise ConfigError(f"study spec: launcher '{key}' must be a whole number >= 1, got {shown(value)}")
+        high = MAX_NPROC if key == "nproc" else MAX_NNODES
+        if value > high:
+            raise ConfigError(f"study spec: launcher '{key}' {shown(value, 30)} is over the limit of {high} "
+                              f"({'processes per node' if key == 'nproc' else 'nodes'}): a typo?")
     elif key == "master_port":
         if value is not None and not whole(1, 65535):
             raise ConfigError(f"study spec: launcher 'master_port' must be a port number (1-65535), got {shown(value)}")
@@ -272,6 +289,9 @@ def load_study(path: str | Path, study_dir: str | Path) -> StudyPlan:
     base = spec.get("base") or {}
     if not isinstance(base, dict):
         raise ConfigError(f"study spec {path}: 'base' must be a mapping of run-config keys")
+    if "output_dir" in base:
+        raise ConfigError(f"study spec {path}: 'output_dir' is set by the sweep, not in 'base': "
+                          f"{SWEEP_OWNED['output_dir']}")
     grid = dict(_axes(spec.get("grid"), "grid"))
     if spec.get("seeds") is not None:
         grid["seed"] = _axes({"seed": spec["seeds"]}, "seeds")["seed"]
@@ -317,8 +337,59 @@ def _make_config(base: dict, overrides: dict, launcher: Launcher, study_dir: Pat
             raise ConfigError("'overwrite' is not a setting of a study: a sweep decides per configuration")
         config_key = config_id(config, this_launcher)
         config = dataclasses.replace(config, output_dir=str(study_dir / "runs" / config_key))
-        plan_batch(config, this_launcher.nproc * this_launcher.nnodes)
+        check_settings(config)
+        plan = plan_batch(config, this_launcher.nproc * this_launcher.nnodes)
+        check_dataset_size(config, plan.global_bs)
     except ConfigError as err:
         axes = ", ".join(f"{k}={shown(v, 30)}" for k, v in overrides.items())
         raise ConfigError(f"{err} (configuration {axes})") from None
     return StudyConfig(config_key, overrides, config, this_launcher)
+
+
+def check_settings(config: RunConfig) -> None:
+    """Every whole-number setting within MAX_SETTING (the seed aside: any 64-bit seed is one)."""
+    for name, value in config.to_dict().items():
+        if name != "seed" and isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_SETTING:
+            raise ConfigError(f"'{name}' {shown(value, 30)} is over the limit of {MAX_SETTING:,} (2**53): a typo?")
+
+
+def check_dataset_size(config: RunConfig, global_bs: int) -> None:
+    """The check a run makes on a built-in dataset before generating it (scaling/data/__init__.py), made here
+    for each configuration: one global batch of training samples and a test split. Other datasets are
+    measured only when the run loads them."""
+    if config.dataset in ("mnist1d", "mnist1d_images"):
+        from scaling.data.mnist1d import CLASSES, split_sizes
+
+        samples = config.num_samples
+        train, test = split_sizes(samples)
+        if train < global_bs or test < 1:
+            raise ConfigError(f"--num-samples {samples} is too small for --dataset {config.dataset}: it gives {train} "
+                              f"training samples ({samples // CLASSES} per class, 80% for training), fewer than one "
+                              f"global batch of {global_bs}; use --num-samples {_samples_needed(samples, global_bs)} "
+                              f"or more, or a smaller --global-bs")
+    elif config.dataset == "synthetic_images":  # as scaling/data/__init__.py checks it (80% for training)
+        train = int(config.num_samples * 0.8)
+        if train < global_bs or config.num_samples - train < 1:
+            raise ConfigError(f"--num-samples {config.num_samples} is too small for --dataset synthetic_images: it "
+                              f"gives {train} training samples (80%), fewer than one global batch of {global_bs}; "
+                              f"use --num-samples {max(math.ceil(global_bs / 0.8) + 1, 2)} or more")
+
+
+def _samples_needed(samples: int, global_bs: int) -> int:
+    """The smallest --num-samples past `samples` whose MNIST-1D split holds one global batch, as
+    scaling.data.mnist1d.check_num_samples words it; found from just below the answer (10 samples a class
+    give 8 training samples), where that function steps 10 samples at a time from `samples` (a global batch
+    of 10**15 would take it 10**14 steps)."""
+    from scaling.data.mnist1d import CLASSES, split_sizes
+
+    def holds(total: int) -> bool:
+        train, test = split_sizes(total)
+        return train >= global_bs and test >= 1
+
+    needed = max(samples, CLASSES)
+    if holds(needed):
+        return needed
+    needed = max(needed + CLASSES - needed % CLASSES, (global_bs // 8 - 1) * CLASSES)
+    while not holds(needed):
+        needed += CLASSES
+    return needed
