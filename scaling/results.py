@@ -118,6 +118,20 @@ class PipelineRecord(TypedDict):
     verdict: str | None  # "input-bound" | "compute-bound"
 
 
+class PhaseRecord(TypedDict):
+    seconds: float | None  # None: not separable (grad_sync of a run without no-sync micro-steps)
+    fraction: float | None
+
+
+class StepTimeRecord(TypedDict):
+    """Where the step time went (scaling.train.clock), summed over the logging windows after the first."""
+
+    phases: dict[str, PhaseRecord]  # data_wait, h2d, forward_backward, grad_sync, optimizer, other
+    measured_s: float
+    covered_fraction: float
+    windows: int
+
+
 class Result(TypedDict, total=False):
     """result.json of a finished or interrupted run (docs/results.md). The keys marked "only ..." appear in
     some results only; every other key is always present."""
@@ -150,7 +164,7 @@ class Result(TypedDict, total=False):
     train_loss: list[float | None]
     lr_per_step: list[float]
     throughput_windows: list[float]
-    step_time_breakdown: dict[str, Any] | None
+    step_time_breakdown: StepTimeRecord | None
     data_wait_fraction: float | None
     per_rank_step_time_s: list[float]
     straggler_ratio: float | None
@@ -348,12 +362,20 @@ def check_result(data: Any) -> str | None:
             problem = _type_problem(value, hints[name])
             if problem:
                 return f"field {name!r}: {problem}"
+    if schema is RunningResult:  # its status is all a reader takes from it
+        return None
     problem = config_problem(data.get("config"))
     if problem:
         return f"field 'config': {problem}"
-    problem = _range_problem(data)
+    problem = known_keys_problem(data.get("environment"), ENVIRONMENT_HINTS)
+    if problem:
+        return f"field 'environment': {problem}"
+    problem = _range_problem(data, full=schema is Result)  # a failure's result has a batch, but no numbers
     if problem:
         return problem
+    problem = _breakdown_problem(data.get("step_time_breakdown")) if schema is Result else None
+    if problem:
+        return f"field 'step_time_breakdown': {problem}"
     if schema is Result:
         _fill_absent(data, hints)
     return None
@@ -372,8 +394,9 @@ AMOUNT_FIELDS = ("time_to_target_s", "train_time_to_target_s", "epochs_to_target
 HISTORY_FIELDS = ("step", "samples", "epoch", "time_s", "train_time_s")
 
 
-def _range_problem(data: dict) -> str | None:
-    """The first number a reader computes with that no run writes (types are already checked)."""
+def _range_problem(data: dict, full: bool) -> str | None:
+    """The first number a reader computes with that no run writes (types are already checked): the batch,
+    and with `full` (a finished or interrupted run's result) its counts, times and history."""
     batch = data.get("batch")
     if isinstance(batch, dict):
         for name in BATCH_FIELDS:
@@ -383,6 +406,8 @@ def _range_problem(data: dict) -> str | None:
             return (f"field 'batch': 'global' {batch['global']} is not per_device x num_processes x "
                     f"accumulation_steps ({batch['per_device']} x {batch['num_processes']} x "
                     f"{batch['accumulation_steps']})")
+    if not full:
+        return None
     checks = [(repr(name), data.get(name), MAX_COUNT) for name in COUNT_FIELDS]
     checks += [(repr(name), data.get(name), MAX_SECONDS) for name in AMOUNT_FIELDS]
     checks += [(f"'throughput_windows' item {i}", v, MAX_SECONDS) for i, v in enumerate(data.get("throughput_windows") or [])]
@@ -394,20 +419,47 @@ def _range_problem(data: dict) -> str | None:
     return None
 
 
-def config_problem(config: Any) -> str | None:
-    """What is wrong with a result's `config` (None when each setting this tool knows has its type): the
-    report groups and labels runs by these values (a seed that is a list cannot be compared), so a setting of
-    the wrong type makes the result damaged. A key this version does not know (an older or newer field) is
-    left as it is."""
-    if config is None:
-        return None
-    hints = _config_hints()
-    for name, value in config.items():
+# The environment's fields a reader uses (scaling/provenance.py writes them); it records more, left unchecked.
+ENVIRONMENT_HINTS: dict[str, Any] = {"device": str | None, "device_type": str | None, "world_size": int | None,
+                                     "torch_threads": int | None}
+# The phases a prediction divides (scaling/devices/predict.py); grad_sync may be unknown (None).
+MEASURED_PHASES = ("data_wait", "h2d", "forward_backward", "optimizer", "other")
+
+
+def known_keys_problem(record: Any, hints: dict[str, Any]) -> str | None:
+    """What is wrong with the keys of `record` that `hints` knows (others are left as they are)."""
+    for name, value in (record or {}).items():
         if name in hints:
             problem = _type_problem(value, hints[name])
             if problem:
                 return f"{shown(name, 40)}: {problem}"
     return None
+
+
+def _breakdown_problem(breakdown: StepTimeRecord | None) -> str | None:
+    if not breakdown:
+        return None
+    phases = breakdown["phases"]
+    missing = [name for name in (*MEASURED_PHASES, "grad_sync") if name not in phases]
+    if missing:
+        return f"'phases' lacks {missing[0]!r}"
+    unknown = next((name for name in MEASURED_PHASES if phases[name]["seconds"] is None), None)
+    if unknown:
+        return f"'phases': {unknown!r}: 'seconds' must be a number, got null"
+    numbers = [("'measured_s'", breakdown["measured_s"]), ("'windows'", breakdown["windows"])]
+    numbers += [(f"'phases': {name!r}: 'seconds'", phase["seconds"]) for name, phase in phases.items()]
+    for label, value in numbers:
+        if value is not None and not 0 <= value <= MAX_SECONDS:
+            return f"{label} is {shown(value, 30)}, out of range (0 to {MAX_SECONDS:.0e})"
+    return None
+
+
+def config_problem(config: Any) -> str | None:
+    """What is wrong with a result's `config` (None when each setting this tool knows has its type): the
+    report groups and labels runs by these values (a seed that is a list cannot be compared), so a setting of
+    the wrong type makes the result damaged. A key this version does not know (an older or newer field) is
+    left as it is."""
+    return known_keys_problem(config, _config_hints())
 
 
 _CONFIG_HINTS: dict[str, Any] = {}

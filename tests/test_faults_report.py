@@ -102,6 +102,11 @@ def _set(**fields):
     (_set(batch__global=256), "'global' 256 is not per_device x num_processes x accumulation_steps"),
     (_set(train_time_to_target_s=1e308), "'train_time_to_target_s' is 1e+308, out of range"),
     (_set(throughput_windows=[-1.0]), "'throughput_windows' item 0 is -1.0, out of range"),
+    # fields of records the schema left open that a question reads: a device that is a list (unhashable in
+    # the set of devices), a breakdown without its phases (KeyError in the device prediction)
+    (_set(environment__device=["a"]), "'environment': 'device': must be text, got a list"),
+    (_set(environment={"device": "x", "torch_threads": [4]}), "'torch_threads': must be a whole number"),
+    (_set(step_time_breakdown={"phases": [1, "x"], "data_wait_s": "a"}), "'step_time_breakdown': 'phases'"),
 ])
 def test_a_damaged_result_is_named_in_one_line_and_left_out(tmp_path, change, fragment):
     good_study(tmp_path)
