@@ -122,6 +122,7 @@ def test_a_damaged_result_is_named_in_one_line_and_left_out(tmp_path, change, fr
     ({"id": "bs128-s1", "output_dir": "../../elsewhere"}, "'output_dir'"),
     ({"id": "bs128-s1", "overrides": [1, 2]}, "'overrides'"),
     ({"id": ["bs128-s1"]}, "'id'"),
+    ({"id": "../../elsewhere"}, "'id'"),  # its folder would be runs/../../elsewhere
 ])
 def test_a_damaged_study_json_entry_is_named_and_left_out(tmp_path, entry, fragment):
     study = good_study(tmp_path)
@@ -283,3 +284,14 @@ def test_slurm_files_are_not_written_through_a_planted_link(tmp_path):
     (study_dir / "slurm" / "commands.txt").symlink_to(tmp_path / "missing.txt")
     assert_one_line_error(slurm_sweep(path, study_dir), "commands.txt is a symbolic link")
     assert not (tmp_path / "missing.txt").exists()
+
+
+def test_a_damaged_result_in_a_folder_named_with_a_line_break_is_named_in_one_line(tmp_path):
+    good_study(tmp_path)
+    folder = tmp_path / "extra\nscaling: error: forged"
+    folder.mkdir()
+    (folder / "result.json").write_text("{ torn")
+    proc = report(tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (line,) = warnings(proc.stderr)
+    assert line.startswith("scaling: warning: run ") and "extra\\nscaling: error: forged" in line

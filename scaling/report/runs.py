@@ -267,8 +267,9 @@ def load_runs(study_dir: str | Path, warn: Callable[[str], None] = warn_stderr) 
         )
     for line in left_out:
         warn(f"scaling: warning: {line}")
-    for run in damaged:
-        warn(f"scaling: warning: run {shown(run.id, 80)} is left out of the report: {run.error}")
+    for run in damaged:  # a folder name may hold a line break: the warning stays one line
+        error = str(run.error).replace("\r", "\\r").replace("\n", "\\n")
+        warn(f"scaling: warning: run {shown(run.id, 80)} is left out of the report: {error}")
     _complete_partial_configs(runs)
     return runs
 
@@ -289,6 +290,8 @@ def entry_problem(entry: Any) -> str | None:
             return f"'overrides': {problem}"
     if out is not None and not _inside(out):
         return f"has 'output_dir' {shown(out, 60)}, not a folder inside the study folder"
+    if out is None and not _inside(f"runs/{run_id}"):  # the folder then follows from the id
+        return f"has 'id' {shown(run_id, 40)}, not a folder name inside runs/"
     if entry.get("status") is not None and entry["status"] not in ENTRY_STATUSES:
         return f"has an unknown 'status' {shown(entry['status'], 40)}"
     if entry.get("error_tail") is not None and not isinstance(entry["error_tail"], str):
