@@ -385,3 +385,26 @@ def test_a_label_column_of_lists_is_refused_before_the_hold_out(tmp_path):
     proc = run_in_process([*QUICK, "--dataset", str(path), "--global-bs", "64", "--model", "mlp",
                            "--output-dir", str(tmp_path / "out")])
     assert_one_line_error(proc, "its train labels have shape (300, 2)", "one class label per sample")
+
+
+def test_the_samples_a_global_batch_needs_match_a_plain_search():
+    from scaling.data.mnist1d import CLASSES, samples_needed, split_sizes
+
+    def plain(samples: int, global_bs: int) -> int:  # a whole number of samples per class, the smallest that holds
+        needed = -(-max(samples, CLASSES) // CLASSES) * CLASSES
+        while split_sizes(needed)[0] < global_bs or split_sizes(needed)[1] < 1:
+            needed += CLASSES
+        return needed
+
+    rng = np.random.default_rng(29)
+    for samples, global_bs in rng.integers(1, 6000, size=(2000, 2)).tolist():
+        train, test = split_sizes(samples)
+        if train < global_bs or test < 1:
+            assert samples_needed(samples, global_bs) == plain(samples, global_bs), (samples, global_bs)
+    assert samples_needed(4000, 10**29) == 125 * 10**27  # found at once, not 10**28 steps of 10 samples
+
+
+@pytest.mark.slow
+def test_a_global_batch_far_beyond_the_data_is_refused_at_once():
+    proc = run_script([*SMALL, "--num-samples", "4000", "--global-bs", str(10**29)], timeout=60)  # used to hang
+    assert_one_line_error(proc, f"fewer than one global batch of {10**29}", f"use --num-samples {125 * 10**27} or more")

@@ -6,7 +6,6 @@ data becomes a `TensorPair`, which the training loop indexes a whole batch at a 
 
 from __future__ import annotations
 
-import math
 import numbers
 import os
 from dataclasses import dataclass, field
@@ -41,29 +40,38 @@ class InputShape(tuple):
         return made
 
 
+def check_builtin_size(name: str, num_samples: int, global_bs: int) -> None:
+    """Before a built-in dataset is generated (and for each configuration of a study, before anything runs):
+    both of its splits non-empty and one global batch of training samples. Other datasets are measured when
+    they are loaded."""
+    if name in ("mnist1d", "mnist1d_images"):
+        from scaling.data.mnist1d import check_num_samples
+
+        check_num_samples(num_samples, global_bs, name)
+    elif name == "synthetic_images":
+        train_size = int(num_samples * 0.8)
+        if train_size < global_bs or num_samples - train_size < 1:
+            raise ConfigError(f"--num-samples {num_samples} is too small for --dataset {name}: it gives "
+                              f"{train_size} training samples (80%), fewer than one global batch of {global_bs}; "
+                              f"use --num-samples {max(-(-global_bs * 5 // 4) + 1, 2)} or more")
+
+
 def load_workload(cfg: RunConfig, task: Task = CLASSIFICATION) -> Workload:
     name = cfg.dataset
     notes: list[str] = []
+    check_builtin_size(name, cfg.num_samples, cfg.global_bs)
     if name == "mnist1d":
-        from scaling.data.mnist1d import check_num_samples, load_mnist1d
+        from scaling.data.mnist1d import load_mnist1d
 
-        check_num_samples(cfg.num_samples, cfg.global_bs, name)
         train, eval_ = load_mnist1d(cfg.num_samples, progress=cfg.progress)
     elif name == "mnist1d_images":
         # MNIST-1D rendered to PNG images, decoded by PIL per sample with crop/flip: a real input pipeline.
         from scaling.data.images import load_builtin
-        from scaling.data.mnist1d import check_num_samples
 
-        check_num_samples(cfg.num_samples, cfg.global_bs, name)
         train, eval_ = load_builtin(cfg.num_samples)
     elif name == "synthetic_images":
         from scaling.data.synthetic import load_synthetic_images
 
-        train_size = int(cfg.num_samples * 0.8)
-        if train_size < cfg.global_bs or cfg.num_samples - train_size < 1:
-            raise ConfigError(f"--num-samples {cfg.num_samples} is too small for --dataset {name}: it gives "
-                              f"{train_size} training samples (80%), fewer than one global batch of {cfg.global_bs}; "
-                              f"use --num-samples {max(math.ceil(cfg.global_bs / 0.8) + 1, 2)} or more")
         train, eval_ = load_synthetic_images(cfg.num_samples)
     elif ":" in name and not _looks_like_path(name):
         train, eval_ = _load_from_callable(name)

@@ -92,9 +92,9 @@ def _counting_transforms(total: int, enabled: bool) -> Iterator[None]:
 
 def split_sizes(num_samples: int) -> tuple[int, int]:
     """(train, test) sizes MNIST-1D generates for `num_samples`: num_samples // 10 per class, 80% train."""
-    total = (num_samples // CLASSES) * CLASSES
-    train = int(total * TRAIN_SPLIT)
-    return train, total - train
+    per_class = num_samples // CLASSES
+    train = per_class * round(TRAIN_SPLIT * CLASSES)  # int(total * 0.8) in exact integers, for any size
+    return train, per_class * CLASSES - train
 
 
 def check_num_samples(num_samples: int, global_bs: int, dataset: str = "mnist1d") -> None:
@@ -102,12 +102,27 @@ def check_num_samples(num_samples: int, global_bs: int, dataset: str = "mnist1d"
     train, test = split_sizes(num_samples)
     if train >= global_bs and test >= 1:
         return
-    needed = max(num_samples, CLASSES)
-    while split_sizes(needed)[0] < global_bs or split_sizes(needed)[1] < 1:
-        needed += CLASSES - needed % CLASSES if needed % CLASSES else CLASSES
     raise ConfigError(f"--num-samples {num_samples} is too small for --dataset {dataset}: it gives {train} training "
                       f"samples ({num_samples // CLASSES} per class, 80% for training), fewer than one global batch of "
-                      f"{global_bs}; use --num-samples {needed} or more, or a smaller --global-bs")
+                      f"{global_bs}; use --num-samples {samples_needed(num_samples, global_bs)} or more, or a smaller "
+                      f"--global-bs")
+
+
+def samples_needed(num_samples: int, global_bs: int) -> int:
+    """The smallest --num-samples from `num_samples` up (a whole number of samples per class) whose training
+    split holds one global batch. Searched from just below the answer (10 samples a class give 8 for
+    training), not 10 samples at a time from `num_samples`: a global batch of 10**15 would take 10**14 steps."""
+    def holds(total: int) -> bool:
+        train, test = split_sizes(total)
+        return train >= global_bs and test >= 1
+
+    needed = max(num_samples, CLASSES)
+    if holds(needed):
+        return needed
+    needed = max(needed + (-needed) % CLASSES, (global_bs // 8 - 1) * CLASSES)
+    while not holds(needed):
+        needed += CLASSES
+    return needed
 
 
 def load_mnist1d(num_samples: int, progress: bool = False) -> tuple[TensorPair, TensorPair]:

@@ -354,42 +354,9 @@ def check_settings(config: RunConfig) -> None:
 
 
 def check_dataset_size(config: RunConfig, global_bs: int) -> None:
-    """The check a run makes on a built-in dataset before generating it (scaling/data/__init__.py), made here
-    for each configuration: one global batch of training samples and a test split. Other datasets are
-    measured only when the run loads them."""
-    if config.dataset in ("mnist1d", "mnist1d_images"):
-        from scaling.data.mnist1d import CLASSES, split_sizes
+    """The check a run makes on a built-in dataset before generating it, made here for each configuration:
+    one global batch of training samples and a test split. Other datasets are measured only when the run
+    loads them."""
+    from scaling.data import check_builtin_size
 
-        samples = config.num_samples
-        train, test = split_sizes(samples)
-        if train < global_bs or test < 1:
-            raise ConfigError(f"--num-samples {samples} is too small for --dataset {config.dataset}: it gives {train} "
-                              f"training samples ({samples // CLASSES} per class, 80% for training), fewer than one "
-                              f"global batch of {global_bs}; use --num-samples {_samples_needed(samples, global_bs)} "
-                              f"or more, or a smaller --global-bs")
-    elif config.dataset == "synthetic_images":  # as scaling/data/__init__.py checks it (80% for training)
-        train = int(config.num_samples * 0.8)
-        if train < global_bs or config.num_samples - train < 1:
-            raise ConfigError(f"--num-samples {config.num_samples} is too small for --dataset synthetic_images: it "
-                              f"gives {train} training samples (80%), fewer than one global batch of {global_bs}; "
-                              f"use --num-samples {max(math.ceil(global_bs / 0.8) + 1, 2)} or more")
-
-
-def _samples_needed(samples: int, global_bs: int) -> int:
-    """The smallest --num-samples past `samples` whose MNIST-1D split holds one global batch, as
-    scaling.data.mnist1d.check_num_samples words it; found from just below the answer (10 samples a class
-    give 8 training samples), where that function steps 10 samples at a time from `samples` (a global batch
-    of 10**15 would take it 10**14 steps)."""
-    from scaling.data.mnist1d import CLASSES, split_sizes
-
-    def holds(total: int) -> bool:
-        train, test = split_sizes(total)
-        return train >= global_bs and test >= 1
-
-    needed = max(samples, CLASSES)
-    if holds(needed):
-        return needed
-    needed = max(needed + CLASSES - needed % CLASSES, (global_bs // 8 - 1) * CLASSES)
-    while not holds(needed):
-        needed += CLASSES
-    return needed
+    check_builtin_size(config.dataset, config.num_samples, global_bs)
