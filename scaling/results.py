@@ -296,6 +296,19 @@ def read_result_checked(path: Path) -> tuple[Result | None, str | None]:
         return None, str(err).removeprefix(f"{path} ")
 
 
+def ended_without_result(returncode: int | None, path: Path) -> str | None:
+    """The line for a run whose process ended without writing its result into `path` (`os._exit(0)`, a kill
+    of its launcher), or None when `path` holds a result the run ended with (any status but running)."""
+    if not path.is_file():
+        missing = "no result.json"
+    else:
+        result, problem = read_result_checked(path)
+        if result is not None and result["status"] != "running":
+            return None
+        missing = "its result.json still says running" if result is not None else f"its result.json {problem}"
+    return f"the run ended with exit status {returncode} without writing its result ({missing})"
+
+
 def read_result(path: str | Path, finished_only: bool = True) -> Result | None:
     """The result at `path` if it loads and is finished (any status with finished_only=False), else None.
 

@@ -239,8 +239,10 @@ def test_slurm_scripts_quote_every_word_and_never_eval(tmp_path):
     bin_dir.mkdir()
     log = tmp_path / "calls.jsonl"
     recorder = f"#!{sys.executable}\nimport json, sys\nopen({str(log)!r}, 'a').write(json.dumps(sys.argv) + '\\n')\n"
+    finished = tmp_path / "finished.json"  # what a real run leaves: the job checks the run wrote its result
+    finished.write_text(json.dumps(a_result("reached")))
     for tool in ("srun", "scontrol"):
-        (bin_dir / tool).write_text(recorder)
+        (bin_dir / tool).write_text(recorder + (_WRITES_RESULT.format(finished=str(finished)) if tool == "srun" else ""))
         (bin_dir / tool).chmod(0o755)
     (bin_dir / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
     (bin_dir / "python").chmod(0o755)
@@ -257,6 +259,37 @@ def test_slurm_scripts_quote_every_word_and_never_eval(tmp_path):
         assert call[1:] == ["torchrun", "--nnodes", "1", "--nproc_per_node", "2", "--rdzv_backend", "c10d",
                             "--rdzv_endpoint", ":29500", "--rdzv_id", "77", str(REPO / "scaling" / "run.py"),
                             "--config", str(out / "config.yaml"), "--overwrite"]
+
+
+# The srun stand-in's run: a finished result.json beside the run's --config.
+_WRITES_RESULT = """import pathlib, shutil
+shutil.copy({finished!r}, pathlib.Path(sys.argv[sys.argv.index("--config") + 1]).parent / "result.json")
+"""
+
+
+@pytest.mark.slow
+def test_a_slurm_job_whose_run_exits_0_without_its_result_fails(tmp_path):
+    """The job's real run calls os._exit(0) in its dataset factory: nothing in the run can say so, the job
+    script's check after it does (exit 1, one line naming the folder)."""
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "quits.py").write_text("import os\n\n\ndef make():\n    os._exit(0)\n")
+    study_dir = tmp_path / "study"
+    spec = write(tmp_path, json.dumps({"name": "silent", "base": {"dataset": "quits:make", "cpu": True,
+                                                                  "progress": False}, "grid": {"seed": [0]}}),
+                 "spec.yaml")
+    (script,) = write_slurm(load_study(spec, study_dir), study_dir, array=False)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool, text in (("python", f'#!/bin/sh\nexec {sys.executable} "$@"\n'), ("scontrol", "#!/bin/sh\necho n1\n")):
+        (bin_dir / tool).write_text(text)
+        (bin_dir / tool).chmod(0o755)
+    env = child_env(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", SLURM_JOB_ID="78", SLURM_JOB_NODELIST="n1",
+                    PYTHONPATH=str(mods))
+    proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("scaling: error: ") and "the run ended with exit status 0 without writing its result" in line
 
 
 def test_a_resubmitted_slurm_job_resumes_an_interrupted_configuration(tmp_path):

@@ -1,7 +1,8 @@
 """SLURM: a study's configurations as sbatch scripts, one array job or one script per configuration.
 
 Every word taken from the spec or a path is shell-quoted, nothing is `eval`ed, and each job asks
-`python -m scaling.study.slurm --launch-mode RUN_DIR` whether to resume, skip or start its configuration.
+`python -m scaling.study.slurm --launch-mode RUN_DIR` whether to resume, skip or start its configuration, and
+after the run `--check-result RUN_DIR` whether it wrote its result (a job whose run did not fails).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from scaling.config import ConfigError, shown
 from scaling.files import refuse_link, write_text_atomic
 from scaling.output import inspect_run_folder
 from scaling.resources import resource
-from scaling.results import read_result
+from scaling.results import ended_without_result, read_result
 from scaling.study.spec import RUN_PY, SLURM_BOUNDS, SlurmSettings, StudyConfig, StudyPlan, slurm_settings
 
 SLURM_TEMPLATE = resource("slurm.sbatch")  # package data; launch/slurm.sbatch is the repository's copy
@@ -127,6 +128,8 @@ _RUN_BODY = (
     f"MODE=$(PYTHONPATH={shlex.quote(str(RUN_PY.parent.parent))} python -m scaling.study.slurm --launch-mode \"$OUT\")\n"
     'if [ "$MODE" = done ]; then echo "scaling: $OUT is complete"; exit 0; fi\n'
     '"${CMD[@]}" "--$MODE"\n'
+    # A run that exits 0 without its result (os._exit in user code) fails the job, naming why.
+    f"PYTHONPATH={shlex.quote(str(RUN_PY.parent.parent))} python -m scaling.study.slurm --check-result \"$OUT\"\n"
 )
 
 
@@ -142,11 +145,17 @@ def _fill(template: str, name: str, nodes: int, gpus: int, array_line: str, stud
 
 
 def _main(argv: list[str]) -> int:
-    """`python -m scaling.study.slurm --launch-mode RUN_DIR` (used by the SLURM scripts)."""
+    """`python -m scaling.study.slurm --launch-mode RUN_DIR | --check-result RUN_DIR` (used by the SLURM
+    scripts)."""
     if len(argv) == 2 and argv[0] == "--launch-mode":
         print(launch_mode(argv[1]))
         return 0
-    print("usage: python -m scaling.study.slurm --launch-mode RUN_DIR", file=sys.stderr)
+    if len(argv) == 2 and argv[0] == "--check-result":  # after the run's command exited 0
+        line = ended_without_result(0, Path(argv[1]) / "result.json")
+        if line is not None:
+            print(f"scaling: error: {argv[1]}: {line}", file=sys.stderr)
+        return 1 if line else 0
+    print("usage: python -m scaling.study.slurm --launch-mode RUN_DIR | --check-result RUN_DIR", file=sys.stderr)
     return 2
 
 

@@ -22,7 +22,7 @@ from scaling.files import open_for_writing, refuse_link, write_json_atomic, writ
 from scaling.lock import wait_for_run_lock
 from scaling.output import inspect_run_folder
 from scaling.parent import DIE_WITH_PARENT_ENV, die_with_parent, die_with_parent_available
-from scaling.results import read_result, read_result_checked
+from scaling.results import ended_without_result, read_result, read_result_checked
 from scaling.study.spec import RUN_PY, Launcher, StudyConfig, StudyPlan
 from scaling.userfiles import read_text_file
 
@@ -184,9 +184,7 @@ def _launch(study_config: StudyConfig, config_path: Path, mode: str, signals: Sw
         entry["status"] = "failed"
         tail = _tail(out / "stderr.log")
         if entry["returncode"] == 0 or not tail:
-            missing = "its result.json still says running" if result is not None else "no result.json"
-            tail = (f"the run ended with exit status {entry['returncode']} without writing its result "
-                    f"({missing})\n{tail}").strip()
+            tail = f"{ended_without_result(entry['returncode'], out / 'result.json')}\n{tail}".strip()
         entry["error_tail"] = tail
     return entry
 
