@@ -374,6 +374,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"--lr-step-epochs must be positive epochs, got {shown(cfg.lr_step_epochs)}")
     if not cfg.log_min_s < float("inf"):  # inf or NaN (a negative value was refused above)
         raise ConfigError(f"--log-min-s must be a finite number of seconds, got {cfg.log_min_s}")
+    if not 0 <= cfg.seed < 2**32:  # the seed seeds NumPy too, whose seeds are 32-bit
+        raise ConfigError(f"--seed must be a whole number from 0 to 4,294,967,295, got {shown(cfg.seed)}")
     if cfg.momentum >= 1:
         raise ConfigError(f"--momentum must be in [0, 1), got {cfg.momentum}")
     if cfg.log_with is not None:

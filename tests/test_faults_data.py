@@ -408,3 +408,15 @@ def test_the_samples_a_global_batch_needs_match_a_plain_search():
 def test_a_global_batch_far_beyond_the_data_is_refused_at_once():
     proc = run_script([*SMALL, "--num-samples", "4000", "--global-bs", str(10**29)], timeout=60)  # used to hang
     assert_one_line_error(proc, f"fewer than one global batch of {10**29}", f"use --num-samples {125 * 10**27} or more")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--num-samples", str(10**29)], "of --dataset mnist1d would take at least"),  # generated until memory ran out
+    (["--num-samples", str(10**11), "--dataset", "synthetic_images"], "would take at least 1.1 PiB of memory"),
+    (["--seed", str(10**30)], "--seed must be a whole number from 0 to 4,294,967,295"),  # NumPy's ValueError
+    (["--seed", "-1"], "--seed must be a whole number from 0"),
+])
+def test_absurd_sizes_and_seeds_are_refused_before_anything_is_made(tmp_path, args, fragment):
+    proc = run_in_process([*QUICK, *args, "--output-dir", str(tmp_path / "out")])
+    assert_one_line_error(proc, fragment)
+    assert proc.stdout == ""

@@ -44,6 +44,7 @@ def check_builtin_size(name: str, num_samples: int, global_bs: int) -> None:
     """Before a built-in dataset is generated (and for each configuration of a study, before anything runs):
     both of its splits non-empty and one global batch of training samples. Other datasets are measured when
     they are loaded."""
+    _check_generated_fits(name, num_samples)
     if name in ("mnist1d", "mnist1d_images"):
         from scaling.data.mnist1d import check_num_samples
 
@@ -54,6 +55,24 @@ def check_builtin_size(name: str, num_samples: int, global_bs: int) -> None:
             raise ConfigError(f"--num-samples {num_samples} is too small for --dataset {name}: it gives "
                               f"{train_size} training samples (80%), fewer than one global batch of {global_bs}; "
                               f"use --num-samples {max(-(-global_bs * 5 // 4) + 1, 2)} or more")
+
+
+# Bytes a generated sample holds once made (float32 inputs and an int64 label): a floor on what generating
+# takes (MNIST-1D's generator, the images' encoding and the noise draws need more on the way).
+GENERATED_SAMPLE_BYTES = {"mnist1d": 40 * 4 + 8, "mnist1d_images": 40 * 4 + 8, "synthetic_images": 3 * 32 * 32 * 4 + 8}
+
+
+def _check_generated_fits(name: str, num_samples: int) -> None:
+    """A --num-samples whose generated set would not fit in half the machine's memory is refused before the
+    generator starts (10**29 samples used to run until the machine ran out of memory)."""
+    memory, per_sample = _physical_memory(), GENERATED_SAMPLE_BYTES.get(name)
+    if memory is None or per_sample is None:
+        return
+    needed = num_samples * per_sample
+    if needed > memory // 2:
+        raise ConfigError(f"--num-samples {num_samples:,} of --dataset {name} would take at least "
+                          f"{_bytes_text(needed)} of memory, more than half of this machine's {_bytes_text(memory)}; "
+                          f"use fewer samples")
 
 
 def load_workload(cfg: RunConfig, task: Task = CLASSIFICATION) -> Workload:
