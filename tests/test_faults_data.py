@@ -344,7 +344,7 @@ def test_bad_samples_past_the_checked_ones_are_named_when_the_set_is_read_into_m
     assert not (out / "result.json").exists()
 
 
-@pytest.mark.parametrize("workers", ["0", "1"])
+@pytest.mark.parametrize("workers", ["0", pytest.param("1", marks=pytest.mark.slow)])  # a worker: seconds to start
 def test_a_batch_of_two_shapes_through_the_loader_is_one_line(tmp_path, workers):
     """A set kept in its DataLoader (--materialize false): the odd sample past the checked ones ends the run
     at the batch that holds it, in one line (from a loader worker too), not a stack traceback."""

@@ -88,7 +88,8 @@ def test_report_files_agree_and_leave_no_temporary_file(tmp_path):
     assert not [p.name for p in study.iterdir() if p.name.endswith(".tmp") or p.name.startswith(".")]
 
 
-@pytest.mark.parametrize("name", ["result.json", "metrics.jsonl", ".run.lock", "checkpoint", "model.pt"])
+@pytest.mark.parametrize("name", ["result.json", ".run.lock", *(pytest.param(name, marks=pytest.mark.slow)
+                                                 for name in ("metrics.jsonl", "checkpoint", "model.pt"))])
 def test_a_run_never_writes_through_a_planted_link(tmp_path, name):
     precious, missing = victims(tmp_path)
     for target in (precious, missing):

@@ -15,6 +15,12 @@ from test_report import fabricate_result
 from conftest import assert_one_line_error, run_in_process
 
 SEEDS = (0, 1)
+
+
+def slow(*values):
+    """A case of a parametrized test in the slow tier: each runs a whole report (about a second); the fast
+    tier keeps one of each kind."""
+    return pytest.param(*values, marks=pytest.mark.slow)
 BATCHES = (64, 128)
 
 
@@ -88,25 +94,25 @@ def _set(**fields):
 @pytest.mark.parametrize("change, fragment", [
     (lambda text: text.replace('"elapsed_s": 1.0', '"elapsed_s": NaN'), "holds NaN"),
     ('{"status": "reached", "steps": 4', "not valid JSON"),
-    ("[1, 2, 3]", "not a result of this tool"),
+    slow("[1, 2, 3]", "not a result of this tool"),
     (_set(batch=64), "'batch': must be an object, got a number"),
-    (_set(steps_to_target="220"), "'steps_to_target': must be a whole number"),
-    (_set(config__seed=[1]), "'seed': must be a whole number, got a list"),
-    (_set(config__global_bs="128"), "'global_bs': must be a whole number, got text"),
-    (_set(config__lr_scaling={"a": 1}), "'lr_scaling': must be text, got an object"),
-    (_set(status="x" * 10_000), "unknown status"),
+    slow(_set(steps_to_target="220"), "'steps_to_target': must be a whole number"),
+    slow(_set(config__seed=[1]), "'seed': must be a whole number, got a list"),
+    slow(_set(config__global_bs="128"), "'global_bs': must be a whole number, got text"),
+    slow(_set(config__lr_scaling={"a": 1}), "'lr_scaling': must be text, got an object"),
+    slow(_set(status="x" * 10_000), "unknown status"),
     # numbers of the right type that no run writes: each crashed a question (ZeroDivisionError, IndexError,
     # OverflowError) before it was refused where results are loaded
-    (_set(batch__per_device=0), "'per_device' is 0, not a size"),
-    (_set(batch__accumulation_steps=0), "'accumulation_steps' is 0, not a size"),
-    (_set(batch__global=256), "'global' 256 is not per_device x num_processes x accumulation_steps"),
+    slow(_set(batch__per_device=0), "'per_device' is 0, not a size"),
+    slow(_set(batch__accumulation_steps=0), "'accumulation_steps' is 0, not a size"),
+    slow(_set(batch__global=256), "'global' 256 is not per_device x num_processes x accumulation_steps"),
     (_set(train_time_to_target_s=1e308), "'train_time_to_target_s' is 1e+308, out of range"),
-    (_set(throughput_windows=[-1.0]), "'throughput_windows' item 0 is -1.0, out of range"),
+    slow(_set(throughput_windows=[-1.0]), "'throughput_windows' item 0 is -1.0, out of range"),
     # fields of records the schema left open that a question reads: a device that is a list (unhashable in
     # the set of devices), a breakdown without its phases (KeyError in the device prediction)
     (_set(environment__device=["a"]), "'environment': 'device': must be text, got a list"),
-    (_set(environment={"device": "x", "torch_threads": [4]}), "'torch_threads': must be a whole number"),
-    (_set(step_time_breakdown={"phases": [1, "x"], "data_wait_s": "a"}), "'step_time_breakdown': 'phases'"),
+    slow(_set(environment={"device": "x", "torch_threads": [4]}), "'torch_threads': must be a whole number"),
+    slow(_set(step_time_breakdown={"phases": [1, "x"], "data_wait_s": "a"}), "'step_time_breakdown': 'phases'"),
 ])
 def test_a_damaged_result_is_named_in_one_line_and_left_out(tmp_path, change, fragment):
     good_study(tmp_path)
@@ -118,11 +124,11 @@ def test_a_damaged_result_is_named_in_one_line_and_left_out(tmp_path, change, fr
 
 @pytest.mark.parametrize("entry, fragment", [
     (5, "is not an object"),
-    ({"id": "bs128-s1", "output_dir": 5}, "'output_dir'"),
+    slow({"id": "bs128-s1", "output_dir": 5}, "'output_dir'"),
     ({"id": "bs128-s1", "output_dir": "../../elsewhere"}, "'output_dir'"),
-    ({"id": "bs128-s1", "overrides": [1, 2]}, "'overrides'"),
-    ({"id": ["bs128-s1"]}, "'id'"),
-    ({"id": "../../elsewhere"}, "'id'"),  # its folder would be runs/../../elsewhere
+    slow({"id": "bs128-s1", "overrides": [1, 2]}, "'overrides'"),
+    slow({"id": ["bs128-s1"]}, "'id'"),
+    slow({"id": "../../elsewhere"}, "'id'"),  # its folder would be runs/../../elsewhere
 ])
 def test_a_damaged_study_json_entry_is_named_and_left_out(tmp_path, entry, fragment):
     study = good_study(tmp_path)
@@ -174,6 +180,7 @@ def test_user_text_reaches_report_md_without_markup(tmp_path):
     assert "](time_to_target.png)" in markdown and " < r < " in markdown
 
 
+@pytest.mark.slow  # a whole report, about a second
 def test_a_study_name_with_a_newline_stays_in_the_title(tmp_path):
     study = good_study(tmp_path)
     study["name"] = "study\n\n# Injected heading\n<b>bold</b>"
@@ -286,6 +293,7 @@ def test_slurm_files_are_not_written_through_a_planted_link(tmp_path):
     assert not (tmp_path / "missing.txt").exists()
 
 
+@pytest.mark.slow  # a whole report, about a second
 def test_a_damaged_result_in_a_folder_named_with_a_line_break_is_named_in_one_line(tmp_path):
     good_study(tmp_path)
     folder = tmp_path / "extra\nscaling: error: forged"
