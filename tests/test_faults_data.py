@@ -232,31 +232,30 @@ def eval_shape():
 
 
 class OneOddSample(Dataset):
+    """`length` samples of shape [40], but sample `odd` of shape [41]."""
+    def __init__(self, length: int = 400, odd: int = 123):
+        self.length, self.odd = length, odd
+
     def __len__(self):
-        return 400
+        return self.length
 
     def __getitem__(self, index):
-        return torch.zeros(41 if index == 123 else 40), index % 10
+        return torch.zeros(41 if index == self.odd else 40), index % 10
 
 
 def odd_sample():
     return OneOddSample(), OneOddSample()
 
 
-class OddBeyondTheSample(OneOddSample):
-    """The odd sample lies past the first 10,000 (which the label check reads): --materialize reads it."""
-    def __len__(self):
-        return 12000
-
-    def __getitem__(self, index):
-        return torch.zeros(41 if index == 11000 else 40), index % 10
+def odd_late_sample():  # past the first 10,000 samples (which the label check reads): --materialize reads it
+    return OneOddSample(12000, 11000), TensorDataset(*_split(200, seed=1))
 
 
-def odd_late_sample():
-    return OddBeyondTheSample(), TensorDataset(*_split(200, seed=1))
+class NaNBeyondTheSample(OneOddSample):
+    """12,000 samples, two of them infinite past the first 10,000."""
+    def __init__(self):
+        super().__init__(12000)
 
-
-class NaNBeyondTheSample(OddBeyondTheSample):
     def __getitem__(self, index):
         return torch.full((40,), float("inf") if index in (10500, 11500) else 0.0), index % 10
 
