@@ -20,12 +20,14 @@ combination of the three), the next save succeeds and a load takes the newest co
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import shutil
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -163,7 +165,8 @@ class Checkpoint:
         if not path.is_file():
             return None
         try:
-            start = torch.load(path, map_location="cpu", weights_only=True)
+            with _quiet_unpickler():
+                start = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
             raise CheckpointError(f"--resume: checkpoint file {path} cannot be read ({type(err).__name__}: "
                                   f"{_first_line(err)}); rerun with --overwrite to start over") from None
@@ -506,10 +509,20 @@ def _refused_unless_loads(path: Path, read: Callable[[], Any]) -> None:
     """CheckpointError naming `path` when `read` fails (torn, not a checkpoint file, or a pickle that
     torch's weights_only loader refuses)."""
     try:
-        read()
+        with _quiet_unpickler():
+            read()
     except Exception as err:
         raise CheckpointError(f"checkpoint file {path} cannot be read ({type(err).__name__}: "
                               f"{_first_line(err)})") from None
+
+
+@contextlib.contextmanager
+def _quiet_unpickler() -> Iterator[None]:
+    """torch's weights_only loader warns of a pickle protocol it was not written with (a file pickled by
+    hand, a planted one) before it refuses or reads it: the refusal is the one line a user gets."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        yield
 
 
 def _verify_rng(path: Path) -> None:
@@ -517,7 +530,8 @@ def _verify_rng(path: Path) -> None:
     from accelerate.utils import load
 
     try:
-        states = load(path)
+        with _quiet_unpickler():
+            states = load(path)
     except Exception as err:
         raise CheckpointError(f"checkpoint file {path} cannot be read ({type(err).__name__}: "
                               f"{_first_line(err)})") from None
