@@ -202,7 +202,8 @@ def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
 
 def build_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=cfg.base_lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(model.parameters(), lr=cfg.base_lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                                 weight_decay=cfg.weight_decay)
     return torch.optim.SGD(model.parameters(), lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
@@ -218,6 +219,10 @@ def announce(built: Built, train_samples: int, auto_batch: dict | None, coupled:
         f"(warmup {schedule.warmup_steps} steps, {schedule.decay} decay); {built.trainer.steps_per_epoch} "
         f"steps/epoch on {train_samples:,} training samples; {describe_processes(accelerator)}"
     )
+    if cfg.optimizer == "adamw" and cfg.lr_scaling == "linear" and cfg.global_bs != cfg.base_bs:
+        built.say(f"scaling: warning: --lr-scaling linear is SGD's rule (Goyal et al. 2017); with AdamW it moved the "
+                  f"LR {schedule.peak / cfg.base_lr:g}x, where Adam's rule is the square root (Malladi et al. 2022): "
+                  f"--lr-scaling sqrt")
     if coupled:
         built.say(f"scaling: note: {len(coupled)} batch-coupled layer(s) (BatchNorm): their statistics come from "
                   f"each micro-batch of {plan.per_device_bs}, so results depend on the decomposition "

@@ -51,6 +51,9 @@ class RunConfig:
     lr_step_gamma: float = 0.1
     optimizer: str = "sgd"
     momentum: float = 0.9
+    beta1: float = 0.9  # AdamW's betas and eps: PyTorch's defaults
+    beta2: float = 0.999
+    eps: float = 1e-8
     weight_decay: float = 0.0
 
     # stopping
@@ -123,7 +126,7 @@ _POSITIVE = {
     "global_bs", "accumulation_steps", "emulate_processes", "max_per_device_bs", "base_lr", "base_bs",
     "max_steps", "max_epochs", "max_time", "eval_every", "eval_every_epochs", "num_samples", "log_every",
     "lr_step_gamma", "diverge_factor", "memory_cap_mb", "prefetch_factor", "probe_steps", "checkpoint_every",
-    "noise_every",
+    "noise_every", "eps",
 }
 _NON_NEGATIVE = {"warmup_steps", "warmup_epochs", "momentum", "weight_decay", "num_workers", "log_min_s",
                  "exact_target_max_steps", "stall_evals"}
@@ -378,6 +381,10 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"--seed must be a whole number from 0 to 4,294,967,295, got {shown(cfg.seed)}")
     if cfg.momentum >= 1:
         raise ConfigError(f"--momentum must be in [0, 1), got {cfg.momentum}")
+    for key in ("beta1", "beta2"):
+        if not 0 <= getattr(cfg, key) < 1:
+            raise ConfigError(f"--{key} must be in [0, 1), got {getattr(cfg, key)}")
+
     if cfg.log_with is not None:
         _check_trackers(cfg.log_with)
     if cfg.compile is not None:

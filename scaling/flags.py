@@ -17,7 +17,8 @@ GROUPS: list[tuple[str, list[tuple[str, str]]]] = [
     ("learning rate", [
         ("base_lr", "LR tuned at the reference batch --base-bs"),
         ("base_bs", "the reference batch of --base-lr"),
-        ("lr_scaling", "how the LR follows the global batch: none, linear (Goyal et al.), sqrt (Hoffer et al.)"),
+        ("lr_scaling", "how the LR follows the global batch: none, linear (SGD: Goyal et al.), sqrt (SGD: Hoffer et al.; Adam: "
+                       "Malladi et al.)"),
         ("warmup_steps", "linear warmup to the scaled LR, in optimizer steps"),
         ("warmup_epochs", "the same in epochs"),
         ("lr_decay", "after warmup: constant, cosine (needs a step or epoch budget), step"),
@@ -25,6 +26,9 @@ GROUPS: list[tuple[str, list[tuple[str, str]]]] = [
         ("lr_step_gamma", "step decay factor"),
         ("optimizer", "sgd (with momentum) or adamw"),
         ("momentum", "SGD momentum"),
+        ("beta1", "AdamW's beta1 (the gradient's moving average)"),
+        ("beta2", "AdamW's beta2 (the squared gradient's moving average)"),
+        ("eps", "AdamW's epsilon"),
         ("weight_decay", "weight decay"),
     ]),
     ("stopping", [

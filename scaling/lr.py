@@ -20,7 +20,8 @@ def scaled_lr(base_lr: float, base_bs: int, global_bs: int, rule: str) -> float:
 
     linear: Goyal et al. 2017, "Accurate, Large Minibatch SGD" (lr proportional to batch).
     sqrt:   Hoffer et al. 2017, "Train longer, generalize better" (lr proportional to sqrt(batch),
-            keeping the variance of the weight update constant).
+            keeping the variance of the weight update constant), for SGD; for Adam, Malladi et al. 2022,
+            "On the SDEs and scaling rules for adaptive gradient algorithms" (the LR part of their rule).
     """
     ratio = global_bs / base_bs
     if rule == "linear":

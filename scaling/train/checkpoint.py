@@ -211,7 +211,9 @@ class Checkpoint:
 def check_resumable(saved: Any, cfg: RunConfig) -> None:
     if not isinstance(saved, dict):
         raise CheckpointError("--resume: the checkpoint holds no run config; rerun with --overwrite to start over")
-    changed = [k for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES and saved.get(k) != v]
+    # A setting the checkpoint's run did not have yet (an older version) had its default then.
+    defaults = RunConfig().to_dict()
+    changed = [k for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != v]
     if changed:
         raise CheckpointError(f"--resume: the checkpoint was written with a different {changed[0]} "
                               f"({shown(saved.get(changed[0]))}, now {shown(getattr(cfg, changed[0]))})")
