@@ -21,7 +21,9 @@ from scaling.userfiles import load_yaml
 __all__ = ["ConfigError", "RunConfig", "load_yaml", "make_config", "parse_args", "shown", "validate"]
 
 
-LR_SCALING_RULES = ("none", "linear", "sqrt")
+LR_SCALING_RULES = ("none", "linear", "sqrt", "adam-sde")
+BETA2_SCALING = ("none", "half-life")
+TASK_NAMES = ("auto", "classification", "next-token")
 LR_DECAYS = ("constant", "cosine", "step")
 OPTIMIZERS = ("sgd", "adamw")
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -55,9 +57,11 @@ class RunConfig:
     beta2: float = 0.999
     eps: float = 1e-8
     weight_decay: float = 0.0
+    beta2_scaling: str = "none"  # half-life: beta2' = beta2^(global_bs / base_bs) (Marek et al. 2025)
 
     # stopping
     target_accuracy: float | None = 0.9
+    target_loss: float | None = None  # evaluation loss at or below it (nats per token for a language model)
     max_steps: int | None = None
     max_epochs: float | None = 40.0
     max_time: float | None = None  # seconds of wall time (evaluation included)
@@ -77,6 +81,10 @@ class RunConfig:
     label_column: str = "label"
     num_samples: int = 40000  # built-in MNIST-1D: samples generated (80% train, 20% test)
     model: str = "cnn1d"
+    task: str = "auto"  # classification | next-token; auto: next-token when labels are sequences like the inputs
+    text_column: str = "text"  # text files: the column tokenized for next-token prediction
+    tokenizer: str = "bytes"  # bytes (UTF-8, 256 ids), or a local tokenizer.json (or a folder holding one)
+    context: int = 64  # text: tokens per training sequence
     seed: int = 0
 
     # input pipeline (the DataLoader path; in-memory tensors take the fast path unless fast_path is false)
@@ -126,7 +134,7 @@ _POSITIVE = {
     "global_bs", "accumulation_steps", "emulate_processes", "max_per_device_bs", "base_lr", "base_bs",
     "max_steps", "max_epochs", "max_time", "eval_every", "eval_every_epochs", "num_samples", "log_every",
     "lr_step_gamma", "diverge_factor", "memory_cap_mb", "prefetch_factor", "probe_steps", "checkpoint_every",
-    "noise_every", "eps",
+    "noise_every", "eps", "target_loss", "context",
 }
 _NON_NEGATIVE = {"warmup_steps", "warmup_epochs", "momentum", "weight_decay", "num_workers", "log_min_s",
                  "exact_target_max_steps", "stall_evals"}
@@ -134,6 +142,8 @@ MATERIALIZE = ("auto", "true", "false")
 _CHOICES = {
     "materialize": MATERIALIZE,
     "lr_scaling": LR_SCALING_RULES,
+    "beta2_scaling": BETA2_SCALING,
+    "task": TASK_NAMES,
     "lr_decay": LR_DECAYS,
     "optimizer": OPTIMIZERS,
     "mixed_precision": MIXED_PRECISION,
@@ -315,6 +325,8 @@ def startup_timeout(value: str | None) -> float | None:
 def make_config(values: dict[str, Any], source: str = "config") -> RunConfig:
     """Build and validate a RunConfig from typed values (unknown keys and type changes refused)."""
     values = apply_overrides({}, values, from_cli=False, source=source)
+    if values.get("target_loss") is not None and "target_accuracy" not in values:
+        values["target_accuracy"] = None  # a loss target replaces the default accuracy target
     cfg = RunConfig(**values)
     validate(cfg)
     return cfg
@@ -367,8 +379,13 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("give at most one of --warmup-steps and --warmup-epochs")
     if cfg.target_accuracy is not None and not 0 < cfg.target_accuracy <= 1:
         raise ConfigError(f"--target-accuracy is a fraction in (0, 1], got {cfg.target_accuracy}")
-    if cfg.max_steps is None and cfg.max_epochs is None and cfg.max_time is None and cfg.target_accuracy is None:
-        raise ConfigError("nothing would stop this run: set --target-accuracy or a budget (--max-steps, --max-epochs, --max-time)")
+    if cfg.target_accuracy is not None and cfg.target_loss is not None:
+        raise ConfigError(f"give one target: --target-accuracy {cfg.target_accuracy:g} and --target-loss "
+                          f"{cfg.target_loss:g} are both set (--target-accuracy none keeps the loss target)")
+    if (cfg.max_steps is None and cfg.max_epochs is None and cfg.max_time is None and cfg.target_accuracy is None
+            and cfg.target_loss is None):
+        raise ConfigError("nothing would stop this run: set --target-accuracy, --target-loss or a budget "
+                          "(--max-steps, --max-epochs, --max-time)")
     if cfg.lr_decay == "cosine" and cfg.max_steps is None and cfg.max_epochs is None:
         raise ConfigError("--lr-decay cosine needs a length: set --max-steps or --max-epochs")
     if cfg.lr_decay == "step" and not cfg.lr_step_epochs:

@@ -18,7 +18,7 @@ GROUPS: list[tuple[str, list[tuple[str, str]]]] = [
         ("base_lr", "LR tuned at the reference batch --base-bs"),
         ("base_bs", "the reference batch of --base-lr"),
         ("lr_scaling", "how the LR follows the global batch: none, linear (SGD: Goyal et al.), sqrt (SGD: Hoffer et al.; Adam: "
-                       "Malladi et al.)"),
+                       "Malladi et al.), adam-sde (AdamW: Malladi et al.'s rule for LR, betas, eps)"),
         ("warmup_steps", "linear warmup to the scaled LR, in optimizer steps"),
         ("warmup_epochs", "the same in epochs"),
         ("lr_decay", "after warmup: constant, cosine (needs a step or epoch budget), step"),
@@ -30,9 +30,13 @@ GROUPS: list[tuple[str, list[tuple[str, str]]]] = [
         ("beta2", "AdamW's beta2 (the squared gradient's moving average)"),
         ("eps", "AdamW's epsilon"),
         ("weight_decay", "weight decay"),
+        ("beta2_scaling", "AdamW's beta2 with the batch: none, or half-life (beta2^(global/base): its half-life "
+                          "stays fixed in samples, Marek et al. 2025)"),
     ]),
     ("stopping", [
         ("target_accuracy", "stop at the first step whose evaluation accuracy reaches it (none: no target)"),
+        ("target_loss", "stop at the first step whose evaluation loss is at or below it (nats per token for a "
+                        "language model; replaces the default accuracy target)"),
         ("max_steps", "budget in optimizer steps"),
         ("max_epochs", "budget in epochs"),
         ("max_time", "budget in seconds of wall time, evaluation included"),
@@ -53,7 +57,11 @@ GROUPS: list[tuple[str, list[tuple[str, str]]]] = [
         ("input_column", "input column(s), comma-separated (default: every column but the label)"),
         ("label_column", "integer class label column"),
         ("num_samples", "samples generated for a built-in dataset (80% train, 20% eval)"),
-        ("model", "cnn1d, cnn1d_bn, mlp, cnn2d, resnet_cifar, or module:callable"),
+        ("model", "cnn1d, cnn1d_bn, mlp, cnn2d, resnet_cifar, gpt, or module:callable"),
+        ("task", "classification or next-token (auto: next-token when each label is a sequence like its input)"),
+        ("text_column", "text files: the column of text to train on"),
+        ("tokenizer", "text: bytes (UTF-8, 256 ids), or a local tokenizer.json or a folder holding one"),
+        ("context", "text: tokens per training sequence"),
         ("seed", "initial weights and sample order"),
     ]),
     ("input pipeline", [
