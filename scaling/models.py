@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -196,6 +197,106 @@ class ResNetCIFAR(nn.Module):
         return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
+@dataclass(frozen=True)
+class GPTConfig:
+    """Sizes of the GPT; the defaults are the "stories" workload's, chosen by benchmarks/lm_sizing.py (docs/lm.md)."""
+
+    vocab_size: int = 256
+    context: int = 64  # the largest sequence length (nanoGPT's block_size)
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 64
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention through torch's scaled_dot_product_attention (flash or memory-efficient
+    kernels where the device has them); no dropout, so runs are deterministic."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        if cfg.n_embd % cfg.n_head:
+            raise ValueError(f"n_embd ({cfg.n_embd}) must be a multiple of n_head ({cfg.n_head})")
+        self.n_head = cfg.n_head
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, width = x.shape
+        q, k, v = self.c_attn(x).split(width, dim=2)
+        q, k, v = (t.view(batch, length, self.n_head, width // self.n_head).transpose(1, 2) for t in (q, k, v))
+        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.c_proj(y.transpose(1, 2).contiguous().view(batch, length, width))
+
+
+class GPTBlock(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x)) with a 4x GELU MLP."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd)
+        self.mlp = nn.Sequential(nn.Linear(cfg.n_embd, 4 * cfg.n_embd), nn.GELU(), nn.Linear(4 * cfg.n_embd, cfg.n_embd))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """A decoder-only transformer in the style of nanoGPT's model.py (Karpathy): token and learned position
+    embeddings, n_layer pre-LayerNorm blocks, a final LayerNorm and an lm_head tied to the token embedding.
+    Init as nanoGPT and GPT-2: normal(0, 0.02), biases zero, and the projections into the residual stream
+    (attention c_proj, the MLP's second linear) at 0.02 / sqrt(2 * n_layer). forward(idx [B, T] int64) gives
+    logits [B, T, vocab] (float)."""
+
+    def __init__(self, cfg: GPTConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg or GPTConfig()
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.context, cfg.n_embd)
+        self.blocks = nn.ModuleList(GPTBlock(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # weight tying (Press & Wolf 2017), as in GPT-2 and nanoGPT
+        self.apply(_init_gpt_weights)
+        residual_std = 0.02 / math.sqrt(2 * cfg.n_layer)
+        for block in self.blocks:
+            nn.init.normal_(block.attn.c_proj.weight, mean=0.0, std=residual_std)
+            nn.init.normal_(block.mlp[2].weight, mean=0.0, std=residual_std)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        length = idx.shape[1]
+        if length > self.cfg.context:
+            raise ValueError(f"sequence of {length} tokens is longer than the model's context {self.cfg.context}")
+        x = self.wte(idx) + self.wpe(torch.arange(length, device=idx.device))
+        for block in self.blocks:
+            x = block(x)
+        return self.lm_head(self.ln_f(x))
+
+
+def _init_gpt_weights(module: nn.Module) -> None:
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
+def gpt_num_parameters(model: GPT) -> int:
+    """Parameters without the position embedding (nanoGPT's get_num_params(non_embedding=True)); the token
+    embedding counts once, as the tied lm_head. This is the N of the FLOP count below."""
+    return sum(p.numel() for p in model.parameters()) - model.wpe.weight.numel()
+
+
+def gpt_flops_per_token(model: GPT, context: int | None = None) -> int:
+    """Training FLOPs per token (forward + backward): 6N + 12 * n_layer * n_embd * T, the count of PaLM's
+    Appendix B (Chowdhery et al. 2022, arXiv 2204.02311), which nanoGPT's estimate_mfu uses; 6N is Kaplan et
+    al. 2020's C = 6N per token, the second term the attention scores and weighted sum over the T-token
+    context (counted in full, not halved for the causal mask)."""
+    cfg = model.cfg
+    return 6 * gpt_num_parameters(model) + 12 * cfg.n_layer * cfg.n_embd * (context or cfg.context)
+
+
 def _channels(shape: tuple[int, ...]) -> int:
     """Image channels of an input shape: [C, H, W], or 1 for [H, W] grayscale."""
     return shape[0] if len(shape) == 3 else 1
@@ -203,3 +304,4 @@ def _channels(shape: tuple[int, ...]) -> int:
 
 BUILTIN_MODELS["cnn2d"] = lambda shape, classes: SmallCNN2D(_channels(shape), num_classes=classes)
 BUILTIN_MODELS["resnet_cifar"] = lambda shape, classes: ResNetCIFAR(_channels(shape), num_classes=classes)
+BUILTIN_MODELS["gpt"] = lambda shape, vocab: GPT(GPTConfig(vocab_size=vocab, context=shape[-1]))  # shape (T,)
