@@ -21,7 +21,7 @@ from scaling.data import Workload, load_workload
 from scaling.data.delivery import Read, materialize
 from scaling.devices.comm import model_gradient_bytes
 from scaling.files import MetricsWriter
-from scaling.lr import LRSchedule, build_schedule
+from scaling.lr import LRSchedule, build_schedule, scaled_hyperparameters
 from scaling.memory import resolve_auto_batch
 from scaling.models import build_model, check_model_name, has_batch_coupled_layers
 from scaling.provenance import environment
@@ -58,6 +58,7 @@ def build(cfg: RunConfig, resume: bool = False) -> Built:
     """Processes, data, model, batch plan, optimizer, LR schedule, record and trainer; with `resume`,
     restored from the run's checkpoint."""
     plan = plan_batch(cfg, distributed.world_size())  # every batch error, before any process group exists
+    scaled_hyperparameters(cfg, plan.global_bs)  # and every refusal of the LR, beta and eps rules
     requested_cpu = cfg.cpu
     cfg, state = start_processes(cfg)
     task = TASKS["classification"]
@@ -116,8 +117,14 @@ def describe_model(name: str, model: torch.nn.Module, workload: Workload, task: 
 
 
 def lr_summary(cfg: RunConfig, schedule: LRSchedule) -> dict:
+    """The result's `lr` record (results.LRRecord): the rule, the schedule, and the hyperparameters the
+    optimizer was built with (betas and eps null with SGD, which has none)."""
+    used = scaled_hyperparameters(cfg, cfg.global_bs)
+    adam = cfg.optimizer == "adamw"
     return {"rule": cfg.lr_scaling, "base": cfg.base_lr, "base_bs": cfg.base_bs, "scaled": schedule.peak,
-            "warmup_steps": schedule.warmup_steps, "decay": schedule.decay}
+            "warmup_steps": schedule.warmup_steps, "decay": schedule.decay, "beta1": used.beta1 if adam else None,
+            "beta2": used.beta2 if adam else None, "eps": used.eps if adam else None,
+            "weight_decay": used.weight_decay}
 
 
 def materialize_workload(workload: Workload, mode: str) -> tuple[list[str], list[str], Read | None]:
@@ -201,10 +208,13 @@ def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def build_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """SGD, or AdamW with the betas and eps the rules give at --global-bs (scaling.lr.scaled_hyperparameters).
+    The LR given here is a placeholder: the loop sets the schedule's LR before every step."""
+    used = scaled_hyperparameters(cfg, cfg.global_bs)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=cfg.base_lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                                 weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(model.parameters(), lr=cfg.base_lr, betas=(used.beta1, used.beta2), eps=used.eps,
+                                 weight_decay=used.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=used.weight_decay)
 
 
 def announce(built: Built, train_samples: int, auto_batch: dict | None, coupled: list[str]) -> None:
@@ -216,8 +226,9 @@ def announce(built: Built, train_samples: int, auto_batch: dict | None, coupled:
     built.say(f"scaling: {plan.describe()}")
     built.say(
         f"scaling: lr {cfg.lr_scaling} scaling: {cfg.base_lr:g} @ batch {cfg.base_bs} -> {schedule.peak:g} "
-        f"(warmup {schedule.warmup_steps} steps, {schedule.decay} decay); {built.trainer.steps_per_epoch} "
-        f"steps/epoch on {train_samples:,} training samples; {describe_processes(accelerator)}"
+        f"(warmup {schedule.warmup_steps} steps, {schedule.decay} decay){_changed_settings(cfg)}; "
+        f"{built.trainer.steps_per_epoch} steps/epoch on {train_samples:,} training samples; "
+        f"{describe_processes(accelerator)}"
     )
     if cfg.optimizer == "adamw" and cfg.lr_scaling == "linear" and cfg.global_bs != cfg.base_bs:
         built.say(f"scaling: warning: --lr-scaling linear is SGD's rule (Goyal et al. 2017); with AdamW it moved the "
@@ -227,6 +238,12 @@ def announce(built: Built, train_samples: int, auto_batch: dict | None, coupled:
         built.say(f"scaling: note: {len(coupled)} batch-coupled layer(s) (BatchNorm): their statistics come from "
                   f"each micro-batch of {plan.per_device_bs}, so results depend on the decomposition "
                   f"(accumulation and emulation are not exact; docs/emulation.md)")
+
+
+def _changed_settings(cfg: RunConfig) -> str:
+    """`, beta1 0.9 -> 0.6, eps 1e-08 -> 5e-09`: AdamW's settings a rule changed (nothing when none did)."""
+    changed = scaled_hyperparameters(cfg, cfg.global_bs).differs_from(cfg)
+    return "".join(f", {name} {before:.6g} -> {after:.6g}" for name, (before, after) in changed.items())
 
 
 def _quiet_libraries(main: bool) -> None:

@@ -46,7 +46,7 @@ class RunFacts:
 
     config: RunConfig
     plan: BatchPlan
-    lr: dict[str, Any]  # rule, base, base_bs, scaled, warmup_steps, decay
+    lr: dict[str, Any]  # results.LRRecord: the rule, the schedule, the betas, eps and weight decay used
     environment: dict[str, Any]
     steps_per_epoch: int
     train_samples: int

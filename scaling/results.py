@@ -39,12 +39,23 @@ class BatchRecord(TypedDict):
 
 
 class LRRecord(TypedDict):
+    """The LR rule, the schedule, and the settings the optimizer was built with (scaling.lr.scaled_hyperparameters):
+    `scaled` is the peak LR; beta1, beta2 and eps as AdamW got them (null with SGD). Results written before
+    issue 30 lack the last four (LR_ADDED_KEYS): a reader takes them with .get (None: not recorded)."""
+
     rule: str
     base: float
     base_bs: int
     scaled: float
     warmup_steps: int
     decay: str
+    beta1: float | None
+    beta2: float | None
+    eps: float | None
+    weight_decay: float | None
+
+
+LR_ADDED_KEYS = frozenset({"beta1", "beta2", "eps", "weight_decay"})  # absent from older results' `lr`
 
 
 class TargetRecord(TypedDict):
@@ -529,7 +540,7 @@ def _type_problem(value: Any, hint: Any) -> str | None:
             return f"must be an object, got {_kind(value)}"
         for name, inner in _hints(hint).items():
             if name not in value:
-                if name in DERIVED_KEYS:
+                if name in DERIVED_KEYS or (hint is LRRecord and name in LR_ADDED_KEYS):
                     continue
                 return f"lacks {name!r}"
             problem = _type_problem(value[name], inner)

@@ -30,7 +30,7 @@ from typing import Any
 
 from scaling.batching import plan_batch
 from scaling.config import FIELDS, ConfigError, RunConfig, load_yaml, make_config, shown
-from scaling.lr import scaled_lr
+from scaling.lr import scaled_hyperparameters, scaled_lr
 
 RUN_PY = Path(__file__).resolve().parent.parent / "run.py"
 LAUNCHER_TYPES = ("python", "torchrun", "accelerate")
@@ -340,6 +340,7 @@ def _make_config(base: dict, overrides: dict, launcher: Launcher, study_dir: Pat
         check_settings(config)
         plan = plan_batch(config, this_launcher.nproc * this_launcher.nnodes)
         check_dataset_size(config, plan.global_bs)
+        scaled_hyperparameters(config, plan.global_bs)  # the LR, beta and eps rules' refusals (scaling/lr.py)
     except ConfigError as err:
         axes = ", ".join(f"{k}={shown(v, 30)}" for k, v in overrides.items())
         raise ConfigError(f"{err} (configuration {axes})") from None
