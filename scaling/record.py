@@ -20,6 +20,8 @@ from scaling.batching import BatchPlan
 from scaling.config import RunConfig
 from scaling.data.pipeline import user_pipeline
 from scaling.results import SCHEMA_VERSION, FailureResult, Result, straggler_ratio
+from scaling.targets import run_target
+from scaling.task import NEXT_TOKEN
 
 
 @dataclass(frozen=True)
@@ -158,7 +160,8 @@ class RunRecord:
             "config": self.config.to_dict(),
             "batch": plan.to_dict(),
             "lr": dict(facts.lr),
-            "target": {"metric": "accuracy", "value": self.config.target_accuracy},
+            "target": self._target_record(),
+            "tokens": self._tokens(target),
             "time_to_target_s": target["time_s"] if target else None,
             "train_time_to_target_s": target["train_time_s"] if target else None,
             "steps_to_target": target["step"] if target else None,
@@ -202,6 +205,29 @@ class RunRecord:
             "compute": self.compute,
             **optional,
         }
+
+    def _target_record(self) -> dict[str, Any]:
+        """The metric, its value and its direction (max: at or above; min: at or below); value None: no target."""
+        target = run_target(self.config.target_accuracy, self.config.target_loss)
+        if target is None:
+            return {"metric": "accuracy", "value": None, "direction": "max"}
+        return {"metric": target.metric, "value": target.value, "direction": target.direction}
+
+    def _tokens(self, target: dict[str, Any] | None) -> dict[str, Any] | None:
+        """A next-token run's batch, throughput, data to target and noise scale in tokens (token positions:
+        sequences x context), beside their counts in sequences; None for a classifier."""
+        if self.facts.model.task != NEXT_TOKEN.name:
+            return None
+        per_sequence = NEXT_TOKEN.units_per_sample(tuple(self.facts.model.input_shape))
+        rate = self.throughput()
+        noise = self.noise_scale or {}
+        b_simple, at_target = noise.get("b_simple"), noise.get("b_simple_at_target")
+        return {"per_sequence": per_sequence, "per_step": self.plan.global_bs * per_sequence,
+                "to_target": target["step"] * self.plan.global_bs * per_sequence if target else None,
+                "trained": self.samples * per_sequence,
+                "throughput_per_s": rate * per_sequence if rate is not None else None,
+                "noise_scale": b_simple * per_sequence if b_simple is not None else None,
+                "noise_scale_at_target": at_target * per_sequence if at_target is not None else None}
 
     def throughput(self) -> float | None:
         """Samples over the training clock."""

@@ -59,8 +59,21 @@ LR_ADDED_KEYS = frozenset({"beta1", "beta2", "eps", "weight_decay"})  # absent f
 
 
 class TargetRecord(TypedDict):
-    metric: str
+    metric: str  # accuracy | loss
     value: float | None
+    direction: str  # max (at or above the value) | min (at or below); absent before the loss targets: max
+
+
+class TokensRecord(TypedDict):
+    """A next-token run in tokens (token positions: sequences x context)."""
+
+    per_sequence: int
+    per_step: int
+    to_target: int | None
+    trained: int
+    throughput_per_s: float | None
+    noise_scale: float | None
+    noise_scale_at_target: float | None
 
 
 class EvaluationRecord(TypedDict):
@@ -153,6 +166,7 @@ class Result(TypedDict, total=False):
     batch: BatchRecord
     lr: LRRecord
     target: TargetRecord
+    tokens: TokensRecord | None  # only for a next-token task (absent before them)
     time_to_target_s: float | None
     train_time_to_target_s: float | None
     steps_to_target: int | None
@@ -241,18 +255,42 @@ def summary_line(result: Result, path: Path) -> str:
     """The one line a run prints at the end."""
     status = result["status"]
     rate = result["throughput_samples_per_s"]
-    speed = f"{rate:,.0f} samples/s" if rate else "n/a samples/s"
+    tokens = result.get("tokens")
+    unit = "sequences" if tokens else "samples"
+    speed = f"{rate:,.0f} {unit}/s" if rate else f"n/a {unit}/s"
+    if tokens and tokens["throughput_per_s"]:
+        speed += f" ({tokens['throughput_per_s']:,.0f} tokens/s)"
     if status == "reached":
+        to_target = f"{result['samples_to_target']:,} {unit}"
+        if tokens and tokens["to_target"] is not None:
+            to_target += f" ({tokens['to_target']:,} tokens)"
         return (
-            f"scaling: reached {result['target']['value']:.1%} in {result['time_to_target_s']:.2f} s "
+            f"scaling: reached {target_text(result['target'])} in {result['time_to_target_s']:.2f} s "
             f"(train {result['train_time_to_target_s']:.2f} s), {result['steps_to_target']} steps, "
-            f"{result['samples_to_target']:,} samples, {result['epochs_to_target']:.2f} epochs; {speed}"
-            f"{_bound_text(result)} -> {path}"
+            f"{to_target}, {result['epochs_to_target']:.2f} epochs; {speed}{_bound_text(result)} -> {path}"
         )
     final = result["final"]
-    accuracy = f", final accuracy {final['accuracy']:.1%}" if final else ""
+    quality = ""
+    if final and result["target"]["metric"] == "loss":
+        quality = f", final loss {loss_text(final['loss'])}"
+    elif final:
+        quality = f", final accuracy {final['accuracy']:.1%}"
     where = f" at step {result['diverged_at_step']}" if status == "diverged" else f" after {result['steps']} steps"
-    return f"scaling: {status}{where}{accuracy}; {speed}{_bound_text(result)} -> {path}"
+    return f"scaling: {status}{where}{quality}; {speed}{_bound_text(result)} -> {path}"
+
+
+def target_text(target: TargetRecord) -> str:
+    """`90.0% accuracy`, `loss 1.60 (perplexity 4.95)`."""
+    if target["metric"] == "loss":
+        return f"loss {loss_text(target['value'])}"
+    return f"{target['value']:.1%} accuracy"
+
+
+def loss_text(loss: float | None) -> str:
+    """`1.60 (perplexity 4.95)`: a loss in nats with its perplexity, exp(loss)."""
+    if loss is None:
+        return "n/a"
+    return f"{loss:.3g} (perplexity {math.exp(loss):.3g})" if loss < 700 else f"{loss:.3g}"
 
 
 def _bound_text(result: Result) -> str:
@@ -508,7 +546,9 @@ def _fill_absent(data: dict, hints: dict[str, Any]) -> None:
 
 
 _FIELD_NAMES = {"global_": "global"}  # TypedDict field -> its key in the file
-DERIVED_KEYS = frozenset({"emulated", "micro_steps_per_process"})  # of a batch: filled when absent
+# Keys a record may lack, being older than them: filled when absent (a batch's), or read with their default
+# (a target's direction: max, the accuracy targets' before loss targets existed).
+DERIVED_KEYS = frozenset({"emulated", "micro_steps_per_process", "direction"})
 
 
 def _hints(schema: type) -> dict[str, Any]:

@@ -17,16 +17,17 @@ from torch.utils.data import TensorDataset
 from scaling.callables import call_factory, describe_exception
 from scaling.config import ConfigError, RunConfig, shown
 from scaling.data.tensors import TensorPair, non_finite_rows
-from scaling.task import CLASSIFICATION, Task
+from scaling.task import CLASSIFICATION, NEXT_TOKEN, Task, choose_task
 
 
 @dataclass
 class Workload:
     train: Any
     eval: Any
-    num_classes: int
+    num_classes: int  # classes, or for a next-token task the vocabulary
     input_shape: tuple[int, ...]
     notes: list[str] = field(default_factory=list)  # what loading decided for the user (printed by the run)
+    task: Task = CLASSIFICATION
 
 
 class InputShape(tuple):
@@ -75,7 +76,7 @@ def _check_generated_fits(name: str, num_samples: int) -> None:
                           f"use fewer samples")
 
 
-def load_workload(cfg: RunConfig, task: Task = CLASSIFICATION) -> Workload:
+def load_workload(cfg: RunConfig) -> Workload:
     name = cfg.dataset
     notes: list[str] = []
     check_builtin_size(name, cfg.num_samples, cfg.global_bs)
@@ -98,10 +99,11 @@ def load_workload(cfg: RunConfig, task: Task = CLASSIFICATION) -> Workload:
         from scaling.data.hf import load_hf
 
         train, eval_, notes = load_hf(cfg)
-    return checked_workload(train, eval_, name, notes, task)
+    return checked_workload(train, eval_, name, notes, cfg.task)
 
 
-def checked_workload(train: Any, eval_: Any, name: str, notes: list[str], task: Task = CLASSIFICATION) -> Workload:
+def checked_workload(train: Any, eval_: Any, name: str, notes: list[str], task_name: str = "auto",
+                     vocab_size: int | None = None) -> Workload:
     """The two splits as a Workload, after the checks that keep bad data from reaching training: lengths that
     an epoch's order fits in memory, one input shape across both splits, finite inputs, and labels the task
     can learn from (scaling/task.py). In-memory tensors are checked whole with vectorised ops; any other
@@ -113,16 +115,19 @@ def checked_workload(train: Any, eval_: Any, name: str, notes: list[str], task: 
     for split, dataset in (("train", train), ("eval", eval_)):
         _check_order_fits(dataset, sizes[split], split, name)
     x0 = _first_input(train, name)
+    task = choose_task(task_name, x0, _item(train, 0, name)[1], f"--dataset {name!r}")
     e0 = _first_input(eval_, name)
     if e0.shape != x0.shape:
         raise ConfigError(f"--dataset {name!r}: its eval inputs have shape {tuple(e0.shape)} but its train inputs "
                           f"{tuple(x0.shape)}; the model takes one input shape: give both splits the same")
     labels, whole = {}, {}
     for split, dataset in (("train", train), ("eval", eval_)):
-        labels[split], whole[split] = _read_split(dataset, split, x0.shape, name)
+        labels[split], whole[split] = _read_split(dataset, split, x0.shape, name, task)
     # Every train label known: any eval label (all, or a sample) outside their range is one the model never learns.
     num_classes = task.num_classes(labels, whole["train"], f"--dataset {name!r}")
-    return Workload(train, eval_, num_classes, InputShape(x0.shape, x0.dtype), notes)
+    if vocab_size is not None:  # a tokenizer's vocabulary: the model covers every id it can give
+        num_classes = max(num_classes, vocab_size)
+    return Workload(train, eval_, num_classes, InputShape(x0.shape, x0.dtype), notes, task)
 
 
 # Bytes per training sample of one epoch's order: the int64 permutation and, for a dataset batched through a
@@ -225,7 +230,8 @@ LABEL_LIMIT = 10_000  # samples read from a dataset that is neither in memory no
 FINITE_CHUNK_BYTES = 64 * 2**20  # sampled inputs stacked at a time for the finiteness check
 
 
-def _read_split(dataset: Any, split: str, shape: torch.Size, name: str) -> tuple[torch.Tensor, bool]:
+def _read_split(dataset: Any, split: str, shape: torch.Size, name: str,
+                task: Task = CLASSIFICATION) -> tuple[torch.Tensor, bool]:
     """(labels, whether they are all of the split's labels), checking inputs on the way: in-memory tensors
     whole (vectorised), a dataset with a `labels` attribute not at all (that would decode every sample), any
     other on its first LABEL_LIMIT samples (each sample's shape as it is read, their finiteness stacked)."""
@@ -242,10 +248,11 @@ def _read_split(dataset: Any, split: str, shape: torch.Size, name: str) -> tuple
             raise ConfigError(f"--dataset {name!r}: the labels of its {split} split are not whole numbers 0, 1, "
                               f"2, ... ({describe_exception(err)})") from None
     count = min(len(dataset), LABEL_LIMIT)
-    return _sample_split(dataset, count, split, shape, name), count == len(dataset)
+    return _sample_split(dataset, count, split, shape, name, task), count == len(dataset)
 
 
-def _sample_split(dataset: Any, count: int, split: str, shape: torch.Size, name: str) -> torch.Tensor:
+def _sample_split(dataset: Any, count: int, split: str, shape: torch.Size, name: str,
+                  task: Task = CLASSIFICATION) -> torch.Tensor:
     """The labels of the first `count` samples; each sample's input must be a tensor of `shape`, every value
     finite."""
     labels: list[int] = []
@@ -258,7 +265,7 @@ def _sample_split(dataset: Any, count: int, split: str, shape: torch.Size, name:
         if inputs.shape != shape:
             raise ConfigError(f"--dataset {name!r}: {split} sample {index} has input shape {tuple(inputs.shape)}, "
                               f"sample 0 {tuple(shape)}; every sample must have one shape")
-        labels.append(_label(label, index, name))
+        labels.append(_label(label, index, name) if task is not NEXT_TOKEN else _targets(label, shape, split, index, name))
         chunk.append(inputs)
         chunk_bytes += inputs.numel() * inputs.element_size()
         # Stacked a chunk at a time (40x cheaper than one check per sample), each chunk at most FINITE_CHUNK_BYTES.
@@ -271,7 +278,16 @@ def _sample_split(dataset: Any, count: int, split: str, shape: torch.Size, name:
             chunk, chunk_bytes = [], 0
     if first_bad is not None:
         _refuse_non_finite(bad, first_bad, split, name)
-    return torch.tensor(labels, dtype=torch.int64)
+    return torch.stack(labels) if task is NEXT_TOKEN else torch.tensor(labels, dtype=torch.int64)
+
+
+def _targets(label: Any, shape: torch.Size, split: str, index: int, name: str) -> torch.Tensor:
+    """A next-token sample's targets: an integer tensor of its input's shape."""
+    if not isinstance(label, torch.Tensor) or label.shape != shape:
+        got = f"shape {tuple(label.shape)}" if isinstance(label, torch.Tensor) else type(label).__name__
+        raise ConfigError(f"--dataset {name!r}: {split} sample {index}'s targets are {got}, but a next-token task "
+                          f"takes one target token per input token (shape {tuple(shape)})")
+    return label.long() if not (label.is_floating_point() or label.is_complex()) else label
 
 
 def _label(label: Any, index: int, name: str) -> int:

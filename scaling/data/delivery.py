@@ -34,7 +34,10 @@ def fetch_batch(dataset: Any, indices: torch.Tensor) -> tuple[torch.Tensor, torc
     pairs = getitems(index_list) if callable(getitems) else [dataset[i] for i in index_list]
     inputs = [p[0] for p in pairs]
     check_one_shape(inputs, index_list)
-    return torch.stack(inputs), torch.as_tensor([int(p[1]) for p in pairs])
+    labels = [p[1] for p in pairs]
+    if torch.is_tensor(labels[0]) and labels[0].dim() > 0:  # a sequence of targets per sample (next-token)
+        return torch.stack(inputs), torch.stack(labels)
+    return torch.stack(inputs), torch.as_tensor([int(label) for label in labels])
 
 
 def check_one_shape(inputs: list[Any], indices: list[int] | None = None, split: str = "") -> None:

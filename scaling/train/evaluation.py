@@ -13,7 +13,8 @@ from torch import nn
 
 from scaling.config import RunConfig
 from scaling.data.delivery import fetch_batch
-from scaling.task import CLASSIFICATION, Task
+from scaling.files import finite_or_none
+from scaling.task import CLASSIFICATION, Target, Task
 
 EVAL_BATCH_SIZE = 1024
 
@@ -42,12 +43,13 @@ DECIDE_CHUNK = 256  # samples per process between two looks at whether the rest 
 
 
 @torch.no_grad()
-def evaluate_against(model: nn.Module, dataset: Any, accelerator: Accelerator, task: Task, target: float,
-                     whole: bool = False) -> tuple[bool, float | None]:
-    """Whether the task's metric over the eval set reaches `target`, evaluated chunk by chunk and stopped as
-    soon as the samples not yet seen cannot change the answer (scaling/task.py, `decided`): far from the
-    target a few chunks settle it. Returns (reached, the metric when the whole set was evaluated, else None);
-    `whole` evaluates everything. The answer is the one the whole evaluation gives, exactly."""
+def evaluate_against(model: nn.Module, dataset: Any, accelerator: Accelerator, task: Task, target: Target,
+                     units: int, whole: bool = False) -> tuple[bool, float | None]:
+    """Whether the targeted metric over the eval set (of `units` samples or target tokens: task.units) reaches
+    `target`, evaluated chunk by chunk and stopped as soon as what is not yet seen cannot change the answer
+    (scaling/task.py, `Target.decided`): far from the target a few chunks settle it. Returns (reached, the
+    metric when the whole set was evaluated, else None); `whole` evaluates everything. The answer is the one
+    the whole evaluation gives, exactly."""
     was_training = model.training
     model.eval()
     shard = torch.arange(accelerator.process_index, len(dataset), accelerator.num_processes)
@@ -63,13 +65,16 @@ def evaluate_against(model: nn.Module, dataset: Any, accelerator: Accelerator, t
             with accelerator.autocast():
                 sums = task.evaluation_sums(model(inputs.to(device)), labels.to(device))
         totals += accelerator.reduce(sums, reduction="sum") if accelerator.num_processes > 1 else sums
-        answer = task.decided(totals.tolist(), len(dataset), target)  # host sync: once per chunk
+        answer = target.decided(totals.tolist(), units)  # host sync: once per chunk
         if answer is not None and not whole:
             break
     model.train(was_training)
-    complete = totals[2].item() == len(dataset)
-    metric = task.metrics(totals.tolist())[0] if complete else None
-    return bool(answer if answer is not None else metric >= target), metric
+    complete = index == chunks - 1
+    value = None
+    if complete:
+        accuracy, loss = task.metrics(totals.tolist())
+        value = accuracy if target.metric == "accuracy" else finite_or_none(loss)
+    return bool(answer), value
 
 
 def steps_per_eval(cfg: RunConfig, steps_per_epoch: int) -> int:

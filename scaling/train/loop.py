@@ -27,7 +27,7 @@ from scaling.files import MetricsWriter, finite_or_none
 from scaling.lr import LRSchedule
 from scaling.noise.monitor import PROBE_BATCHES, NoiseMonitor
 from scaling.record import RunRecord, TargetCrossing
-from scaling.task import Task
+from scaling.task import Target, Task, run_target
 from scaling.train.checkpoint import Checkpoint
 from scaling.train.clock import PhaseTimer, RunClock, ThroughputWindows, summarize_phases, synchronize
 from scaling.train.evaluation import StallRule, chance_loss, evaluate, evaluate_against, steps_per_eval
@@ -80,7 +80,9 @@ class Trainer:
         num_classes = record.facts.model.num_classes
         self.stall_rule = StallRule(cfg.stall_evals, chance_loss(num_classes) if num_classes >= 2 else 0.0,
                                     schedule.warmup_steps, self.steps_per_epoch)
-        self.target_search = TargetSearch(self, enabled=cfg.exact_target and cfg.target_accuracy is not None,
+        self.target = run_target(cfg.target_accuracy, cfg.target_loss)
+        self.eval_units = task.units(self.eval_set)  # the samples or target tokens an evaluation scores
+        self.target_search = TargetSearch(self, enabled=cfg.exact_target and self.target is not None,
                                           max_steps=cfg.exact_target_max_steps)
         self.window_steps = cfg.log_every  # steps per logging window (window_length)
         self._boundary: tuple[int, float] | None = None  # (step, agreed elapsed) at the last window boundary
@@ -127,9 +129,9 @@ class Trainer:
                 break
             time_up = cfg.max_time is not None and elapsed >= cfg.max_time
             if eval_due or time_up:  # before acting on a stop request, so a resume misses no evaluation
-                accuracy = self.evaluate_now()
-                progress.set_postfix(acc=f"{accuracy:.3f}", loss=f"{window_losses[-1]:.3f}", refresh=False)
-                if cfg.target_accuracy is not None and accuracy >= cfg.target_accuracy:
+                entry = self.evaluate_now()
+                progress.set_postfix(acc=f"{entry['accuracy']:.3f}", loss=f"{window_losses[-1]:.3f}", refresh=False)
+                if self.target is not None and self.target.reached(entry["accuracy"], entry["loss"]):
                     self.reach_target()
                     break
                 if self.check_stall():
@@ -263,7 +265,7 @@ class Trainer:
             record.status, record.stalled_at_step, record.stall = "stalled", record.step, evidence
         return evidence is not None
 
-    def evaluate_now(self) -> float:
+    def evaluate_now(self) -> dict:
         clock = self.clock
         eval_start = clock.elapsed()
         accuracy, eval_loss = evaluate(self.unwrapped, self.eval_set, self.accelerator, self.task)
@@ -281,13 +283,13 @@ class Trainer:
         self.metrics.flush()
         self.windows.restart(self.samples)
         self._boundary = None  # the next window starts after the evaluation: no time per step across it
-        return accuracy
+        return entry
 
     # ---- the exact step at the target (scaling/train/target.py) and the noise scale there ----
     def reach_target(self) -> None:
         record = self.record
         record.status, record.first_eval_at_target = "reached", len(record.history) - 1
-        search = self.target_search.find_first_step(self.cfg.target_accuracy, lambda: self.probe_noise("target"))
+        search = self.target_search.find_first_step(self.target, lambda: self.probe_noise("target"))
         first = record.history[-1]
         step = search["first_step"]
         if step == first["step"]:  # the evaluation that reached the target is the reported step
@@ -325,8 +327,9 @@ class Trainer:
         self.record.step = step + 1
         return self.accelerator.reduce(self.step_means(losses), reduction="mean").item()  # host sync: replay is off the clock
 
-    def reaches(self, target: float, whole: bool) -> tuple[bool, float | None]:
-        return evaluate_against(self.unwrapped, self.eval_set, self.accelerator, self.task, target, whole)
+    def reaches(self, target: Target, whole: bool) -> tuple[bool, float | None]:
+        return evaluate_against(self.unwrapped, self.eval_set, self.accelerator, self.task, target, self.eval_units,
+                                whole)
 
     def probe_noise(self, label: str) -> None:
         """The noise scale at the current weights (scaling/noise/monitor.py, `probe`), on the batches of the
@@ -378,7 +381,7 @@ class Trainer:
         synchronize(accelerator.device)
         self.read_clock()
         if record.status == "running":
-            record.status = "not_reached" if self.cfg.target_accuracy is not None else "completed"
+            record.status = "not_reached" if self.target is not None else "completed"
         # Phases after warm-up (the first window holds allocator and cache warm-up, as for throughput).
         skip = 1 if len(record.phase_windows) > 1 else 0
         kept, durations = record.phase_windows[skip:], record.window_durations[skip:]

@@ -25,7 +25,8 @@ class StepRunner:
 
     DDP skips its all-reduce under `no_sync` on all but the last micro-step, each loss is divided by the
     micro-step count, so with equal micro-batches the optimizer sees the gradient of the mean loss over the
-    whole global batch. This is what Accelerate's `accumulate`, `backward` and optimizer wrapper do, called
+    whole global batch. A token-weighted task (next-token prediction, whose micro-batches may hold different
+    numbers of target tokens) weights each micro-batch by its tokens instead (`token_scale`). This is what Accelerate's `accumulate`, `backward` and optimizer wrapper do, called
     directly, with what they look up on every call read once here: their per-call bookkeeping is a
     measurable share of a small step (docs/performance.md gives it). Accelerate still builds the
     process group, wraps the model (DDP, autocast) and owns the fp16 loss scaler used here;
@@ -39,6 +40,7 @@ class StepRunner:
         self.device = accelerator.device
         self.to_device = accelerator.device.type != "cpu"  # on the CPU, .to() has nothing to do
         self.micro_steps = accelerator.gradient_accumulation_steps  # the plan's micro-steps per process
+        self.processes = accelerator.num_processes
         self.scaler = accelerator.scaler
         self.no_sync = getattr(model, "no_sync", None)  # only a DDP-wrapped model has one
         self.inner = getattr(optimizer, "optimizer", optimizer)  # the torch optimizer inside Accelerate's wrapper
@@ -55,6 +57,10 @@ class StepRunner:
         last = self.micro_steps - 1
         losses = []
         timer.start_step()
+        scale = None
+        if self.task.token_weighted:  # the step's target tokens are counted before its first forward
+            micro_batches = list(micro_batches)
+            scale = self.token_scale(micro_batches)
         for index, (inputs, labels) in enumerate(micro_batches):
             timer.mark("data_wait")  # time blocked in the loader since the previous mark
             if self.to_device:
@@ -62,10 +68,10 @@ class StepRunner:
                 timer.mark("h2d")
             synced = index == last
             if synced or self.no_sync is None:
-                loss = self.forward_backward(inputs, labels)
+                loss = self.forward_backward(inputs, labels, scale)
             else:
                 with self.no_sync():
-                    loss = self.forward_backward(inputs, labels)
+                    loss = self.forward_backward(inputs, labels, scale)
             if after_backward is not None:
                 after_backward(index, synced)
             timer.end_micro_step(synced)
@@ -82,8 +88,20 @@ class StepRunner:
         timer.end_step()
         return losses
 
-    def forward_backward(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        loss = self.task.loss(self.model(inputs), labels)
+    def token_scale(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """micro-steps x processes / the global batch's target tokens (summed over processes: one all-reduce
+        of one number per step, no host sync). A micro-batch's loss is its token sum times this: their mean
+        over micro-steps and processes, what the loop records and DDP's averaged gradient follow, is then
+        the global batch's token sum over its token count, however the batch is split and padded."""
+        count = sum(self.task.target_count(labels.to(self.device)) for _, labels in micro_batches).double()
+        if self.processes > 1:
+            torch.distributed.all_reduce(count)
+        return (self.micro_steps * self.processes / count.clamp_min(1)).float()
+
+    def forward_backward(self, inputs: torch.Tensor, labels: torch.Tensor,
+                         scale: torch.Tensor | None = None) -> torch.Tensor:
+        outputs = self.model(inputs)
+        loss = self.task.loss(outputs, labels) if scale is None else self.task.loss_sum(outputs, labels) * scale
         scaled = loss / self.micro_steps if self.micro_steps > 1 else loss
         (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
         return loss

@@ -1,14 +1,14 @@
 """The first optimizer step at which the evaluation metric reaches the target, and how sure that is.
 
-Scheduled evaluations come every `eval_interval` steps, so the first one at or above the target (MLPerf's
-rule), at step T, rounds steps-to-target up by as much as that interval: at small batches, hundreds of steps.
-The metric is noisy from one step to the next, so the target can be crossed anywhere before T, and lost again
-before the next evaluation: the only way to know the first step is to look at every step. So the search
+Scheduled evaluations come every `eval_interval` steps, so the first one at the target (MLPerf's rule: accuracy
+at or above it, or for `--target-loss` the evaluation loss at or below it), at step T, rounds steps-to-target up
+by as much as that interval: at small batches, hundreds of steps. The metric is noisy from one step to the
+next, so the target can be crossed anywhere before T, and lost again before the next evaluation: the only way to know the first step is to look at every step. So the search
 keeps the training state of the moment training started and, when an evaluation reaches the target, trains
 again from there, evaluating after every step, until the first step at the target. Every earlier step has
 then been evaluated below it: the step is exact, and equals what a run evaluating after every step
 (`--eval-every 1`) reports. The batches are a function of (seed, step) and the LR a function of the step, so
-the replay retrains what the run trained; its per-step training losses, and its accuracies at the run's own
+the replay retrains what the run trained; its per-step training losses, and its metric at the run's own
 evaluations, must match what the run recorded, or the replay is not the run's trajectory and nothing it
 found counts.
 
@@ -34,12 +34,16 @@ from contextlib import AbstractContextManager
 from typing import Protocol
 
 from scaling.record import RunRecord
+from scaling.task import Target
 from scaling.train.state import Snapshot
 
 # Per-step training losses of the replay and of the run must agree to this relative tolerance for the
 # replay to count as the run's own trajectory (float32 rounding of identical arithmetic gives 0); the
-# accuracies at the run's own evaluations must agree exactly (same weights, same evaluation set).
+# accuracies at the run's own evaluations must agree exactly (same weights, same evaluation set), their
+# losses to EVAL_LOSS_TOLERANCE (the replay's chunks are not the evaluation's batches, and a model's float32
+# logits may round differently in a batch of another size).
 LOSS_TOLERANCE = 1e-5
+EVAL_LOSS_TOLERANCE = 1e-6
 
 
 class Replay(Protocol):
@@ -54,7 +58,7 @@ class Replay(Protocol):
 
     def replay_step(self, step: int) -> float: ...
 
-    def reaches(self, target: float, whole: bool) -> tuple[bool, float | None]: ...
+    def reaches(self, target: Target, whole: bool) -> tuple[bool, float | None]: ...
 
     def paused(self) -> AbstractContextManager: ...
 
@@ -75,7 +79,7 @@ class TargetSearch:
         if self.enabled and self.max_steps > 0 and self.base is None:
             self.base = self.loop.snapshot()
 
-    def find_first_step(self, target: float, at_first_step: Callable[[], None] | None = None) -> dict:
+    def find_first_step(self, target: Target, at_first_step: Callable[[], None] | None = None) -> dict:
         """The search record (docs/results.md). `at_first_step()` runs while the model holds the weights of the
         first step at the target (the noise probe), or those of the evaluation that reached it when the step
         is not exact. The loop is left in the state it had before the search."""
@@ -106,32 +110,32 @@ class TargetSearch:
                 at_first_step()  # at the evaluation that reached the target, the reported step
         return _record("replay", first, low, [start, end_step], exact=exact, reason=reason,
                        verified=replay["worst"] <= LOSS_TOLERANCE and replay["matches"],
-                       max_loss_rel_diff=replay["worst"], evaluations=len(replay["accuracies"]),
-                       accuracies={str(start): replay["accuracies"]}, seconds=time.perf_counter() - began)
+                       max_loss_rel_diff=replay["worst"], evaluations=len(replay["values"]), metric=target.metric,
+                       values={str(start): replay["values"]}, seconds=time.perf_counter() - began)
 
-    def _replay(self, from_step: int, to_step: int, target: float) -> dict:
+    def _replay(self, from_step: int, to_step: int, target: Target) -> dict:
         """Train again from `from_step` (the loop holds that state), evaluating after every step, up to the
-        first step at or above the target or `to_step`. An evaluation stops once the samples it has not seen
-        cannot change the answer (its accuracy is then None); at the run's own evaluations it runs whole.
-        Returns what it saw: the first step at the target (or
-        None), the accuracies, the worst relative difference between replayed and recorded losses, and
-        whether its accuracies at the run's own evaluations equal the run's."""
+        first step at the target or `to_step`. An evaluation stops once what it has not seen cannot change
+        the answer (its value is then None); at the run's own evaluations it runs whole. Returns what it
+        saw: the first step at the target (or None), the targeted metric's values, the worst relative
+        difference between replayed and recorded losses, and whether its values at the run's own
+        evaluations equal the run's."""
         loop = self.loop
-        recorded = {entry["step"]: entry["accuracy"] for entry in loop.record.history}
-        accuracies: list[float | None] = []
+        recorded = {entry["step"]: target.of(entry) for entry in loop.record.history}
+        values: list[float | None] = []
         worst, matches, first = 0.0, True, None
         for step in range(from_step, to_step):
             replayed = loop.replay_step(step)
             worst = max(worst, _relative_difference(replayed, loop.record.train_loss[step]))
-            reached, accuracy = loop.reaches(target, whole=step + 1 in recorded)
-            accuracies.append(accuracy)
-            if step + 1 in recorded and accuracy != recorded[step + 1]:
+            reached, value = loop.reaches(target, whole=step + 1 in recorded)
+            values.append(value)
+            if step + 1 in recorded and not _same(target.metric, value, recorded[step + 1]):
                 matches = False
             if reached:
                 first = step + 1
                 break
-        return {"first": first, "accuracies": accuracies, "worst": worst, "matches": matches,
-                "last": from_step + len(accuracies)}
+        return {"first": first, "values": values, "worst": worst, "matches": matches,
+                "last": from_step + len(values)}
 
     def _judge(self, replay: dict, start: int, end_step: int,
                unseen: list[int]) -> tuple[bool, int, int, str | None]:
@@ -160,6 +164,14 @@ def _record(method: str, first: int, low: int, window: list[int], exact: bool, r
     """The search record: `interval` [low, high] holds the first step at the target (one step when exact)."""
     return {"method": method, "exact": exact, "first_step": first, "interval": [low, first],
             "window": window, "reason": reason, **details}
+
+
+def _same(metric: str, replayed: float | None, recorded: float | None) -> bool:
+    """The replay's value at one of the run's own evaluations is the run's: accuracy exactly, loss to
+    EVAL_LOSS_TOLERANCE."""
+    if metric == "accuracy" or replayed is None or recorded is None:
+        return replayed == recorded
+    return abs(replayed - recorded) <= EVAL_LOSS_TOLERANCE * max(abs(recorded), 1e-12)
 
 
 def _relative_difference(replayed: float, recorded: float | None) -> float:
