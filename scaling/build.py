@@ -26,7 +26,7 @@ from scaling.memory import resolve_auto_batch
 from scaling.models import build_model, check_model_name, has_batch_coupled_layers
 from scaling.provenance import environment
 from scaling.record import ModelFacts, RunFacts, RunRecord
-from scaling.task import TASKS, Task
+from scaling.task import Task
 from scaling.train.loop import Trainer, total_steps
 from scaling.train.state import TrainingState
 
@@ -61,10 +61,10 @@ def build(cfg: RunConfig, resume: bool = False) -> Built:
     scaled_hyperparameters(cfg, plan.global_bs)  # and every refusal of the LR, beta and eps rules
     requested_cpu = cfg.cpu
     cfg, state = start_processes(cfg)
-    task = TASKS["classification"]
     check_model_name(cfg.model)  # a typo must not wait for the dataset to be generated
     with state.local_main_process_first():  # rank 0 of each node builds the dataset cache
         workload = load_workload(cfg)
+    task = workload.task
     materialized, notes, train_read = materialize_workload(workload, cfg.materialize)
     notes = workload.notes + notes
     set_seed(cfg.seed)  # same initial weights in every process and every decomposition

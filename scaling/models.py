@@ -121,7 +121,7 @@ def check_model_output(model: nn.Module, name: str, input_shape: tuple[int, ...]
                           f"{describe_exception(err)}") from None
     finally:
         model.train(training)
-    task.check_outputs(scores, name, num_classes)
+    task.check_outputs(scores, name, num_classes, tuple(input_shape))
 
 
 def has_batch_coupled_layers(model: nn.Module) -> list[str]:
