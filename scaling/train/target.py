@@ -90,12 +90,13 @@ class TargetSearch:
         if not unseen:  # every step before this one was evaluated (--eval-every 1): nothing to replay
             if at_first_step is not None:
                 at_first_step()
-            return _record("evaluation", end_step, end_step, [end_step, end_step], exact=True)
+            return _record("evaluation", end_step, end_step, [end_step, end_step], exact=True, metric=target.metric)
         if self.base is None:
             if at_first_step is not None:
                 at_first_step()
             return _record("evaluation", end_step, unseen[0], [end_step, end_step], exact=False,
-                           reason="--exact-target false" if not self.enabled else "--exact-target-max-steps 0")
+                           reason="--exact-target false" if not self.enabled else "--exact-target-max-steps 0",
+                           metric=target.metric)
         began = time.perf_counter()
         with loop.paused():
             end = loop.snapshot()
