@@ -458,7 +458,7 @@ def test_runs_chasing_another_target_are_left_out_of_the_target_questions(tmp_pa
                                                "target_accuracy": 0.7}, steps=5, time_s=0.1, rate=60_000)
     paths = write_report(tmp_path)
     document = json.loads(paths["findings.json"].read_text())
-    assert any("chase another target (70%)" in note for note in document["notes"])
+    assert any("chase another target (70% accuracy)" in note for note in document["notes"])
     found = findings(paths)
     assert "4096" not in found["fastest"]["statement"] and found["fastest"]["numbers"]["global_batch"] != 4096
     assert all("4096" not in f["statement"] for key, f in found.items() if key.startswith(("largest", "lr_rule")))

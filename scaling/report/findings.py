@@ -86,7 +86,7 @@ def notes(study: Study) -> list[str]:
     if others:
         targets = sorted({run.target for run in others})
         out.append(f"{len(others)} run{'s' * (len(others) != 1)} chase{'s' * (len(others) == 1)} another target "
-                   f"({', '.join(f'{t * 100:g}%' for t in targets)}) than the study's {study.target_text()}: left "
+                   f"({', '.join(t.label() for t in targets)}) than the study's {study.target_text()}: left "
                    f"out of every question about the target (they are in the Configurations table).")
     threads = sorted({run.torch_threads for run in study.runs if run.torch_threads is not None})
     if len(threads) > 1:

@@ -17,6 +17,7 @@ from typing import Any
 
 from scaling.config import ConfigError, shown
 from scaling.results import FINAL_STATUSES, STATUSES, Result, config_problem, read_result_checked
+from scaling.targets import Target
 from scaling.userfiles import read_text_file
 
 UNREADABLE = "unreadable"  # a result.json the loader refuses (scaling/results.py): named, not reported on
@@ -89,9 +90,18 @@ class Run:
         return lr["scaled"] if lr else None
 
     @property
-    def target(self) -> float | None:
+    def target(self) -> Target | None:
+        """The run's target (metric and value), or None without one."""
         target = self.get("target")
-        return target["value"] if target else self.config.get("target_accuracy")
+        if target:
+            return Target(target["metric"], target["value"]) if target["value"] is not None else None
+        value = self.config.get("target_accuracy")
+        return Target("accuracy", value) if isinstance(value, (int, float)) else None
+
+    @property
+    def tokens(self) -> dict | None:
+        """A next-token run's figures in tokens (result.json's `tokens`), None for a classifier."""
+        return self.get("tokens")
 
     @property
     def train_time(self) -> float | None:

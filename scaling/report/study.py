@@ -26,6 +26,7 @@ from scaling.report.runs import (
     read_study_file,
     warn_stderr,
 )
+from scaling.targets import Target
 
 T = TypeVar("T")
 
@@ -92,8 +93,8 @@ class Study:
         return self.max_seeds <= 1
 
     @cached_property
-    def target(self) -> float | None:
-        """The most common accuracy target among runs that have one."""
+    def target(self) -> Target | None:
+        """The most common target among runs that have one."""
         targets = Counter(run.target for run in self.runs if run.target is not None)
         return targets.most_common(1)[0][0] if targets else None
 
@@ -110,7 +111,13 @@ class Study:
         return [run for c in self.chasing for run in c.runs if run.target == self.target]
 
     def target_text(self) -> str:
-        return f"{self.target * 100:g}% accuracy" if self.target is not None else "the target"
+        return self.target.label() if self.target is not None else "the target"
+
+    @cached_property
+    def tokens_per_sequence(self) -> int | None:
+        """The context of a study of next-token runs (their figures are also given in tokens), else None."""
+        contexts = {run.tokens["per_sequence"] for run in self.runs if run.tokens}
+        return contexts.pop() if len(contexts) == 1 else None
 
 
 MAX_NAME_CHARS = 200

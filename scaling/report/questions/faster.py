@@ -317,14 +317,15 @@ def section(study: Study) -> list[Block]:
                              f"{spread_caption(study)}; ×, above the frame: no run of that series reached the "
                              f"target at that batch, so there is no time.",
                              "No run reached its target: no time-to-target plot.")
+    metric, seen = _metric(study), "tokens" if study.tokens_per_sequence else "samples"
     blocks += figure_or_note(plot_accuracy_vs_time(study),
-                             "Eval accuracy against train time: one panel per series, colour by global batch, one "
-                             "line per seed.",
-                             "No run recorded an evaluation history: no accuracy curves.")
+                             f"Eval {metric} against train time: one panel per series, colour by global batch, one "
+                             f"line per seed.",
+                             f"No run recorded an evaluation history: no {metric} curves.")
     blocks += figure_or_note(plot_accuracy_vs_samples(study),
-                             "Eval accuracy against samples seen: one panel per series, colour by global batch, one "
-                             "line per seed.",
-                             "No run recorded an evaluation history: no accuracy-against-samples curves.")
+                             f"Eval {metric} against {seen} seen: one panel per series, colour by global batch, one "
+                             f"line per seed.",
+                             f"No run recorded an evaluation history: no {metric}-against-{seen} curves.")
     return blocks + answers(fastest(study) + time_trend(study),
                             "Too few configurations reached the target to tell.")
 
@@ -359,10 +360,17 @@ def plot_time_to_target(study: Study) -> Path | None:
 MAX_BATCHES_PER_PANEL = 8
 
 
-def _plot_accuracy(study: Study, x_field: str, x_label: str, title: str):
-    """Accuracy curves from result["history"] (a Figure, or None without history) as small multiples: one
-    panel per series (and per 8 batch sizes), colour by global batch with one shared legend, one thin line
-    per seed, the target dashed."""
+def _metric(study: Study) -> str:
+    """The evaluation metric the study's target is on (accuracy without a target)."""
+    return study.target.metric if study.target is not None else "accuracy"
+
+
+def _plot_accuracy(study: Study, x_field: str, x_label: str, title: str, x_scale: float = 1.0):
+    """Curves of the targeted metric (accuracy, or the evaluation loss) from result["history"] (a Figure, or
+    None without history) as small multiples: one panel per series (and per 8 batch sizes), colour by global
+    batch with one shared legend, one thin line per seed, the target dashed. x values are multiplied by
+    `x_scale` (samples to tokens)."""
+    metric = _metric(study)
     curves = [c for c in study.ladder if any(run.history for run in c.runs) and c.global_bs]
     if not curves:
         return None
@@ -384,12 +392,12 @@ def _plot_accuracy(study: Study, x_field: str, x_label: str, title: str):
     for ax, (series, members) in zip(axes, panels, strict=False):
         for configuration in members:
             for run in configuration.runs:
-                history = [h for h in run.history if h.get(x_field) and h.get("accuracy") is not None]
+                history = [h for h in run.history if h.get(x_field) and h.get(metric) is not None]
                 if history:
-                    ax.plot([h[x_field] for h in history], [h["accuracy"] for h in history], lw=1.1,
+                    ax.plot([h[x_field] * x_scale for h in history], [h[metric] for h in history], lw=1.1,
                             alpha=0.85 if seeds == 1 else 0.6, color=color[configuration.global_bs])
         if study.target is not None:
-            ax.axhline(study.target, color="#d62728", lw=1, ls="--")
+            ax.axhline(study.target.value, color="#d62728", lw=1, ls="--")
         ax.grid(True, alpha=0.3)
         ax.set_title(series if series != "all" else "all runs", fontsize=9)
     log_axis(axes[0], "x")  # the panels share x: one set of ticks for all
@@ -398,7 +406,7 @@ def _plot_accuracy(study: Study, x_field: str, x_label: str, title: str):
     for ax in axes[(rows - 1) * columns:]:
         ax.set_xlabel(x_label)
     for ax in axes[::columns]:
-        ax.set_ylabel("eval accuracy")
+        ax.set_ylabel("eval accuracy" if metric == "accuracy" else "eval loss (nats/token)")
     handles = [Line2D([], [], color=color[b], lw=2, label=f"batch {b}") for b in batches]
     if study.target is not None:
         handles.append(Line2D([], [], color="#d62728", lw=1, ls="--", label=f"target {study.target_text()}"))
@@ -410,11 +418,16 @@ def _plot_accuracy(study: Study, x_field: str, x_label: str, title: str):
 
 
 def plot_accuracy_vs_time(study: Study) -> Path | None:
+    metric = _metric(study)
     figure = _plot_accuracy(study, "train_time_s", "train time (s, evaluation excluded)",
-                            "Accuracy against train time, per series")
-    return None if figure is None else save(study, figure, "accuracy_vs_time")
+                            f"{metric.capitalize()} against train time, per series")
+    return None if figure is None else save(study, figure, f"{metric}_vs_time")
 
 
 def plot_accuracy_vs_samples(study: Study) -> Path | None:
-    figure = _plot_accuracy(study, "samples", "training samples seen", "Accuracy against samples, per series")
-    return None if figure is None else save(study, figure, "accuracy_vs_samples")
+    """Against samples seen, or for next-token runs against tokens seen (sequences x context)."""
+    metric, context = _metric(study), study.tokens_per_sequence
+    seen = "tokens" if context else "samples"
+    figure = _plot_accuracy(study, "samples", f"training {seen} seen", f"{metric.capitalize()} against {seen}, "
+                            "per series", x_scale=context or 1)
+    return None if figure is None else save(study, figure, f"{metric}_vs_{seen}")
