@@ -87,9 +87,12 @@ def configurations_table(study: Study) -> list[Block]:
     show_seed = len({run.seed for run in study.runs}) > 1
     show_wait = any(run.data_wait is not None for run in runs)
     show_memory = any(run.peak_memory is not None for run in runs)
+    context = study.tokens_per_sequence  # next-token runs: their figures in tokens too
+    unit = "sequences" if context else "samples"
     header = ["id", "global batch", "per-device × processes × accum.", "LR rule", "scaled LR"]
     header += ["seed"] * show_seed + ["status", "wall time to target (s)", "train time to target (s)", "steps to target",
-                                      "samples to target", "throughput (samples/s)"]
+                                      f"{unit} to target", f"throughput ({unit}/s)"]
+    header += ["tokens per step", "tokens to target", "throughput (tokens/s)"] * bool(context)
     header += ["data wait"] * show_wait + ["peak memory"] * show_memory + ["note"]
     ranking = faster.ranking_of(study)
     best = faster.best_configuration(study)
@@ -103,6 +106,10 @@ def configurations_table(study: Study) -> list[Block]:
         row += [str(run.seed)] * show_seed
         row += [run.status, fmt.seconds(run.wall_time), fmt.seconds(run.train_time), _steps_cell(run),
                 _samples_cell(run), fmt.integer(run.throughput)]
+        if context:
+            tokens = run.tokens or {}
+            row += [fmt.integer(tokens.get("per_step")), _samples_cell(run, context),
+                    fmt.integer(tokens.get("throughput_per_s"))]
         row += [fmt.percent(run.data_wait)] * show_wait + [fmt.nbytes(run.peak_memory)] * show_memory
         row.append(_note(run, mark if id(run) in best_runs else None))
         rows.append(row)
@@ -128,11 +135,13 @@ def _steps_cell(run: Run) -> str:
     return fmt.integer(run.steps_to_target) if interval is None else f"{interval[0]:,}–{interval[1]:,}"
 
 
-def _samples_cell(run: Run) -> str:
+def _samples_cell(run: Run, per_sample: int = 1) -> str:
+    """Samples (or with `per_sample` the context, tokens) to target; a range where the step is an interval."""
     interval, batch = run.steps_interval, run.global_bs
     if interval is None or not batch:
-        return fmt.integer(run.get("samples_to_target") if run.reached else None)
-    return f"{interval[0] * batch:,}–{interval[1] * batch:,}"
+        samples = run.get("samples_to_target") if run.reached else None
+        return fmt.integer(samples * per_sample if samples is not None else None)
+    return f"{interval[0] * batch * per_sample:,}–{interval[1] * batch * per_sample:,}"
 
 
 def _by_seed(runs: list[Run]) -> list[Run]:

@@ -50,8 +50,9 @@ def noise_of(study: Study) -> NoiseAnalysis:
 # --- findings -----------------------------------------------------------------------------------------------
 
 
-def comparison_sentence(fit: SeriesFit, count: int) -> Finding:
-    """B_crit from the fit next to the measured B_simple, and whether they agree within an order of magnitude."""
+def comparison_sentence(fit: SeriesFit, count: int, context: int | None = None) -> Finding:
+    """B_crit from the fit next to the measured B_simple, and whether they agree within an order of magnitude;
+    for next-token runs (`context` tokens per sequence) both also in tokens."""
     lead = prefix(fit.series, count)
     fid = f"critical_batch{suffix(fit.series)}"
     numbers: dict[str, Any] = {"batches": fit.batches, "s_min": fit.tradeoff.fit.s_min,
@@ -79,6 +80,10 @@ def comparison_sentence(fit: SeriesFit, count: int) -> Finding:
         spread = spread[:-1] + (f"; the steps to target at batch {fmt.batch_list(fit.inexact)} are known only to "
                                 f"an interval, and the interval covers the fits at both of its ends)")
     text = f"critical batch size B_crit ≈ {fmt.sig(b.value)}{spread} from the fit"
+    if context:
+        numbers.update(b_crit_tokens=b.value * context, context=context)
+        text = (f"critical batch size B_crit ≈ {fmt.sig(b.value)} sequences ≈ {fmt.sig(b.value * context)} tokens"
+                f"{spread} from the fit")
     if fit.extrapolated:
         text += f", outside the batches fitted ({fit.batches[0]}–{fit.batches[-1]}): an extrapolation"
     median = fit.b_simple_median
@@ -87,6 +92,9 @@ def comparison_sentence(fit: SeriesFit, count: int) -> Finding:
     else:
         ratio = fit.ratio
         text += f"; measured B_simple at the target ≈ {fmt.sig(median)}"
+        if context:
+            text += f" sequences ≈ {fmt.sig(median * context)} tokens"
+            numbers["b_simple_median_tokens"] = median * context
         if len(fit.b_simple) > 1:
             text += (f" (median of {len(fit.b_simple)} runs, {fmt.sig(min(fit.b_simple))}–"
                      f"{fmt.sig(max(fit.b_simple))})")
@@ -134,7 +142,7 @@ def noise_findings(study: Study) -> list[Finding]:
     fits = noise_of(study).fits
     out = []
     for fit in fits:  # named by series whenever the study has several, even if only one could be fitted
-        out.append(comparison_sentence(fit, len(study.series)))
+        out.append(comparison_sentence(fit, len(study.series), study.tokens_per_sequence))
         out += device_findings(fit, len(study.series), study)
     return out
 
@@ -165,7 +173,7 @@ def section(study: Study) -> list[Block]:
         blocks += figure_or_note(plot_noise_over_training(study), "B_simple over training, per run.",
                                  "No run recorded a B_simple series over training.")
         return blocks
-    blocks += _fit_blocks(result)
+    blocks += _fit_blocks(result, study.tokens_per_sequence)
     blocks.append(Note(_method_note(result)))
     blocks += figure_or_note(plot_fit(study, "steps"),
                              "Steps to target against global batch (log-log): measured means (dots), fitted "
@@ -193,7 +201,8 @@ def _method_note(result: NoiseAnalysis) -> str:
             f"estimate at or before the step that reached it.")
 
 
-def _fit_blocks(result: NoiseAnalysis) -> list[Block]:
+def _fit_blocks(result: NoiseAnalysis, context: int | None = None) -> list[Block]:
+    """The fits' table; for next-token runs B_crit also in tokens (sequences x `context`)."""
     rows = []
     for fit in result.fits:
         batch, residual = fit.worst_residual
@@ -202,9 +211,14 @@ def _fit_blocks(result: NoiseAnalysis) -> list[Block]:
                      fmt.estimate_text(fit.b_crit) if fit.physical else "— (not physical)",
                      f"{residual:.1%} (batch {batch})", fmt.b_simple_text(fit.b_simple),
                      f"{fit.ratio:.2g}" if fit.ratio is not None else fmt.DASH])
-    blocks: list[Block] = [Table(["series", "batch sizes fitted", "S_min (steps)", "E_min (samples)", "B_crit",
-                                  "max |relative residual|", "measured B_simple at target (median, range)",
-                                  "B_crit / B_simple"], rows)]
+        if context:
+            rows[-1].insert(5, fmt.sig(fit.b_crit.value * context) if fit.physical else fmt.DASH)
+    unit = "sequences" if context else "samples"
+    header = ["series", "batch sizes fitted", "S_min (steps)", f"E_min ({unit})", f"B_crit ({unit})",
+              "max |relative residual|", f"measured B_simple at target ({unit}; median, range)", "B_crit / B_simple"]
+    if context:
+        header.insert(5, "B_crit (tokens)")
+    blocks: list[Block] = [Table(header, rows)]
     loose = [f"{fit.series} ({fit.worst_residual[1]:.0%} at batch {fit.worst_residual[0]})"
              for fit in result.fits if fit.worst_residual[1] > LOOSE_FIT]
     if loose:
