@@ -98,7 +98,8 @@ def load_workload(cfg: RunConfig) -> Workload:
     else:
         from scaling.data.hf import load_hf
 
-        train, eval_, notes = load_hf(cfg)
+        train, eval_, notes = loaded = load_hf(cfg)  # with the task they call for, and a tokenizer's vocabulary
+        return checked_workload(train, eval_, name, notes, loaded.task_name, vocab_size=loaded.vocab_size)
     return checked_workload(train, eval_, name, notes, cfg.task)
 
 

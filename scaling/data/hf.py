@@ -11,7 +11,24 @@ from scaling.config import ConfigError, RunConfig, shown
 from scaling.data.tensors import TensorPair, non_finite_rows
 from scaling.task import CLASSIFICATION
 
-_FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".arrow": "arrow"}
+_FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".arrow": "arrow",
+                  ".txt": "text"}
+# A .txt file is one document: a row per line, each keeping its line break, so the rows join back to the file.
+_BUILDER_OPTIONS: dict[str, dict[str, Any]] = {"text": {"keep_linebreaks": True}}
+
+
+class Loaded(tuple):
+    """What load_hf returns: (train, eval, notes), as it always has, and the task they call for (`task_name`,
+    checked_workload's) with a tokenizer's vocabulary for text (`vocab_size`, else None)."""
+
+    task_name: str
+    vocab_size: int | None
+
+    def __new__(cls, train: Any, eval_: Any, notes: list[str], task_name: str = "auto",
+                vocab_size: int | None = None) -> Loaded:
+        made = super().__new__(cls, (train, eval_, notes))
+        made.task_name, made.vocab_size = task_name, vocab_size
+        return made
 
 
 def _load_dataset_dict(cfg: RunConfig):
@@ -25,8 +42,10 @@ def _load_dataset_dict(cfg: RunConfig):
         if path.is_file():
             builder = _FILE_BUILDERS.get(path.suffix.lower())
             if builder is None:
-                raise ConfigError(f"--dataset {name}: unsupported file type {path.suffix!r}; use csv, json, parquet or arrow")
-            return datasets.load_dataset(builder, data_files={split_name(cfg.train_split): str(path)})
+                raise ConfigError(f"--dataset {name}: unsupported file type {path.suffix!r}; use csv, json, parquet, "
+                                  f"arrow or txt")
+            return datasets.load_dataset(builder, data_files={split_name(cfg.train_split): str(path)},
+                                         **_BUILDER_OPTIONS.get(builder, {}))
         if path.is_dir():
             return datasets.load_dataset(str(path), cfg.dataset_config)
         if name.startswith((".", "/")) or name.endswith(tuple(_FILE_BUILDERS)):
@@ -216,10 +235,16 @@ def _to_tensor_pair(split, input_columns: list[str], label_column: str, name: st
     return TensorPair(inputs, labels)
 
 
-def load_hf(cfg: RunConfig) -> tuple[Any, Any, list[str]]:
-    """(train, eval, notes to print) from any `datasets` source."""
+def load_hf(cfg: RunConfig) -> Loaded:
+    """(train, eval, notes to print) from any `datasets` source; for a text column (scaling/data/text_files.py)
+    packed token sequences, with task_name "next-token" and the tokenizer's vocab_size."""
     dataset_dict = _load_dataset_dict(cfg)
     train = _split(dataset_dict, cfg.train_split, cfg.dataset)
+    from scaling.data.text_files import load_text, wants_text
+
+    if wants_text(cfg, train.column_names):
+        train_pair, eval_pair, notes, vocab_size = load_text(cfg, dataset_dict, train, _split, HOLDOUT_FRACTION)
+        return Loaded(train_pair, eval_pair, notes, "next-token", vocab_size)
     if cfg.label_column in train.column_names:
         _check_label_text(train, cfg.label_column, cfg.dataset)
     notes = []
@@ -251,5 +276,5 @@ def load_hf(cfg: RunConfig) -> tuple[Any, Any, list[str]]:
         if absent:
             raise ConfigError(f"split {cfg.eval_split!r} of --dataset {cfg.dataset!r} lacks column {absent[0]!r}")
         _check_label_text(split, cfg.label_column, cfg.dataset)
-    return (_to_tensor_pair(train, inputs, cfg.label_column, cfg.dataset, cfg.train_split),
-            _to_tensor_pair(eval_, inputs, cfg.label_column, cfg.dataset, cfg.eval_split), notes)
+    return Loaded(_to_tensor_pair(train, inputs, cfg.label_column, cfg.dataset, cfg.train_split),
+                  _to_tensor_pair(eval_, inputs, cfg.label_column, cfg.dataset, cfg.eval_split), notes, cfg.task)
