@@ -44,6 +44,8 @@ def _load_dataset_dict(cfg: RunConfig):
             if builder is None:
                 raise ConfigError(f"--dataset {name}: unsupported file type {path.suffix!r}; use csv, json, parquet, "
                                   f"arrow or txt")
+            if path.stat().st_size == 0:  # datasets' builders fail on it with a generic DatasetGenerationError
+                raise ConfigError(f"--dataset {name}: the file is empty (0 bytes): no rows or text to train on")
             return datasets.load_dataset(builder, data_files={split_name(cfg.train_split): str(path)},
                                          **_BUILDER_OPTIONS.get(builder, {}))
         if path.is_dir():
