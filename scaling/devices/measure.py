@@ -234,7 +234,7 @@ def _time_contention(load: ComputeLoad, target, processes: int, repeats: int, ti
     inputs = (torch.randn(shape, device=target).to(dtype) if dtype.is_floating_point
               else torch.zeros(shape, dtype=dtype, device=target))
     task = TASKS[load.task]
-    labels = task.synthetic_targets(load.batch, load.num_classes, target)
+    labels = task.synthetic_targets(load.batch, load.num_classes, target, tuple(load.input_shape))
 
     def step() -> None:
         task.loss(model(inputs), labels).backward()

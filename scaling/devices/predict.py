@@ -67,6 +67,7 @@ from scaling.devices.comm import (
 from scaling.devices.compute import ComputeScale, ComputeSource, compute_source
 from scaling.files import read_metrics
 from scaling.results import FAILURE_STATUSES, FINAL_STATUSES, Result, load_result
+from scaling.targets import Target
 
 BAND_PERCENTILES = (16.0, 84.0)
 WINDOW_COLLECTIVES = 2  # accelerator.reduce of the window's losses and of (elapsed, stop flag)
@@ -96,7 +97,7 @@ class RunProfile:
     sync_s: float
     steps_per_window: float  # optimizer steps per logging window
     window_step_s: tuple[float, ...]  # step time of every logging window after the first
-    target: float | None = None
+    target: str | None = None  # `90% accuracy`, `loss 1.6`; None without a target
     device: str | None = None
     notes: tuple[str, ...] = ()
     device_type: str | None = None  # environment.device_type: "cpu", "cuda", ...
@@ -187,9 +188,16 @@ def profile_run(result: Result, metrics: list[dict] | None = None) -> RunProfile
         accumulation_steps=batch["accumulation_steps"], world_size=world, micro_steps=micro, steps=steps,
         steps_to_target=result["steps_to_target"], train_time_to_target_s=result["train_time_to_target_s"],
         train_elapsed_s=train_elapsed, step_s=float(step_s), steps_per_window=steps / max(1, windows),
-        window_step_s=window_step_s, target=result["target"]["value"], device=result["environment"].get("device"),
+        window_step_s=window_step_s, target=_target_words(result["target"]), device=result["environment"].get("device"),
         notes=tuple(notes), device_type=result["environment"].get("device_type"), **profile,
     )
+
+
+def _target_words(target: dict) -> str | None:
+    """`90% accuracy`, `loss 1.6`: the run's target (scaling/targets.py), None without one."""
+    if target["value"] is None:
+        return None
+    return Target(target["metric"], target["value"]).label()
 
 
 def run_threads(result: dict) -> int:
@@ -380,7 +388,7 @@ def explain(profile: RunProfile, prediction: DevicePrediction) -> str:
     p, plan = prediction, prediction.plan
     c = p.components
     ms = lambda seconds: f"{seconds * 1e3:.3g} ms"  # noqa: E731
-    target = f"{profile.target * 100:g}%" if profile.target is not None else "the target"
+    target = profile.target or "the target"
     micro = "measured" if p.measured_micro_batch else f"scaled from the run's {profile.per_device_bs}"
     r = 1.0 if p.compute is None else p.compute.ratio
     ratio = "" if r == 1 else f", divided by the compute ratio {r:.3g}"
