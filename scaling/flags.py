@@ -50,7 +50,8 @@ GROUPS: list[tuple[str, list[tuple[str, str]]]] = [
                                    "result gives the interval that holds the first step"),
     ]),
     ("data and model", [
-        ("dataset", "mnist1d, mnist1d_images, synthetic_images, a hub id, a local file or folder, or module:callable"),
+        ("dataset", "mnist1d, mnist1d_images, synthetic_images, stories (generated text, docs/lm.md), a hub id, a "
+                    "local file or folder, or module:callable"),
         ("dataset_config", "configuration name passed to datasets.load_dataset"),
         ("train_split", "training split, with datasets' slicing (e.g. train[:80%])"),
         ("eval_split", "evaluation split, with datasets' slicing (e.g. train[80%:])"),
