@@ -327,15 +327,20 @@ def startup_timeout(value: str | None) -> float | None:
 # behind these numbers).
 WORKLOAD_DEFAULTS: dict[str, dict[str, Any]] = {
     "stories": {"model": "gpt", "optimizer": "adamw", "base_lr": 3e-3, "base_bs": 32, "global_bs": 32,
-                "target_loss": 1.6, "num_samples": 6000, "max_epochs": 20.0, "warmup_steps": 0},
+                "target_accuracy": None, "target_loss": 1.6, "num_samples": 6000, "max_epochs": 20.0, "warmup_steps": 0},
 }
+
+
+TARGET_KEYS = ("target_accuracy", "target_loss")
 
 
 def make_config(values: dict[str, Any], source: str = "config") -> RunConfig:
     """Build and validate a RunConfig from typed values (unknown keys and type changes refused)."""
     values = apply_overrides({}, values, from_cli=False, source=source)
+    targeted = "target_accuracy" in values or "target_loss" in values
     for key, value in WORKLOAD_DEFAULTS.get(values.get("dataset"), {}).items():
-        values.setdefault(key, value)
+        # A target the user sets (or unsets) replaces the workload's whole target.
+        values.setdefault(key, None if targeted and key in TARGET_KEYS else value)
     if values.get("target_loss") is not None and "target_accuracy" not in values:
         values["target_accuracy"] = None  # a loss target replaces the default accuracy target
     cfg = RunConfig(**values)

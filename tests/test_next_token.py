@@ -224,3 +224,43 @@ def test_next_token_task_refused_for_class_labels(tmp_path):
                            "--progress", "false", "--output-dir", str(tmp_path / "out")], PYTHONPATH=str(tmp_path))
     assert proc.returncode == 2
     assert "--task next-token needs (LongTensor[T] inputs, LongTensor[T] targets)" in proc.stderr
+
+
+@pytest.mark.slow
+def test_gpt_on_stories_steps_alike_for_every_decomposition(tmp_path):
+    """The built-in GPT on the embedded stories: one micro-batch, accumulation, emulated processes and 2 real
+    processes give the same per-step losses to 1e-5."""
+    common = ["--dataset", "stories", "--num-samples", "400", "--context", "32", "--global-bs", "16",
+              "--max-steps", "8", "--target-loss", "none", "--eval-every", "8", "--noise-scale", "false", "--cpu",
+              "--progress", "false"]
+    decompositions = {"one": [], "accumulation": ["--per-device-bs", "4"],
+                      "emulated": ["--emulate-processes", "2", "--per-device-bs", "4"]}
+    losses = {}
+    for name, extra in decompositions.items():
+        assert_ok(run_entry([*common, *extra, "--output-dir", str(tmp_path / name)]))
+        losses[name] = losses_of(tmp_path / name)
+    assert_ok(run_torchrun([*common, "--per-device-bs", "4", "--output-dir", str(tmp_path / "real")]))
+    losses["2 processes"] = losses_of(tmp_path / "real")
+    reference = losses.pop("one")
+    assert len(reference) == 8 and reference[-1] < reference[0]
+    for name, values in losses.items():
+        torch.testing.assert_close(values, reference, rtol=1e-5, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("given, accuracy, loss", [
+    ({}, None, "workload"),
+    ({"target_loss": None}, None, None),
+    ({"target_accuracy": 0.5}, 0.5, None),
+    ({"target_loss": 2.0}, None, 2.0),
+])
+def test_stories_bring_their_defaults_and_a_given_target_replaces_theirs(given, accuracy, loss):
+    from scaling.config import WORKLOAD_DEFAULTS, make_config
+
+    cfg = make_config({"dataset": "stories", **given})
+    defaults = WORKLOAD_DEFAULTS["stories"]
+    assert cfg.model == "gpt" and cfg.optimizer == "adamw" and cfg.global_bs == defaults["global_bs"]
+    assert cfg.target_accuracy == accuracy
+    assert cfg.target_loss == (defaults["target_loss"] if loss == "workload" else loss)
+    # Elsewhere a loss target replaces the default accuracy target, and a key the user sets is theirs.
+    assert make_config({"target_loss": 2.0}).target_accuracy is None
+    assert make_config({"dataset": "stories", "model": "mlp"}).model == "mlp"
