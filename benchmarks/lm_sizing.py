@@ -105,25 +105,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", default="4,8,16,32,64,128,256", help="global batches, in sequences")
     parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--base-lr", type=float, default=3e-3)
+    parser.add_argument("--base-lr", type=float, default=1e-3)
     parser.add_argument("--base-bs", type=int, default=32)
     parser.add_argument("--rule", choices=("sqrt", "none", "linear"), default="sqrt")
-    parser.add_argument("--target", type=float, default=1.2, help="eval loss, nats/token")
+    parser.add_argument("--target", type=float, default=1.5, help="eval loss, nats/token")
     parser.add_argument("--context", type=int, default=64)
     parser.add_argument("--n-layer", type=int, default=2)
     parser.add_argument("--n-head", type=int, default=4)
     parser.add_argument("--n-embd", type=int, default=64)
-    parser.add_argument("--train-tokens", type=int, default=1_000_000)
-    parser.add_argument("--eval-tokens", type=int, default=65 * 256)
+    parser.add_argument("--train-sequences", type=int, default=16384, help="of context + 1 tokens each")
+    parser.add_argument("--eval-sequences", type=int, default=256)
     parser.add_argument("--eval-every-sequences", type=int, default=512,
                         help="evaluate every max(1, round(this / batch)) steps: the same data between evaluations")
-    parser.add_argument("--max-seconds", type=float, default=40.0, help="per run, training time")
-    parser.add_argument("--max-steps", type=int, default=20000)
+    parser.add_argument("--max-seconds", type=float, default=300.0,
+                        help="per run, training time (a cap for runs that stall)")
+    parser.add_argument("--max-steps", type=int, default=4000)
     parser.add_argument("--curve", action="store_true", help="print every evaluation and run to max-seconds")
     args = parser.parse_args()
 
     begin = time.perf_counter()
-    train, evaluation, vocab = load_stories(args.train_tokens, args.eval_tokens, args.context)
+    block = args.context + 1
+    train, evaluation, vocab = load_stories(args.train_sequences * block, args.eval_sequences * block, args.context)
     made = time.perf_counter() - begin
     cfg = GPTConfig(vocab_size=vocab, context=args.context, n_layer=args.n_layer, n_head=args.n_head,
                     n_embd=args.n_embd)

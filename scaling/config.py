@@ -326,8 +326,8 @@ def startup_timeout(value: str | None) -> float | None:
 # embedded language-modelling workload trains its GPT with AdamW to a loss (docs/lm.md has the measurements
 # behind these numbers).
 WORKLOAD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "stories": {"model": "gpt", "optimizer": "adamw", "base_lr": 3e-3, "base_bs": 32, "global_bs": 32,
-                "target_accuracy": None, "target_loss": 1.6, "num_samples": 6000, "max_epochs": 20.0, "warmup_steps": 0},
+    "stories": {"model": "gpt", "optimizer": "adamw", "base_lr": 1.6e-3, "base_bs": 256, "global_bs": 32,
+                "target_accuracy": None, "target_loss": 1.5, "num_samples": 16384, "max_epochs": 10.0},
 }
 
 

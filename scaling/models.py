@@ -204,8 +204,8 @@ class GPTConfig:
     vocab_size: int = 256
     context: int = 64  # the largest sequence length (nanoGPT's block_size)
     n_layer: int = 2
-    n_head: int = 4
-    n_embd: int = 64
+    n_head: int = 3
+    n_embd: int = 48
 
 
 class CausalSelfAttention(nn.Module):

@@ -50,7 +50,11 @@ def check_builtin_size(name: str, num_samples: int, global_bs: int) -> None:
         from scaling.data.mnist1d import check_num_samples
 
         check_num_samples(num_samples, global_bs, name)
-    elif name in ("synthetic_images", "stories"):
+    elif name == "stories":
+        if num_samples < global_bs:
+            raise ConfigError(f"--num-samples {num_samples} is too small for --dataset stories: it gives {num_samples} "
+                              f"training sequences, fewer than one global batch of {global_bs}")
+    elif name == "synthetic_images":
         train_size = int(num_samples * 0.8)
         if train_size < global_bs or num_samples - train_size < 1:
             raise ConfigError(f"--num-samples {num_samples} is too small for --dataset {name}: it gives "
@@ -60,6 +64,11 @@ def check_builtin_size(name: str, num_samples: int, global_bs: int) -> None:
 
 # Bytes a generated sample holds once made (float32 inputs and an int64 label): a floor on what generating
 # takes (MNIST-1D's generator, the images' encoding and the noise draws need more on the way).
+# Evaluation sequences of --dataset stories: 16,384 target tokens at the default context, enough to put the loss
+# within about 0.01 nats, and few enough that the exact-step replay (an evaluation per replayed step: a loss
+# target is settled only once most of the set is seen) stays cheap.
+STORIES_EVAL_SEQUENCES = 256
+
 # Stories at the default context: 65 tokens as Python ints while generated (36 bytes each), then two int64 rows.
 GENERATED_SAMPLE_BYTES = {"mnist1d": 40 * 4 + 8, "mnist1d_images": 40 * 4 + 8, "synthetic_images": 3 * 32 * 32 * 4 + 8,
                           "stories": 65 * 36 + 2 * 64 * 8}
@@ -98,12 +107,10 @@ def load_workload(cfg: RunConfig) -> Workload:
     elif name == "stories":
         from scaling.data.text import load_stories
 
-        # --num-samples sequences of --context tokens, 80% train, 20% eval; the text is fixed (its seed is not
-        # the run's: every run trains on the same stories).
-        train_sequences = int(cfg.num_samples * 0.8)
+        # --num-samples training sequences of --context tokens and STORIES_EVAL_SEQUENCES new ones to evaluate
+        # on; the text is fixed (its seed is not the run's: every run trains on the same stories).
         block = cfg.context + 1
-        train, eval_, vocab = load_stories(train_sequences * block, (cfg.num_samples - train_sequences) * block,
-                                           cfg.context)
+        train, eval_, vocab = load_stories(cfg.num_samples * block, STORIES_EVAL_SEQUENCES * block, cfg.context)
         return checked_workload(train, eval_, name, notes, cfg.task, vocab_size=vocab)
     elif ":" in name and not _looks_like_path(name):
         train, eval_ = _load_from_callable(name)
