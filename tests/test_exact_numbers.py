@@ -49,7 +49,8 @@ def test_replayed_step_equals_evaluating_every_step(every_step, tmp_path):
     assert result["time_to_target_s"] >= result["train_time_to_target_s"]
     # The replay evaluated every step from the start up to the first crossing and no further; an evaluation
     # stopped once the rest of the set could not reach the target is recorded as None.
-    replayed = search["accuracies"]["0"]
+    assert search["metric"] == "accuracy"
+    replayed = search["values"]["0"]
     assert len(replayed) == search["evaluations"] == result["steps_to_target"]
     assert all(a is None or a < 0.7 for a in replayed[:-1]) and replayed[-1] >= 0.7
     assert any(a is None for a in replayed[:-1]) and any(a is not None for a in replayed[:-1])

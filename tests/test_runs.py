@@ -29,7 +29,7 @@ def test_default_workload_reaches_its_default_target(tmp_path):
     assert result["batch"] == {"global": 4096, "per_device": 512, "num_processes": 1, "accumulation_steps": 8,
                                "world_size": 1, "emulated": False, "micro_steps_per_process": 8}
     assert "global batch 4096 = per-device 512 x 1 process x 8 accumulation steps" in proc.stdout
-    assert result["target"] == {"metric": "accuracy", "value": RunConfig().target_accuracy}
+    assert result["target"] == {"metric": "accuracy", "value": RunConfig().target_accuracy, "direction": "max"}
     assert result["final"]["accuracy"] >= result["target"]["value"]
     steps = result["steps_to_target"]
     assert result["samples_to_target"] == steps * 4096
