@@ -88,6 +88,12 @@ def notes(study: Study) -> list[str]:
         out.append(f"{len(others)} run{'s' * (len(others) != 1)} chase{'s' * (len(others) == 1)} another target "
                    f"({', '.join(t.label() for t in targets)}) than the study's {study.target_text()}: left "
                    f"out of every question about the target (they are in the Configurations table).")
+    easy = [run for run in study.runs if run.target_at_first_evaluation]
+    if easy:
+        out.append(f"{len(easy)} of {len(study.runs)} runs met the target {study.target_text()} at their first "
+                   f"evaluation: the target is too easy for these batches, so their steps and times to it say "
+                   f"little (intervals and predictions from them are wide or tiny). Set a harder target "
+                   f"(--target-accuracy higher, --target-loss lower) or evaluate earlier (--eval-every).")
     threads = sorted({run.torch_threads for run in study.runs if run.torch_threads is not None})
     if len(threads) > 1:
         out.append(f"Runs were timed with different numbers of torch threads ({', '.join(map(str, threads))}; "

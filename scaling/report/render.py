@@ -107,6 +107,7 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width:
 h1 { border-bottom: 2px solid #444; padding-bottom: .2em; }
 h2 { border-bottom: 1px solid #bbb; padding-bottom: .15em; margin-top: 2em; }
 li { margin: .35em 0; }
+code { background: #f3f3f3; padding: 0 .2em; border-radius: 3px; }
 table { border-collapse: collapse; margin: 1em 0; font-size: .8em; display: block; max-width: 100%;
         overflow-x: auto; }
 th, td { border: 1px solid #ccc; padding: .25em .5em; text-align: right; }
@@ -129,29 +130,39 @@ def to_html(blocks: list[Block], title: str) -> str:
     )
 
 
+# A code span of the report's Markdown (`scaling predict RUN`), shown as code in the HTML rather than with its
+# backticks; applied after escaping, so its text stays text.
+_CODE_SPAN = re.compile(r"`([^`\n]+)`")
+
+
+def inline_html(value: object) -> str:
+    """`value` escaped for HTML, its Markdown code spans as <code>."""
+    return _CODE_SPAN.sub(r"<code>\1</code>", html.escape(str(value)))
+
+
 def _html(block: Block) -> str:
     if isinstance(block, Heading):
-        return f"<h{block.level}>{html.escape(block.text)}</h{block.level}>"
+        return f"<h{block.level}>{inline_html(block.text)}</h{block.level}>"
     if isinstance(block, Paragraph):
-        return f"<p>{html.escape(block.text)}</p>"
+        return f"<p>{inline_html(block.text)}</p>"
     if isinstance(block, Note):
-        return f"<p class=\"note\">{html.escape(block.text)}</p>"
+        return f"<p class=\"note\">{inline_html(block.text)}</p>"
     if isinstance(block, Bullets):
-        return "<ul>\n" + "\n".join(f"<li>{html.escape(item)}</li>" for item in block.items) + "\n</ul>"
+        return "<ul>\n" + "\n".join(f"<li>{inline_html(item)}</li>" for item in block.items) + "\n</ul>"
     if isinstance(block, Table):
-        head = "".join(f"<th>{html.escape(str(cell))}</th>" for cell in block.header)
+        head = "".join(f"<th>{inline_html(cell)}</th>" for cell in block.header)
         rows = "\n".join("<tr>" + "".join(_cell(cell, i in block.wrap) for i, cell in enumerate(row)) + "</tr>"
                          for row in block.rows)
         return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}\n</tbody>\n</table>"
     if isinstance(block, Figure):
         return (f"<figure><img alt=\"{html.escape(block.caption)}\" src=\"{data_uri(block.path)}\">"
-                f"<figcaption>{html.escape(block.caption)}</figcaption></figure>")
+                f"<figcaption>{inline_html(block.caption)}</figcaption></figure>")
     raise TypeError(f"unknown block {type(block).__name__}")
 
 
 def _cell(cell, wrap: bool) -> str:
     attribute = ' class="wrap"' if wrap else ""
-    return f"<td{attribute}>{html.escape(str(cell))}</td>"
+    return f"<td{attribute}>{inline_html(cell)}</td>"
 
 
 def data_uri(png: Path) -> str:

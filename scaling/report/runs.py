@@ -140,6 +140,13 @@ class Run:
         return max(1, int(steps - resolution + 1)), int(steps)
 
     @property
+    def target_at_first_evaluation(self) -> bool:
+        """The run's first evaluation already met the target: too easy a target to tell batches apart (its
+        steps are a handful at most, and its times mostly start-up and the first evaluation)."""
+        first, history = self.get("first_eval_at_target"), self.history
+        return bool(first) and bool(history) and first.get("step") == history[0].get("step")
+
+    @property
     def time_resolution(self) -> float | None:
         """The train time to target is known to the same share as the steps (the time of one resolution)."""
         steps, time, resolution = self.steps_to_target, self.train_time, self.step_resolution

@@ -10,6 +10,7 @@ evaluations, at evaluation boundaries only.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -289,6 +290,10 @@ class Trainer:
     def reach_target(self) -> None:
         record = self.record
         record.status, record.first_eval_at_target = "reached", len(record.history) - 1
+        if record.first_eval_at_target == 0 and self.accelerator.is_main_process:
+            tqdm.write(f"scaling: warning: the target ({self.target.label()}) was met at the first evaluation, step "
+                       f"{record.history[0]['step']}: too easy to compare batch sizes by; set a harder target or "
+                       f"evaluate earlier (--eval-every)", file=sys.stderr)
         search = self.target_search.find_first_step(self.target, lambda: self.probe_noise("target"))
         first = record.history[-1]
         step = search["first_step"]
