@@ -278,7 +278,8 @@ def _prediction_blocks(study: Study, result: NoiseAnalysis) -> list[Block]:
     blocks += figure_or_note(plot_predicted_time(study),
                              "Predicted train time to target against global batch: solid, in the measured set-up; "
                              "dashed, 8 devices; dotted, 64 devices (n × tp(B/n), no communication cost; per-device "
-                             "batches within or above the measured ones); dots: measured; ★: the fit's pick.",
+                             "batches no smaller than the smallest measured, or every batch that divides over the devices where "
+                             "none is that large); dots: measured; ★: the fit's pick.",
                              "No throughput measurements: no time prediction plot.")
     return blocks
 
