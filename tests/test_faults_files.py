@@ -256,8 +256,8 @@ def test_slurm_scripts_quote_every_word_and_never_eval(tmp_path):
     assert len(sruns) == 2
     for call, config in zip(sruns, study.configs, strict=True):
         out = Path(config.config.output_dir).resolve()
-        assert call[1:] == ["torchrun", "--nnodes", "1", "--nproc_per_node", "2", "--rdzv_backend", "c10d",
-                            "--rdzv_endpoint", ":29500", "--rdzv_id", "77", str(REPO / "scaling" / "run.py"),
+        assert call[1:] == ["--nodes=1", "--ntasks=1", sys.executable, "-m", "torch.distributed.run", "--standalone",
+                            "--nnodes", "1", "--nproc_per_node", "2", "-m", "scaling.run",
                             "--config", str(out / "config.yaml"), "--overwrite"]
 
 

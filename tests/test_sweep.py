@@ -188,7 +188,8 @@ def test_slurm_scripts(tmp_path):
     assert "#SBATCH --array=0-2" in text and "#SBATCH --nodes=2" in text and "--gpus-per-node=8" in text
     commands = (tmp_path / "study" / "slurm" / "commands.txt").read_text().splitlines()
     assert len(commands) == 3
-    assert all("torchrun --nnodes 2 --nproc_per_node 8" in c and "--rdzv_backend c10d" in c for c in commands)
+    assert all("torch.distributed.run --nnodes 2 --nproc_per_node 8" in c and "--rdzv_backend c10d" in c
+               for c in commands)
     per_config = write_slurm(study, tmp_path / "study", array=False)
     assert len(per_config) == 3 and all(p.suffix == ".sbatch" for p in per_config)
     config_yaml = Path(commands[0].split("--config ")[1])

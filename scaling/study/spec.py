@@ -98,13 +98,17 @@ class StudyPlan:
 @dataclass
 class SlurmSettings:
     """The allocation each generated sbatch job asks for: the spec's `slurm:` section, then the flags of
-    `scaling sweep --slurm`. `gpus_per_node` defaults to the largest process count of the study."""
+    `scaling sweep --slurm`. `gpus_per_node` defaults to the largest process count of the study's GPU
+    configurations (none for a study whose every configuration has `cpu: true`). `setup` holds the shell lines
+    that set up the job's environment (`module load ...`, `source VENV/bin/activate`), written into the script
+    as they are, before anything runs."""
 
     gpus_per_node: int | None = None
     cpus_per_task: int = 8
     time: str = "02:00:00"
     partition: str | None = None
     account: str | None = None
+    setup: list[str] = field(default_factory=list)
 
 
 # Values that go into #SBATCH lines unquoted: SLURM's own time formats, and names of letters, digits, . _ -. ASCII
@@ -116,6 +120,7 @@ _SLURM_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 MAX_SLURM_DAYS = 365  # a job time limit past a year is a typo, not a plan
 # Bounds of the allocation's numbers: larger is a typo (and SLURM would refuse the job only once queued).
 SLURM_BOUNDS = {"gpus_per_node": (1, 64), "cpus_per_task": (1, 4096)}
+MAX_SETUP_LINES, MAX_SETUP_CHARS = 100, 4096  # more is a pasted file, not set-up lines
 
 
 def slurm_time_seconds(text: str) -> int | None:
@@ -162,7 +167,32 @@ def slurm_settings(section: Any, overrides: dict[str, Any] | None = None) -> Slu
         value = getattr(settings, key)
         if value is not None and (not isinstance(value, str) or not _SLURM_NAME.fullmatch(value)):
             raise ConfigError(f"slurm {key} must be a name of letters, digits, '.', '_' or '-', got {shown(value)}")
+    settings.setup = _setup_lines(settings.setup)
     return settings
+
+
+def _setup_lines(lines: Any) -> list[str]:
+    """The `slurm: setup:` lines: a list of at most MAX_SETUP_LINES strings, each one shell line (no newline,
+    carriage return or NUL, which would split it or cut the script), written into the script verbatim."""
+    if lines is None:
+        return []
+    if not isinstance(lines, list):
+        raise ConfigError(f"slurm setup must be a list of shell lines (e.g. [\"module load cuda\", \"source "
+                          f"~/venv/bin/activate\"]), got {shown(lines)}")
+    if len(lines) > MAX_SETUP_LINES:
+        raise ConfigError(f"slurm setup has {len(lines)} lines, over the limit of {MAX_SETUP_LINES}: source a file "
+                          f"of your own instead")
+    for number, line in enumerate(lines, 1):
+        if not isinstance(line, str) or not line.strip():
+            raise ConfigError(f"slurm setup line {number} must be a non-empty string (one shell line), got "
+                              f"{shown(line)}")
+        if any(char in line for char in "\n\r\0"):
+            raise ConfigError(f"slurm setup line {number} must be one line (no newline, carriage return or NUL), "
+                              f"got {shown(line)}")
+        if len(line) > MAX_SETUP_CHARS:
+            raise ConfigError(f"slurm setup line {number} is {len(line):,} characters, over the limit of "
+                              f"{MAX_SETUP_CHARS:,}")
+    return list(lines)
 
 
 def _axes(section: Any, where: str) -> dict[str, list]:
