@@ -16,7 +16,7 @@ from accelerate.utils import set_seed
 
 from scaling import distributed
 from scaling.batching import BatchPlan, GlobalBatchSampler, plan_batch
-from scaling.config import ConfigError, RunConfig
+from scaling.config import AUTO, MIXED_PRECISION, ConfigError, RunConfig, compile_backends, shown
 from scaling.data import Workload, load_workload
 from scaling.data.delivery import Read, materialize
 from scaling.devices.comm import model_gradient_bytes
@@ -59,6 +59,7 @@ def build(cfg: RunConfig, resume: bool = False) -> Built:
     restored from the run's checkpoint."""
     plan = plan_batch(cfg, distributed.world_size())  # every batch error, before any process group exists
     scaled_hyperparameters(cfg, plan.global_bs)  # and every refusal of the LR, beta and eps rules
+    cfg, launch = resolve_launch(cfg)  # the launcher's precision and dynamo backend where the tool's flags are unset
     requested_cpu = cfg.cpu
     cfg, state = start_processes(cfg)
     check_model_name(cfg.model)  # a typo must not wait for the dataset to be generated
@@ -79,12 +80,14 @@ def build(cfg: RunConfig, resume: bool = False) -> Built:
     if cfg.channels_last:
         model = to_channels_last(model)
     accelerator = build_accelerator(cfg, plan)
+    launch["mixed_precision"]["value"] = accelerator.mixed_precision  # what Accelerate trains with
     model, optimizer = accelerator.prepare(model, build_optimizer(cfg, model))
     sampler = GlobalBatchSampler(len(workload.train), plan, cfg.seed)
     schedule = build_schedule(cfg, plan.global_bs, sampler.steps_per_epoch, total_steps(cfg, sampler.steps_per_epoch))
     facts = RunFacts(
         config=cfg, plan=plan, lr=lr_summary(cfg, schedule), steps_per_epoch=sampler.steps_per_epoch,
-        environment=environment(accelerator.device, accelerator.num_processes, accelerator.distributed_type.value),
+        environment={**environment(accelerator.device, accelerator.num_processes, accelerator.distributed_type.value),
+                     "launch": launch},
         train_samples=len(workload.train), eval_samples=len(workload.eval), model=model_facts,
         batch_coupled_layers=coupled, auto_batch=auto_batch, materialized=materialized,
         train_read=train_read and {"read_s": train_read.seconds, "samples_read": train_read.samples})
@@ -94,6 +97,8 @@ def build(cfg: RunConfig, resume: bool = False) -> Built:
                       workload.train, workload.eval, metrics, task)
     built = Built(cfg, plan, accelerator, trainer, schedule, task)
     announce(built, len(workload.train), auto_batch, coupled)
+    for line in launch_notes(launch):
+        built.say(f"scaling: {line}")
     for note in notes:
         built.say(f"scaling: {note}")
     if cfg.cpu and not requested_cpu:
@@ -142,11 +147,110 @@ def materialize_workload(workload: Workload, mode: str) -> tuple[list[str], list
     return done, notes, train_read
 
 
+# What `accelerate launch` hands the processes it starts, from its flags or the `accelerate config` file it
+# reads (accelerate/utils/launch.py, prepare_simple_launcher_cmd_env and prepare_multi_gpu_env): Accelerate
+# itself falls back to these only when the script passes nothing, so the tool reads them and passes what it
+# resolved. torchrun and a plain `python` set none of them.
+LAUNCHER_PRECISION = "ACCELERATE_MIXED_PRECISION"
+LAUNCHER_DYNAMO = "ACCELERATE_DYNAMO_BACKEND"
+LAUNCHER_CPU = "ACCELERATE_USE_CPU"
+LAUNCHER_VARIABLES = (LAUNCHER_PRECISION, LAUNCHER_DYNAMO, LAUNCHER_CPU)  # accelerate launch sets all three
+# Launches the tool cannot honour: it trains with DDP, one whole copy of the model per process (the batch
+# decomposition, the timing, the noise scale and the checkpoints assume it). (variable, what, launcher flag)
+UNSUPPORTED_LAUNCHES = (
+    ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed", "--use_deepspeed"),
+    ("ACCELERATE_USE_FSDP", "FSDP", "--use_fsdp"),
+    ("ACCELERATE_USE_MEGATRON_LM", "Megatron-LM", "--use_megatron_lm"),
+    ("ACCELERATE_USE_PARALLELISM_CONFIG", "a parallelism config", "--use_parallelism_config"),
+)
+
+
+def _env_flag(name: str) -> bool:
+    """An Accelerate flag variable (its str_to_bool: y, yes, t, true, on, 1), false when unset or unreadable."""
+    return os.environ.get(name, "").strip().lower() in ("y", "yes", "t", "true", "on", "1")
+
+
+def refuse_unsupported_launch() -> None:
+    """A DeepSpeed, FSDP, Megatron-LM or parallelism-config launch, refused in one line: trained as plain DDP
+    it would measure something else than it says."""
+    for name, what, flag in UNSUPPORTED_LAUNCHES:
+        if _env_flag(name):
+            raise ConfigError(
+                f"accelerate launch asked for {what} ({name}={os.environ[name]}), which this tool does not "
+                f"honour: it trains with DDP only. Launch without {flag}, with an accelerate config whose "
+                f"distributed_type is MULTI_GPU or NO (e.g. accelerate launch --config_file launch/multi_gpu.yaml "
+                f"scaling/run.py ...), or with torchrun")
+
+
+def resolve_launch(cfg: RunConfig) -> tuple[RunConfig, dict]:
+    """The settings the launcher provides, where the tool's own are unset: mixed precision and the dynamo
+    backend at `auto` take the launcher's (else no, and eager); `accelerate launch --cpu` sets --cpu. Returns
+    the resolved config (what runs) and the result's `environment.launch` record: for mixed_precision, compile
+    and num_processes, the value that ran, its source (flag: the tool's flag or config key; launcher: accelerate
+    launch or accelerate config; default) and what the launcher asked (null: nothing). Refuses what the tool
+    cannot honour: a DeepSpeed or FSDP launch, a precision or backend it does not know."""
+    refuse_unsupported_launch()
+    changes: dict = {}
+    asked = os.environ.get(LAUNCHER_PRECISION, "").strip().lower() or None
+    if cfg.mixed_precision != AUTO:
+        precision = {"value": cfg.mixed_precision, "source": "flag", "launcher": asked}
+    elif asked is None:
+        precision = {"value": "no", "source": "default", "launcher": None}
+    elif asked in MIXED_PRECISION and asked != AUTO:
+        precision = {"value": asked, "source": "launcher", "launcher": asked}
+    else:
+        raise ConfigError(f"the launcher asks for mixed precision {shown(asked)} ({LAUNCHER_PRECISION}; accelerate "
+                          f"launch --mixed_precision or accelerate config), which this tool does not train with: "
+                          f"pass --mixed-precision no, bf16 or fp16")
+    changes["mixed_precision"] = precision["value"]
+    backend = os.environ.get(LAUNCHER_DYNAMO, "").strip().lower() or None
+    if cfg.compile is None or cfg.compile.lower() != AUTO:
+        compiled = {"value": cfg.compile, "source": "flag", "launcher": backend}
+    elif backend is None:
+        compiled = {"value": None, "source": "default", "launcher": None}
+    elif backend == "no" or backend in compile_backends():
+        compiled = {"value": None if backend == "no" else backend, "source": "launcher", "launcher": backend}
+    else:
+        raise ConfigError(f"the launcher asks for the dynamo backend {shown(backend)} ({LAUNCHER_DYNAMO}; accelerate "
+                          f"launch --dynamo_backend or accelerate config), which is not a torch.compile backend "
+                          f"Accelerate knows: pass --compile none, or a backend ({', '.join(compile_backends())})")
+    changes["compile"] = compiled["value"]
+    if not cfg.cpu and _env_flag(LAUNCHER_CPU):  # accelerate launch --cpu (Accelerate would use the CPU anyway)
+        changes["cpu"] = True
+    # WORLD_SIZE: torchrun, or accelerate launch of several processes; accelerate launch of one process sets
+    # only its own variables.
+    launched = "WORLD_SIZE" in os.environ or any(name in os.environ for name in LAUNCHER_VARIABLES)
+    processes = {"value": distributed.world_size(), "source": "launcher" if launched else "default",
+                 "launcher": distributed.world_size() if launched else None}
+    launch = {"mixed_precision": precision, "compile": compiled, "num_processes": processes}
+    return dataclasses.replace(cfg, **changes), launch
+
+
+def launch_notes(launch: dict) -> list[str]:
+    """What a run says of the launcher's settings: one it took (bf16 from `accelerate launch`), or one the
+    tool's flag overrode. Nothing when the launcher asked for nothing besides its defaults (no, and eager:
+    `accelerate launch` passes them when not told otherwise)."""
+    notes = []
+    for key, flag, what, launcher_flag in (("mixed_precision", "--mixed-precision", "mixed precision", "--mixed_precision"),
+                                           ("compile", "--compile", "torch.compile backend", "--dynamo_backend")):
+        entry = launch[key]
+        value, asked = entry["value"] or "no", entry["launcher"]
+        if entry["source"] == "launcher" and value != "no":
+            notes.append(f"{what} {value} from the launcher (accelerate launch {launcher_flag} or accelerate config); "
+                         f"{flag} overrides it")
+        elif entry["source"] == "flag" and asked not in (None, "no") and asked != value:
+            notes.append(f"note: {flag} {'none' if entry['value'] is None else value} overrides the launcher's "
+                         f"{what} {asked}")
+    return notes
+
+
 def start_processes(cfg: RunConfig) -> tuple[RunConfig, PartialState]:
     """The process group and device; the Accelerator built later joins it (calling this again returns the
     same). Several launched processes on a machine without an accelerator train on the CPU over gloo (as
     with --cpu): Accelerate would otherwise start each of them alone, training on its share of every batch
-    without synchronizing."""
+    without synchronizing. The launcher's settings are resolved first (resolve_launch): what the tool cannot
+    honour is refused before any process group exists."""
+    cfg, _ = resolve_launch(cfg)
     _quiet_libraries(distributed.is_main_process())
     launched = distributed.world_size()
     if launched > 1 and not cfg.cpu and not accelerator_available():
@@ -182,10 +286,14 @@ def describe_processes(accelerator: Accelerator) -> str:
 
 
 def build_accelerator(cfg: RunConfig, plan: BatchPlan) -> Accelerator:
+    """The Accelerator, given the resolved precision and dynamo backend (resolve_launch) explicitly, so that
+    what the record says is what runs."""
+    if cfg.mixed_precision == AUTO or (cfg.compile or "").lower() == AUTO:
+        raise AssertionError("build_accelerator needs a resolved config (resolve_launch)")
     accelerator = Accelerator(
         cpu=cfg.cpu,
         mixed_precision=cfg.mixed_precision,
-        dynamo_backend=cfg.compile.upper() if cfg.compile else None,  # prepare() wraps the model in torch.compile
+        dynamo_backend=cfg.compile.upper() if cfg.compile else "NO",  # prepare() wraps the model in torch.compile
         gradient_accumulation_steps=plan.micro_steps_per_process,
         log_with=[name.strip() for name in cfg.log_with.split(",")] if cfg.log_with else None,
         project_dir=str(Path(cfg.output_dir) / "trackers"),

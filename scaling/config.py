@@ -26,7 +26,10 @@ BETA2_SCALING = ("none", "half-life")
 TASK_NAMES = ("auto", "classification", "next-token")
 LR_DECAYS = ("constant", "cosine", "step")
 OPTIMIZERS = ("sgd", "adamw")
-MIXED_PRECISION = ("no", "bf16", "fp16")
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+# "auto" (mixed_precision and compile): what the launcher says (`accelerate launch --mixed_precision` /
+# `--dynamo_backend`, or the `accelerate config` file it reads), else no / eager (scaling/build.py resolve_launch).
+AUTO = "auto"
 
 
 @dataclass
@@ -107,8 +110,10 @@ class RunConfig:
     # machine and output
     log_with: str | None = None  # trackers Accelerate supports, comma-separated: tensorboard, wandb, mlflow, ...
     cpu: bool = False
-    mixed_precision: str = "no"
-    compile: str | None = None  # torch.compile backend through Accelerate (inductor, aot_eager, ...); None: eager
+    mixed_precision: str = AUTO  # no | bf16 | fp16; auto: the launcher's (accelerate launch, accelerate config), else no
+    # torch.compile backend through Accelerate (inductor, aot_eager, ...); None: eager; auto: the launcher's
+    # dynamo backend (accelerate launch --dynamo_backend, accelerate config), else eager
+    compile: str | None = AUTO
     channels_last: bool = False  # image models: NHWC memory format (faster convolutions on tensor cores)
     output_dir: str | None = None  # None: a fresh runs/<date>-<time> (runs/latest links to it)
     log_every: int = 10  # optimizer steps per logging window (throughput, metrics.jsonl), at least
@@ -370,6 +375,13 @@ def _check_trackers(log_with: str) -> None:
             raise ConfigError(f"--log-with {name}: the {name} package is not installed; {install}")
 
 
+def compile_backends() -> list[str]:
+    """The torch.compile backends Accelerate's dynamo settings name, lower-case (its "NO" aside)."""
+    from accelerate.utils import DynamoBackend
+
+    return [b.value.lower() for b in DynamoBackend if b.value != "NO"]
+
+
 def validate(cfg: RunConfig) -> None:
     """Single-field checks; cross-field batch checks live in batching.plan_batch."""
     for key in _POSITIVE:
@@ -420,13 +432,11 @@ def validate(cfg: RunConfig) -> None:
 
     if cfg.log_with is not None:
         _check_trackers(cfg.log_with)
-    if cfg.compile is not None:
-        from accelerate.utils import DynamoBackend
-
-        backends = [b.value.lower() for b in DynamoBackend if b.value != "NO"]
+    if cfg.compile is not None and cfg.compile.lower() != AUTO:
+        backends = compile_backends()
         if cfg.compile.lower() not in backends:
-            raise ConfigError(f"--compile must name a torch.compile backend ({', '.join(backends)}), "
-                              f"got {shown(cfg.compile)}")
+            raise ConfigError(f"--compile must name a torch.compile backend ({', '.join(backends)}), none (eager) "
+                              f"or auto (the launcher's), got {shown(cfg.compile)}")
     if cfg.num_workers == 0 and (cfg.prefetch_factor is not None or cfg.persistent_workers):
         raise ConfigError("--prefetch-factor and --persistent-workers need --num-workers > 0")
     if cfg.output_dir == "":

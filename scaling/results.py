@@ -482,8 +482,10 @@ def _range_problem(data: dict, full: bool) -> str | None:
 
 
 # The environment's fields a reader uses (scaling/provenance.py writes them); it records more, left unchecked.
+# `launch` (scaling/build.py resolve_launch): the mixed precision, compile backend and process count that ran,
+# each with its source (flag, launcher or default) and what the launcher asked; absent in older results.
 ENVIRONMENT_HINTS: dict[str, Any] = {"device": str | None, "device_type": str | None, "world_size": int | None,
-                                     "torch_threads": int | None}
+                                     "torch_threads": int | None, "launch": dict[str, Any] | None}
 # The phases a prediction divides (scaling/devices/predict.py); grad_sync may be unknown (None).
 MEASURED_PHASES = ("data_wait", "h2d", "forward_backward", "optimizer", "other")
 
