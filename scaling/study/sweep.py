@@ -1,5 +1,6 @@
 """The sweep runner: every configuration of a study (scaling/study/spec.py) as its own launched process, one after
-another; resumable, with signals forwarded to the run and failures recorded (docs/studies.md)."""
+another; resumable, with signals forwarded to the run and failures recorded (docs/studies.md). Runs of the
+`python` launcher are forked by one worker per sweep that has imported torch once (scaling/study/zygote.py)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from scaling.output import inspect_run_folder
 from scaling.parent import DIE_WITH_PARENT_ENV, die_with_parent, die_with_parent_available
 from scaling.results import ended_without_result, read_result, read_result_checked
 from scaling.study.spec import RUN_PY, Launcher, StudyConfig, StudyPlan
+from scaling.study.zygote import Worker
 from scaling.userfiles import read_text_file
 
 STDERR_TAIL_LINES = 30
@@ -96,12 +98,14 @@ class SweepInterrupted(SystemExit):
     shell reports a process stopped by that signal). A SystemExit, so the entry needs no handler for it."""
 
 
-def run_config(study_config: StudyConfig, signals: SweepSignals | None = None, say=print) -> dict[str, Any]:
+def run_config(study_config: StudyConfig, signals: SweepSignals | None = None, say=print,
+               worker: Worker | None = None) -> dict[str, Any]:
     """Launch one configuration, wait, and say how it ended (from its result.json, else from stderr).
 
     The folder decides the launch: a checkpoint of an unfinished run is resumed (`--resume`), anything else
     starts from scratch (`--overwrite`: the sweep owns the folder). A resume that fails before training (a
-    corrupt checkpoint, say) starts the configuration again from scratch, once, and says so."""
+    corrupt checkpoint, say) starts the configuration again from scratch, once, and says so. With `worker`, a
+    `python` launcher's run is forked by it rather than started as a new interpreter."""
     signals = signals or SweepSignals()  # not entered: no handlers, never set
     launcher = study_config.launcher
     out = Path(study_config.config.output_dir)
@@ -123,17 +127,18 @@ def run_config(study_config: StudyConfig, signals: SweepSignals | None = None, s
             f"again from scratch")
     resume = folder.resumable
     before = _snapshot(out / "result.json")
-    entry = _launch(study_config, config_path, "resume" if resume else "overwrite", signals)
+    entry = _launch(study_config, config_path, "resume" if resume else "overwrite", signals, worker)
     entry["resumed"] = resume
     if resume and entry["returncode"] != 0 and not signals.signum and _snapshot(out / "result.json") == before:
         reason = _error_line(out / "stderr.log") or f"exit status {entry['returncode']}"
         say(f"scaling: configuration {study_config.id} could not resume ({reason}); starting it again from scratch")
-        entry = _launch(study_config, config_path, "overwrite", signals)
+        entry = _launch(study_config, config_path, "overwrite", signals, worker)
         entry.update(resumed=False, restarted=reason)
     return entry
 
 
-def _launch(study_config: StudyConfig, config_path: Path, mode: str, signals: SweepSignals) -> dict[str, Any]:
+def _launch(study_config: StudyConfig, config_path: Path, mode: str, signals: SweepSignals,
+            worker: Worker | None = None) -> dict[str, Any]:
     launcher = study_config.launcher
     out = config_path.parent
     env = dict(os.environ)
@@ -142,7 +147,7 @@ def _launch(study_config: StudyConfig, config_path: Path, mode: str, signals: Sw
     parent = os.getpid()
     die_with_parent_available()  # resolve prctl here, not in the forked child
     started = time.time()
-    processes: list[subprocess.Popen] = []
+    processes: list = []  # subprocess.Popen, or ForkedRun (the same interface) for a run the worker forked
     logs = []
     codes: list[int] = []
     timed_out = False
@@ -154,10 +159,14 @@ def _launch(study_config: StudyConfig, config_path: Path, mode: str, signals: Sw
             stderr = open_for_writing(out / f"stderr{suffix}.log")
             logs.append(stderr)
             # Its own session: a terminal's Ctrl-C reaches the sweep alone, which forwards it (SweepSignals);
-            # and the launcher dies with the sweep (SIGTERM, so the run checkpoints), even by SIGKILL.
-            processes.append(subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env, cwd=os.getcwd(),
-                                              start_new_session=True,
-                                              preexec_fn=lambda: die_with_parent(signal.SIGTERM, parent)))
+            # and the launcher dies with the sweep (SIGTERM, so the run checkpoints), even by SIGKILL. A forked
+            # run has the same: its session, and it dies with the worker, which dies with the sweep.
+            forked = None
+            if worker is not None and launcher.type == "python":
+                forked = worker.spawn(command[2:], env, stdout, stderr, abort=lambda: signals.signum is not None)
+            processes.append(forked or subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env,
+                                                        cwd=os.getcwd(), start_new_session=True,
+                                                        preexec_fn=lambda: die_with_parent(signal.SIGTERM, parent)))
         timed_out = _wait(processes, launcher, signals)
         codes = [process.returncode for process in processes]
     finally:
@@ -189,7 +198,7 @@ def _launch(study_config: StudyConfig, config_path: Path, mode: str, signals: Sw
     return entry
 
 
-def _wait(processes: list[subprocess.Popen], launcher: Launcher, signals: SweepSignals) -> bool:
+def _wait(processes: list, launcher: Launcher, signals: SweepSignals) -> bool:
     """Wait for every process; forward a stop request, kill after the grace period or the timeout.
     True if the timeout killed them."""
     start = time.monotonic()
@@ -322,7 +331,7 @@ def run_study(study: StudyPlan, study_dir: Path, progress: bool = True, say=prin
     previous = _previous_entries(study_dir / "study.json")
     entries: dict[str, dict] = {}
     current = None
-    with SweepSignals() as signals:
+    with SweepSignals() as signals, Worker(say=lambda line: bar.write(line)) as worker:
         bar = tqdm(study.configs, unit="config", disable=not progress, dynamic_ncols=True)
         for study_config in bar:
             if signals.signum:
@@ -334,7 +343,7 @@ def run_study(study: StudyPlan, study_dir: Path, progress: bool = True, say=prin
                                             "skipped": True}
                 continue
             current = study_config
-            entries[study_config.id] = run_config(study_config, signals, say=bar.write)
+            entries[study_config.id] = run_config(study_config, signals, say=bar.write, worker=worker)
             write_json_atomic(study_dir / "study.json", study_record(study, entries))
             if entries[study_config.id]["status"] == "failed" and not signals.signum:
                 bar.write(f"scaling: configuration {study_config.id} failed; tail of its stderr:\n"
