@@ -342,6 +342,10 @@ def announce(built: Built, train_samples: int, auto_batch: dict | None, coupled:
         built.say(f"scaling: warning: --lr-scaling linear is SGD's rule (Goyal et al. 2017); with AdamW it moved the "
                   f"LR {schedule.peak / cfg.base_lr:g}x, where Adam's rule is the square root (Malladi et al. 2022): "
                   f"--lr-scaling sqrt")
+    last_step = built.trainer.last_step
+    if last_step is not None and schedule.warmup_steps > last_step:
+        built.say(f"scaling: warning: the warmup ({schedule.warmup_steps} steps) is longer than the run "
+                  f"({last_step} steps by --max-steps/--max-epochs): the LR never reaches {schedule.peak:g}")
     if coupled:
         built.say(f"scaling: note: {len(coupled)} batch-coupled layer(s) (BatchNorm): their statistics come from "
                   f"each micro-batch of {plan.per_device_bs}, so results depend on the decomposition "

@@ -70,3 +70,16 @@ def test_the_html_report_shows_code_spans_as_code(tmp_path):
     assert {html.escape(span) for span in spans} & shown
     # Text stays text: markup inside a span is escaped before it becomes code.
     assert to_html([Paragraph("run `a <b> & c` now")], "t").count("<code>a &lt;b&gt; &amp; c</code>") == 1
+
+
+def test_a_warmup_longer_than_the_run_is_warned_about(tmp_path):
+    long = run_in_process(["--num-samples", "2000", "--global-bs", "64", "--target-accuracy", "none", "--cpu",
+                           "--max-steps", "4", "--warmup-steps", "10", "--output-dir", str(tmp_path / "long")])
+    assert long.returncode == 0, long.stderr
+    lines = [line for line in (long.stdout + long.stderr).splitlines() if "warmup (10 steps)" in line]
+    assert lines == ["scaling: warning: the warmup (10 steps) is longer than the run (4 steps by "
+                     "--max-steps/--max-epochs): the LR never reaches 0.05"]
+    assert load_result(tmp_path / "long")["lr_per_step"][-1] < 0.05
+    short = run_in_process(["--num-samples", "2000", "--global-bs", "64", "--target-accuracy", "none", "--cpu",
+                            "--max-steps", "4", "--warmup-steps", "3", "--output-dir", str(tmp_path / "short")])
+    assert short.returncode == 0 and "longer than the run" not in short.stdout + short.stderr
