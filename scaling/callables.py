@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import sys
 import traceback
 from collections.abc import Callable
@@ -43,14 +44,50 @@ def load_callable(spec: str, what: str) -> Callable[[], Any]:
     return fn
 
 
-def call_factory(spec: str, what: str, *args: Any) -> Any:
-    """Import and call `module:callable`; an exception it raises is the user's: one line with its type, message
-    and the frame that raised it (ConfigError), not a traceback through this tool."""
+def call_factory(spec: str, what: str, *args: Any, offered: dict[str, Any] | None = None) -> Any:
+    """Import and call `module:callable`, with those keyword arguments of `offered` that its signature
+    accepts (accepted_keywords); an exception it raises is the user's: one line with its type, message and
+    the frame that raised it (ConfigError), not a traceback through this tool."""
     fn = load_callable(spec, what)
+    kwargs = accepted_keywords(fn, offered or {})
+    given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    signature = _signature(fn)
     try:
-        return fn(*args)
+        if signature is not None:
+            signature.bind(*args, **kwargs)
+    except TypeError as err:  # a parameter without a default that nothing supplies: said as such, not as a
+        # TypeError raised inside this tool
+        offers = (f"; a model factory is offered {', '.join(offered)} as keywords (docs/factories.md)"
+                  if offered else "")
+        raise ConfigError(f"{what} {spec!r} cannot be called with {given or 'no arguments'}: {err}{offers}") from None
+    try:
+        return fn(*args, **kwargs)
     except Exception as err:
-        raise ConfigError(f"{what} {spec!r} raised {describe_exception(err)}") from None
+        raise ConfigError(f"{what} {spec!r} raised {describe_exception(err)}"
+                          f"{f' (called with {given})' if given else ''}") from None
+
+
+def accepted_keywords(fn: Callable[..., Any], offered: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of `offered` that `fn` accepts: those it names as parameters that can be passed
+    by keyword, or all of them when it takes **kwargs. A callable without a signature Python can read (some
+    built-ins), or one taking no parameters, gets none."""
+    signature = _signature(fn)
+    if signature is None:
+        return {}
+    parameters = signature.parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return dict(offered)
+    named = {p.name for p in parameters if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                      inspect.Parameter.KEYWORD_ONLY)}
+    return {key: value for key, value in offered.items() if key in named}
+
+
+def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
+    """The signature of `fn`, or None where Python cannot read one (some built-ins and C extensions)."""
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
 
 
 def describe_exception(err: BaseException) -> str:

@@ -96,13 +96,25 @@ def build_model(name: str, input_shape: tuple[int, ...] = (40,), num_classes: in
         raise ConfigError(
             f"unknown model {name!r}; built-in models: {', '.join(BUILTIN_MODELS)}, or give 'module:callable'"
         )
-    model = call_factory(name, "--model")
+    model = call_factory(name, "--model", offered=factory_inputs(name, input_shape, num_classes, task))
     if not isinstance(model, nn.Module):
         raise ConfigError(f"--model {name!r} returned {type(model).__name__}, expected a torch.nn.Module")
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError(f"--model {name!r} returned a model with no trainable parameters: nothing to train")
     check_model_output(model, name, input_shape, num_classes, task)
     return model
+
+
+def factory_inputs(name: str, input_shape: tuple[int, ...], num_classes: int, task: Task = CLASSIFICATION) -> dict:
+    """What a `module:callable` model factory is offered, as keyword arguments it receives if its signature
+    names them (or takes **kwargs): `input_shape`, one sample's shape as a tuple (a next-token task's is
+    (context,)); `num_classes` for classification, `vocab_size` (the ids the logits must cover) for a
+    next-token task (docs/factories.md)."""
+    size = {"vocab_size" if task.name == "next-token" else "num_classes": int(num_classes)}
+    factory = load_callable(name, "--model")
+    if isinstance(factory, type) and factory.__init__ is nn.Module.__init__:
+        return {}  # an nn.Module class without its own __init__: Module's **kwargs takes none of them
+    return {"input_shape": tuple(int(d) for d in input_shape), **size}
 
 
 def check_model_output(model: nn.Module, name: str, input_shape: tuple[int, ...], num_classes: int,

@@ -3,6 +3,9 @@
 `prepare_output_dir` is what the main process does before any data is loaded (docs/reliability.md): resolve
 the default folder to a fresh one, check the folder can be written, take its lock, and refuse to write over
 an earlier run unless told (`--resume` continues it, `--overwrite` replaces it).
+
+Every run writes its resolved configuration to OUTPUT_DIR/config.yaml (`SAVED_CONFIG`) when training starts;
+`resumed_config` makes it the base of a `--resume`, with only the settings the user gave over it.
 """
 
 from __future__ import annotations
@@ -17,16 +20,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scaling.config import ConfigError, RunConfig
+from scaling import distributed
+from scaling.config import FIELDS, ConfigError, RunConfig, apply_overrides, make_config
+from scaling.errors import shown
 from scaling.files import refuse_link
 from scaling.lock import RUN_LOCK, RunLock
 from scaling.results import FINAL_STATUSES, read_result_checked
+from scaling.userfiles import load_yaml
 
 LATEST = "latest"  # runs/latest links to the newest run folder that a run without --output-dir made
 DEFAULT_PARENT = Path("runs")
 # What a run writes into its folder; --overwrite removes these (a sweep's config.yaml and logs stay).
 RUN_FILES = ("result.json", "metrics.jsonl", "checkpoint", "checkpoint.tmp", "checkpoint.old", "model.pt",
              "model.pt.tmp", "trackers")
+# The resolved configuration every run writes when training starts (a sweep writes the same file before it
+# launches the run): the base of a --resume. Not in RUN_FILES: --overwrite keeps it (a sweep's run reads it
+# with --config) and the new run writes its own.
+SAVED_CONFIG = "config.yaml"
 
 
 @dataclass
@@ -84,11 +94,93 @@ def inspect_run_folder(path: str | Path) -> RunFolder:
     return folder
 
 
-def prepare_output_dir(cfg: RunConfig, resume: bool) -> tuple[RunConfig, RunLock]:
+@dataclass
+class Given:
+    """The settings a user gave explicitly: `--config` YAML keys (typed) and command-line flags (strings as
+    typed), without the defaults filled in around them."""
+
+    cli: dict[str, Any] = field(default_factory=dict)
+    yaml: dict[str, Any] = field(default_factory=dict)
+    yaml_source: str = "the config file"
+
+    def keys(self) -> set[str]:
+        return set(self.cli) | set(self.yaml)
+
+    def where(self, key: str) -> str:
+        return f"--{key.replace('_', '-')}" if key in self.cli else f"'{key}' in {self.yaml_source}"
+
+
+@dataclass
+class Resumed:
+    """A --resume whose folder holds a saved configuration: where it is, what it says, what was given over it."""
+
+    path: Path
+    saved: dict[str, Any]  # the saved configuration, validated (RunConfig.to_dict())
+    given: Given
+
+
+def resumed_config(cfg: RunConfig, given: Given) -> tuple[RunConfig, Resumed | None]:
+    """--resume: the configuration the run in the folder was started with (OUTPUT_DIR/config.yaml), with
+    only the settings the user gave (flags, `--config` keys) over it; prepare_output_dir then refuses those
+    that a resume cannot change. A folder without a saved configuration (a run of an earlier version, or no
+    run at all) leaves `cfg` as parsed, and what it holds is judged as before. Every process calls this
+    before the process group exists, so each starts with the resumed configuration (--cpu included)."""
+    if cfg.overwrite:
+        return cfg, None  # refused together with --resume by prepare_output_dir
+    if cfg.output_dir is None:
+        try:
+            folder = _latest_run(DEFAULT_PARENT / LATEST)
+        except ConfigError:
+            return cfg, None  # prepare_output_dir says so
+    else:
+        folder = Path(cfg.output_dir)
+    path = folder / SAVED_CONFIG
+    if not (path.is_file() or path.is_symlink()):
+        return cfg, None
+    fix = "repair or remove it (and give the run's flags), or pass --overwrite to start over"
+    try:
+        refuse_link(path)
+        values = load_yaml(path, "the run's saved config")
+    except ConfigError as err:
+        raise ConfigError(f"--resume: {err}; {fix}") from None
+    unknown = sorted(str(k) for k in values if k not in FIELDS or FIELDS[k].metadata.get("action"))
+    if unknown and distributed.is_main_process():  # a setting a later version has, or one removed since:
+        # the checkpoint's check ignores them too
+        print(f"scaling: note: {path} has keys this version does not know ({', '.join(unknown[:5])}); "
+              f"ignored", file=sys.stderr)
+    known = {k: v for k, v in values.items() if k not in unknown}
+    try:
+        saved = make_config(known, source=str(path)).to_dict()
+    except ConfigError as err:
+        raise ConfigError(f"--resume: the run's saved config {path} is damaged: {err}; {fix}") from None
+    merged = apply_overrides(saved, given.yaml, from_cli=False, source=given.yaml_source)
+    merged = apply_overrides(merged, given.cli, from_cli=True, source="the command line")
+    merged["output_dir"] = str(folder)  # the folder resumed, wherever the saved run was written from
+    return make_config(merged), Resumed(path, saved, given)
+
+
+def check_resumed_changes(cfg: RunConfig, resumed: Resumed) -> None:
+    """The settings given with --resume may change only what a resume can change (the checkpoint checks the
+    same when it loads, after the data; this says so before any data is loaded, naming the flag)."""
+    from scaling.train.checkpoint import RESUMABLE_CHANGES
+
+    new = cfg.to_dict()
+    for key in sorted(resumed.given.keys(), key=list(FIELDS).index):
+        if key in RESUMABLE_CHANGES or key not in new or new[key] == resumed.saved.get(key):
+            continue
+        allowed = ", ".join(f"--{k.replace('_', '-')}" for k in sorted(RESUMABLE_CHANGES))
+        raise ConfigError(f"--resume: {resumed.given.where(key)} gives the run in {resumed.path.parent} a different "
+                          f"{key} ({shown(resumed.saved.get(key))}, now {shown(new[key])}); "
+                          f"a resume may change only {allowed}: leave it out to continue the run "
+                          f"({resumed.path} holds its settings), or pass --overwrite to start over")
+
+
+def prepare_output_dir(cfg: RunConfig, resume: bool, resumed: Resumed | None = None) -> tuple[RunConfig, RunLock]:
     """Before any data is loaded, on the main process only: resolve the default folder (no --output-dir: a
     fresh runs/<time>, or with --resume the run runs/latest points at), make sure the folder can be written,
     take its lock, and check what it holds against --resume / --overwrite (ConfigError, one line,
-    otherwise). Returns the config with the folder it will write and the held lock."""
+    otherwise), and the settings given with --resume against the run's saved ones (`resumed`, from
+    resumed_config). Returns the config with the folder it will write and the held lock."""
     if resume and cfg.overwrite:
         raise ConfigError("give at most one of --resume and --overwrite")
     if cfg.output_dir is None:
@@ -96,7 +188,7 @@ def prepare_output_dir(cfg: RunConfig, resume: bool) -> tuple[RunConfig, RunLock
         cfg = dataclasses.replace(cfg, output_dir=str(out))
     out = Path(cfg.output_dir)
     make_writable_folder(out)
-    for name in (RUN_LOCK, *RUN_FILES):  # nothing the run writes goes through a link planted in its folder
+    for name in (RUN_LOCK, *RUN_FILES, SAVED_CONFIG):  # nothing the run writes goes through a link planted in its folder
         refuse_link(out / name)
     lock = RunLock(out).acquire()
     try:
@@ -110,6 +202,8 @@ def prepare_output_dir(cfg: RunConfig, resume: bool) -> tuple[RunConfig, RunLock
                     out / "checkpoint.tmp") else ""
                 raise ConfigError(f"--resume: no checkpoint in {out / 'checkpoint'}{partial}; run without "
                                   f"--resume (with --overwrite) to start over")
+            if resumed is not None:
+                check_resumed_changes(cfg, resumed)
         elif cfg.overwrite:
             clear_run_files(out)
         else:

@@ -4,8 +4,9 @@
     torchrun --nproc_per_node 2 scaling/run.py --global-bs 4096 --cpu
     accelerate launch scaling/run.py --global-bs 4096
 
-Read top to bottom: parse -> settle (the same configuration and output folder in every process) -> build
-(scaling/build.py) -> train -> write the result from the run record.
+Read top to bottom: parse (with --resume: over the run's saved configuration) -> settle (the same
+configuration and output folder in every process) -> build (scaling/build.py) -> train -> write the result
+from the run record.
 """
 
 from __future__ import annotations
@@ -39,12 +40,12 @@ import yaml
 from scaling import distributed
 from scaling.build import Built, build, start_processes
 from scaling.ceilings import bottleneck, measure_ceilings, verdict
-from scaling.config import ConfigError, RunConfig, parse_args
-from scaling.files import OutputError, atomic_file, write_json_atomic
+from scaling.config import FIELDS, ConfigError, RunConfig, build_parser, load_yaml, parse_args
+from scaling.files import OutputError, atomic_file, write_json_atomic, write_text_atomic
 from scaling.hardware import compute_efficiency, count_flops_per_sample, peak_memory, reset_peak_memory
 from scaling.lock import RunLock
 from scaling.memory import OutOfMemory, check_fits, is_out_of_memory, oom_suggestion
-from scaling.output import prepare_output_dir
+from scaling.output import SAVED_CONFIG, Given, Resumed, prepare_output_dir, resumed_config
 from scaling.parent import die_with_parent_if_asked
 from scaling.record import RunRecord, data_wait_fraction
 from scaling.results import Result, exit_status, summary_line
@@ -58,12 +59,15 @@ def main(argv: list[str] | None = None, prog: str = "scaling run") -> int:
     try:
         die_with_parent_if_asked()  # started by a sweep: do not outlive it (docs/reliability.md)
         cfg, extras = parse_args(argv, prog)
+        resumed = None
+        if extras["resume"]:  # the run's saved configuration, with only what was given over it
+            cfg, resumed = resumed_config(cfg, given_settings(argv, prog))
         if extras["print_config"]:
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
             return 0
         # Until training begins: says what start-up waits for, and ends it past --startup-timeout-s.
         StartupWatch(extras["startup_timeout_s"]).start()
-        cfg, lock = settle(cfg, extras["resume"])
+        cfg, lock = settle(cfg, extras["resume"], resumed)
         result = run(cfg, resume=extras["resume"])
     except (ConfigError, StartupTimeout) as err:
         if distributed.is_main_process():
@@ -81,16 +85,29 @@ def main(argv: list[str] | None = None, prog: str = "scaling run") -> int:
     return exit_status(result)
 
 
-def settle(cfg: RunConfig, resume: bool) -> tuple[RunConfig, RunLock | None]:
+def given_settings(argv: list[str] | None, prog: str = "scaling run") -> Given:
+    """What the user set explicitly: the flags on the command line and the keys of a `--config` file, not
+    the defaults around them (the parser leaves a flag not given out of its namespace). parse_args has
+    already refused anything it cannot read."""
+    namespace = vars(build_parser(prog).parse_known_args(argv)[0])
+    given = Given(cli={k: v for k, v in namespace.items() if k in FIELDS})
+    if namespace.get("config") is not None:
+        given.yaml, given.yaml_source = load_yaml(namespace["config"]), str(namespace["config"])
+    return given
+
+
+def settle(cfg: RunConfig, resume: bool, resumed: Resumed | None = None) -> tuple[RunConfig, RunLock | None]:
     """Every process leaves with the same configuration, before any data is loaded: the processes form
     their group, the main process resolves the output folder (a fresh runs/<time> by default), makes sure
-    it is writable, takes its lock and checks what it holds against --resume / --overwrite; the others
-    take its folder, or its refusal (each then exits with status 2, the main process printing the line)."""
+    it is writable, takes its lock and checks what it holds against --resume / --overwrite (and the settings
+    given with --resume against the run's saved ones, `resumed`: every process has read those itself before,
+    output.resumed_config); the others take its folder, or its refusal (each then exits with status 2, the
+    main process printing the line)."""
     _, state = start_processes(cfg)  # build() starts them again from `cfg` (the same group) and says how
     lock, settled = None, None
     if state.is_main_process:
         try:
-            prepared, lock = prepare_output_dir(cfg, resume)
+            prepared, lock = prepare_output_dir(cfg, resume, resumed)
             settled = ("folder", prepared.output_dir)
         except ConfigError as err:
             settled = ("error", str(err))
@@ -120,7 +137,10 @@ def run(cfg: RunConfig, resume: bool = False) -> Result:
 
 
 def write_running(built: Built) -> None:
+    """Once built (a resume's checkpoint accepted): the run's resolved configuration, which a later
+    `--resume --output-dir DIR` continues from (output.resumed_config), and a result saying it runs."""
     if built.accelerator.is_main_process:
+        write_text_atomic(built.output_dir / SAVED_CONFIG, yaml.safe_dump(built.cfg.to_dict(), sort_keys=False))
         write_json_atomic(built.output_dir / "result.json", {"status": "running", "config": built.cfg.to_dict(),
                                                              "started_at": time.time()})
 
