@@ -72,6 +72,40 @@ def test_overhead_benchmark_pool_refuses_a_file_it_did_not_save(tmp_path):
         assert "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
+def test_overhead_benchmark_gpt_path_prints_and_saves_tokens_per_second(tmp_path):
+    # The language model against a bare nanoGPT loop: both instruments print a gpt row with a finite ratio,
+    # and --save records them, the whole runs' rates in tokens/s (sequences/s x the context of 64).
+    saved = tmp_path / "gpt.json"
+    out = overhead("--batch-sizes", "8", "--paths", "gpt", "--steps", "10", "--repeats", "2", "--pairs", "3",
+                   "--chunk-steps", "3", "--output-dir", str(tmp_path / "runs"), "--save", str(saved))
+    assert out.returncode == 0, out.stderr
+    assert "scaling:" not in out.stdout
+    assert "GPT on stories (16384 training sequences of 64 tokens" in out.stdout
+    assert "for gpt tokens/s" in out.stdout
+    assert "scaling: completed after 10 steps" in (tmp_path / "runs" / "runs.log").read_text()
+    rows = [line.split() for line in out.stdout.splitlines() if line.split()[:2] == ["gpt", "8"]]
+    assert len(rows) == 2  # whole runs, then in one process
+    data = json.loads(saved.read_text())
+    (whole,), (inner,) = data["whole_runs"], data["in_process"]
+    assert (whole["path"], whole["batch"], whole["unit"]) == ("gpt", 8, "tokens/s")
+    assert len(whole["ratio"]) == 2 and len(inner["ratio"]) == 3
+    for case, printed in ((whole, rows[0][5]), (inner, rows[1][2])):
+        assert all(math.isfinite(ratio) and 0.1 < ratio < 10 for ratio in case["ratio"])
+        assert float(printed) == round(statistics.median(case["ratio"]), 3)
+    # tokens/s: the printed rates are the saved ones, which are per token
+    assert float(rows[0][3].replace(",", "")) == round(statistics.median(whole["bare"]))
+    pooled = overhead("--pool", str(saved))
+    assert pooled.returncode == 0, pooled.stderr
+    assert any(line.split()[:3] == ["gpt", "8", "3"] for line in pooled.stdout.splitlines())
+
+
+def test_overhead_benchmark_refuses_an_unknown_path():
+    out = overhead("--paths", "memory,gpu", "--pairs", "0", "--repeats", "0", timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "--paths: 'gpu' is none of memory, map, gpt" in out.stderr.splitlines()[-1]
+
+
 INSTRUCTIONS = REPO / "benchmarks" / "instructions.py"
 
 
