@@ -282,14 +282,17 @@ def _add_flag(group: argparse._ArgumentGroup, name: str, text: str) -> None:
     default = fld.default if fld.default is not dataclasses.MISSING else fld.default_factory()
     shown_default = "none" if default is None else default
     text = text.replace("%", "%%")  # argparse formats help strings with %
+    # A description that says what its default means gets no second default after it.
+    said = "(default:" in text
     if _HINTS[name] is bool:  # `--cpu` alone means true; `--cpu false` is accepted too
         group.add_argument(_flag(name), dest=name, nargs="?", const="true", metavar="BOOL",
-                           help=f"{text} (default: {str(default).lower()})")
+                           help=text if said else f"{text} (default: {str(default).lower()})")
     elif name in _CHOICES:
         group.add_argument(_flag(name), dest=name, metavar="|".join(_CHOICES[name]),
-                           help=f"{text} (default: {shown_default})")
+                           help=text if said else f"{text} (default: {shown_default})")
     else:
-        group.add_argument(_flag(name), dest=name, metavar=name.upper(), help=f"{text} (default: {shown_default})")
+        group.add_argument(_flag(name), dest=name, metavar=name.upper(),
+                           help=text if said else f"{text} (default: {shown_default})")
 
 
 def parse_args(argv: list[str] | None, prog: str = "scaling run") -> tuple[RunConfig, dict[str, Any]]:

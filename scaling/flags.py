@@ -84,8 +84,10 @@ GROUPS: list[tuple[str, list[tuple[str, str]]]] = [
     ]),
     ("machine and output", [
         ("cpu", "train on the CPU even where a GPU exists"),
-        ("mixed_precision", "no, bf16 or fp16 (through Accelerate)"),
-        ("compile", "torch.compile backend through Accelerate (inductor, aot_eager, ...); compiled before the clock"),
+        ("mixed_precision", "no, bf16 or fp16 (through Accelerate); auto: the launcher's (accelerate launch "
+                            "--mixed_precision, accelerate config), else no"),
+        ("compile", "torch.compile backend through Accelerate (inductor, aot_eager, ...), compiled before the clock; "
+                    "none: eager; auto: the launcher's --dynamo_backend, else eager"),
         ("channels_last", "NHWC memory format for image models and their inputs"),
         ("output_dir", "where result.json, metrics.jsonl and checkpoints go (default: a new runs/<time> folder)"),
         ("overwrite", "replace an earlier run in --output-dir"),

@@ -63,6 +63,10 @@ def main(argv: list[str] | None = None, prog: str = "scaling run") -> int:
         if extras["resume"]:  # the run's saved configuration, with only what was given over it
             cfg, resumed = resumed_config(cfg, given_settings(argv, prog))
         if extras["print_config"]:
+            from scaling.data import check_builtin_size
+
+            # The batch arithmetic `run` refuses before it generates a built-in dataset, refused here too.
+            check_builtin_size(cfg.dataset, cfg.num_samples, cfg.global_bs)
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
             return 0
         # Until training begins: says what start-up waits for, and ends it past --startup-timeout-s.

@@ -83,3 +83,25 @@ def test_a_warmup_longer_than_the_run_is_warned_about(tmp_path):
     short = run_in_process(["--num-samples", "2000", "--global-bs", "64", "--target-accuracy", "none", "--cpu",
                             "--max-steps", "4", "--warmup-steps", "3", "--output-dir", str(tmp_path / "short")])
     assert short.returncode == 0 and "longer than the run" not in short.stdout + short.stderr
+
+
+def test_print_config_refuses_the_batch_arithmetic_a_run_refuses(tmp_path):
+    printed = run_in_process(["--global-bs", "1000", "--num-samples", "300", "--print-config"])
+    assert printed.returncode == 2 and printed.stdout == ""
+    assert printed.stderr.strip().splitlines() == [
+        "scaling: error: --num-samples 300 is too small for --dataset mnist1d: it gives 240 training samples (30 per "
+        "class, 80% for training), fewer than one global batch of 1000; use --num-samples 1250 or more, or a "
+        "smaller --global-bs"]
+    fine = run_in_process(["--global-bs", "100", "--num-samples", "3000", "--print-config"])
+    assert fine.returncode == 0 and "global_bs: 100\n" in fine.stdout
+
+
+def test_help_gives_each_flag_one_default():
+    shown = run_in_process(["--help"])
+    assert shown.returncode == 0
+    entries = [" ".join(entry.split()) for entry in re.split(r"\n  (?=-)", shown.stdout)]
+    by_flag = {entry.split()[0]: entry for entry in entries if entry.startswith("--")}
+    assert "(default: every column but the label)" in by_flag["--input-column"]
+    assert "(default: a new runs/<time> folder)" in by_flag["--output-dir"]
+    assert len(by_flag) > 50 and all(entry.count("(default:") <= 1 for entry in by_flag.values()), \
+        [entry for entry in by_flag.values() if entry.count("(default:") > 1]
