@@ -227,13 +227,13 @@ def _time_contention(load: ComputeLoad, target, processes: int, repeats: int, ti
     from scaling.task import TASKS
 
     torch.manual_seed(0)
-    model = build_model(load.model, tuple(load.input_shape), load.num_classes).to(target)
+    task = TASKS[load.task]
+    model = build_model(load.model, tuple(load.input_shape), load.num_classes, task).to(target)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     dtype = getattr(torch, load.input_dtype)
     shape = (load.batch, *load.input_shape)
     inputs = (torch.randn(shape, device=target).to(dtype) if dtype.is_floating_point
               else torch.zeros(shape, dtype=dtype, device=target))
-    task = TASKS[load.task]
     labels = task.synthetic_targets(load.batch, load.num_classes, target, tuple(load.input_shape))
 
     def step() -> None:
