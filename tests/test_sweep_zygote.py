@@ -173,6 +173,22 @@ def test_a_worker_that_dies_is_replaced_and_nothing_hangs(tmp_path):
     assert entries[0]["status"] in ("failed", "interrupted") and entries[1]["status"] == "completed"
 
 
+@pytest.mark.slow
+def test_a_worker_whose_imports_started_a_thread_does_not_serve_and_runs_are_launched(tmp_path):
+    spec, log, env = setup(tmp_path, {"dataset": ["zmods:clean"], "global_bs": [32, 64]}, model="mlp")
+    # every interpreter of this test starts a thread as it starts (sitecustomize): a fork would not copy it
+    (tmp_path / "mods" / "sitecustomize.py").write_text(
+        "import threading, time\nthreading.Thread(target=time.sleep, args=(3600,), name='site-sleeper', "
+        "daemon=True).start()\n")
+    done = sweep(spec, tmp_path / "study", env)
+    assert_ok(done)
+    said = [line for line in done.stdout.splitlines() if "processes of their own" in line]
+    assert len(said) == 1 and "site-sleeper" in said[0], done.stdout  # once, with the reason
+    lines = seen(log)
+    assert len(lines) == 2 and not any(forked(line) for line in lines)
+    assert [e["status"] for e in configs(tmp_path / "study")] == ["completed", "completed"]
+
+
 LONG = {"num_samples": 8000, "global_bs": 32, "max_steps": 600, "target_accuracy": None, "log_every": 100,
         "eval_every": 300, "cpu": True, "probe": False}
 
