@@ -70,6 +70,7 @@ class RunConfig:
     max_time: float | None = None  # seconds of wall time (evaluation included)
     eval_every: int | None = None  # optimizer steps; when unset, eval_every_epochs applies
     eval_every_epochs: float = 0.25
+    eval_samples: int | None = None  # evaluate on the first N samples of the evaluation set (None: all of it)
     diverge_factor: float = 5.0  # a training loss above this multiple of the first one counts as divergence
     stall_evals: int = 5  # end as stalled after this many evaluations at the chance loss without progress (0: off)
     exact_target: bool = True  # replay from the start, evaluating every step: the exact first step at the target
@@ -139,7 +140,7 @@ _POSITIVE = {
     "global_bs", "accumulation_steps", "emulate_processes", "max_per_device_bs", "base_lr", "base_bs",
     "max_steps", "max_epochs", "max_time", "eval_every", "eval_every_epochs", "num_samples", "log_every",
     "lr_step_gamma", "diverge_factor", "memory_cap_mb", "prefetch_factor", "probe_steps", "checkpoint_every",
-    "noise_every", "eps", "target_loss", "context",
+    "noise_every", "eps", "target_loss", "context", "eval_samples",
 }
 _NON_NEGATIVE = {"warmup_steps", "warmup_epochs", "momentum", "weight_decay", "num_workers", "log_min_s",
                  "exact_target_max_steps", "stall_evals"}

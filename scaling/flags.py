@@ -42,6 +42,8 @@ GROUPS: list[tuple[str, list[tuple[str, str]]]] = [
         ("max_time", "budget in seconds of wall time, evaluation included"),
         ("eval_every", "evaluate every N optimizer steps"),
         ("eval_every_epochs", "evaluate every fraction of an epoch (when --eval-every is not set)"),
+        ("eval_samples", "evaluate on the first N samples of the evaluation set (--dataset stories: N new "
+                         "sequences) (default: all of it; stories: 256)"),
         ("diverge_factor", "a training loss above this multiple of the first one ends the run as diverged"),
         ("stall_evals", "end the run as stalled after this many evaluations in a row after warmup (and at least "
                         "an epoch) at the chance loss with no progress (0: never; docs/results.md)"),

@@ -110,7 +110,8 @@ def load_workload(cfg: RunConfig) -> Workload:
         # --num-samples training sequences of --context tokens and STORIES_EVAL_SEQUENCES new ones to evaluate
         # on; the text is fixed (its seed is not the run's: every run trains on the same stories).
         block = cfg.context + 1
-        train, eval_, vocab = load_stories(cfg.num_samples * block, STORIES_EVAL_SEQUENCES * block, cfg.context)
+        sequences = cfg.eval_samples or STORIES_EVAL_SEQUENCES
+        train, eval_, vocab = load_stories(cfg.num_samples * block, sequences * block, cfg.context)
         return checked_workload(train, eval_, name, notes, cfg.task, vocab_size=vocab)
     elif ":" in name and not _looks_like_path(name):
         train, eval_ = _load_from_callable(name)
@@ -118,8 +119,24 @@ def load_workload(cfg: RunConfig) -> Workload:
         from scaling.data.hf import load_hf
 
         train, eval_, notes = loaded = load_hf(cfg)  # with the task they call for, and a tokenizer's vocabulary
+        eval_ = first_samples(eval_, cfg.eval_samples, name)
         return checked_workload(train, eval_, name, notes, loaded.task_name, vocab_size=loaded.vocab_size)
-    return checked_workload(train, eval_, name, notes, cfg.task)
+    return checked_workload(train, first_samples(eval_, cfg.eval_samples, name), name, notes, cfg.task)
+
+
+def first_samples(dataset: Any, count: int | None, name: str) -> Any:
+    """The first `count` samples of an evaluation set (--eval-samples; None: all of it)."""
+    if count is None:
+        return dataset
+    size = _length(dataset, "eval", name)
+    if count > size:
+        raise ConfigError(f"--eval-samples {count} is more than the {size:,} samples of --dataset {name!r}'s "
+                          f"evaluation set; use at most {size:,}")
+    if isinstance(dataset, TensorPair):
+        return TensorPair(dataset.inputs[:count], dataset.labels[:count])
+    if hasattr(dataset, "select"):  # a datasets.Dataset: stays one, with its formatting
+        return dataset.select(range(count))
+    return torch.utils.data.Subset(dataset, range(count))
 
 
 def checked_workload(train: Any, eval_: Any, name: str, notes: list[str], task_name: str = "auto",
