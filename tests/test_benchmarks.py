@@ -41,7 +41,9 @@ def test_overhead_benchmark_saves_the_ratios_it_prints_and_pools_passes(tmp_path
         expected = [tool / math.sqrt(before * after)
                     for tool, before, after in zip(case["tool"], case["bare"], case["bare"][1:], strict=False)]
         assert case["ratio"] == expected
-        assert all(0.2 < ratio < 5 for ratio in case["ratio"])
+        # A 30-step run is too short for its ratio to mean anything on shared cores (under load CI has seen
+        # below 0.2): the benchmark's figure is its own business (docs/performance.md); here, a real rate.
+        assert all(math.isfinite(ratio) and ratio > 0 for ratio in case["ratio"])
     rows = [line.split() for line in out.stdout.splitlines() if line.split()[:2] in (["memory", "32"], ["map", "32"])]
     assert len(rows) == 4  # two cases, two instruments
     for case, row in zip(data["whole_runs"], rows[:2], strict=True):  # path batch steps bare/s tool/s tool/bare
