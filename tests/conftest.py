@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,3 +208,15 @@ def a_record(status: str = "reached", steps: int = 40, seed: int = 0, output_dir
 def a_result(status: str = "reached", **changes) -> dict:
     """A whole result.json document (JSON types) of `a_record`, with `changes` applied."""
     return {**json.loads(json.dumps(a_record(status).to_result())), **changes}
+
+
+def wait_for_metrics(folder: Path, lines: int, timeout: float = 120) -> None:
+    """Until the run in `folder` has written `lines` lines of metrics.jsonl (it is training), or fail."""
+    from scaling.files import read_metrics
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if len(read_metrics(folder / "metrics.jsonl")) >= lines:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no {lines} metrics lines in {folder} after {timeout} s")

@@ -13,8 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, RUN_PY, SMALL, assert_ok, assert_one_line_error, child_env, run_entry
-from scaling.files import read_metrics
+from conftest import (
+    REPO,
+    RUN_PY,
+    SMALL,
+    assert_ok,
+    assert_one_line_error,
+    child_env,
+    run_entry,
+    wait_for_metrics,
+)
 from scaling.results import read_result
 from scaling.train.checkpoint import CheckpointError, select, verify
 
@@ -23,15 +31,6 @@ pytestmark = pytest.mark.slow
 # About 4 ms a step here: long enough to be interrupted, short enough to finish after a resume.
 ARGS = [*SMALL, "--global-bs", "32", "--max-steps", "600", "--target-accuracy", "none", "--log-every", "20",
         "--eval-every", "500"]
-
-
-def wait_for_metrics(folder: Path, lines: int, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if len(read_metrics(folder / "metrics.jsonl")) >= lines:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"no {lines} metrics lines in {folder}")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, RUN_PY, SMALL, assert_ok, child_env, load_result, run_entry
+from conftest import REPO, RUN_PY, SMALL, assert_ok, child_env, load_result, run_entry, wait_for_metrics
 from scaling.files import read_metrics
 from scaling.results import read_result
 
@@ -24,15 +24,6 @@ LONG = [*SMALL, "--global-bs", "32", "--base-lr", "0.02", "--lr-scaling", "none"
 def start(args, **popen):
     return subprocess.Popen([sys.executable, str(RUN_PY), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=REPO, env=child_env(), **popen)
-
-
-def wait_for_metrics(folder: Path, lines: int, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if len(read_metrics(folder / "metrics.jsonl")) >= lines:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"no {lines} metrics lines in {folder} after {timeout} s")
 
 
 @pytest.fixture(scope="module")

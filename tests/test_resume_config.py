@@ -12,14 +12,21 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO, RUN_PY, assert_ok, assert_one_line_error, child_env, load_result, run_entry
-from scaling.files import read_metrics
+from conftest import (
+    REPO,
+    RUN_PY,
+    assert_ok,
+    assert_one_line_error,
+    child_env,
+    load_result,
+    run_entry,
+    wait_for_metrics,
+)
 from scaling.results import read_result
 
 pytestmark = pytest.mark.slow
@@ -29,15 +36,6 @@ ARGS = ["--num-samples", "8000", "--global-bs", "32", "--base-lr", "0.05", "--se
         "--target-accuracy", "none", "--log-every", "20", "--eval-every", "500", "--progress", "false", "--cpu"]
 SETTINGS = {"num_samples": 8000, "global_bs": 32, "base_lr": 0.05, "seed": 3, "max_steps": 600,
             "target_accuracy": None, "eval_every": 500, "cpu": True}
-
-
-def wait_for_metrics(folder: Path, lines: int, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if len(read_metrics(folder / "metrics.jsonl")) >= lines:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"no {lines} metrics lines in {folder}")
 
 
 @pytest.fixture(scope="module")
