@@ -220,3 +220,19 @@ def wait_for_metrics(folder: Path, lines: int, timeout: float = 120) -> None:
             return
         time.sleep(0.02)
     raise AssertionError(f"no {lines} metrics lines in {folder} after {timeout} s")
+
+
+def interrupt_run(folder: Path, args: list[str]) -> dict:
+    """Start `scaling/run.py ARGS --output-dir FOLDER` as a real process, stop it with SIGTERM once it is
+    training, and return its result.json (status interrupted, its checkpoint written)."""
+    from scaling.results import read_result
+
+    proc = subprocess.Popen([sys.executable, str(RUN_PY), *args, "--output-dir", str(folder)], cwd=REPO,
+                            env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_metrics(folder, 3)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-2000:]
+    result = read_result(folder / "result.json", finished_only=False)
+    assert result["status"] == "interrupted"
+    return result

@@ -20,6 +20,7 @@ from conftest import (
     assert_ok,
     assert_one_line_error,
     child_env,
+    interrupt_run,
     run_entry,
     wait_for_metrics,
 )
@@ -37,13 +38,7 @@ ARGS = [*SMALL, "--global-bs", "32", "--max-steps", "600", "--target-accuracy", 
 def interrupted(tmp_path_factory) -> Path:
     """A run folder holding a real interrupted run and its checkpoint."""
     folder = tmp_path_factory.mktemp("interrupted") / "run"
-    proc = subprocess.Popen([sys.executable, str(RUN_PY), *ARGS, "--output-dir", str(folder)], cwd=REPO,
-                            env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_metrics(folder, 3)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 143, stderr[-2000:]
-    assert read_result(folder / "result.json", finished_only=False)["status"] == "interrupted"
+    interrupt_run(folder, ARGS)
     return folder
 
 

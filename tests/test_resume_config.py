@@ -23,6 +23,7 @@ from conftest import (
     assert_ok,
     assert_one_line_error,
     child_env,
+    interrupt_run,
     load_result,
     run_entry,
     wait_for_metrics,
@@ -53,14 +54,8 @@ def reference(tmp_path_factory) -> dict:
 def interrupted(tmp_path_factory) -> Path:
     """A folder holding a real run stopped by SIGTERM, with its checkpoint and config.yaml."""
     folder = tmp_path_factory.mktemp("interrupted") / "run"
-    proc = subprocess.Popen([sys.executable, str(RUN_PY), *ARGS, "--output-dir", str(folder)], cwd=REPO,
-                            env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_metrics(folder, 3)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 143, stderr[-2000:]
-    result = read_result(folder / "result.json", finished_only=False)
-    assert result["status"] == "interrupted" and 0 < result["steps"] < 600
+    result = interrupt_run(folder, ARGS)
+    assert 0 < result["steps"] < 600
     assert yaml.safe_load((folder / "config.yaml").read_text()) == result["config"]
     return folder
 
