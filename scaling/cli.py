@@ -69,11 +69,21 @@ def sweep(argv: list[str], spec_required: bool = True, report: bool = False) -> 
     args = _sweep_parser("scaling study" if report else "scaling sweep", spec_required).parse_args(argv)
     study, study_dir = _load(args)
     if args.dry_run:
-        print(f"scaling: study {study.name}: {len(study.configs)} configurations -> {study_dir}")
+        if study.tuning is not None:
+            print(f"scaling: study {study.name}: {study.tuning.describe()}; and {len(study.configs)} fixed "
+                  f"configurations -> {study_dir}")
+            for group in study.tuning.groups:
+                print("    " + " ".join(f"{k}={v}" for k, v in group.items()))
+        else:
+            print(f"scaling: study {study.name}: {len(study.configs)} configurations -> {study_dir}")
         for study_config in study.configs:
             print(study_config.describe())
         return 0
     if args.slurm:
+        if study.tuning is not None:
+            raise ConfigError("a tuned study decides each trial from the ones before it, so it cannot be written as "
+                              "independent sbatch jobs: run `scaling sweep SPEC` inside one allocation (salloc, or "
+                              "an sbatch script of your own)")
         overrides = {key: getattr(args, key) for key in ("gpus_per_node", "cpus_per_task", "time", "partition",
                                                          "account")}
         settings = slurm_settings(study.spec.get("slurm"), overrides)

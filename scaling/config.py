@@ -68,6 +68,7 @@ class RunConfig:
     max_steps: int | None = None
     max_epochs: float | None = 40.0
     max_time: float | None = None  # seconds of wall time (evaluation included)
+    cap_steps: int | None = None  # end as not_reached after this many steps; the LR schedule still spans the budget
     eval_every: int | None = None  # optimizer steps; when unset, eval_every_epochs applies
     eval_every_epochs: float = 0.25
     eval_samples: int | None = None  # evaluate on the first N samples of the evaluation set (None: all of it)
@@ -140,7 +141,7 @@ _POSITIVE = {
     "global_bs", "accumulation_steps", "emulate_processes", "max_per_device_bs", "base_lr", "base_bs",
     "max_steps", "max_epochs", "max_time", "eval_every", "eval_every_epochs", "num_samples", "log_every",
     "lr_step_gamma", "diverge_factor", "memory_cap_mb", "prefetch_factor", "probe_steps", "checkpoint_every",
-    "noise_every", "eps", "target_loss", "context", "eval_samples",
+    "noise_every", "eps", "target_loss", "context", "eval_samples", "cap_steps",
 }
 _NON_NEGATIVE = {"warmup_steps", "warmup_epochs", "momentum", "weight_decay", "num_workers", "log_min_s",
                  "exact_target_max_steps", "stall_evals"}
@@ -415,7 +416,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"give one target: --target-accuracy {cfg.target_accuracy:g} and --target-loss "
                           f"{cfg.target_loss:g} are both set (--target-accuracy none keeps the loss target)")
     if (cfg.max_steps is None and cfg.max_epochs is None and cfg.max_time is None and cfg.target_accuracy is None
-            and cfg.target_loss is None):
+            and cfg.target_loss is None and cfg.cap_steps is None):
         raise ConfigError("nothing would stop this run: set --target-accuracy, --target-loss or a budget "
                           "(--max-steps, --max-epochs, --max-time)")
     if cfg.lr_decay == "cosine" and cfg.max_steps is None and cfg.max_epochs is None:

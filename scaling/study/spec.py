@@ -24,6 +24,7 @@ import itertools
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,10 +32,11 @@ from typing import Any
 from scaling.batching import plan_batch
 from scaling.config import FIELDS, ConfigError, RunConfig, load_yaml, make_config, shown
 from scaling.lr import scaled_hyperparameters, scaled_lr
+from scaling.study.tune import TuneSpec, groups_without_seed, parse_tune
 
 RUN_PY = Path(__file__).resolve().parent.parent / "run.py"
 LAUNCHER_TYPES = ("python", "torchrun", "accelerate")
-SPEC_KEYS = {"name", "description", "base", "grid", "zip", "seeds", "launcher", "slurm"}
+SPEC_KEYS = {"name", "description", "base", "grid", "zip", "seeds", "launcher", "slurm", "tune"}
 LAUNCHER_KEYS = {"type", "nproc", "config_file", "nnodes", "master_addr", "master_port", "local_nodes", "timeout_s",
                  "grace_s"}
 LAUNCH_AXES = {"nproc"}  # axis keys that belong to the launcher, not the run config
@@ -93,6 +95,25 @@ class StudyPlan:
     name: str
     spec: dict[str, Any]
     configs: list[StudyConfig] = field(default_factory=list)
+    tuning: Tuning | None = None  # a tuned study's searches (scaling/study/tune.py); configs holds its fixed rules
+
+
+@dataclass
+class Tuning:
+    """What a tuned study searches: one search per group (a grid point without the seed) and tuned setting;
+    `make(overrides)` builds a trial's configuration (validated like every other)."""
+
+    spec: TuneSpec
+    groups: list[dict[str, Any]]
+    seeds: list[int]
+    make: Callable[[dict[str, Any]], StudyConfig]
+
+    def describe(self) -> str:
+        grids = "; ".join(d.describe() for d in self.spec.dimensions)
+        seeds = ", ".join(map(str, self.seeds))
+        return (f"tuned at each of {len(self.groups)} grid points: {grids}; at most {self.spec.trials} trials per "
+                f"setting, capped at {self.spec.stop_factor:g}x the best steps so far; the 2 best re-run with seeds "
+                f"{seeds}")
 
 
 @dataclass
@@ -340,6 +361,9 @@ def load_study(path: str | Path, study_dir: str | Path) -> StudyPlan:
     zip_points = [[dict(zip(g, values, strict=True)) for values in zip(*g.values(), strict=True)] for g in groups]
     slurm_settings(spec.get("slurm"))  # checked with the rest of the spec, --dry-run included
     study = StudyPlan(name=name, spec=spec)
+    tune = parse_tune(spec.get("tune"))
+    if tune is not None:
+        grid_points = _tuned_points(study, tune, grid_points, zip_points, base, launcher, Path(study_dir), path)
     seen: set[str] = set()
     for point in grid_points:
         for combo in itertools.product(*zip_points) if zip_points else [()]:
@@ -351,6 +375,37 @@ def load_study(path: str | Path, study_dir: str | Path) -> StudyPlan:
                 seen.add(study_config.id)
                 study.configs.append(study_config)
     return study
+
+
+def _tuned_points(study: StudyPlan, tune: TuneSpec, grid_points: list[dict], zip_points: list[list[dict]],
+                  base: dict, launcher: Launcher, study_dir: Path, path: Any) -> list[dict]:
+    """Set up a tuned study's searches (study.tuning) and return the grid points of its fixed-rule configurations
+    (`tune: compare:`, each rule at every point; none without it)."""
+    for key in ("lr_scaling", *tune.names):
+        if any(key in point for point in grid_points) or any(key in part for group in zip_points for part in group):
+            raise ConfigError(f"study spec {path}: '{key}' is tuned or set by the search at every batch, not an axis "
+                              f"(name the LR rules to compare in tune: compare: [linear, sqrt])")
+    points = []
+    for point in grid_points:
+        for combo in itertools.product(*zip_points) if zip_points else [()]:
+            merged = dict(point)
+            for part in combo:
+                merged.update(part)
+            points.append(merged)
+    seeds = list(dict.fromkeys(point["seed"] for point in points if "seed" in point)) or [base.get("seed", 0)]
+    groups = groups_without_seed(points)
+    if not any("global_bs" in group for group in groups):
+        raise ConfigError(f"study spec {path}: a tuned study compares batch sizes: give 'global_bs' as a grid axis")
+
+    def make(overrides: dict[str, Any]) -> StudyConfig:
+        return _make_config(base, overrides, launcher, study_dir, path)
+
+    for group in groups:  # every search's ends validated now, before anything runs
+        for dimension in tune.dimensions:
+            for value in (dimension.values[0], dimension.values[-1]):
+                make({**group, dimension.name: value, "lr_scaling": "none", "seed": seeds[0]})
+    study.tuning = Tuning(tune, groups, seeds, make)
+    return [{**point, "lr_scaling": rule} for point in grid_points for rule in tune.compare]
 
 
 def _make_config(base: dict, overrides: dict, launcher: Launcher, study_dir: Path, path: Any) -> StudyConfig:

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from scaling.output import inspect_run_folder
 from scaling.parent import DIE_WITH_PARENT_ENV, die_with_parent, die_with_parent_available
 from scaling.results import ended_without_result, read_result, read_result_checked
 from scaling.study.spec import RUN_PY, Launcher, StudyConfig, StudyPlan
+from scaling.study.tune import BatchSearch, search_batch
 from scaling.study.zygote import Worker
 from scaling.userfiles import read_text_file
 
@@ -294,16 +296,44 @@ def _tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def study_record(study: StudyPlan, entries: dict[str, dict]) -> dict:
-    return {
+def study_record(study: StudyPlan, entries: dict[str, dict], trials: list[StudyConfig] | None = None,
+                 searches: list[BatchSearch] | None = None) -> dict:
+    """study.json: the spec, every configuration (a tuned study's trials so far, then its fixed rules) with how
+    it ended, and a tuned study's searches (`tuning`, docs/results.md)."""
+    configs = list({c.id: c for c in [*(trials or []), *study.configs]}.values())
+    record = {
         "name": study.name,
         "spec": study.spec,
         "configs": [
             {"id": c.id, "overrides": c.overrides, "output_dir": f"runs/{c.id}",
              "launcher": dataclasses.asdict(c.launcher), **entries.get(c.id, {"status": "pending"})}
-            for c in study.configs
+            for c in configs
         ],
     }
+    if study.tuning is not None:
+        record["tuning"] = [search.record() for search in searches or []]
+    return record
+
+
+def planned_configs(study: StudyPlan, searches: list[BatchSearch]) -> Iterator[StudyConfig]:
+    """The configurations in the order they run: a tuned study's searches first, each trial decided from the
+    results of the trials before it (scaling/study/tune.py), then the fixed configurations. The caller runs
+    (or skips) each before asking for the next; `searches` fills in as they go."""
+    if study.tuning is not None:
+        for group in study.tuning.groups:
+            search = BatchSearch(group, group["global_bs"], study.tuning.spec.dimensions, study.tuning.seeds)
+            searches.append(search)
+            yield from search_batch(search, study.tuning.spec, study.tuning.make, trial_outcome)
+    yield from study.configs
+
+
+def trial_outcome(study_config: StudyConfig) -> tuple[str, int | None, int | None]:
+    """How a configuration ended, from its result file: (status, steps to target when reached, steps run)."""
+    result = read_result(Path(study_config.config.output_dir) / "result.json")
+    if result is None:
+        return "failed", None, None
+    reached = result["status"] == "reached"
+    return result["status"], result.get("steps_to_target") if reached else None, result.get("steps")
 
 
 def check_runnable_here(study: StudyPlan) -> None:
@@ -331,25 +361,31 @@ def run_study(study: StudyPlan, study_dir: Path, progress: bool = True, say=prin
     previous = _previous_entries(study_dir / "study.json")
     entries: dict[str, dict] = {}
     current = None
+    searches: list[BatchSearch] = []
+    trials: list[StudyConfig] = []  # every configuration met so far, in order
+    total = None if study.tuning is not None else len(study.configs)  # a search decides its own length
     with SweepSignals() as signals, Worker(say=lambda line: bar.write(line)) as worker:
-        bar = tqdm(study.configs, unit="config", disable=not progress, dynamic_ncols=True)
-        for study_config in bar:
+        bar = tqdm(total=total, unit="config", disable=not progress, dynamic_ncols=True)
+        for study_config in planned_configs(study, searches):
             if signals.signum:
                 break
+            trials.append(study_config)
             bar.set_description(study_config.label())
             result = read_result(Path(study_config.config.output_dir) / "result.json")
             if result is not None:
                 entries[study_config.id] = {**previous.get(study_config.id, {}), "status": result["status"],
                                             "skipped": True}
+                bar.update()
                 continue
             current = study_config
             entries[study_config.id] = run_config(study_config, signals, say=bar.write, worker=worker)
-            write_json_atomic(study_dir / "study.json", study_record(study, entries))
+            bar.update()
+            write_json_atomic(study_dir / "study.json", study_record(study, entries, trials, searches))
             if entries[study_config.id]["status"] == "failed" and not signals.signum:
                 bar.write(f"scaling: configuration {study_config.id} failed; tail of its stderr:\n"
                           f"{entries[study_config.id].get('error_tail', '')[-1500:]}")
         bar.close()
-        record = study_record(study, entries)
+        record = study_record(study, entries, trials, searches)
         write_json_atomic(study_dir / "study.json", record)
     counts: dict[str, int] = {}
     for entry in entries.values():
@@ -360,12 +396,13 @@ def run_study(study: StudyPlan, study_dir: Path, progress: bool = True, say=prin
         where = ""
         if current is not None and current.id in entries:
             where = f"; configuration {current.id} {entries[current.id]['status']}"
-        print(f"scaling: study {study.name} stopped by {signals.name} after {len(entries)} of {len(study.configs)} "
+        of = f" of {len(study.configs)}" if study.tuning is None else ""
+        print(f"scaling: study {study.name} stopped by {signals.name} after {len(entries)}{of} "
               f"configurations ({summary or 'none run'}){where}; run the same command again to continue -> "
               f"{study_dir}", file=sys.stderr, flush=True)
         raise SweepInterrupted(128 + signals.signum)
-    say(f"scaling: study {study.name}: {len(entries)} configurations ({summary}; {skipped} already complete) "
-        f"-> {study_dir}")
+    planned = f"{len(entries)} configurations" if study.tuning is None else f"{len(entries)} configurations and trials"
+    say(f"scaling: study {study.name}: {planned} ({summary}; {skipped} already complete) -> {study_dir}")
     return record
 
 

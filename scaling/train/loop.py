@@ -48,6 +48,11 @@ def total_steps(cfg: RunConfig, steps_per_epoch: int) -> int | None:
     return min(budgets) if budgets else None
 
 
+def capped(budget: int | None, cap: int | None) -> int | None:
+    """The last step the loop runs: the budget, or the cap when it comes first."""
+    return cap if budget is None or (cap is not None and cap < budget) else budget
+
+
 class Trainer:
     """The loop of one run. `run()` trains until the target, a budget, divergence or a stall; each helper does
     one thing: a training step, a logging-window boundary, an evaluation. It implements the interface the
@@ -60,7 +65,9 @@ class Trainer:
         self.accelerator, self.model, self.optimizer = accelerator, state.model, state.optimizer
         self.schedule, self.metrics, self.task = schedule, metrics, task
         self.steps_per_epoch = self.sampler.steps_per_epoch
-        self.last_step = total_steps(cfg, self.steps_per_epoch)
+        # A cap (cfg.cap_steps: a tuning trial that can no longer win) ends the loop early without changing
+        # the LR schedule, which build.py plans over the full budget: a capped run is the uncapped one, cut.
+        self.last_step = capped(total_steps(cfg, self.steps_per_epoch), cfg.cap_steps)
         self.eval_interval = steps_per_eval(cfg, self.steps_per_epoch)
         self.source = BatchSource(train_data, self.sampler, accelerator.process_index, accelerator.device, cfg)
         self.eval_set = eval_data.to(accelerator.device) if isinstance(eval_data, TensorPair) else eval_data
