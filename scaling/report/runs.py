@@ -40,6 +40,7 @@ class Run:
     error: str | None = None
     folder: Path | None = None
     partial_config: bool = False  # config rebuilt from the sweep's overrides (the run wrote no result)
+    tuned: bool = False  # a run of the best LR a tuned study's search found at its batch (report/tuning.py)
 
     def get(self, name: str) -> Any:
         """A top-level field of result.json, None when absent."""
@@ -81,6 +82,10 @@ class Run:
 
     @property
     def lr_rule(self) -> str | None:
+        """The rule the run scaled its LR by; "tuned" for a tuned study's best LR at its batch (the run itself
+        used lr_scaling none: its base_lr is the LR the search found)."""
+        if self.tuned:
+            return "tuned"
         lr = self.get("lr")
         return lr["rule"] if lr else self.config.get("lr_scaling")
 
@@ -393,21 +398,23 @@ def varying_keys(configs: list[dict[str, Any]]) -> list[str]:
     return varying
 
 
-def group_configurations(runs: list[Run]) -> list[Configuration]:
+def group_configurations(runs: list[Run], named: tuple[str, ...] = ()) -> list[Configuration]:
     """Runs grouped by config without seed/output_dir, each with a series name and a readable label,
-    sorted by series then global batch."""
+    sorted by series then global batch. Keys in `named` name a series even where they do not vary (a tuned
+    study's fixed rules are "sqrt" beside "tuned", not "all")."""
     groups: dict[str, Configuration] = {}
     for run in runs:
         key = configuration_key(run.config) if run.config else f"run:{run.id}"
         groups.setdefault(key, Configuration({k: v for k, v in run.config.items() if k not in RUN_ONLY_KEYS}))
         groups[key].runs.append(run)
     configurations = list(groups.values())
-    series_keys = [key for key in varying_keys([c.settings for c in configurations]) if key not in BATCH_KEYS]
+    series_keys = sorted({key for key in varying_keys([c.settings for c in configurations]) if key not in BATCH_KEYS}
+                         | {key for key in named if any(key in c.settings for c in configurations)})
     usual = {key: Counter(_text(c.settings.get(key)) for c in configurations).most_common(1)[0][0]
              for key in series_keys}
     for configuration in configurations:
         configuration.series = series_name(configuration.settings, series_keys, usual)
-    _label(configurations)
+    label_configurations(configurations)
     configurations.sort(key=lambda c: (c.series, c.global_bs or 0, c.per_device_bs or 0, c.label))
     return configurations
 
@@ -431,7 +438,7 @@ def _text(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def _label(configurations: list[Configuration]) -> None:
+def label_configurations(configurations: list[Configuration]) -> None:
     """`batch 256 (linear)`; the decomposition is added only where it tells two configurations apart."""
     for configuration in configurations:
         series = "" if configuration.series == "all" else f" ({configuration.series})"

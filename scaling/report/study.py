@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from scaling import stats
 from scaling.errors import shown
+from scaling.report import tuning
 from scaling.report.aggregates import Point, series_points
 from scaling.report.runs import (
     Configuration,
@@ -42,18 +43,29 @@ class Study:
     rules: stats.Rules = field(default_factory=stats.Rules)  # when a difference counts (threshold, confidence)
     all_configurations: list[Configuration] = field(default_factory=list)  # unfinished runs too: the tables
     analyses: dict[Hashable, Any] = field(default_factory=dict, repr=False)  # key -> a question's analysis
+    searches: list[tuning.Search] | None = None  # a tuned study's searches (study.json `tuning`), else None
 
     @classmethod
     def load(cls, study_dir: Path, out_dir: Path, rules: stats.Rules | None = None) -> Study:
         """`configurations` holds the finished runs only (every analysis and finding), `all_configurations`
-        every run, unfinished (pending, running, interrupted) ones too, for the tables."""
+        every run, unfinished (pending, running, interrupted) ones too, for the tables. In a tuned study the
+        search trials leave `configurations` (they stay in the tables), and the best LR's runs at each batch
+        form one configuration of the series "tuned" (report/tuning.py), beside the fixed LR rules."""
+        record = read_study_file(study_dir)
         runs = load_runs(study_dir)
-        name = study_name(read_study_file(study_dir).get("name"), study_dir)
+        name = study_name(record.get("name"), study_dir)
         everything = group_configurations(runs)
+        searches = tuning.select(record["tuning"], runs, warn_stderr) if "tuning" in record else None
+        if searches is None:
+            analysed = everything
+        else:  # the fixed rules named by their rule ("sqrt", not "all") beside "tuned"
+            trials = tuning.trial_ids(searches)
+            analysed = [*group_configurations([run for run in runs if run.id not in trials], named=("lr_scaling",)),
+                        *tuning.tuned_configurations(searches)]
         finished = [Configuration(c.settings, [run for run in c.runs if run.finished], c.series, c.label)
-                    for c in everything]
+                    for c in analysed]
         return cls(name, study_dir, out_dir, runs, [c for c in finished if c.runs], rules=rules or stats.Rules(),
-                   all_configurations=everything)
+                   all_configurations=everything, searches=searches)
 
     def cached(self, key: Hashable, compute: Callable[[], T]) -> T:
         """`compute()` the first time `key` is asked for, the same object after that."""
