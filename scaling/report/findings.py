@@ -24,12 +24,14 @@ from scaling.report.questions import (
     lr_rules,
     powers_of_two,
     seeds,
+    tuned,
 )
 from scaling.report.study import Study
 
 # The order of the Conclusions list. Insert a function to add a conclusion.
 FINDINGS: list[FindingFunction] = [
-    faster.fastest, faster.time_trend, largest.steps_scaling, critical_batch.noise_findings,
+    faster.fastest, faster.time_trend, largest.steps_scaling, tuned.optimal_lr, tuned.lr_exponent, tuned.lr_peak,
+    tuned.tuned_critical_batch, tuned.rule_cost_per_batch, tuned.rule_cost, critical_batch.noise_findings,
     devices.device_count_findings, lr_rules.lr_rule_outcomes, lr_rules.lr_rule_per_batch, lr_rules.lr_rules,
     powers_of_two.power_of_two, data_loading.data_wait, data_loading.throughput, decompositions.decompositions,
     seeds.seeds, failures.failures,

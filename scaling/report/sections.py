@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
-from scaling.report import findings
+from scaling.report import findings, tuning
 from scaling.report import formatting as fmt
 from scaling.report.answer import recommendation
 from scaling.report.finding import status_words
@@ -26,6 +26,7 @@ from scaling.report.questions import (
     lr_rules,
     powers_of_two,
     seeds,
+    tuned,
 )
 from scaling.report.render import Block, Bullets, Heading, Note, Paragraph, Table
 from scaling.report.runs import UNREADABLE, Run, seed_order
@@ -99,6 +100,7 @@ def configurations_table(study: Study) -> list[Block]:
     # The best and the configurations that train identically to it (same LR schedule at that batch) share the mark.
     best_runs = {id(run) for c in [best, *ranking.twins] for run in c.runs} if best and ranking else set()
     mark = BEST_MARK if ranking is not None and ranking.decided else LOWEST_MARK
+    trials = tuning.trial_ids(study.searches or [])
     rows = []
     for run in runs:
         row = [run.id, fmt.integer(run.global_bs), run.decomposition or fmt.DASH, run.lr_rule or fmt.DASH,
@@ -111,7 +113,7 @@ def configurations_table(study: Study) -> list[Block]:
             row += [fmt.integer(tokens.get("per_step")), _samples_cell(run, context),
                     fmt.integer(tokens.get("throughput_per_s"))]
         row += [fmt.percent(run.data_wait)] * show_wait + [fmt.nbytes(run.peak_memory)] * show_memory
-        row.append(_note(run, mark if id(run) in best_runs else None))
+        row.append(_note(run, mark if id(run) in best_runs else None, run.id in trials))
         rows.append(row)
     blocks: list[Block] = [Heading("Configurations"), Table(header, rows, wrap=(len(header) - 1,))]
     if best is not None:
@@ -148,8 +150,12 @@ def _by_seed(runs: list[Run]) -> list[Run]:
     return sorted(runs, key=seed_order)
 
 
-def _note(run: Run, mark: str | None) -> str:
+def _note(run: Run, mark: str | None, trial: bool = False) -> str:
     parts = [mark] if mark else []
+    if run.tuned:  # a tuned study's trials: which of them the questions see (report/tuning.py)
+        parts.append("tuned: the best LR at its batch")
+    elif trial:
+        parts.append("tuning trial, not the best LR: left out of the questions")
     if run.status == "diverged":
         parts.append(f"diverged at step {run.get('diverged_at_step')}")
     elif run.status == "stalled":  # `stalled at step 18 (5 evaluations at the chance loss 2.30)`
@@ -174,7 +180,7 @@ def _note(run: Run, mark: str | None) -> str:
 
 # The report, in order. Insert a function here to add a section.
 SECTIONS: list[Section] = [title, answer, conclusions, configurations_table, faster.section, largest.section,
-                           critical_batch.section, devices.section, lr_rules.section, powers_of_two.section,
+                           tuned.section, critical_batch.section, devices.section, lr_rules.section, powers_of_two.section,
                            data_loading.section, seeds.section]
 
 # tests/test_devices.py and tests/test_devices_run.py import it from here (it was defined here before
