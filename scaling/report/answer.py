@@ -15,7 +15,7 @@ from typing import Any
 from scaling import stats
 from scaling.report import formatting as fmt
 from scaling.report.finding import hardest
-from scaling.report.questions import faster, largest, lr_rules
+from scaling.report.questions import faster, largest, lr_rules, tuned
 from scaling.report.questions.devices import answer_within, caps_of, device_analysis
 from scaling.report.runs import Configuration
 from scaling.report.study import Study, per_study
@@ -46,6 +46,7 @@ def recommendation(study: Study) -> Recommendation:
         return out
     choice, seeds = _device_line(study, out)
     _lr_rule_line(study, out)
+    _tuned_line(study, out)
     _largest_line(study, out, choice)
     out.next_run = _next_run(study, choice, seeds)
     if out.undecided or out.next_run:
@@ -134,6 +135,29 @@ def _lr_rule_line(study: Study, out: Recommendation) -> None:
     out.lr_rule = {"rule": finding.winner if finding.decided else None, "decided": finding.decided,
                    "finding": finding.id}
     out.lines.append(text)
+
+
+def _tuned_line(study: Study, out: Recommendation) -> None:
+    """A tuned study: how the best LR scales with the batch (the tuned question's lr_exponent)."""
+    found = [f for f in tuned.lr_exponent(study) if f.numbers.get("alpha") is not None]
+    if not found:
+        return
+    finding = found[0]
+    numbers = finding.numbers
+    alpha, low, high = numbers["alpha"], numbers["low"], numbers["high"]
+    span = f"α from {_end(low, '−∞')} to {_end(high, '∞')}"
+    if finding.decided:
+        verdict = {"linear": "linear scaling", "sqrt": "square-root scaling"}.get(
+            finding.winner, "neither linear nor square-root scaling")
+        text = f"Tuned LR: the best LR grows as B^{alpha:.2f} ({span}): {verdict} (decided)."
+    else:
+        text = f"Tuned LR: the best LR grows as B^{alpha:.2f} ({span}): linear or square-root, not decided."
+        out.undecided.append("how the tuned LR scales")
+    out.lines.append(text.replace("B^-", "B^−"))
+
+
+def _end(value: float | None, unbounded: str) -> str:
+    return unbounded if value is None else f"{value:.2f}".replace("-", "−")
 
 
 def _largest_line(study: Study, out: Recommendation, choice: Configuration | None) -> None:
