@@ -318,16 +318,18 @@ def _separated(study: Study, point: BatchBest, numbers: dict[str, Any]) -> tuple
     numbers["runner_up_steps"] = other.median_steps
     best_runs = [run for run in point.search.best.runs if run is not None]
     other_runs = [run for run in other.runs if run is not None]
-    if other.median_steps is None:
-        missed = sum(s is None for s in other.steps)
+    missed = sum(s is None for s in other.steps)
+    if missed == len(other.steps):  # no seed of the runner-up reached the target
         n = len(point.runs)
         numbers["runner_up"] = "did not reach"
-        return n >= 2, (f"; the runner-up LR {fmt.lr(other.lr)} missed the target with {missed} of "
-                        f"{len(other.steps)} seeds" + ("" if n >= 2 else f" ({verdict_text(study, None, n)})"))
+        return n >= 2, (f"; the runner-up LR {fmt.lr(other.lr)} missed the target with every seed"
+                        + (": decided" if n >= 2 else f" ({verdict_text(study, None, n)})"))
     (a, ra), (b, rb) = reached_steps(best_runs), reached_steps(other_runs)
     comparison = stats.compare(a, b, study.rules, resolution_a=ra, resolution_b=rb)
     numbers["runner_up"] = comparison.to_dict()
     text = f"; against the runner-up LR {fmt.lr(other.lr)}, {fmt.change(comparison, 'steps')}"
+    if missed:  # compared on the seeds that reached it, as the LR-rule question does
+        text += f" (on its seeds that reached the target; {missed} of {len(other.steps)} missed it)"
     if comparison.verdict == stats.LOWER:
         return True, text + ": decided"
     return False, text + ": " + verdict_text(study, comparison, min(comparison.n_a, comparison.n_b))
