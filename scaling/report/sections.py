@@ -101,6 +101,7 @@ def configurations_table(study: Study) -> list[Block]:
     best_runs = {id(run) for c in [best, *ranking.twins] for run in c.runs} if best and ranking else set()
     mark = BEST_MARK if ranking is not None and ranking.decided else LOWEST_MARK
     trials = tuning.trial_ids(study.searches or [])
+    chosen = {i for search in study.searches or [] if search.best for i in search.best.ids}
     rows = []
     for run in runs:
         row = [run.id, fmt.integer(run.global_bs), run.decomposition or fmt.DASH, run.lr_rule or fmt.DASH,
@@ -113,7 +114,7 @@ def configurations_table(study: Study) -> list[Block]:
             row += [fmt.integer(tokens.get("per_step")), _samples_cell(run, context),
                     fmt.integer(tokens.get("throughput_per_s"))]
         row += [fmt.percent(run.data_wait)] * show_wait + [fmt.nbytes(run.peak_memory)] * show_memory
-        row.append(_note(run, mark if id(run) in best_runs else None, run.id in trials))
+        row.append(_note(run, mark if id(run) in best_runs else None, run.id in trials, run.id in chosen))
         rows.append(row)
     blocks: list[Block] = [Heading("Configurations"), Table(header, rows, wrap=(len(header) - 1,))]
     if best is not None:
@@ -150,10 +151,11 @@ def _by_seed(runs: list[Run]) -> list[Run]:
     return sorted(runs, key=seed_order)
 
 
-def _note(run: Run, mark: str | None, trial: bool = False) -> str:
+def _note(run: Run, mark: str | None, trial: bool = False, chosen: bool = False) -> str:
     parts = [mark] if mark else []
     if run.tuned:  # a tuned study's trials: which of them the questions see (report/tuning.py)
-        parts.append("tuned: the best LR at its batch")
+        parts.append("tuned: the best LR at its batch" if chosen else
+                     "tuned series at its batch, where no LR reached the target with every seed")
     elif trial:
         parts.append("tuning trial, not the best LR: left out of the questions")
     if run.status == "diverged":

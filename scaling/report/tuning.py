@@ -185,8 +185,10 @@ def select(records: Any, runs: list[Run], warn: Callable[[str], None]) -> list[S
         recorded = search.recorded_best_lr
         found = search.best.lr if search.best else None
         if search.done and recorded != found and not (recorded and found and math.isclose(recorded, found)):
-            warn(f"scaling: warning: study.json's tuning at batch {search.batch} names LR {shown(recorded, 20)} "
-                 f"the best, its runs' result files give {shown(found, 20)}: the report follows the result files")
+            named = f"LR {shown(recorded, 20)}" if recorded is not None else "no LR"
+            given = f"LR {shown(found, 20)}" if found is not None else "no LR (no candidate reached the target with every seed)"
+            warn(f"scaling: warning: study.json's tuning at batch {search.batch} names {named} the best, its runs' "
+                 f"result files give {given}: the report follows the result files")
         searches.append(search)
     _name_series(searches)
     return searches

@@ -287,8 +287,8 @@ def _optimal_lr(study: Study, series: TunedSeries, point: BatchBest) -> Finding:
     if search.best is None:
         statuses = [status_words(t.get("status") or "missing") for t in search.search_trials]
         counts = ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses))
-        text = (f"at batch {point.batch} no LR reached {study.target_text()} with every seed ({effort}: "
-                f"{counts or 'none'}){unfinished}")
+        text = (f"at batch {point.batch} no LR reached {study.target_text()} with every seed ({effort}; the "
+                f"search trials, at one seed: {counts or 'none'}){unfinished}")
         return Finding(fid, sentence(_lead(series.series), text), False, None, 0, ESTIMATE, numbers, detail=True)
     steps = point.steps
     spread = f", {fmt.integer(min(steps))}–{fmt.integer(max(steps))} over {len(steps)} seeds" if len(steps) > 1 else \
