@@ -285,6 +285,22 @@ def test_the_result_files_win_over_a_study_json_best_that_disagrees(tuned, tmp_p
     assert again[f"optimal_lr@{batch}"]["numbers"]["lr"] == by_id[f"optimal_lr@{batch}"]["numbers"]["lr"]
 
 
+@pytest.mark.slow
+def test_a_damaged_tuning_entry_is_named_and_left_out(tuned, tmp_path):
+    study, _, _, _ = tuned
+    copy = tmp_path / "study"
+    shutil.copytree(study, copy)
+    record = json.loads((copy / "study.json").read_text())
+    record["tuning"][0]["candidates"] = "lost"
+    (copy / "study.json").write_text(json.dumps(record))
+    done = subprocess.run([sys.executable, "-m", "scaling.cli", "report", str(copy), "--out", str(tmp_path / "out")],
+                          cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "study.json tuning[0] has 'trials' or 'candidates' that are not lists" in done.stderr
+    ids = {f["id"] for f in json.loads((tmp_path / "out" / "findings.json").read_text())["findings"]}
+    assert "optimal_lr@512" in ids and "optimal_lr@128" not in ids
+
+
 def test_a_study_without_tuning_says_so_in_its_section(tmp_path):
     from test_report import fabricate_study
 
