@@ -40,6 +40,8 @@ GROUPS: list[tuple[str, list[tuple[str, str]]]] = [
         ("max_steps", "budget in optimizer steps"),
         ("max_epochs", "budget in epochs"),
         ("max_time", "budget in seconds of wall time, evaluation included"),
+        ("cap_steps", "end the run as not reached after this many optimizer steps, with the LR schedule still "
+                      "spanning the whole budget (a tuning trial that can no longer win)"),
         ("eval_every", "evaluate every N optimizer steps"),
         ("eval_every_epochs", "evaluate every fraction of an epoch (when --eval-every is not set)"),
         ("eval_samples", "evaluate on the first N samples of the evaluation set (--dataset stories: N new "
