@@ -54,10 +54,13 @@ class NoisyQuadratic:
         dims = int(rng.integers(20, 100))
         curvatures = np.sort(10.0 ** rng.uniform(-3.0, 0.0, dims))[::-1]
         curvatures[0] = 1.0
-        return cls(curvatures, noise=float(10.0 ** rng.uniform(0.5, 2.0)), target=float(rng.uniform(0.01, 0.05)))
+        return cls(
+            curvatures, noise=float(10.0 ** rng.uniform(0.5, 2.0)), target=float(rng.uniform(0.01, 0.05))
+        )
 
-    def outcome(self, lr: float, batch: int, cap: int | None = None, seed: int = 0,
-                seed_spread: float = 0.0) -> tuple[str, int | None, int]:
+    def outcome(
+        self, lr: float, batch: int, cap: int | None = None, seed: int = 0, seed_spread: float = 0.0
+    ) -> tuple[str, int | None, int]:
         """(status, steps to target or None, steps trained), as a run of the tool would end: diverged when the
         loss passes diverge_factor x its start, reached at the first step at the target, else not reached at
         the budget or the cap. `seed_spread` > 0 scales the steps by a seeded log-normal factor (seed noise)."""
@@ -72,7 +75,9 @@ class NoisyQuadratic:
                 return "diverged", None, step
             if loss <= self.target * start:
                 if seed_spread:
-                    factor = math.exp(seed_spread * np.random.default_rng([seed, batch, int(lr * 1e6)]).normal())
+                    factor = math.exp(
+                        seed_spread * np.random.default_rng([seed, batch, int(lr * 1e6)]).normal()
+                    )
                     step = max(1, round(step * factor))
                     if step > last:
                         return "not_reached", None, last
@@ -80,8 +85,9 @@ class NoisyQuadratic:
         return "not_reached", None, last
 
 
-def adaptive(problem: NoisyQuadratic, spec: TuneSpec, batch: int, seeds: list[int],
-             seed_spread: float = 0.0) -> BatchSearch:
+def adaptive(
+    problem: NoisyQuadratic, spec: TuneSpec, batch: int, seeds: list[int], seed_spread: float = 0.0
+) -> BatchSearch:
     """The tool's search (search_batch) at one batch, each trial's outcome from the closed form."""
     search = BatchSearch({"global_bs": batch}, batch, spec.dimensions, seeds)
 
@@ -113,11 +119,15 @@ def nqm_spec(trials: int, resolution: float) -> TuneSpec:
 def run_nqm(problems: int, trials: int, resolution: float) -> None:
     spec = nqm_spec(trials, resolution)
     values = spec.dimensions[0].values
-    print(f"noisy quadratic model: {problems} generated problems x batches {', '.join(map(str, NQM_BATCHES))}; "
-          f"LR grid {values[0]:g}..{values[-1]:g}, {len(values)} values (x{values[1] / values[0]:.3g}); "
-          f"adaptive: at most {trials} trials")
-    print(f"{'problem':>7} {'batch':>6} {'grid best':>10} {'adaptive':>10} {'apart':>5} {'grid steps':>11} "
-          f"{'adaptive':>9} {'ratio':>6}")
+    print(
+        f"noisy quadratic model: {problems} generated problems x batches {', '.join(map(str, NQM_BATCHES))}; "
+        f"LR grid {values[0]:g}..{values[-1]:g}, {len(values)} values (x{values[1] / values[0]:.3g}); "
+        f"adaptive: at most {trials} trials"
+    )
+    print(
+        f"{'problem':>7} {'batch':>6} {'grid best':>10} {'adaptive':>10} {'apart':>5} {'grid steps':>11} "
+        f"{'adaptive':>9} {'ratio':>6}"
+    )
     total_grid = total_adaptive = 0
     worst = 0
     for seed in range(problems):
@@ -131,11 +141,15 @@ def run_nqm(problems: int, trials: int, resolution: float) -> None:
             total_grid += grid_steps
             total_adaptive += steps
             worst = max(worst, apart if apart is not None else (0 if found == best else 99))
-            print(f"{seed:>7} {batch:>6} {values[best] if best is not None else 'none':>10} "
-                  f"{found if found is not None else 'none':>10} {apart if apart is not None else '-':>5} "
-                  f"{grid_steps:>11,} {steps:>9,} {steps / grid_steps:>6.2f}")
-    print(f"total: adaptive {total_adaptive:,} steps, grid {total_grid:,}: ratio {total_adaptive / total_grid:.3f}; "
-          f"largest distance between the two best LRs: {worst} grid step(s)")
+            print(
+                f"{seed:>7} {batch:>6} {values[best] if best is not None else 'none':>10} "
+                f"{found if found is not None else 'none':>10} {apart if apart is not None else '-':>5} "
+                f"{grid_steps:>11,} {steps:>9,} {steps / grid_steps:>6.2f}"
+            )
+    print(
+        f"total: adaptive {total_adaptive:,} steps, grid {total_grid:,}: ratio {total_adaptive / total_grid:.3f}; "
+        f"largest distance between the two best LRs: {worst} grid step(s)"
+    )
 
 
 # ---- the default workload: real runs through the sweep ------------------------------------------------------
@@ -156,14 +170,18 @@ def run_default(folder: Path) -> None:
     batches = shipped["grid"]["global_bs"]
     adaptive_spec = {**shipped, "name": "tuning-adaptive", "tune": tune, "seeds": [shipped["seeds"][0]]}
     values = list(parse_dimension("base_lr", tune["base_lr"], tune.get("resolution", 2.0)).values)
-    grid_spec = {"name": "tuning-grid", "base": {**shipped["base"], "lr_scaling": "none"},
-                 "grid": {"global_bs": batches, "base_lr": values}, "seeds": [shipped["seeds"][0]],
-                 "launcher": shipped.get("launcher", {"type": "python"})}
+    grid_spec = {
+        "name": "tuning-grid",
+        "base": {**shipped["base"], "lr_scaling": "none"},
+        "grid": {"global_bs": batches, "base_lr": values},
+        "seeds": [shipped["seeds"][0]],
+        "launcher": shipped.get("launcher", {"type": "python"}),
+    }
     plans = {}
     for name, spec in (("grid", grid_spec), ("adaptive", adaptive_spec)):
         path = folder / f"{name}.yaml"
         path.write_text(yaml.safe_dump(spec, sort_keys=False))
-        plans[name] = record = run_study(load_study(path, folder / name), folder / name, progress=False)
+        plans[name] = run_study(load_study(path, folder / name), folder / name, progress=False)
     grid_runs: dict[int, list] = {}
     grid_steps = 0
     for entry in plans["grid"]["configs"]:
@@ -173,9 +191,12 @@ def run_default(folder: Path) -> None:
         grid_steps += steps or 0
         reached = result is not None and result["status"] == "reached"
         grid_runs.setdefault(overrides["global_bs"], []).append(
-            (result.get("steps_to_target") if reached else None, overrides["base_lr"]))
-    print(f"default workload (the shipped `tuned` study, seed {shipped['seeds'][0]}): LR grid {values[0]:g}.."
-          f"{values[-1]:g}, {len(values)} values")
+            (result.get("steps_to_target") if reached else None, overrides["base_lr"])
+        )
+    print(
+        f"default workload (the shipped `tuned` study, seed {shipped['seeds'][0]}): LR grid {values[0]:g}.."
+        f"{values[-1]:g}, {len(values)} values"
+    )
     print(f"{'batch':>6} {'grid best':>10} {'adaptive':>10} {'apart':>5} {'grid steps':>11} {'adaptive':>9}")
     adaptive_steps = 0
     for search in plans["adaptive"]["tuning"]:
@@ -183,15 +204,26 @@ def run_default(folder: Path) -> None:
         reached = [(steps, -values.index(lr)) for steps, lr in grid_runs.get(batch, []) if steps is not None]
         best = values[-min(reached)[1]] if reached else None
         found = search["best"]["settings"]["base_lr"] if search["best"] else None
-        apart = abs(values.index(found) - values.index(best)) if found is not None and best is not None else "-"
+        apart = (
+            abs(values.index(found) - values.index(best)) if found is not None and best is not None else "-"
+        )
         trained = sum(t["steps_run"] or 0 for t in search["trials"] if t["phase"] == "search")
         adaptive_steps += trained
-        batch_grid = sum(s for e in plans["grid"]["configs"] if e["overrides"]["global_bs"] == batch
-                         for s in [(read_result(folder / "grid" / e["output_dir"] / "result.json") or {})
-                                   .get("steps") or 0])
-        print(f"{batch:>6} {best if best is not None else 'none':>10} {found if found is not None else 'none':>10} "
-              f"{apart:>5} {batch_grid:>11,} {trained:>9,}")
-    print(f"total: adaptive {adaptive_steps:,} steps, grid {grid_steps:,}: ratio {adaptive_steps / grid_steps:.3f}")
+        batch_grid = sum(
+            s
+            for e in plans["grid"]["configs"]
+            if e["overrides"]["global_bs"] == batch
+            for s in [
+                (read_result(folder / "grid" / e["output_dir"] / "result.json") or {}).get("steps") or 0
+            ]
+        )
+        print(
+            f"{batch:>6} {best if best is not None else 'none':>10} {found if found is not None else 'none':>10} "
+            f"{apart:>5} {batch_grid:>11,} {trained:>9,}"
+        )
+    print(
+        f"total: adaptive {adaptive_steps:,} steps, grid {grid_steps:,}: ratio {adaptive_steps / grid_steps:.3f}"
+    )
 
 
 def main() -> None:

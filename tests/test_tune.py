@@ -29,7 +29,6 @@ from scaling.study.tune import (  # noqa: E402
     parse_tune,
 )
 
-
 # ---- the spec ------------------------------------------------------------------------------------------
 
 
@@ -43,26 +42,30 @@ def test_the_lr_grid_is_log_spaced_at_the_resolution_and_spans_the_range():
 
 
 def test_other_settings_get_a_linear_grid_of_their_type():
-    spec = parse_tune({"warmup_steps": [0, 100], "base_lr": [0.01, 1.0],
-                       "momentum": {"range": [0.8, 0.99], "points": 3}})
+    spec = parse_tune(
+        {"warmup_steps": [0, 100], "base_lr": [0.01, 1.0], "momentum": {"range": [0.8, 0.99], "points": 3}}
+    )
     assert spec.names == ["base_lr", "warmup_steps", "momentum"]  # the LR first
     assert spec.dimensions[1].values == (0.0, 25.0, 50.0, 75.0, 100.0)
     assert spec.dimensions[2].values == (0.8, 0.895, 0.99)
 
 
-@pytest.mark.parametrize("section, message", [
-    ({"trials": 8}, "must search base_lr"),
-    ({"base_lr": [1.0, 0.1]}, "low < high"),
-    ({"base_lr": [0, 1.0]}, "above 0"),
-    ({"base_lr": "0.1"}, "range [low, high]"),
-    ({"base_lr": [0.1, 1.0], "trials": 1}, "trials"),
-    ({"base_lr": [0.1, 1.0], "resolution": 1.0}, "resolution"),
-    ({"base_lr": [0.1, 1.0], "global_bs": [64, 128]}, "only numeric training settings"),
-    ({"base_lr": [0.1, 1.0], "optimizer": [1, 2]}, "only numeric training settings"),
-    ({"base_lr": [0.1, 1.0], "lr_warmup": [1, 2]}, "unknown key"),
-    ({"base_lr": [0.1, 1.0], "compare": ["cubic"]}, "compare"),
-    ({"base_lr": [1e-9, 1e9], "resolution": 1.05}, "over the limit"),
-])
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"trials": 8}, "must search base_lr"),
+        ({"base_lr": [1.0, 0.1]}, "low < high"),
+        ({"base_lr": [0, 1.0]}, "above 0"),
+        ({"base_lr": "0.1"}, "range [low, high]"),
+        ({"base_lr": [0.1, 1.0], "trials": 1}, "trials"),
+        ({"base_lr": [0.1, 1.0], "resolution": 1.0}, "resolution"),
+        ({"base_lr": [0.1, 1.0], "global_bs": [64, 128]}, "only numeric training settings"),
+        ({"base_lr": [0.1, 1.0], "optimizer": [1, 2]}, "only numeric training settings"),
+        ({"base_lr": [0.1, 1.0], "lr_warmup": [1, 2]}, "unknown key"),
+        ({"base_lr": [0.1, 1.0], "compare": ["cubic"]}, "compare"),
+        ({"base_lr": [1e-9, 1e9], "resolution": 1.05}, "over the limit"),
+    ],
+)
 def test_bad_tune_blocks_are_refused(section, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
         parse_tune(section)
@@ -70,13 +73,23 @@ def test_bad_tune_blocks_are_refused(section, message):
 
 def test_a_bad_tuned_spec_is_one_line_and_status_2(tmp_path):
     spec = tmp_path / "bad.yaml"
-    spec.write_text(yaml.safe_dump({"base": {"cpu": True}, "grid": {"global_bs": [64], "lr_scaling": ["sqrt"]},
-                                    "tune": {"base_lr": [0.01, 1.0]}}))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "base": {"cpu": True},
+                "grid": {"global_bs": [64], "lr_scaling": ["sqrt"]},
+                "tune": {"base_lr": [0.01, 1.0]},
+            }
+        )
+    )
     assert_one_line_error(run_in_process([str(spec), "--dry-run"], command="sweep"), "'lr_scaling' is tuned")
-    spec.write_text(yaml.safe_dump({"base": {"cpu": True}, "grid": {"global_bs": [64]},
-                                    "tune": {"base_lr": [0.01, 1.0]}}))
-    assert_one_line_error(run_in_process([str(spec), "--slurm", "array", "--dir", str(tmp_path / "s")],
-                                         command="sweep"), "cannot be written as independent sbatch jobs")
+    spec.write_text(
+        yaml.safe_dump({"base": {"cpu": True}, "grid": {"global_bs": [64]}, "tune": {"base_lr": [0.01, 1.0]}})
+    )
+    assert_one_line_error(
+        run_in_process([str(spec), "--slurm", "array", "--dir", str(tmp_path / "s")], command="sweep"),
+        "cannot be written as independent sbatch jobs",
+    )
     shown = run_in_process([str(spec), "--dry-run"], command="sweep")
     assert shown.returncode == 0 and "base_lr: 8 values 0.01..1" in shown.stdout
 
@@ -102,7 +115,9 @@ def test_on_any_unimodal_objective_the_search_ends_at_the_optimum_bracketed(size
         assert best_trial(tried).index == optimum
         assert all(n in tried for n in (optimum - 1, optimum + 1) if 0 <= n < size)
         coarse = coarse_indices(size, size)
-        stride = coarse[-2] - coarse[-1]  # after the coarse pass, bisection: at most log2(stride) more per side
+        stride = (
+            coarse[-2] - coarse[-1]
+        )  # after the coarse pass, bisection: at most log2(stride) more per side
         assert len(tried) <= len(coarse) + 2 * math.ceil(math.log2(stride)) if stride > 1 else len(coarse)
 
 
@@ -151,8 +166,13 @@ def test_the_best_is_the_candidate_with_the_fewest_median_steps_every_seed_reach
 
 
 def test_diverged_stalled_and_failed_trials_never_win():
-    tried = {0: Trial(0, 0.1, "not_reached", None), 1: Trial(1, 0.2, "reached", 500),
-             2: Trial(2, 0.4, "diverged", 3), 3: Trial(3, 0.8, "stalled", 2), 4: Trial(4, 1.6, "failed", 1)}
+    tried = {
+        0: Trial(0, 0.1, "not_reached", None),
+        1: Trial(1, 0.2, "reached", 500),
+        2: Trial(2, 0.4, "diverged", 3),
+        3: Trial(3, 0.8, "stalled", 2),
+        4: Trial(4, 1.6, "failed", 1),
+    }
     assert best_trial(tried).index == 1
     quadratic = NoisyQuadratic.generate(3)
     spec = nqm_spec(trials=8, resolution=2.0)
@@ -184,9 +204,26 @@ def test_trials_are_capped_at_the_stop_factor_of_the_best_so_far():
 def test_a_capped_run_is_the_uncapped_run_cut_short(tmp_path):
     """cap_steps ends the loop, not the LR schedule: under cosine decay the capped run's evaluations are the
     uncapped run's, while a shorter budget (max_steps) changes them."""
-    args = ["--cpu", "true", "--num-samples", "2000", "--global-bs", "64", "--lr-decay", "cosine",
-            "--max-steps", "60", "--eval-every", "5", "--target-accuracy", "0.99", "--base-lr", "0.1",
-            "--noise-scale", "false"]
+    args = [
+        "--cpu",
+        "true",
+        "--num-samples",
+        "2000",
+        "--global-bs",
+        "64",
+        "--lr-decay",
+        "cosine",
+        "--max-steps",
+        "60",
+        "--eval-every",
+        "5",
+        "--target-accuracy",
+        "0.99",
+        "--base-lr",
+        "0.1",
+        "--noise-scale",
+        "false",
+    ]
     histories = {}
     for name, extra in (("full", []), ("capped", ["--cap-steps", "25"]), ("short", ["--max-steps", "25"])):
         exited = run_entry([*args, *extra, "--output-dir", str(tmp_path / name)])
@@ -207,15 +244,30 @@ def test_a_capped_run_is_the_uncapped_run_cut_short(tmp_path):
 @pytest.mark.slow
 def test_a_tuned_sweep_resumes_after_a_kill_without_repeating_finished_trials(tmp_path):
     spec = tmp_path / "tuned.yaml"
-    spec.write_text(yaml.safe_dump({
-        "name": "tiny", "base": {"cpu": True, "num_samples": 3000, "target_accuracy": 0.6, "max_epochs": 15,
-                                 "eval_every": 4, "noise_scale": False},
-        "grid": {"global_bs": [64, 256]}, "seeds": [0, 1],
-        "tune": {"base_lr": [0.02, 0.64], "resolution": 2, "trials": 5}, "launcher": {"type": "python"}}))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "base": {
+                    "cpu": True,
+                    "num_samples": 3000,
+                    "target_accuracy": 0.6,
+                    "max_epochs": 15,
+                    "eval_every": 4,
+                    "noise_scale": False,
+                },
+                "grid": {"global_bs": [64, 256]},
+                "seeds": [0, 1],
+                "tune": {"base_lr": [0.02, 0.64], "resolution": 2, "trials": 5},
+                "launcher": {"type": "python"},
+            }
+        )
+    )
     study = tmp_path / "study"
     command = [sys.executable, "-m", "scaling.cli", "sweep", str(spec), "--dir", str(study), "--no-progress"]
-    proc = subprocess.Popen(command, cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        command, cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 240
     finished = []
     while time.monotonic() < deadline and proc.poll() is None:
@@ -227,8 +279,11 @@ def test_a_tuned_sweep_resumes_after_a_kill_without_repeating_finished_trials(tm
     _, stderr = proc.communicate(timeout=240)
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
     before = json.loads((study / "study.json").read_text())
-    done_before = {c["id"]: (study / c["output_dir"] / "result.json").stat().st_mtime_ns
-                   for c in before["configs"] if c["status"] not in ("pending", "interrupted", "failed")}
+    done_before = {
+        c["id"]: (study / c["output_dir"] / "result.json").stat().st_mtime_ns
+        for c in before["configs"]
+        if c["status"] not in ("pending", "interrupted", "failed")
+    }
     assert len(done_before) >= 2 and not all(s["done"] for s in before["tuning"])
 
     again = subprocess.run(command, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=600)
