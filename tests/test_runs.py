@@ -87,6 +87,22 @@ def test_divergence_is_a_result_not_a_crash(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("lr", ["1e3", "1e12"])
+def test_a_run_diverging_while_the_noise_scale_is_measured_ends_diverged(tmp_path, lr):
+    # Measured at every step, the overflowing gradients give an infinite or NaN |G|^2 and tr(Sigma): the
+    # point is stored with nulls (JSON has none) and the run ends diverged, not failed on writing it.
+    proc = run_entry([*SMALL, "--global-bs", "512", "--base-lr", lr, "--lr-scaling", "none", "--max-steps", "30",
+                      "--noise-every", "1", "--output-dir", str(tmp_path)])
+    assert_ok(proc)
+    result = load_result(tmp_path)
+    assert result["status"] == "diverged" and result["diverged_at_step"] <= 30
+    noise = [m for m in read_metrics(tmp_path / "metrics.jsonl") if m["type"] == "noise"]
+    assert noise and any(m["grad_sq"] is None or m["trace"] is None for m in noise)
+    for point in noise:
+        assert all(v is None or math.isfinite(v) for k, v in point.items() if k != "type")
+
+
+@pytest.mark.slow
 def test_budget_without_reaching_the_target(tmp_path):
     proc = run_entry([*SMALL, "--global-bs", "256", "--max-steps", "3", "--target-accuracy", "0.99",
                       "--output-dir", str(tmp_path)])

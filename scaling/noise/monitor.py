@@ -33,6 +33,7 @@ from accelerate import Accelerator
 from torch import nn
 
 from scaling.batching import BatchPlan
+from scaling.files import finite_or_none
 from scaling.noise.estimators import (
     NoiseScaleEstimator,
     fallback_small_batch,
@@ -167,8 +168,11 @@ class NoiseMonitor:
         points = []
         for step, small_value, big_value in zip(steps, rows, big.tolist(), strict=True):
             grad_sq, trace = self._estimates(small_value, big_value)
-            point = {"step": step + 1, "grad_sq": grad_sq, "trace": trace}
-            point["b_simple"] = self.estimator.update_estimates(grad_sq, trace)
+            # A diverging run's gradients overflow: its point is stored with nulls (JSON has no inf/NaN)
+            # and the estimator skips it.
+            b_simple = self.estimator.update_estimates(grad_sq, trace)
+            point = {"step": step + 1, "grad_sq": finite_or_none(grad_sq), "trace": finite_or_none(trace),
+                     "b_simple": finite_or_none(b_simple)}
             points.append(point)
         self.series.extend(points)
         return points

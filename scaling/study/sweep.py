@@ -189,6 +189,8 @@ def _launch(study_config: StudyConfig, config_path: Path, mode: str, signals: Sw
         entry["timed_out"] = True
     if result is not None and result["status"] != "running":
         entry["status"] = result["status"]
+        if result["status"] == "failed":  # the run caught its own error and recorded it: say what it was
+            entry["error_tail"] = _tail(out / "stderr.log")
     elif signals.signum:
         entry["status"] = "interrupted"  # stopped before it could write an outcome; rerun continues it
     else:  # a run that ends without its result failed, whatever its exit status says (os._exit(0), say)
