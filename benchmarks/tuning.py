@@ -237,6 +237,7 @@ def main() -> None:
     if args.problem == "nqm":
         run_nqm(args.problems, args.trials, args.resolution)
     elif args.dir:
+        Path(args.dir).mkdir(parents=True, exist_ok=True)
         run_default(Path(args.dir))
     else:
         with tempfile.TemporaryDirectory() as folder:

@@ -286,6 +286,42 @@ def test_the_result_files_win_over_a_study_json_best_that_disagrees(tuned, tmp_p
 
 
 @pytest.mark.slow
+def test_a_rule_that_gives_the_tuned_lr_itself_is_said_so_not_left_undecided(tuned, tmp_path):
+    # At batch 128, make the sqrt rule's runs the training the tuned best did (its LR and steps, seed by
+    # seed): the two cannot differ, and the report says the rule gives the tuned LR there, where a
+    # comparison of equal runs would only say "not decided".
+    study, _, by_id, _ = tuned
+    copy = tmp_path / "study"
+    shutil.copytree(study, copy)
+    record = json.loads((copy / "study.json").read_text())
+    search = next(s for s in record["tuning"] if s["global_bs"] == 128)
+    best = {result(copy, i)["config"]["seed"]: result(copy, i) for i in search["best"]["ids"]}
+    rule_runs = [c for c in record["configs"] if c["overrides"].get("lr_scaling") == "sqrt"
+                 and c["overrides"]["global_bs"] == 128]
+    assert len(rule_runs) == 2
+    for entry in rule_runs:
+        path = copy / entry["output_dir"] / "result.json"
+        own = json.loads(path.read_text())
+        same = best[own["config"]["seed"]]
+        own.update({key: same[key] for key in ("status", "steps", "steps_to_target", "history")})
+        own["lr"]["scaled"] = same["lr"]["scaled"]
+        path.write_text(json.dumps(own))
+    done = subprocess.run([sys.executable, "-m", "scaling.cli", "report", str(copy), "--out", str(tmp_path / "out")],
+                          cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    again = {f["id"]: f for f in json.loads((tmp_path / "out" / "findings.json").read_text())["findings"]}
+    cost = again["rule_cost@128[sqrt]"]
+    assert cost["numbers"]["ratio"] == pytest.approx(1.0)
+    assert "the rule gives the tuned best LR itself" in cost["statement"]
+    summary = again["rule_cost[sqrt]"]
+    assert summary["numbers"]["same_lr_at"] == [128]
+    assert "gives the tuned best LR itself at batch 128" in summary["statement"]
+    # the other batch is as before: its own comparison decides the summary alone
+    assert summary["decided"] == again["rule_cost@512[sqrt]"]["decided"] == by_id["rule_cost@512[sqrt]"]["decided"]
+    assert by_id["rule_cost[sqrt]"]["numbers"]["same_lr_at"] == []
+
+
+@pytest.mark.slow
 def test_a_damaged_tuning_entry_is_named_and_left_out(tuned, tmp_path):
     study, _, _, _ = tuned
     copy = tmp_path / "study"

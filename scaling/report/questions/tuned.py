@@ -485,6 +485,12 @@ class RuleCost:
         return self.comparison.decided
 
     @property
+    def same_lr(self) -> bool:
+        """The rule's LR at this batch is the tuned best LR: the two differ in nothing the search chose."""
+        lr = self.configuration.runs[0].lr_scaled
+        return lr is not None and self.point.lr is not None and math.isclose(lr, self.point.lr, rel_tol=1e-6)
+
+    @property
     def winner(self) -> str | None:
         if not self.decided:
             return None
@@ -527,6 +533,8 @@ def _cost_text(study: Study, cost: RuleCost) -> str:
     partial = (f", {len(cost.configuration.reached)} of {len(cost.configuration.runs)} seeds reached it"
                if not cost.configuration.all_reached else "")
     text = f"LR rule {cost.rule} needs {c.ratio:.2f}× the tuned steps at {cost.batch}{interval}{partial}"
+    if cost.same_lr:
+        return text + f": at this batch the rule gives the tuned best LR itself ({fmt.lr(cost.point.lr)})"
     if c.decided:
         return text + (": more steps than tuned, decided" if c.verdict == stats.HIGHER else
                        ": fewer steps than the tuned best, decided (a finer LR grid may close it)")
@@ -561,11 +569,16 @@ def rule_cost(study: Study) -> list[Finding]:
         compared = [c for c in costs if c.comparison is not None and c.comparison.ratio is not None]
         missed = [c.batch for c in costs if c.comparison is None]
         parts = []
+        same = [c for c in compared if c.same_lr]
+        if same:
+            parts.append(f"LR rule {rule} gives the tuned best LR itself at batch {fmt.batch_list([c.batch for c in same])}")
+            compared = [c for c in compared if not c.same_lr]
         if compared:
             ratios = [c.comparison.ratio for c in compared]
             span = (f"{min(ratios):.2f}×" if len(ratios) == 1 else f"{min(ratios):.2f}–{max(ratios):.2f}×")
             batches = [c.batch for c in compared]
-            parts.append(f"LR rule {rule} needs {span} the tuned steps at batch {fmt.batch_list(batches)}")
+            parts.append(f"{'elsewhere it' if same else f'LR rule {rule}'} needs {span} the tuned steps at batch "
+                         f"{fmt.batch_list(batches)}")
             more = [c.batch for c in compared if c.decided and c.comparison.verdict == stats.HIGHER]
             fewer = [c.batch for c in compared if c.decided and c.comparison.verdict == stats.LOWER]
             open_ = [c for c in compared if not c.decided]
@@ -578,12 +591,15 @@ def rule_cost(study: Study) -> list[Finding]:
                 parts.append(f"not decided at {fmt.batch_list([c.batch for c in open_])} "
                              f"({verdict_text(study, worst, min(c.n_seeds for c in open_))})")
         if missed:
-            parts.append(f"{'it' if compared else f'LR rule {rule}'} did not reach the target at batch {fmt.batch_list(missed)}")
-        decided = all(c.decided for c in costs)
-        winners = {c.winner for c in costs}
+            parts.append(f"{'it' if compared or same else f'LR rule {rule}'} did not reach the target at batch {fmt.batch_list(missed)}")
+        differing = [c for c in costs if not (c.comparison is not None and c.same_lr)]
+        decided = bool(differing) and all(c.decided for c in differing)
+        winners = {c.winner for c in differing}
         winner = winners.pop() if decided and len(winners) == 1 else None
-        numbers = {"rule": rule, "ratios": {str(c.batch): c.comparison.ratio for c in compared},
+        numbers = {"rule": rule, "ratios": {str(c.batch): c.comparison.ratio for c in sorted(compared + same,
+                                                                                          key=lambda c: c.batch)},
                    "decided_at": [c.batch for c in costs if c.decided], "not_reached": missed,
+                   "same_lr_at": [c.batch for c in same],
                    "batches": [c.batch for c in costs]}
         out.append(Finding(f"rule_cost[{rule}]", _sentence("; ".join(parts)), winner is not None, winner,
                            min(c.n_seeds for c in costs), numbers=numbers))
