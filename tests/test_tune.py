@@ -149,6 +149,36 @@ def test_the_optimal_lr_rises_with_the_batch_while_noise_dominates():
     assert found[0] < found[1] < found[2] < 2.0 / quadratic.curvatures.max()
 
 
+@pytest.mark.parametrize("problem", range(4))
+def test_the_lr_exponent_of_a_known_frontier_is_recovered_within_its_interval(problem):
+    """Batches 16..256, where the model's noise term sets the best LR (it grows about linearly with the batch).
+    The reference is the closed form's best on a grid 25 times finer than the search's, over a factor 4 either
+    side of what the search found: it must lie inside the search's bracket, and the exponent of the fine
+    optima (least squares on log-log) inside the interval the report's fit gives from the search alone."""
+    from scaling.report.questions.tuned import least_squares, power_law
+
+    quadratic = NoisyQuadratic.generate(problem)
+    spec = nqm_spec(trials=8, resolution=2.0)
+    batches = [16, 32, 64, 128, 256]
+    found, lows, highs, exact = [], [], [], []
+    for batch in batches:
+        search = adaptive(quadratic, spec, batch, seeds=[0])
+        best = search.best["settings"]["base_lr"]
+        tried = sorted({t["settings"]["base_lr"] for t in search.record()["trials"]})
+        low, high = max(v for v in tried if v < best), min(v for v in tried if v > best)
+        fine = [best / 4 * 1.03 ** k for k in range(95)]  # x1.03 apart, best/4 .. about 4 x best
+        outcomes = [(quadratic.outcome(lr, batch)[1], lr) for lr in fine]
+        optimum = min(o for o in outcomes if o[0] is not None)[1]
+        assert low < optimum < high
+        found.append(best), lows.append(low), highs.append(high), exact.append(optimum)
+    logs = [math.log(b) for b in batches]
+    alpha = least_squares(logs, [math.log(v) for v in exact], 0.95)[0]
+    assert 0.7 < alpha < 1.05  # by construction: close to linear while noise dominates
+    fitted = power_law(batches, found, lows, highs, 0.95)
+    assert fitted.feasible and fitted.contains(alpha)
+    assert fitted.alpha == pytest.approx(alpha, abs=0.3)  # each best is off by at most one grid step (x2)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_the_best_is_the_candidate_with_the_fewest_median_steps_every_seed_reached(seed):
     quadratic = NoisyQuadratic.generate(10 + seed)
