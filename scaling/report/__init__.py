@@ -14,6 +14,7 @@ is also a record in findings.json.
 
 Layout, each layer importing only from those before it (no import cycle):
     runs.py            loading result.json / study.json, grouping runs into configurations
+    tuning.py          a tuned study's searches from study.json, checked against the runs' result files
     formatting.py      number formatting for tables, sentences and plot labels
     render.py          blocks (Heading, Table, Figure...) and their Markdown and HTML
     aggregates.py      numbers several questions share: Stat, Point (a series at one batch), series_points,
@@ -27,6 +28,7 @@ Layout, each layer importing only from those before it (no import cycle):
         critical_batch.py  the critical batch size (numbers in critical_batch_fits.py: the noise-scale fits)
         devices.py         how long on N devices (scaling/devices/predict.py)
         lr_rules.py        how the learning rate should scale
+        tuned.py           each batch at its best LR: the tuned frontier, η*(B) ∝ B^α, each rule's cost
         powers_of_two.py   does a power of two matter
         data_loading.py    data wait and throughput (with decompositions.py: the fastest decomposition)
         seeds.py           seed-to-seed variation, MLPerf-style score
