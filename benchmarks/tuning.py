@@ -59,30 +59,43 @@ class NoisyQuadratic:
         )
 
     def outcome(
-        self, lr: float, batch: int, cap: int | None = None, seed: int = 0, seed_spread: float = 0.0
-    ) -> tuple[str, int | None, int]:
-        """(status, steps to target or None, steps trained), as a run of the tool would end: diverged when the
-        loss passes diverge_factor x its start, reached at the first step at the target, else not reached at
-        the budget or the cap. `seed_spread` > 0 scales the steps by a seeded log-normal factor (seed noise)."""
+        self, lr: float, batch: int, cap: int | None = None, seed: int = 0, seed_spread: float = 0.0,
+        pace: list[float] | None = None,
+    ) -> tuple[str, int | None, int, tuple[tuple[int, float], ...]]:
+        """(status, steps to target or None, steps trained, the (step, loss / start) curve up to the target when
+        reached), as a run of the tool would end: diverged when the loss passes diverge_factor x its start,
+        reached at the first step at the target, not reached at the budget, the cap, or the first milestone of
+        `pace` (step, value, ...: RunConfig.pace) passed with the best loss so far above its value; every step
+        is an evaluation. `seed_spread` > 0 scales the steps by a seeded log-normal factor (seed noise)."""
         h, m = self.curvatures, np.ones_like(self.curvatures)
         start = 0.5 * float(h @ m)
         decay, floor = (1.0 - lr * h) ** 2, lr * lr * h * self.noise / batch
         last = self.max_steps if cap is None else min(cap, self.max_steps)
+        milestones = list(zip(pace[0::2], pace[1::2], strict=True)) if pace else []
+        curve, best = [], math.inf
         for step in range(1, last + 1):
             m = decay * m + floor
             loss = 0.5 * float(h @ m)
             if not math.isfinite(loss) or loss > self.diverge_factor * start:
-                return "diverged", None, step
+                return "diverged", None, step, ()
             if loss <= self.target * start:
+                factor = 1.0
                 if seed_spread:
                     factor = math.exp(
                         seed_spread * np.random.default_rng([seed, batch, int(lr * 1e6)]).normal()
                     )
                     step = max(1, round(step * factor))
                     if step > last:
-                        return "not_reached", None, last
-                return "reached", step, step
-        return "not_reached", None, last
+                        return "not_reached", None, last, ()
+                scaled = tuple((max(1, round(s * factor)), v) for s, v in curve)
+                return "reached", step, step, (*scaled, (step, self.target))
+            best = min(best, loss / start)
+            curve.append((step, loss / start))
+            # a milestone met when it is passed stays met (the best only improves): each is checked once
+            while milestones and milestones[0][0] <= step:
+                if best > milestones.pop(0)[1]:
+                    return "not_reached", None, step, ()
+        return "not_reached", None, last, ()
 
 
 def adaptive(
@@ -92,12 +105,13 @@ def adaptive(
     search = BatchSearch({"global_bs": batch}, batch, spec.dimensions, seeds)
 
     def make(overrides: dict) -> SimpleNamespace:
-        key = f"lr={overrides['base_lr']} cap={overrides.get('cap_steps')} seed={overrides['seed']}"
+        key = (f"lr={overrides['base_lr']} cap={overrides.get('cap_steps')} seed={overrides['seed']} "
+               f"pace={len(overrides.get('pace', [])) // 2}")
         return SimpleNamespace(id=key, overrides=overrides)
 
     def outcome(config: SimpleNamespace) -> tuple:
         o = config.overrides
-        return problem.outcome(o["base_lr"], batch, o.get("cap_steps"), o["seed"], seed_spread)
+        return problem.outcome(o["base_lr"], batch, o.get("cap_steps"), o["seed"], seed_spread, o.get("pace"))
 
     for _ in search_batch(search, spec, make, outcome):
         pass

@@ -69,6 +69,7 @@ class RunConfig:
     max_epochs: float | None = 40.0
     max_time: float | None = None  # seconds of wall time (evaluation included)
     cap_steps: int | None = None  # end as not_reached after this many steps; the LR schedule still spans the budget
+    pace: list[float] = field(default_factory=list)  # milestones step, value, ...: behind one ends as not_reached
     eval_every: int | None = None  # optimizer steps; when unset, eval_every_epochs applies
     eval_every_epochs: float = 0.25
     eval_samples: int | None = None  # evaluate on the first N samples of the evaluation set (None: all of it)
@@ -380,6 +381,26 @@ def _check_trackers(log_with: str) -> None:
             raise ConfigError(f"--log-with {name}: the {name} package is not installed; {install}")
 
 
+MAX_PACE = 100  # milestones
+
+
+def _check_pace(cfg: RunConfig) -> None:
+    pace = cfg.pace
+    if cfg.target_accuracy is None and cfg.target_loss is None:
+        raise ConfigError("--pace needs a target (--target-accuracy or --target-loss): its values are the target's "
+                          "metric")
+    if len(pace) % 2 or len(pace) > 2 * MAX_PACE:
+        raise ConfigError(f"--pace is step,value pairs (at most {MAX_PACE}), e.g. 100,0.5,150,0.7; got "
+                          f"{len(pace)} numbers")
+    steps, values = pace[0::2], pace[1::2]
+    if any(s != int(s) or s < 1 for s in steps) or any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+        raise ConfigError(f"--pace steps must be whole numbers >= 1, increasing; got {shown(steps)}")
+    if cfg.target_loss is None and any(not 0 <= v <= 1 for v in values):
+        raise ConfigError(f"--pace values are accuracies (the target's metric) from 0 to 1; got {shown(values)}")
+    if cfg.target_loss is not None and any(v < 0 for v in values):
+        raise ConfigError(f"--pace values are losses (the target's metric), >= 0; got {shown(values)}")
+
+
 def compile_backends() -> list[str]:
     """The torch.compile backends Accelerate's dynamo settings name, lower-case (its "NO" aside)."""
     from accelerate.utils import DynamoBackend
@@ -425,6 +446,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("--lr-decay step needs --lr-step-epochs, e.g. --lr-step-epochs 30,60,80")
     if any(e <= 0 for e in cfg.lr_step_epochs):
         raise ConfigError(f"--lr-step-epochs must be positive epochs, got {shown(cfg.lr_step_epochs)}")
+    if cfg.pace:
+        _check_pace(cfg)
     if not cfg.log_min_s < float("inf"):  # inf or NaN (a negative value was refused above)
         raise ConfigError(f"--log-min-s must be a finite number of seconds, got {cfg.log_min_s}")
     if not 0 <= cfg.seed < 2**32:  # the seed seeds NumPy too, whose seeds are 32-bit

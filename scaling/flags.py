@@ -42,6 +42,9 @@ GROUPS: list[tuple[str, list[tuple[str, str]]]] = [
         ("max_time", "budget in seconds of wall time, evaluation included"),
         ("cap_steps", "end the run as not reached after this many optimizer steps, with the LR schedule still "
                       "spanning the whole budget (a tuning trial that can no longer win)"),
+        ("pace", "milestones step,value,...: end the run as not reached at an evaluation past a milestone's step "
+                 "while its best value of the target's metric has not reached the milestone's (a tuning trial "
+                 "behind the best so far)"),
         ("eval_every", "evaluate every N optimizer steps"),
         ("eval_every_epochs", "evaluate every fraction of an epoch (when --eval-every is not set)"),
         ("eval_samples", "evaluate on the first N samples of the evaluation set (--dataset stories: N new "

@@ -3,6 +3,7 @@ reads results, and never trains) can use it."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -58,3 +59,28 @@ def run_target(target_accuracy: float | None, target_loss: float | None) -> Targ
     if target_loss is not None:
         return Target("loss", target_loss)
     return Target("accuracy", target_accuracy) if target_accuracy is not None else None
+
+
+def pace_milestones(pace: list[float]) -> list[tuple[int, float]]:
+    """cfg.pace, flat `step, value, step, value, ...` (config.validate checks it), as (step, value) pairs."""
+    return [(int(pace[i]), float(pace[i + 1])) for i in range(0, len(pace), 2)]
+
+
+def behind_pace(target: Target, milestones: list[tuple[int, float]], history: list[dict],
+                step: int) -> tuple[int, float] | None:
+    """The first milestone (step, value) the run has fallen behind at `step`: one whose step it has passed
+    while the best value of its evaluations so far has not reached the milestone's value. None when it keeps
+    up. A tuned study sets the milestones from the best trial at the batch so far, each at stop_factor x the
+    step where that trial got there (scaling/study/tune.py, `pace_for`): a trial behind one of them needs more
+    than stop_factor x the best's steps to reach that level, and is stopped as it can no longer win."""
+    values = [v for v in (target.of(entry) for entry in history) if v is not None and math.isfinite(v)]
+    if not values:
+        best = None
+    else:
+        best = max(values) if target.direction == "max" else min(values)
+    for milestone_step, value in milestones:
+        if milestone_step > step:
+            break
+        if best is None or (best < value if target.direction == "max" else best > value):
+            return milestone_step, value
+    return None

@@ -23,7 +23,7 @@ from scaling.report.runs import RUN_ONLY_KEYS, Configuration, Run
 
 TUNED = "tuned"  # the series name of the best LR at every batch
 LR = "base_lr"  # the searched setting that is the LR (lr_scaling none: base_lr is the LR at that batch)
-CAP = "cap_steps"  # a search trial's cap: it does not change how the run trains up to it
+TRIAL_STOPS = ("cap_steps", "pace")  # a search trial's cap and pace: they do not change how it trains up to them
 
 
 def _number(value: Any) -> bool:
@@ -243,7 +243,7 @@ def tuned_configurations(searches: list[Search]) -> list[Configuration]:
             continue
         for run in runs:
             run.tuned = True
-        settings = {k: v for k, v in runs[0].config.items() if k not in (*RUN_ONLY_KEYS, CAP)}
+        settings = {k: v for k, v in runs[0].config.items() if k not in (*RUN_ONLY_KEYS, *TRIAL_STOPS)}
         settings["lr_scaling"] = TUNED
         lr = search.best.lr if search.best else None
         what = f"lr {lr:.3g}" if lr is not None else "no LR reached the target"

@@ -329,13 +329,18 @@ def planned_configs(study: StudyPlan, searches: list[BatchSearch]) -> Iterator[S
     yield from study.configs
 
 
-def trial_outcome(study_config: StudyConfig) -> tuple[str, int | None, int | None]:
-    """How a configuration ended, from its result file: (status, steps to target when reached, steps run)."""
+def trial_outcome(study_config: StudyConfig) -> tuple[str, int | None, int | None, tuple[tuple[int, float], ...]]:
+    """How a configuration ended, from its result file: (status, steps to target when reached, steps run, and
+    when reached its (step, target metric) at each evaluation before the target and at the target)."""
     result = read_result(Path(study_config.config.output_dir) / "result.json")
     if result is None:
-        return "failed", None, None
-    reached = result["status"] == "reached"
-    return result["status"], result.get("steps_to_target") if reached else None, result.get("steps")
+        return "failed", None, None, ()
+    if result["status"] != "reached":
+        return result["status"], None, result.get("steps"), ()
+    steps, target = result["steps_to_target"], result["target"]
+    curve = [(entry["step"], entry[target["metric"]]) for entry in result.get("history") or []
+             if entry["step"] < steps and isinstance(entry.get(target["metric"]), int | float)]
+    return "reached", steps, result.get("steps"), (*curve, (steps, target["value"]))
 
 
 def check_runnable_here(study: StudyPlan) -> None:

@@ -6,6 +6,7 @@
       trials: 8               # at most this many search trials per batch (per tuned setting)
       warmup_steps: [0, 200]  # any other numeric run setting: a linear grid of 5 values (or {range, points, scale})
       stop_factor: 1.5        # a trial is capped at this many times the best steps found so far at its batch
+      pace: true              # and stopped once it is that far behind the best's curve on the way (default)
       compare: [linear, sqrt] # also run these LR rules (from base.base_lr at base.base_bs) at every batch
 
 Protocol (Shallue et al. 2018: the metaparameters retuned at every batch, the best trial kept). Per global batch
@@ -19,8 +20,11 @@ and tuned setting, in order (the LR first; later settings at the best values fou
    the fewest median steps among those whose every seed reached the target.
 A trial runs with `cap_steps` = ceil(stop_factor x the fewest steps any trial at its batch took so far): past
 that it cannot beat the best (at one seed, by more than the factor), so it ends as not reached; the cap does
-not change the LR schedule, so a capped trial that reaches the target is the uncapped run. Runs that diverge,
-stall, fail or miss the target rank below every run that reached it.
+not change the LR schedule, so a capped trial that reaches the target is the uncapped run. With `pace` (the
+default) it also runs with the best trial's curve as milestones (`pace_for`): at an evaluation past
+stop_factor x the step where the best got to a level (from halfway to the target on), a trial not yet there
+stops as not reached: it is more than the factor behind the best on the way. Runs that diverge, stall, fail
+or miss the target rank below every run that reached it.
 
 Each trial is an ordinary configuration (its id is the hash of its resolved config, its folder runs/<id>): the
 search is a function of the finished trials' result files, so a rerun replays it, skips what is finished and
@@ -39,7 +43,7 @@ from typing import Any
 from scaling.config import FIELDS, LR_SCALING_RULES, RunConfig, shown
 from scaling.errors import ConfigError
 
-TUNE_OPTIONS = {"trials", "resolution", "stop_factor", "compare"}
+TUNE_OPTIONS = {"trials", "resolution", "stop_factor", "pace", "compare"}
 DEFAULT_TRIALS = 8
 DEFAULT_RESOLUTION = 2.0
 DEFAULT_STOP_FACTOR = 1.5
@@ -47,8 +51,10 @@ DEFAULT_POINTS = 5  # values of a linear grid
 MAX_GRID = 200  # values of one setting's grid
 MAX_TRIALS = 100
 CANDIDATES = 2  # trials re-run with every seed
+PACE_FROM = 0.5  # pace milestones where the best trial was at least this far from its start to the target
+MAX_PACE = 100  # milestones per trial (RunConfig.pace)
 # Settings a search cannot vary: they define the batch, the rule or the run itself.
-NOT_TUNABLE = {"global_bs", "per_device_bs", "accumulation_steps", "emulate_processes", "seed", "cap_steps",
+NOT_TUNABLE = {"global_bs", "per_device_bs", "accumulation_steps", "emulate_processes", "seed", "cap_steps", "pace",
                "base_bs", "max_steps", "max_epochs", "max_time", "num_samples", "target_accuracy", "target_loss",
                "output_dir"}
 _HINTS = typing.get_type_hints(RunConfig)
@@ -73,6 +79,7 @@ class TuneSpec:
     trials: int = DEFAULT_TRIALS
     stop_factor: float = DEFAULT_STOP_FACTOR
     compare: list[str] = field(default_factory=list)
+    pace: bool = True  # stop trials that fall behind the best's curve (pace_for), not only at the cap
 
     @property
     def names(self) -> list[str]:
@@ -155,6 +162,10 @@ def parse_tune(section: Any) -> TuneSpec | None:
     if not (_number(stop_factor) and 1 <= stop_factor <= 100):
         raise ConfigError(f"study spec: tune 'stop_factor' must be a number from 1 to 100 (1.5: a trial stops at "
                           f"1.5x the best steps so far), got {shown(stop_factor)}")
+    pace = section.get("pace", True)
+    if not isinstance(pace, bool):
+        raise ConfigError(f"study spec: tune 'pace' must be true or false (stop trials behind the best's curve), "
+                          f"got {shown(pace)}")
     compare = section.get("compare", [])
     if not (isinstance(compare, list) and all(isinstance(r, str) and r in LR_SCALING_RULES for r in compare)):
         raise ConfigError(f"study spec: tune 'compare' must be a list of LR rules ({', '.join(LR_SCALING_RULES)}), "
@@ -171,7 +182,7 @@ def parse_tune(section: Any) -> TuneSpec | None:
                               f"warmup_steps, momentum, beta2, ...), not the batch, the seed, the budget or the target")
         dimensions.append(parse_dimension(name, entry, float(resolution)))
     dimensions.sort(key=lambda d: d.name != "base_lr")  # the LR first, the others in the spec's order
-    return TuneSpec(dimensions, trials, float(stop_factor), list(dict.fromkeys(compare)))
+    return TuneSpec(dimensions, trials, float(stop_factor), list(dict.fromkeys(compare)), pace)
 
 
 # ---- the search on one grid (pure: a function of the trials so far) ----------------------------------------
@@ -186,6 +197,7 @@ class Trial:
     status: str
     steps: int | None  # steps to target when reached, else None
     id: str = ""
+    curve: tuple[tuple[int, float], ...] = ()  # a reached trial's (step, target metric) up to the target
 
     @property
     def reached(self) -> bool:
@@ -245,6 +257,31 @@ def cap_for(trials: dict[int, Trial], stop_factor: float) -> int | None:
     return None if best is None else max(1, math.ceil(stop_factor * best.steps))
 
 
+def pace_for(trials: dict[int, Trial], stop_factor: float) -> list[float]:
+    """The milestones of the next trial (RunConfig.pace, flat step, value, ...) from the best trial so far:
+    wherever that trial's best value of the target metric so far was at least PACE_FROM of the way from its
+    first evaluation to the target, the same value at ceil(stop_factor x that step). A trial behind one of
+    them needs more than stop_factor x the best's steps to reach that level (the cap applies the same factor
+    at the target itself). Empty before any trial reached the target."""
+    best = best_trial(trials)
+    if best is None or len(best.curve) < 2:
+        return []
+    (_, first), (_, goal) = best.curve[0], best.curve[-1]
+    higher = goal >= first
+    milestones: list[tuple[int, float]] = []
+    level = first
+    for step, value in best.curve[:-1]:  # the last point is the target: the cap stands for it
+        level = max(level, value) if higher else min(level, value)
+        if goal != first and (level - first) / (goal - first) >= PACE_FROM:
+            milestone = max(1, math.ceil(stop_factor * step))
+            if not milestones or milestone > milestones[-1][0]:
+                milestones.append((milestone, level))
+    if len(milestones) > MAX_PACE:  # evenly thinned, the last kept
+        keep = {round(i * (len(milestones) - 1) / (MAX_PACE - 1)) for i in range(MAX_PACE)}
+        milestones = [m for i, m in enumerate(milestones) if i in keep]
+    return [number for milestone in milestones for number in milestone]
+
+
 def median_steps(steps: list[int | None]) -> float | None:
     """The median over seeds when every seed reached the target, else None (a candidate a seed missed never
     wins: its steps would be those of the lucky seeds)."""
@@ -255,7 +292,8 @@ def median_steps(steps: list[int | None]) -> float | None:
 
 # ---- the search of a study: trials as configurations, decided from their results ------------------------------
 
-Outcome = Callable[[Any], tuple[str, int | None, int | None]]  # StudyConfig -> (status, steps to target, steps run)
+# StudyConfig -> (status, steps to target, steps run, (step, target metric) up to the target when reached)
+Outcome = Callable[[Any], tuple[str, int | None, int | None, tuple[tuple[int, float], ...]]]
 
 
 @dataclass
@@ -294,14 +332,17 @@ def search_batch(search: BatchSearch, spec: TuneSpec, make: Callable[[dict[str, 
             cap = cap_for(tried, spec.stop_factor)
             if cap is not None:
                 overrides["cap_steps"] = cap
+            pace = pace_for(tried, spec.stop_factor) if spec.pace else []
+            if pace:
+                overrides["pace"] = pace
             config = make(overrides)
             yield config
-            status, steps, run = outcome(config)
-            tried[index] = Trial(index, dimension.values[index], status, steps, config.id)
+            status, steps, run, curve = outcome(config)
+            tried[index] = Trial(index, dimension.values[index], status, steps, config.id, tuple(curve))
             search.trials.append({"id": config.id, "phase": "search", "setting": dimension.name,
                                   "settings": {**search.chosen, dimension.name: dimension.values[index]},
-                                  "seed": seed, "cap_steps": cap, "status": status, "steps": steps,
-                                  "steps_run": run})
+                                  "seed": seed, "cap_steps": cap, "pace": len(pace) // 2, "status": status,
+                                  "steps": steps, "steps_run": run})
         best = best_trial(tried)
         if best is None:  # no value reached the target: keep the spec's own for the settings after this one
             search.done = True
@@ -316,11 +357,12 @@ def search_batch(search: BatchSearch, spec: TuneSpec, make: Callable[[dict[str, 
         for other in search.seeds[1:]:
             config = make({**search.group, **settings, "lr_scaling": "none", "seed": other})
             yield config
-            status, reached_steps, run = outcome(config)
+            status, reached_steps, run, _ = outcome(config)
             steps.append(reached_steps if status == "reached" else None)
             ids.append(config.id)
             search.trials.append({"id": config.id, "phase": "seeds", "setting": last_dimension.name,
-                                  "settings": settings, "seed": other, "cap_steps": None, "status": status,
+                                  "settings": settings, "seed": other, "cap_steps": None, "pace": 0,
+                                  "status": status,
                                   "steps": reached_steps, "steps_run": run})
         low, high = bracket(last_dimension.values, last_tried, trial.index)
         search.candidates.append({"settings": settings, "ids": ids, "steps": steps,

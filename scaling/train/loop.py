@@ -28,6 +28,7 @@ from scaling.files import MetricsWriter, finite_or_none
 from scaling.lr import LRSchedule
 from scaling.noise.monitor import PROBE_BATCHES, NoiseMonitor
 from scaling.record import RunRecord, TargetCrossing
+from scaling.targets import behind_pace, pace_milestones
 from scaling.task import Target, Task, run_target
 from scaling.train.checkpoint import Checkpoint
 from scaling.train.clock import PhaseTimer, RunClock, ThroughputWindows, summarize_phases, synchronize
@@ -89,6 +90,7 @@ class Trainer:
         self.stall_rule = StallRule(cfg.stall_evals, chance_loss(num_classes) if num_classes >= 2 else 0.0,
                                     schedule.warmup_steps, self.steps_per_epoch)
         self.target = run_target(cfg.target_accuracy, cfg.target_loss)
+        self.milestones = pace_milestones(cfg.pace)  # a tuning trial's pace (scaling/targets.py, behind_pace)
         self.eval_units = task.units(self.eval_set)  # the samples or target tokens an evaluation scores
         self.target_search = TargetSearch(self, enabled=cfg.exact_target and self.target is not None,
                                           max_steps=cfg.exact_target_max_steps)
@@ -142,7 +144,7 @@ class Trainer:
                 if self.target is not None and self.target.reached(entry["accuracy"], entry["loss"]):
                     self.reach_target()
                     break
-                if self.check_stall():
+                if self.check_stall() or self.check_pace():
                     break
             if time_up:
                 break
@@ -272,6 +274,17 @@ class Trainer:
         if evidence is not None:
             record.status, record.stalled_at_step, record.stall = "stalled", record.step, evidence
         return evidence is not None
+
+    def check_pace(self) -> bool:
+        """At an evaluation: whether the run fell behind a milestone of cfg.pace; it then ends as not_reached
+        (what history every process holds alike, like the stall rule)."""
+        if not self.milestones or self.target is None:
+            return False
+        behind = behind_pace(self.target, self.milestones, self.record.history, self.record.step)
+        if behind is not None and self.accelerator.is_main_process:
+            tqdm.write(f"scaling: behind the pace at step {self.record.step:,}: {self.target.metric} "
+                       f"{behind[1]:g} was due by step {behind[0]:,}; stopping (not reached)")
+        return behind is not None
 
     def evaluate_now(self) -> dict:
         clock = self.clock
