@@ -26,8 +26,10 @@ from scaling.study.tune import (  # noqa: E402
     best_trial,
     coarse_indices,
     next_index,
+    pace_for,
     parse_tune,
 )
+from scaling.targets import Target, behind_pace  # noqa: E402
 
 # ---- the spec ------------------------------------------------------------------------------------------
 
@@ -266,6 +268,90 @@ def test_a_capped_run_is_the_uncapped_run_cut_short(tmp_path):
     upto = [h["loss"] for h in full["history"] if h["step"] <= 25]
     assert [h["loss"] for h in capped["history"]] == upto
     assert [h["loss"] for h in short["history"]] != upto  # its cosine ends at 25: a different run
+
+
+# ---- the pace: milestones from the best trial's curve --------------------------------------------------
+
+
+def test_pace_milestones_are_the_best_trials_levels_past_halfway_at_stop_factor_times_their_steps():
+    # accuracy from 0.1 to the target 0.9: halfway is 0.5; a dip (0.55 after 0.6) keeps the level reached
+    curve = ((10, 0.1), (20, 0.3), (30, 0.6), (40, 0.55), (50, 0.8), (57, 0.9))
+    tried = {0: Trial(0, 0.1, "reached", 57, "a", curve), 1: Trial(1, 0.2, "reached", 80, "b", ((80, 0.9),))}
+    assert pace_for(tried, 1.5) == [45, 0.6, 60, 0.6, 75, 0.8]
+    loss = ((5, 4.0), (10, 3.2), (15, 2.9), (20, 2.0))  # a loss from 4.0 to the target 2.0: halfway 3.0
+    assert pace_for({0: Trial(0, 0.1, "reached", 20, "a", loss)}, 2.0) == [30, 2.9]
+    assert pace_for({0: Trial(0, 0.1, "diverged", None)}, 1.5) == []  # nothing reached: no pace
+
+
+def test_behind_pace_names_the_first_milestone_passed_and_not_met():
+    accuracy, loss = Target("accuracy", 0.9), Target("loss", 2.0)
+    history = [{"step": 10, "accuracy": 0.4, "loss": 3.0}, {"step": 20, "accuracy": 0.62, "loss": 2.5},
+               {"step": 30, "accuracy": 0.58, "loss": None}]
+    milestones = [(15, 0.5), (25, 0.6), (35, 0.7)]
+    assert behind_pace(accuracy, milestones, history[:1], 10) is None  # no milestone passed yet
+    assert behind_pace(accuracy, milestones, history[:1], 15) == (15, 0.5)
+    assert behind_pace(accuracy, milestones, history, 30) is None  # its best so far (0.62) met 25's 0.6
+    assert behind_pace(accuracy, milestones, history, 35) == (35, 0.7)
+    assert behind_pace(loss, [(20, 2.4)], history, 30) == (20, 2.4)  # a null (diverged) loss counts as nothing
+    assert behind_pace(loss, [(20, 2.6)], history, 30) is None
+
+
+def test_on_generated_problems_the_pace_saves_steps_and_finds_the_same_best():
+    """The same search with and without the pace, on the noisy quadratic model: the pace only stops trials
+    that are stop_factor behind the best on the way, so the best stays within one grid step, for fewer steps."""
+    import dataclasses
+
+    spec = nqm_spec(trials=8, resolution=2.0)
+    without = dataclasses.replace(spec, pace=False)
+    values = spec.dimensions[0].values
+    paced_total = plain_total = 0
+    for problem in range(4):
+        quadratic = NoisyQuadratic.generate(problem)
+        for batch in (16, 256):
+            paced, plain = (adaptive(quadratic, s, batch, seeds=[0]) for s in (spec, without))
+            best, _ = exhaustive(quadratic, values, batch)
+            assert abs(values.index(paced.best["settings"]["base_lr"]) - best) <= 1
+            assert all(t["pace"] == 0 for t in plain.trials) and any(t["pace"] for t in paced.trials)
+            paced_total += paced.record()["steps_trained"]
+            plain_total += plain.record()["steps_trained"]
+    assert paced_total < plain_total
+
+
+def test_a_run_behind_its_pace_stops_at_that_evaluation_and_one_that_keeps_up_is_unchanged(tmp_path):
+    args = ["--cpu", "true", "--num-samples", "2000", "--global-bs", "64", "--max-steps", "40", "--eval-every",
+            "5", "--target-accuracy", "0.99", "--base-lr", "0.1", "--noise-scale", "false"]
+    runs, said = {}, {}
+    free = run_entry([*args, "--output-dir", str(tmp_path / "free")])
+    assert free.returncode == 0, free.stderr[-2000:]
+    runs["free"] = json.loads((tmp_path / "free" / "result.json").read_text())
+    at = {h["step"]: h["accuracy"] for h in runs["free"]["history"]}
+    best_by_20 = max(v for s, v in at.items() if s <= 20)  # what it has at the first evaluation past 17
+    for name, pace in (("kept", f"12,{at[10] - 0.01:.6f},17,{best_by_20 - 0.01:.6f}"),
+                       ("behind", f"12,{at[10] - 0.01:.6f},17,{best_by_20 + 0.005:.6f}")):
+        done = run_entry([*args, "--pace", pace, "--output-dir", str(tmp_path / name)])
+        assert done.returncode == 0, done.stderr[-2000:]
+        runs[name] = json.loads((tmp_path / name / "result.json").read_text())
+        said[name] = done.stdout + done.stderr
+    losses = {name: [h["loss"] for h in run["history"]] for name, run in runs.items()}
+    assert losses["kept"] == losses["free"] and runs["kept"]["steps"] == runs["free"]["steps"] == 40
+    assert "behind the pace" not in said["kept"]
+    behind = runs["behind"]
+    assert behind["status"] == "not_reached" and behind["steps"] == 20  # the first evaluation past step 17
+    assert losses["behind"] == [h["loss"] for h in runs["free"]["history"] if h["step"] <= 20]
+    assert "behind the pace at step 20" in said["behind"]
+
+
+@pytest.mark.parametrize("pace, message", [
+    ("10,0.5,5", "step,value pairs"),
+    ("10,0.5,5,0.6", "increasing"),
+    ("10,1.5", "accuracies"),
+    ("2.5,0.5", "whole numbers"),
+])
+def test_a_bad_pace_is_one_line_and_status_2(tmp_path, pace, message):
+    done = run_entry(["--cpu", "true", "--num-samples", "2000", "--max-steps", "5", "--pace", pace,
+                      "--output-dir", str(tmp_path / "out")])
+    assert_one_line_error(done, "--pace", message)
+    assert not (tmp_path / "out").exists()
 
 
 # ---- a real tuned sweep, stopped mid-search and resumed -------------------------------------------------
