@@ -273,13 +273,14 @@ def test_a_capped_run_is_the_uncapped_run_cut_short(tmp_path):
 # ---- the pace: milestones from the best trial's curve --------------------------------------------------
 
 
-def test_pace_milestones_are_the_best_trials_levels_past_halfway_at_stop_factor_times_their_steps():
-    # accuracy from 0.1 to the target 0.9: halfway is 0.5; a dip (0.55 after 0.6) keeps the level reached
+def test_pace_milestones_are_the_best_trials_levels_past_halfway_late_by_the_caps_allowance():
+    # accuracy from 0.1 to the target 0.9 at step 57: halfway is 0.5; a dip (0.55 after 0.6) keeps the level
+    # reached; each level is due (1.5 - 1) x 57 = 28.5 steps after the best got there
     curve = ((10, 0.1), (20, 0.3), (30, 0.6), (40, 0.55), (50, 0.8), (57, 0.9))
     tried = {0: Trial(0, 0.1, "reached", 57, "a", curve), 1: Trial(1, 0.2, "reached", 80, "b", ((80, 0.9),))}
-    assert pace_for(tried, 1.5) == [45, 0.6, 60, 0.6, 75, 0.8]
+    assert pace_for(tried, 1.5) == [59, 0.6, 69, 0.6, 79, 0.8]
     loss = ((5, 4.0), (10, 3.2), (15, 2.9), (20, 2.0))  # a loss from 4.0 to the target 2.0: halfway 3.0
-    assert pace_for({0: Trial(0, 0.1, "reached", 20, "a", loss)}, 2.0) == [30, 2.9]
+    assert pace_for({0: Trial(0, 0.1, "reached", 20, "a", loss)}, 2.0) == [35, 2.9]
     assert pace_for({0: Trial(0, 0.1, "diverged", None)}, 1.5) == []  # nothing reached: no pace
 
 

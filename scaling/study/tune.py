@@ -21,10 +21,10 @@ and tuned setting, in order (the LR first; later settings at the best values fou
 A trial runs with `cap_steps` = ceil(stop_factor x the fewest steps any trial at its batch took so far): past
 that it cannot beat the best (at one seed, by more than the factor), so it ends as not reached; the cap does
 not change the LR schedule, so a capped trial that reaches the target is the uncapped run. With `pace` (the
-default) it also runs with the best trial's curve as milestones (`pace_for`): at an evaluation past
-stop_factor x the step where the best got to a level (from halfway to the target on), a trial not yet there
-stops as not reached: it is more than the factor behind the best on the way. Runs that diverge, stall, fail
-or miss the target rank below every run that reached it.
+default) it also runs with the best trial's curve as milestones (`pace_for`): where the best got to a level
+(from halfway to the target on) at step s, a trial not there by s + (stop_factor - 1) x the best's steps to
+target stops as not reached: it is later on the way than the cap allows at the end. Runs that diverge,
+stall, fail or miss the target rank below every run that reached it.
 
 Each trial is an ordinary configuration (its id is the hash of its resolved config, its folder runs/<id>): the
 search is a function of the finished trials' result files, so a rerun replays it, skips what is finished and
@@ -260,9 +260,12 @@ def cap_for(trials: dict[int, Trial], stop_factor: float) -> int | None:
 def pace_for(trials: dict[int, Trial], stop_factor: float) -> list[float]:
     """The milestones of the next trial (RunConfig.pace, flat step, value, ...) from the best trial so far:
     wherever that trial's best value of the target metric so far was at least PACE_FROM of the way from its
-    first evaluation to the target, the same value at ceil(stop_factor x that step). A trial behind one of
-    them needs more than stop_factor x the best's steps to reach that level (the cap applies the same factor
-    at the target itself). Empty before any trial reached the target."""
+    first evaluation to the target at step s, the same value by step s + (stop_factor - 1) x S, S the best's
+    steps to target: the lateness the cap allows at the target (stop_factor x S), allowed at every level on
+    the way. Not stop_factor x s: a larger LR often gets halfway sooner and then creeps to the target (its
+    noise floor is near it), and a factor of its early steps stops a smaller LR that would have won (on the
+    noisy quadratic model of benchmarks/tuning.py that moved the best one grid step in 8 of 40 searches; the
+    allowance of S moves none). Empty before any trial reached the target."""
     best = best_trial(trials)
     if best is None or len(best.curve) < 2:
         return []
@@ -273,7 +276,7 @@ def pace_for(trials: dict[int, Trial], stop_factor: float) -> list[float]:
     for step, value in best.curve[:-1]:  # the last point is the target: the cap stands for it
         level = max(level, value) if higher else min(level, value)
         if goal != first and (level - first) / (goal - first) >= PACE_FROM:
-            milestone = max(1, math.ceil(stop_factor * step))
+            milestone = max(1, math.ceil(step + (stop_factor - 1) * best.steps))
             if not milestones or milestone > milestones[-1][0]:
                 milestones.append((milestone, level))
     if len(milestones) > MAX_PACE:  # evenly thinned, the last kept
