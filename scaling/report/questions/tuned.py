@@ -637,8 +637,8 @@ def section(study: Study) -> list[Block]:
                                      "steps trained", "note"]
     blocks.append(Table(header, rows, wrap=(len(header) - 1,)))
     blocks.append(Note("Bracket: the tried LRs either side of the best (— at the edge of the searched range: the "
-                       "best may lie beyond it). Steps trained: every search trial and seed run at that batch (capped "
-                       "trials stop at cap_steps). Train time: mean ± std over the best LR's seeds."))
+                       "best may lie beyond it). Steps trained: every search trial and seed run at that batch (a trial "
+                       "stops at its cap, or once it falls behind the best trial's pace). Train time: mean ± std over the best LR's seeds."))
     blocks += figure_or_note(plot_tuned_lr(study),
                              "Best LR against global batch (log-log): the bracket as error bars (open triangle: the "
                              "best is at the edge of the searched range), the fitted power law η* ∝ B^α (solid), "
