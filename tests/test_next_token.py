@@ -194,6 +194,19 @@ def test_loss_target_replaces_the_default_accuracy_target_and_reads_in_the_summa
     assert "reached loss 1.7 (perplexity 5.47)" in line and "tokens)" in line and "tokens/s" in line
 
 
+def test_a_loss_target_not_reached_reads_its_final_loss_in_the_report(tmp_path):
+    """The report's note on a run short of its loss target gives the last evaluation's loss, the metric the
+    target is in, not the token accuracy a language model also records."""
+    (tmp_path / "problem_module.py").write_text(PROBLEM)
+    out = tmp_path / "runs" / "short"
+    assert_ok(run_in_process(tool_args(out, 0, "--target-loss", "0.01", "--max-steps", "6", "--eval-every", "3"),
+                             PYTHONPATH=str(tmp_path), PROBLEM_SEED="7"))
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "not_reached"
+    assert_ok(run_in_process([str(tmp_path / "runs"), "--out", str(tmp_path / "report")], command="report"))
+    row = next(line for line in (tmp_path / "report" / "report.md").read_text().splitlines() if line.startswith("|") and "not_reached" in line)
+    assert f"final loss {result['final']['loss']:.3g} after 6 steps" in row and "final accuracy" not in row
+
 @pytest.mark.parametrize("args, message", [
     (["--target-loss", "0"], "--target-loss must be > 0"),
     (["--target-loss", "1.5", "--target-accuracy", "0.5"], "give one target"),

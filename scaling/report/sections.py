@@ -151,6 +151,14 @@ def _by_seed(runs: list[Run]) -> list[Run]:
     return sorted(runs, key=seed_order)
 
 
+def _final(run: Run) -> str:
+    """The last evaluation in the target's metric: `final loss 4.01` for a loss target, else accuracy."""
+    final, target = run.get("final"), run.target
+    if target is not None and target.metric == "loss" and final.get("loss") is not None:
+        return f"final loss {final['loss']:.3g}"
+    return f"final accuracy {fmt.percent(final.get('accuracy'))}"
+
+
 def _note(run: Run, mark: str | None, trial: bool = False, chosen: bool = False) -> str:
     parts = [mark] if mark else []
     if run.tuned:  # a tuned study's trials: which of them the questions see (report/tuning.py)
@@ -166,7 +174,7 @@ def _note(run: Run, mark: str | None, trial: bool = False, chosen: bool = False)
             if stall else ""
         parts.append(f"stalled at step {run.get('stalled_at_step')}{evidence}")
     elif run.status == "not_reached" and run.get("final"):
-        parts.append(f"final accuracy {fmt.percent(run.get('final').get('accuracy'))} after {run.get('steps')} steps")
+        parts.append(f"{_final(run)} after {run.get('steps')} steps")
     elif run.status == "completed":
         parts.append(f"{fmt.integer(run.get('steps'))} steps, no target")
     if run.status == UNREADABLE:  # the loader's one line: which file, which field
