@@ -70,6 +70,7 @@ class RunConfig:
     max_time: float | None = None  # seconds of wall time (evaluation included)
     cap_steps: int | None = None  # end as not_reached after this many steps; the LR schedule still spans the budget
     pace: list[float] = field(default_factory=list)  # milestones step, value, ...: behind one ends as not_reached
+    target_levels: list[float] = field(default_factory=list)  # easier levels of the target's metric: exact steps to each
     eval_every: int | None = None  # optimizer steps; when unset, eval_every_epochs applies
     eval_every_epochs: float = 0.25
     eval_samples: int | None = None  # evaluate on the first N samples of the evaluation set (None: all of it)
@@ -401,6 +402,31 @@ def _check_pace(cfg: RunConfig) -> None:
         raise ConfigError(f"--pace values are losses (the target's metric), >= 0; got {shown(values)}")
 
 
+MAX_TARGET_LEVELS = 20
+
+
+def _check_target_levels(cfg: RunConfig) -> None:
+    """Levels of the target's metric met on the way to the target: each easier than it (an accuracy below
+    --target-accuracy, a loss above --target-loss), so that the run passes them before it stops."""
+    levels = cfg.target_levels
+    if cfg.target_accuracy is None and cfg.target_loss is None:
+        raise ConfigError("--target-levels needs a target (--target-accuracy or --target-loss): the levels are "
+                          "met on the way to it, in its metric")
+    if len(levels) > MAX_TARGET_LEVELS or len(set(levels)) != len(levels):
+        raise ConfigError(f"--target-levels takes at most {MAX_TARGET_LEVELS} different values; got "
+                          f"{shown(levels)}")
+    if cfg.target_loss is None:
+        wrong = [v for v in levels if not 0 < v < cfg.target_accuracy]
+        if wrong:
+            raise ConfigError(f"--target-levels are accuracies above 0 and below --target-accuracy "
+                              f"{cfg.target_accuracy:g} (met before it); got {shown(wrong)}")
+    else:
+        wrong = [v for v in levels if not (v > cfg.target_loss and math.isfinite(v))]
+        if wrong:
+            raise ConfigError(f"--target-levels are losses above --target-loss {cfg.target_loss:g} (met before "
+                              f"it); got {shown(wrong)}")
+
+
 def compile_backends() -> list[str]:
     """The torch.compile backends Accelerate's dynamo settings name, lower-case (its "NO" aside)."""
     from accelerate.utils import DynamoBackend
@@ -448,6 +474,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"--lr-step-epochs must be positive epochs, got {shown(cfg.lr_step_epochs)}")
     if cfg.pace:
         _check_pace(cfg)
+    if cfg.target_levels:
+        _check_target_levels(cfg)
     if not cfg.log_min_s < float("inf"):  # inf or NaN (a negative value was refused above)
         raise ConfigError(f"--log-min-s must be a finite number of seconds, got {cfg.log_min_s}")
     if not 0 <= cfg.seed < 2**32:  # the seed seeds NumPy too, whose seeds are 32-bit

@@ -45,6 +45,8 @@ GROUPS: list[tuple[str, list[tuple[str, str]]]] = [
         ("pace", "milestones step,value,...: end the run as not reached at an evaluation past a milestone's step "
                  "while its best value of the target's metric has not reached the milestone's (a tuning trial "
                  "behind the best so far)"),
+        ("target_levels", "further levels of the target's metric, easier than the target (e.g. 0.6,0.75 below "
+                          "--target-accuracy 0.9): the run records the exact first step at each on its way"),
         ("eval_every", "evaluate every N optimizer steps"),
         ("eval_every_epochs", "evaluate every fraction of an epoch (when --eval-every is not set)"),
         ("eval_samples", "evaluate on the first N samples of the evaluation set (--dataset stories: N new "

@@ -94,6 +94,7 @@ class RunRecord:
     noise_state: dict[str, Any] | None = None  # the noise monitor's state (checkpointed)
     first_eval_at_target: int | None = None  # index into history
     target: TargetCrossing | None = None
+    levels: dict[float, TargetCrossing] = field(default_factory=dict)  # --target-levels met: value -> crossing
     diverged_at_step: int | None = None
     stalled_at_step: int | None = None
     stall: dict[str, Any] | None = None  # the stall rule's evidence (scaling/train/evaluation.py, StallRule)
@@ -170,6 +171,7 @@ class RunRecord:
             "steps_to_target_resolution": self._step_resolution(),
             "first_eval_at_target": self._first_eval_at_target(),
             "target_search": self.target.search if self.target else None,
+            "target_levels": self._levels(),
             "throughput_samples_per_s": self.throughput(),
             "throughput_median_window_samples_per_s": median_after_warmup(self.window_rates),
             "train_time_per_step_s": self.train_elapsed_s / self.step if self.step else None,
@@ -253,6 +255,27 @@ class RunRecord:
         if self.target is None:
             return None
         return {"step": self.target.step, "time_s": self.target.time_s, "train_time_s": self.target.train_time_s}
+
+    def _levels(self) -> list[dict[str, Any]]:
+        """Each of --target-levels (in the target's metric, easiest first) with its exact first step, as for the
+        target itself; a level the run never met has nulls."""
+        target = run_target(self.config.target_accuracy, self.config.target_loss)
+        values = sorted(self.config.target_levels, reverse=target is not None and target.direction == "min")
+        out = []
+        for value in values:
+            crossing = self.levels.get(value)
+            if crossing is None:
+                out.append({"value": value, "steps_to_target": None, "samples_to_target": None,
+                            "epochs_to_target": None, "time_to_target_s": None, "train_time_to_target_s": None,
+                            "steps_to_target_resolution": None, "search": None})
+                continue
+            low, high = crossing.search["interval"]
+            out.append({"value": value, "steps_to_target": crossing.step,
+                        "samples_to_target": crossing.step * self.plan.global_bs,
+                        "epochs_to_target": crossing.step / self.facts.steps_per_epoch,
+                        "time_to_target_s": crossing.time_s, "train_time_to_target_s": crossing.train_time_s,
+                        "steps_to_target_resolution": high - low + 1, "search": crossing.search})
+        return out
 
     def _first_eval_at_target(self) -> dict[str, Any] | None:
         return self.history[self.first_eval_at_target] if self.first_eval_at_target is not None else None

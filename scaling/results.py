@@ -64,6 +64,20 @@ class TargetRecord(TypedDict):
     direction: str  # max (at or above the value) | min (at or below); absent before the loss targets: max
 
 
+class LevelRecord(TypedDict):
+    """One of --target-levels (an easier value of the target's metric) and the first step at it, found as
+    the target's is (`search` is a target_search record); nulls where the run never met it."""
+
+    value: float
+    steps_to_target: int | None
+    samples_to_target: int | None
+    epochs_to_target: float | None
+    time_to_target_s: float | None
+    train_time_to_target_s: float | None
+    steps_to_target_resolution: int | None
+    search: dict[str, Any] | None
+
+
 class TokensRecord(TypedDict):
     """A next-token run in tokens (token positions: sequences x context)."""
 
@@ -175,6 +189,7 @@ class Result(TypedDict, total=False):
     steps_to_target_resolution: int | None
     first_eval_at_target: EvaluationRecord | None
     target_search: dict[str, Any] | None
+    target_levels: list[LevelRecord]  # one per --target-levels value, easiest first (absent before them: [])
     throughput_samples_per_s: float | None
     throughput_median_window_samples_per_s: float | None
     train_time_per_step_s: float | None
@@ -475,6 +490,11 @@ def _range_problem(data: dict, full: bool) -> str | None:
     checks += [(f"'throughput_windows' item {i}", v, MAX_SECONDS) for i, v in enumerate(data.get("throughput_windows") or [])]
     for index, entry in enumerate(data.get("history") or []):
         checks += [(f"'history' item {index} {name!r}", entry.get(name), MAX_SECONDS) for name in HISTORY_FIELDS]
+    for index, level in enumerate(data.get("target_levels") or []):
+        checks += [(f"'target_levels' item {index} {name!r}", level.get(name), MAX_COUNT)
+                   for name in ("steps_to_target", "samples_to_target", "steps_to_target_resolution")]
+        checks += [(f"'target_levels' item {index} {name!r}", level.get(name), MAX_SECONDS)
+                   for name in ("epochs_to_target", "time_to_target_s", "train_time_to_target_s")]
     for label, value, high in checks:
         if value is not None and not 0 <= value <= high:
             return f"field {label} is {shown(value, 30)}, out of range (0 to {high:.0e})"

@@ -67,3 +67,49 @@ def test_exact_steps_equal_evaluating_after_every_step_on_generated_problems(tmp
     assert exact == len(checked), checked  # nothing stopped these searches: every one is exact
     # The problems are ones where the first evaluation at the target is late, or the test would prove little.
     assert sum(first > truth for _, truth, first in checked) >= len(checked) // 2, checked
+
+
+LEVELS = ("0.45", "0.55")
+
+
+def first_at(history: list[dict], level: float) -> int | None:
+    return next((entry["step"] for entry in history if entry["accuracy"] >= level), None)
+
+
+def test_each_target_level_is_the_first_step_a_run_evaluating_after_every_step_sees_there(tmp_path):
+    """--target-levels: the first step at each easier level, from the replay that finds the target's, equals
+    the first evaluation at that level of a run evaluating after every step; so does it in a run capped
+    short of the target (which replays to the levels it met), and a level it never met is null."""
+    (tmp_path / "problem.py").write_text(PROBLEM)
+    levels = ["--target-levels", ",".join(LEVELS)]
+    checked, short = 0, 0
+    for batch, optimizer, seed in itertools.product((16, 64, 256), OPTIMIZERS, SEEDS):
+        name = f"{optimizer}-{batch}-{seed}"
+        reference = run(tmp_path, f"{name}-every-step", batch, optimizer, seed, "--eval-every", "1")
+        if reference["status"] != "reached":
+            continue
+        truths = [first_at(reference["history"], float(level)) for level in LEVELS]
+        assert [entry["steps_to_target"] for entry in run(tmp_path, f"{name}-every-step-levels", batch, optimizer,
+                                                           seed, "--eval-every", "1", *levels)["target_levels"]] \
+            == truths, name
+        result = run(tmp_path, name, batch, optimizer, seed, *levels)
+        assert result["steps_to_target"] == reference["steps_to_target"], name
+        assert [entry["value"] for entry in result["target_levels"]] == [float(v) for v in LEVELS]
+        for entry, truth in zip(result["target_levels"], truths, strict=True):
+            assert entry["search"]["exact"] and entry["steps_to_target"] == truth, (name, entry, truth)
+            assert entry["samples_to_target"] == truth * batch and entry["steps_to_target_resolution"] == 1
+            assert 0 < entry["train_time_to_target_s"] <= result["train_time_to_target_s"]
+        checked += 1
+        # Capped between the harder level and the target: the levels met are replayed to, exactly.
+        cap = (truths[1] + reference["steps_to_target"]) // 2
+        if truths[1] < cap < reference["steps_to_target"] - 1:
+            capped = run(tmp_path, f"{name}-capped", batch, optimizer, seed, *levels, "--cap-steps", str(cap))
+            assert capped["status"] == "not_reached", name
+            met = [first_at(capped["history"], float(level)) for level in LEVELS]
+            for entry, truth, seen in zip(capped["target_levels"], truths, met, strict=True):
+                if seen is None:  # no evaluation of the capped run met it: not replayed, null
+                    assert entry["steps_to_target"] is None and entry["search"] is None, (name, entry)
+                else:
+                    assert entry["search"]["exact"] and entry["steps_to_target"] == truth, (name, entry, truth)
+            short += any(seen is not None for seen in met)
+    assert checked >= 8 and short >= 4, (checked, short)

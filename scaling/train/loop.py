@@ -90,6 +90,7 @@ class Trainer:
         self.stall_rule = StallRule(cfg.stall_evals, chance_loss(num_classes) if num_classes >= 2 else 0.0,
                                     schedule.warmup_steps, self.steps_per_epoch)
         self.target = run_target(cfg.target_accuracy, cfg.target_loss)
+        self.levels = [Target(self.target.metric, value) for value in cfg.target_levels] if self.target else []
         self.milestones = pace_milestones(cfg.pace)  # a tuning trial's pace (scaling/targets.py, behind_pace)
         self.eval_units = task.units(self.eval_set)  # the samples or target tokens an evaluation scores
         self.target_search = TargetSearch(self, enabled=cfg.exact_target and self.target is not None,
@@ -155,6 +156,7 @@ class Trainer:
             if cfg.checkpoint_every and record.step - self._checkpointed_at >= cfg.checkpoint_every:
                 self.save_checkpoint()
         progress.close()
+        self.record_levels()
         # A budget ran out: the noise scale where training ended (not for a diverged or stalled run, whose
         # weights are broken or stuck at chance: its gradients say nothing about the batch).
         if record.status == "running":
@@ -314,15 +316,27 @@ class Trainer:
             tqdm.write(f"scaling: warning: the target ({self.target.label()}) was met at the first evaluation, step "
                        f"{record.history[0]['step']}: too easy to compare batch sizes by; set a harder target or "
                        f"evaluate earlier (--eval-every)", file=sys.stderr)
-        search = self.target_search.find_first_step(self.target, lambda: self.probe_noise("target"))
-        first = record.history[-1]
+        search, levels = self.target_search.find_first_step(self.target, lambda: self.probe_noise("target"),
+                                                            self.levels)
+        record.target = self.crossing(search)
+        record.levels = {level.value: self.crossing(found) for level, found in levels}
+
+    def record_levels(self) -> None:
+        """A run that ended short of its target: the exact first step at each level its evaluations met."""
+        if self.levels and self.record.target is None and self.record.status != "interrupted":
+            found = self.target_search.find_levels(self.levels)
+            self.record.levels = {level.value: self.crossing(search) for level, search in found}
+
+    def crossing(self, search: dict) -> TargetCrossing:
+        """The first step at a target (or level) from its search record, with the clocks at that step."""
         step = search["first_step"]
-        if step == first["step"]:  # the evaluation that reached the target is the reported step
-            record.target = TargetCrossing(step, first["time_s"], first["train_time_s"], search)
-            return
+        # The first scheduled evaluation at it: the interval's upper end, which the run evaluated.
+        found = next(entry for entry in self.record.history if entry["step"] == search["window"][1])
+        if step == found["step"]:  # that evaluation is the reported step
+            return TargetCrossing(step, found["time_s"], found["train_time_s"], search)
         train_time = self.train_time_at(step)
         # Wall time: the training clock at that step plus the evaluations run until the one that found it.
-        record.target = TargetCrossing(step, train_time + self.clock.eval_s, train_time, search)
+        return TargetCrossing(step, train_time + found["time_s"] - found["train_time_s"], train_time, search)
 
     def train_time_at(self, step: int) -> float:
         """The training clock at the end of `step`, interpolated linearly between the logging-window

@@ -65,7 +65,9 @@ class Replay(Protocol):
 
 class TargetSearch:
     """Holds the training state of the moment training started (`start`) and, when an evaluation reaches the
-    target, replays forward from it to the first step at the target (`find_first_step`)."""
+    target, replays forward from it to the first step at the target (`find_first_step`), finding on the way the
+    first step at each easier level of the same metric (`--target-levels`); a run that ends short of its
+    target replays to the levels its evaluations met (`find_levels`)."""
 
     def __init__(self, loop: Replay, enabled: bool, max_steps: int):
         self.loop = loop
@@ -79,79 +81,125 @@ class TargetSearch:
         if self.enabled and self.max_steps > 0 and self.base is None:
             self.base = self.loop.snapshot()
 
-    def find_first_step(self, target: Target, at_first_step: Callable[[], None] | None = None) -> dict:
-        """The search record (docs/results.md). `at_first_step()` runs while the model holds the weights of the
-        first step at the target (the noise probe), or those of the evaluation that reached it when the step
-        is not exact. The loop is left in the state it had before the search."""
+    def find_first_step(self, target: Target, at_first_step: Callable[[], None] | None = None,
+                        levels: list[Target] = ()) -> tuple[dict, list[tuple[Target, dict]]]:
+        """The search record of the target (docs/results.md) and one of each level in `levels` (easier values
+        of its metric: every one is met by the step that meets the target). `at_first_step()` runs while the
+        model holds the weights of the first step at the target (the noise probe), or those of the evaluation
+        that reached it when the step is not exact. The loop is left in the state it had before the search.
+        The levels come back easiest first, each with its record."""
+        ordered = _easiest_first(levels)
+        records = self._search([*ordered, target], at_first_step)
+        return records[-1], list(zip(ordered, records[:-1], strict=True))
+
+    def find_levels(self, levels: list[Target]) -> list[tuple[Target, dict]]:
+        """For a run that ended without reaching its target: the search records of the levels its evaluations
+        met (easiest first), from one replay up to the first evaluation at the hardest of them."""
+        history = self.loop.record.history
+        met = [level for level in _easiest_first(levels) if _first_evaluation_at(level, history) is not None]
+        return list(zip(met, self._search(met), strict=True)) if met else []
+
+    def _search(self, targets: list[Target], at_first_step: Callable[[], None] | None = None) -> list[dict]:
+        """One record per target (easiest first; each met by a scheduled evaluation, the last at the latest
+        one): replayed from the start up to the first step at the last, evaluating every step."""
         loop = self.loop
-        end_step = loop.record.step
-        start = self.base.step if self.base is not None else end_step
-        unseen = _unevaluated_steps(loop.record.history, end_step)
-        if not unseen:  # every step before this one was evaluated (--eval-every 1): nothing to replay
+        history = loop.record.history
+        metric = targets[-1].metric
+        uppers = [_first_evaluation_at(t, history) for t in targets]
+        end_step = uppers[-1]
+        unseen = _unevaluated_steps(history, end_step)
+        if not unseen or self.base is None:  # every step was evaluated (--eval-every 1), or no replay
             if at_first_step is not None:
                 at_first_step()
-            return _record("evaluation", end_step, end_step, [end_step, end_step], exact=True, metric=target.metric)
-        if self.base is None:
-            if at_first_step is not None:
-                at_first_step()
-            return _record("evaluation", end_step, unseen[0], [end_step, end_step], exact=False,
-                           reason="--exact-target false" if not self.enabled else "--exact-target-max-steps 0",
-                           metric=target.metric)
+            reason = None if not unseen else ("--exact-target false" if not self.enabled
+                                              else "--exact-target-max-steps 0")
+            out = []
+            for upper in uppers:
+                before = [step for step in unseen if step < upper]
+                out.append(_record("evaluation", upper, before[0] if before else upper, [upper, upper],
+                                   exact=not before, reason=reason if before else None, metric=metric))
+            return out
+        start = self.base.step
         began = time.perf_counter()
         with loop.paused():
             end = loop.snapshot()
             loop.restore(self.base)
-            replay = self._replay(start, min(end_step, start + self.max_steps), target)
-            exact, low, first, reason = self._judge(replay, start, end_step, unseen)
-            at_replayed = first == replay["first"]
+            replay = self._replay(start, min(end_step, start + self.max_steps), targets)
+            judged = [self._judge(replay, k, start, upper, [s for s in unseen if s < upper])
+                      for k, upper in enumerate(uppers)]
+            at_replayed = judged[-1][2] == replay["firsts"][-1]
             if at_replayed and at_first_step is not None:
                 at_first_step()  # the loop holds the reported step: the first one the replay saw at the target
             loop.restore(end)
             if not at_replayed and at_first_step is not None:
                 at_first_step()  # at the evaluation that reached the target, the reported step
-        return _record("replay", first, low, [start, end_step], exact=exact, reason=reason,
-                       verified=replay["worst"] <= LOSS_TOLERANCE and replay["matches"],
-                       max_loss_rel_diff=replay["worst"], evaluations=len(replay["values"]), metric=target.metric,
-                       values={str(start): replay["values"]}, seconds=time.perf_counter() - began)
+        seconds = time.perf_counter() - began
+        verified = replay["worst"] <= LOSS_TOLERANCE and replay["matches"]
+        out = [_record("replay", first, low, [start, upper], exact=exact, reason=reason, verified=verified,
+                       max_loss_rel_diff=replay["worst"], metric=metric)
+               for (exact, low, first, reason), upper in zip(judged, uppers, strict=True)]
+        out[-1].update(evaluations=len(replay["values"]), values={str(start): replay["values"]}, seconds=seconds)
+        return out
 
-    def _replay(self, from_step: int, to_step: int, target: Target) -> dict:
+    def _replay(self, from_step: int, to_step: int, targets: list[Target]) -> dict:
         """Train again from `from_step` (the loop holds that state), evaluating after every step, up to the
-        first step at the target or `to_step`. An evaluation stops once what it has not seen cannot change
-        the answer (its value is then None); at the run's own evaluations it runs whole. Returns what it
-        saw: the first step at the target (or None), the targeted metric's values, the worst relative
-        difference between replayed and recorded losses, and whether its values at the run's own
-        evaluations equal the run's."""
+        first step at the last of `targets` (easiest first) or `to_step`, noting the first step at each. An
+        evaluation stops once what it has not seen cannot change the answer (its value is then None); at the
+        run's own evaluations it runs whole. Returns what it saw: the first step at each target (None where
+        not met), the metric's values, the worst relative difference between replayed and recorded losses, and
+        whether its values at the run's own evaluations equal the run's."""
         loop = self.loop
-        recorded = {entry["step"]: target.of(entry) for entry in loop.record.history}
+        recorded = {entry["step"]: targets[-1].of(entry) for entry in loop.record.history}
         values: list[float | None] = []
-        worst, matches, first = 0.0, True, None
+        firsts: list[int | None] = [None] * len(targets)
+        worst, matches, sought = 0.0, True, 0
         for step in range(from_step, to_step):
             replayed = loop.replay_step(step)
             worst = max(worst, _relative_difference(replayed, loop.record.train_loss[step]))
-            reached, value = loop.reaches(target, whole=step + 1 in recorded)
+            reached, value = loop.reaches(targets[sought], whole=step + 1 in recorded)
             values.append(value)
-            if step + 1 in recorded and not _same(target.metric, value, recorded[step + 1]):
+            if step + 1 in recorded and not _same(targets[-1].metric, value, recorded[step + 1]):
                 matches = False
-            if reached:
-                first = step + 1
+            while reached:  # this step meets the level sought: note it, and ask the next (harder) one
+                firsts[sought] = step + 1
+                sought += 1
+                if sought == len(targets):
+                    break
+                reached = loop.reaches(targets[sought], whole=False)[0]
+            if sought == len(targets):
                 break
-        return {"first": first, "values": values, "worst": worst, "matches": matches,
+        return {"firsts": firsts, "values": values, "worst": worst, "matches": matches,
                 "last": from_step + len(values)}
 
-    def _judge(self, replay: dict, start: int, end_step: int,
+    def _judge(self, replay: dict, index: int, start: int, upper: int,
                unseen: list[int]) -> tuple[bool, int, int, str | None]:
-        """(exact, the first and the last step that can still be the first crossing, why not exact)."""
+        """For target `index` of the replay, first met by a scheduled evaluation at step `upper` with the steps
+        in `unseen` before it not evaluated: (exact, the first and the last step that can still be the first
+        crossing, why not exact)."""
+        if not unseen:
+            return True, upper, upper, None
         if replay["worst"] > LOSS_TOLERANCE or not replay["matches"]:
-            return False, unseen[0], end_step, "the replay did not reproduce the run's losses and evaluations"
+            return False, unseen[0], upper, "the replay did not reproduce the run's losses and evaluations"
         before = [step for step in unseen if step <= start]
-        if replay["first"] is None:
+        first = replay["firsts"][index]
+        if first is None:
             low = before[0] if before else replay["last"] + 1
-            return (False, low, end_step,
+            return (False, low, upper,
                     f"the replay stopped at its limit of {self.max_steps} steps (--exact-target-max-steps)")
         if before:
-            return (False, before[0], replay["first"],
+            return (False, before[0], first,
                     f"resumed at step {start}: steps before it that no evaluation saw are unknown")
-        return True, replay["first"], replay["first"], None
+        return True, first, first, None
+
+
+def _easiest_first(levels: list[Target]) -> list[Target]:
+    """Levels of one metric from the easiest to the hardest (the order a run meets them)."""
+    return sorted(levels, key=lambda t: t.value, reverse=any(t.direction == "min" for t in levels))
+
+
+def _first_evaluation_at(target: Target, history: list[dict]) -> int | None:
+    """The step of the first scheduled evaluation at the target, None if none met it."""
+    return next((entry["step"] for entry in history if target.reached(entry["accuracy"], entry["loss"])), None)
 
 
 def _unevaluated_steps(history: list[dict], end_step: int) -> list[int]:
