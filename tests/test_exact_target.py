@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from conftest import assert_ok, run_in_process
+from conftest import assert_ok, assert_one_line_error, run_entry, run_in_process
 
 pytestmark = pytest.mark.slow
 
@@ -113,3 +113,16 @@ def test_each_target_level_is_the_first_step_a_run_evaluating_after_every_step_s
                     assert entry["search"]["exact"] and entry["steps_to_target"] == truth, (name, entry, truth)
             short += any(seen is not None for seen in met)
     assert checked >= 8 and short >= 4, (checked, short)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--target-levels", "0.5,0.95"], "below --target-accuracy 0.9"),
+    (["--target-levels", "0.5,0.5"], "different values"),
+    (["--target-loss", "1.0", "--target-accuracy", "none", "--target-levels", "0.8"], "above --target-loss 1"),
+    (["--target-accuracy", "none", "--max-steps", "5", "--target-levels", "0.5"], "needs a target"),
+])
+def test_bad_target_levels_are_one_line_and_status_2(tmp_path, extra, message):
+    done = run_entry(["--cpu", "true", "--num-samples", "2000", "--max-epochs", "1", *extra,
+                      "--output-dir", str(tmp_path / "out")])
+    assert_one_line_error(done, "--target-levels", message)
+    assert not (tmp_path / "out").exists()

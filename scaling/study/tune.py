@@ -55,7 +55,7 @@ PACE_FROM = 0.5  # pace milestones where the best trial was at least this far fr
 MAX_PACE = 100  # milestones per trial (RunConfig.pace)
 # Settings a search cannot vary: they define the batch, the rule or the run itself.
 NOT_TUNABLE = {"global_bs", "per_device_bs", "accumulation_steps", "emulate_processes", "seed", "cap_steps", "pace",
-               "base_bs", "max_steps", "max_epochs", "max_time", "num_samples", "target_accuracy", "target_loss",
+               "target_levels", "base_bs", "max_steps", "max_epochs", "max_time", "num_samples", "target_accuracy", "target_loss",
                "output_dir"}
 _HINTS = typing.get_type_hints(RunConfig)
 
