@@ -20,7 +20,7 @@ from scaling.batching import BatchPlan
 from scaling.config import RunConfig
 from scaling.data.pipeline import user_pipeline
 from scaling.results import SCHEMA_VERSION, FailureResult, Result, straggler_ratio
-from scaling.targets import run_target
+from scaling.targets import Target, easiest_first, run_target
 from scaling.task import NEXT_TOKEN
 
 
@@ -260,9 +260,9 @@ class RunRecord:
         """Each of --target-levels (in the target's metric, easiest first) with its exact first step, as for the
         target itself; a level the run never met has nulls."""
         target = run_target(self.config.target_accuracy, self.config.target_loss)
-        values = sorted(self.config.target_levels, reverse=target is not None and target.direction == "min")
+        levels = easiest_first([Target(target.metric, v) for v in self.config.target_levels]) if target else []
         out = []
-        for value in values:
+        for value in (level.value for level in levels):
             crossing = self.levels.get(value)
             if crossing is None:
                 out.append({"value": value, "steps_to_target": None, "samples_to_target": None,

@@ -61,6 +61,12 @@ def run_target(target_accuracy: float | None, target_loss: float | None) -> Targ
     return Target("accuracy", target_accuracy) if target_accuracy is not None else None
 
 
+def easiest_first(levels: list[Target]) -> list[Target]:
+    """Levels of one metric from the easiest to the hardest, the order a run meets them: accuracies rising,
+    losses falling."""
+    return sorted(levels, key=lambda t: t.value, reverse=any(t.direction == "min" for t in levels))
+
+
 def pace_milestones(pace: list[float]) -> list[tuple[int, float]]:
     """cfg.pace, flat `step, value, step, value, ...` (config.validate checks it), as (step, value) pairs."""
     return [(int(pace[i]), float(pace[i + 1])) for i in range(0, len(pace), 2)]

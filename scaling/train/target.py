@@ -34,6 +34,7 @@ from contextlib import AbstractContextManager
 from typing import Protocol
 
 from scaling.record import RunRecord
+from scaling.targets import easiest_first
 from scaling.task import Target
 from scaling.train.state import Snapshot
 
@@ -88,7 +89,7 @@ class TargetSearch:
         model holds the weights of the first step at the target (the noise probe), or those of the evaluation
         that reached it when the step is not exact. The loop is left in the state it had before the search.
         The levels come back easiest first, each with its record."""
-        ordered = _easiest_first(levels)
+        ordered = easiest_first(levels)
         records = self._search([*ordered, target], at_first_step)
         return records[-1], list(zip(ordered, records[:-1], strict=True))
 
@@ -96,7 +97,7 @@ class TargetSearch:
         """For a run that ended without reaching its target: the search records of the levels its evaluations
         met (easiest first), from one replay up to the first evaluation at the hardest of them."""
         history = self.loop.record.history
-        met = [level for level in _easiest_first(levels) if _first_evaluation_at(level, history) is not None]
+        met = [level for level in easiest_first(levels) if _first_evaluation_at(level, history) is not None]
         return list(zip(met, self._search(met), strict=True)) if met else []
 
     def _search(self, targets: list[Target], at_first_step: Callable[[], None] | None = None) -> list[dict]:
@@ -190,11 +191,6 @@ class TargetSearch:
             return (False, before[0], first,
                     f"resumed at step {start}: steps before it that no evaluation saw are unknown")
         return True, first, first, None
-
-
-def _easiest_first(levels: list[Target]) -> list[Target]:
-    """Levels of one metric from the easiest to the hardest (the order a run meets them)."""
-    return sorted(levels, key=lambda t: t.value, reverse=any(t.direction == "min" for t in levels))
 
 
 def _first_evaluation_at(target: Target, history: list[dict]) -> int | None:
