@@ -15,7 +15,7 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 
 from scaling import distributed
-from scaling.batching import BatchPlan, GlobalBatchSampler, plan_batch
+from scaling.batching import BatchPlan, GlobalBatchSampler, batch_unit_config, plan_schedule, plan_unit
 from scaling.config import AUTO, MIXED_PRECISION, ConfigError, RunConfig, compile_backends, shown
 from scaling.data import Workload, load_workload
 from scaling.data.delivery import Read, materialize
@@ -57,8 +57,10 @@ class Built:
 def build(cfg: RunConfig, resume: bool = False) -> Built:
     """Processes, data, model, batch plan, optimizer, LR schedule, record and trainer; with `resume`,
     restored from the run's checkpoint."""
-    plan = plan_batch(cfg, distributed.world_size())  # every batch error, before any process group exists
-    scaled_hyperparameters(cfg, plan.global_bs)  # and every refusal of the LR, beta and eps rules
+    # Every batch error before any process group exists; with --batch-schedule, the plan of the per-device
+    # batch all its batches share (re-planned for each batch once the data says what a token start is).
+    plan = plan_unit(cfg, distributed.world_size())
+    scaled_hyperparameters(cfg, cfg.global_bs)  # and every refusal of the LR, beta and eps rules
     cfg, launch = resolve_launch(cfg)  # the launcher's precision and dynamo backend where the tool's flags are unset
     requested_cpu = cfg.cpu
     cfg, state = start_processes(cfg)
@@ -76,16 +78,19 @@ def build(cfg: RunConfig, resume: bool = False) -> Built:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     auto_batch = None
     if cfg.per_device_bs == "auto":
-        plan, auto_batch = resolve_auto_batch(cfg, plan, model, workload.train, state.device, task)
+        plan, auto_batch = resolve_auto_batch(batch_unit_config(cfg), plan, model, workload.train, state.device, task)
+    batches = plan_schedule(cfg, plan, task.units_per_sample(tuple(workload.input_shape)) if task.token_weighted else 1)
+    plan = batches.phases[0].plan
     if cfg.channels_last:
         model = to_channels_last(model)
     accelerator = build_accelerator(cfg, plan)
     launch["mixed_precision"]["value"] = accelerator.mixed_precision  # what Accelerate trains with
     model, optimizer = accelerator.prepare(model, build_optimizer(cfg, model))
-    sampler = GlobalBatchSampler(len(workload.train), plan, cfg.seed)
-    schedule = build_schedule(cfg, plan.global_bs, sampler.steps_per_epoch, total_steps(cfg, sampler.steps_per_epoch))
+    sampler = GlobalBatchSampler(len(workload.train), batches, cfg.seed)
+    schedule = build_schedule(cfg, plan.global_bs, sampler.steps_per_epoch, total_steps(cfg, sampler),
+                              [(phase.first_step, phase.plan.global_bs) for phase in batches.phases])
     facts = RunFacts(
-        config=cfg, plan=plan, lr=lr_summary(cfg, schedule), steps_per_epoch=sampler.steps_per_epoch,
+        config=cfg, plan=plan, batches=batches, lr=lr_summary(cfg, schedule), steps_per_epoch=sampler.steps_per_epoch,
         environment={**environment(accelerator.device, accelerator.num_processes, accelerator.distributed_type.value),
                      "launch": launch},
         train_samples=len(workload.train), eval_samples=len(workload.eval), model=model_facts,
@@ -332,6 +337,16 @@ def announce(built: Built, train_samples: int, auto_batch: dict | None, coupled:
         built.say(f"scaling: auto micro-batch: largest that fits {auto_batch['largest_fitting']} "
                   f"({len(auto_batch['trials'])} trials), using {plan.per_device_bs}")
     built.say(f"scaling: {plan.describe()}")
+    batches = built.record.facts.schedule
+    if batches.scheduled:
+        built.say(f"scaling: batch schedule ({cfg.batch_schedule_lr} LR at each batch): " + "; ".join(
+            f"from step {p.first_step:,} ({p.samples_before:,} samples) batch {p.plan.global_bs} = "
+            f"{p.plan.per_device_bs} x {p.plan.num_processes} x {p.plan.accumulation_steps}, lr "
+            f"{schedule.peak * (schedule.batch_factors[i - 1][1] if i else 1.0):g}"
+            for i, p in enumerate(batches.phases)))
+        if cfg.noise_scale:
+            built.say("scaling: note: the noise scale is not measured under a batch schedule (its estimators take "
+                      "one batch); a fixed-batch run measures it (scaling branch's reference run)")
     built.say(
         f"scaling: lr {cfg.lr_scaling} scaling: {cfg.base_lr:g} @ batch {cfg.base_bs} -> {schedule.peak:g} "
         f"(warmup {schedule.warmup_steps} steps, {schedule.decay} decay){_changed_settings(cfg)}; "

@@ -44,6 +44,10 @@ class RunConfig:
     max_per_device_bs: int = 512  # cap for the automatic choice when neither factor is given
     memory_cap_mb: float | None = None  # auto search: trials above this measured peak count as out of memory
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm in real multi-process GPU runs
+    # "0:64,20000:128": the global batch changes during the run, each from a sample count (tokens for a language
+    # model) on; the accumulation steps follow it (scaling/batching.py, BatchSchedule)
+    batch_schedule: str | None = None
+    batch_schedule_lr: str = "rule"  # the LR at each batch of a schedule: rule (--lr-scaling), seesaw, constant
 
     # learning rate: base_lr is the LR at reference batch base_bs, scaled to global_bs by lr_scaling
     base_lr: float = 0.1
@@ -148,7 +152,9 @@ _POSITIVE = {
 _NON_NEGATIVE = {"warmup_steps", "warmup_epochs", "momentum", "weight_decay", "num_workers", "log_min_s",
                  "exact_target_max_steps", "stall_evals"}
 MATERIALIZE = ("auto", "true", "false")
+BATCH_SCHEDULE_LR = ("rule", "seesaw", "constant")
 _CHOICES = {
+    "batch_schedule_lr": BATCH_SCHEDULE_LR,
     "materialize": MATERIALIZE,
     "lr_scaling": LR_SCALING_RULES,
     "beta2_scaling": BETA2_SCALING,
@@ -349,6 +355,11 @@ TARGET_KEYS = ("target_accuracy", "target_loss")
 def make_config(values: dict[str, Any], source: str = "config") -> RunConfig:
     """Build and validate a RunConfig from typed values (unknown keys and type changes refused)."""
     values = apply_overrides({}, values, from_cli=False, source=source)
+    if values.get("batch_schedule") is not None:  # the schedule's first batch is the run's global batch
+        first = parse_batch_schedule(values["batch_schedule"])[0][1]
+        if values.setdefault("global_bs", first) != first:
+            raise ConfigError(f"--global-bs {values['global_bs']} and --batch-schedule {values['batch_schedule']}, "
+                              f"which starts at {first}: the schedule sets the batch (drop --global-bs)")
     targeted = "target_accuracy" in values or "target_loss" in values
     for key, value in WORKLOAD_DEFAULTS.get(values.get("dataset"), {}).items():
         # A target the user sets (or unsets) replaces the workload's whole target.
@@ -358,6 +369,36 @@ def make_config(values: dict[str, Any], source: str = "config") -> RunConfig:
     cfg = RunConfig(**values)
     validate(cfg)
     return cfg
+
+
+MAX_BATCH_PHASES = 64
+
+
+def parse_batch_schedule(text: Any) -> tuple[tuple[int, int], ...]:
+    """--batch-schedule "0:64,20000:128": (first sample, global batch) pairs, the first from 0, the samples
+    rising and each batch other than the one before it (tokens instead of samples for a language model:
+    scaling/batching.py, plan_schedule, converts them)."""
+    form = ('--batch-schedule takes START:BATCH pairs, the samples (tokens for a language model) from which each '
+            'global batch trains, from 0 and rising, e.g. "0:64,20000:128,60000:256"')
+    if not isinstance(text, str):
+        raise ConfigError(f"{form}; got {shown(text)}")
+    pairs = []
+    for part in text.replace(" ", "").split(","):
+        start, _, batch = part.partition(":")
+        if not (start.isdigit() and batch.isdigit() and int(batch) > 0):
+            raise ConfigError(f"{form}; got {shown(part)} in {shown(text)}")
+        pairs.append((int(start), int(batch)))
+    if pairs[0][0] != 0:
+        raise ConfigError(f"{form}: the first batch starts at 0, got {pairs[0][0]:,}")
+    if len(pairs) > MAX_BATCH_PHASES:
+        raise ConfigError(f"--batch-schedule takes at most {MAX_BATCH_PHASES} batches; got {len(pairs)}")
+    for (start_a, batch_a), (start_b, batch_b) in zip(pairs, pairs[1:], strict=False):
+        if start_b <= start_a:
+            raise ConfigError(f"{form}: the starts must rise, got {start_b:,} after {start_a:,}")
+        if batch_b == batch_a:
+            raise ConfigError(f"--batch-schedule: batch {batch_b} at {start_b:,} is the batch already training "
+                              f"(from {start_a:,}); drop the pair")
+    return tuple(pairs)
 
 
 # Trackers with an extra of their own in pyproject.toml (`pip install 'scaling[tensorboard]'`).
@@ -400,6 +441,22 @@ def _check_pace(cfg: RunConfig) -> None:
         raise ConfigError(f"--pace values are accuracies (the target's metric) from 0 to 1; got {shown(values)}")
     if cfg.target_loss is not None and any(v < 0 for v in values):
         raise ConfigError(f"--pace values are losses (the target's metric), >= 0; got {shown(values)}")
+
+
+def _check_batch_schedule(cfg: RunConfig) -> None:
+    """What a schedule cannot hold: its first batch other than --global-bs (make_config sets it), the
+    accumulation steps fixed (they follow the batch), or a rule that scales the betas with the batch."""
+    first = parse_batch_schedule(cfg.batch_schedule)[0][1]
+    if cfg.global_bs != first:
+        raise ConfigError(f"--global-bs {cfg.global_bs} and --batch-schedule {cfg.batch_schedule}, which starts at "
+                          f"{first}: the schedule sets the batch (drop --global-bs)")
+    if cfg.accumulation_steps is not None:
+        raise ConfigError(f"--accumulation-steps {cfg.accumulation_steps} with --batch-schedule: the accumulation "
+                          f"steps follow the batch; give --per-device-bs instead (or leave it to be chosen)")
+    if cfg.lr_scaling == "adam-sde" or cfg.beta2_scaling == "half-life":
+        rule = "--lr-scaling adam-sde" if cfg.lr_scaling == "adam-sde" else "--beta2-scaling half-life"
+        raise ConfigError(f"{rule} scales AdamW's betas with the batch, which --batch-schedule does not change "
+                          f"during a run: use --lr-scaling sqrt or linear and no beta2 rule")
 
 
 MAX_TARGET_LEVELS = 20
@@ -472,6 +529,11 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("--lr-decay step needs --lr-step-epochs, e.g. --lr-step-epochs 30,60,80")
     if any(e <= 0 for e in cfg.lr_step_epochs):
         raise ConfigError(f"--lr-step-epochs must be positive epochs, got {shown(cfg.lr_step_epochs)}")
+    if cfg.batch_schedule is not None:
+        _check_batch_schedule(cfg)
+    elif cfg.batch_schedule_lr != "rule":
+        raise ConfigError(f"--batch-schedule-lr {cfg.batch_schedule_lr} sets the LR at each batch of a schedule: "
+                          f"add --batch-schedule")
     if cfg.pace:
         _check_pace(cfg)
     if cfg.target_levels:

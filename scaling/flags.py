@@ -13,6 +13,11 @@ GROUPS: list[tuple[str, list[tuple[str, str]]]] = [
         ("max_per_device_bs", "cap for the per-device batch chosen when neither factor is given"),
         ("memory_cap_mb", "with --per-device-bs auto: a micro-batch whose measured peak exceeds this fails"),
         ("sync_bn", "BatchNorm statistics over all GPUs (SyncBatchNorm; real multi-GPU runs only)"),
+        ("batch_schedule", "the global batch changing during the run: START:BATCH pairs, the samples (tokens for a "
+                           "language model) from which each batch trains, e.g. 0:64,20000:128; the accumulation "
+                           "steps follow the batch"),
+        ("batch_schedule_lr", "the LR at each batch of --batch-schedule: rule (--lr-scaling's LR at that batch), "
+                              "seesaw (x 1/sqrt(2) per doubling, Meterez et al. 2025), constant"),
     ]),
     ("learning rate", [
         ("base_lr", "LR tuned at the reference batch --base-bs"),

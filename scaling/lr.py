@@ -133,9 +133,18 @@ class LRSchedule:
     total_steps: int | None  # needed by cosine
     milestones: tuple[int, ...] = ()  # step decay: optimizer steps at which lr *= gamma
     gamma: float = 0.1
+    # A batch schedule's: (first step, factor) of each batch after the first, the LR multiplied by the factor
+    # from that step on (batch_factors)
+    batch_factors: tuple[tuple[int, float], ...] = ()
 
     def __call__(self, step: int) -> float:
         """LR for optimizer step `step` (0-based)."""
+        if self.batch_factors and step >= self.batch_factors[0][0]:
+            factor = next(f for first, f in reversed(self.batch_factors) if step >= first)
+            return factor * self._shape(step)
+        return self._shape(step)
+
+    def _shape(self, step: int) -> float:
         if step < self.warmup_steps:
             # Gradual warmup (Goyal et al. 2017, sec. 2.2): rises linearly to the peak, reaching it at the
             # last warmup step; step 0 already takes a non-zero LR so no step is wasted.
@@ -157,7 +166,27 @@ class LRSchedule:
 DEFAULT_WARMUP_EPOCHS = 2.0
 
 
-def build_schedule(cfg: RunConfig, global_bs: int, steps_per_epoch: int, total_steps: int | None) -> LRSchedule:
+def batch_factors(cfg: RunConfig, batches: list[tuple[int, int]]) -> tuple[tuple[int, float], ...]:
+    """(first step, LR factor) of each batch of a schedule after the first, (first step, global batch) given,
+    by --batch-schedule-lr: rule, the LR --lr-scaling gives that batch over the first batch's; seesaw, 1/sqrt(2)
+    per doubling of the batch (Meterez et al. 2025, "Seesaw": batch x a with LR x 1/sqrt(a) where a step
+    schedule would divide the LR by a); constant, 1."""
+    first = batches[0][1]
+    out = []
+    for step, batch in batches[1:]:
+        if cfg.batch_schedule_lr == "rule":
+            factor = scaled_lr(1.0, first, batch, cfg.lr_scaling)
+        elif cfg.batch_schedule_lr == "seesaw":
+            factor = math.sqrt(first / batch)
+        else:
+            factor = 1.0
+        out.append((step, factor))
+    return tuple(out)
+
+
+def build_schedule(cfg: RunConfig, global_bs: int, steps_per_epoch: int, total_steps: int | None,
+                   batches: list[tuple[int, int]] = ()) -> LRSchedule:
+    """The LR of every step; with a batch schedule `batches` holds (first step, global batch) of each batch."""
     peak = scaled_hyperparameters(cfg, global_bs).lr
     if cfg.warmup_epochs is not None:
         warmup = round(cfg.warmup_epochs * steps_per_epoch)
@@ -173,4 +202,5 @@ def build_schedule(cfg: RunConfig, global_bs: int, steps_per_epoch: int, total_s
         total_steps=total_steps,
         milestones=milestones,
         gamma=cfg.lr_step_gamma,
+        batch_factors=batch_factors(cfg, list(batches)) if len(batches) > 1 else (),
     )

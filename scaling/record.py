@@ -16,7 +16,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from scaling.batching import BatchPlan
+from scaling.batching import BatchPlan, BatchSchedule
 from scaling.config import RunConfig
 from scaling.data.pipeline import user_pipeline
 from scaling.results import SCHEMA_VERSION, FailureResult, Result, straggler_ratio
@@ -60,6 +60,11 @@ class RunFacts:
     # the training set's read into memory, when --materialize held it: {"read_s", "samples_read"}
     train_read: dict[str, Any] | None = None
     flops_per_sample: float | None = None  # counted when training starts (scaling/hardware.py)
+    batches: BatchSchedule | None = None  # the batch of every step (None: `plan`'s, fixed)
+
+    @property
+    def schedule(self) -> BatchSchedule:
+        return self.batches if self.batches is not None else BatchSchedule.fixed(self.plan)
 
 
 @dataclass
@@ -121,7 +126,14 @@ class RunRecord:
     @property
     def samples(self) -> int:
         """Samples trained so far (all processes)."""
-        return self.step * self.facts.plan.global_bs
+        return self.samples_at(self.step)
+
+    def samples_at(self, step: int) -> int:
+        """Samples trained by the first `step` optimizer steps."""
+        return self.facts.schedule.samples_at(step)
+
+    def epochs_at(self, step: int) -> float:
+        return self.facts.schedule.epochs_at(step, self.facts.train_samples)
 
     @property
     def train_elapsed_s(self) -> float:
@@ -160,14 +172,15 @@ class RunRecord:
             "status": self.status,
             "config": self.config.to_dict(),
             "batch": plan.to_dict(),
+            "batch_schedule": facts.schedule.to_list() if facts.schedule.scheduled else None,
             "lr": dict(facts.lr),
             "target": self._target_record(),
             "tokens": self._tokens(target),
             "time_to_target_s": target["time_s"] if target else None,
             "train_time_to_target_s": target["train_time_s"] if target else None,
             "steps_to_target": target["step"] if target else None,
-            "samples_to_target": target["step"] * plan.global_bs if target else None,
-            "epochs_to_target": target["step"] / facts.steps_per_epoch if target else None,
+            "samples_to_target": self.samples_at(target["step"]) if target else None,
+            "epochs_to_target": self.epochs_at(target["step"]) if target else None,
             "steps_to_target_resolution": self._step_resolution(),
             "first_eval_at_target": self._first_eval_at_target(),
             "target_search": self.target.search if self.target else None,
@@ -225,7 +238,7 @@ class RunRecord:
         noise = self.noise_scale or {}
         b_simple, at_target = noise.get("b_simple"), noise.get("b_simple_at_target")
         return {"per_sequence": per_sequence, "per_step": self.plan.global_bs * per_sequence,
-                "to_target": target["step"] * self.plan.global_bs * per_sequence if target else None,
+                "to_target": self.samples_at(target["step"]) * per_sequence if target else None,
                 "trained": self.samples * per_sequence,
                 "throughput_per_s": rate * per_sequence if rate is not None else None,
                 "noise_scale": b_simple * per_sequence if b_simple is not None else None,
@@ -271,8 +284,8 @@ class RunRecord:
                 continue
             low, high = crossing.search["interval"]
             out.append({"value": value, "steps_to_target": crossing.step,
-                        "samples_to_target": crossing.step * self.plan.global_bs,
-                        "epochs_to_target": crossing.step / self.facts.steps_per_epoch,
+                        "samples_to_target": self.samples_at(crossing.step),
+                        "epochs_to_target": self.epochs_at(crossing.step),
                         "time_to_target_s": crossing.time_s, "train_time_to_target_s": crossing.train_time_s,
                         "steps_to_target_resolution": high - low + 1, "search": crossing.search})
         return out

@@ -170,6 +170,17 @@ class StepTimeRecord(TypedDict):
     windows: int
 
 
+class BatchPhaseRecord(TypedDict):
+    """One batch of a --batch-schedule run (scaling/batching.py, BatchSchedule)."""
+
+    first_step: int  # the optimizer step it starts at
+    first_sample: int  # samples trained before it
+    asked: int  # the samples the schedule gave for it (a start in tokens, converted to sequences rounding up)
+    global_: int  # key "global"
+    accumulation_steps: int
+    micro_steps_per_process: int
+
+
 class Result(TypedDict, total=False):
     """result.json of a finished or interrupted run (docs/results.md). The keys marked "only ..." appear in
     some results only; every other key is always present."""
@@ -177,7 +188,8 @@ class Result(TypedDict, total=False):
     schema_version: int
     status: str
     config: dict[str, Any]
-    batch: BatchRecord
+    batch: BatchRecord  # with a batch schedule, its first batch's
+    batch_schedule: list[BatchPhaseRecord] | None  # only with --batch-schedule (absent before them)
     lr: LRRecord
     target: TargetRecord
     tokens: TokensRecord | None  # only for a next-token task (absent before them)

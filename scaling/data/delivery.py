@@ -155,7 +155,6 @@ class BatchSource:
         self.dataset = dataset
         self._cfg = cfg
         self._iterator = None
-        self._slices = sampler.slices(process_index)
         self._epoch, self._permutation = -1, None
 
     def start(self, first_step: int) -> None:
@@ -174,14 +173,14 @@ class BatchSource:
             epoch, first = self.sampler.locate(step)
             if epoch != self._epoch:  # the epoch's permutation on the device, copied once per epoch
                 self._permutation, self._epoch = self.sampler.permutation(epoch).to(self._tensors.labels.device), epoch
-            for start, end in self._slices:
+            for start, end in self.sampler.slices(self.process_index, step):
                 yield self._tensors.batch(self._permutation[first + start : first + end])
         elif self.memory_format is not None:
-            for _ in range(self.sampler.plan.micro_steps_per_process):
+            for _ in range(self.sampler.batches.plan_at(step).micro_steps_per_process):
                 inputs, labels = next_batch(self._iterator)
                 yield (inputs.contiguous(memory_format=self.memory_format) if inputs.dim() == 4 else inputs), labels
         else:
-            for _ in range(self.sampler.plan.micro_steps_per_process):
+            for _ in range(self.sampler.batches.plan_at(step).micro_steps_per_process):
                 yield next_batch(self._iterator)
 
     def replay_micro_batches(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -231,11 +230,10 @@ class StepBatchSampler(torch.utils.data.Sampler):
 
     def __iter__(self):
         step, epoch, order = self.first_step, -1, []
-        slices = self.sampler.slices(self.process_index)
         while True:
             step_epoch, first = self.sampler.locate(step)
             if step_epoch != epoch:  # the epoch's permutation as Python ints, once per epoch
                 epoch, order = step_epoch, self.sampler.permutation(step_epoch).tolist()
-            for start, end in slices:
+            for start, end in self.sampler.slices(self.process_index, step):
                 yield order[first + start : first + end]
             step += 1

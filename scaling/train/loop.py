@@ -40,12 +40,12 @@ from scaling.train.target import TargetSearch
 PROGRESS_REFRESH_S = 0.5
 
 
-def total_steps(cfg: RunConfig, steps_per_epoch: int) -> int | None:
+def total_steps(cfg: RunConfig, sampler: GlobalBatchSampler) -> int | None:
     budgets = []
     if cfg.max_steps is not None:
         budgets.append(cfg.max_steps)
     if cfg.max_epochs is not None:
-        budgets.append(max(1, math.ceil(cfg.max_epochs * steps_per_epoch)))
+        budgets.append(sampler.steps_for_epochs(cfg.max_epochs))
     return min(budgets) if budgets else None
 
 
@@ -66,9 +66,10 @@ class Trainer:
         self.accelerator, self.model, self.optimizer = accelerator, state.model, state.optimizer
         self.schedule, self.metrics, self.task = schedule, metrics, task
         self.steps_per_epoch = self.sampler.steps_per_epoch
+        self.batches = sampler.batches  # the global batch of every step (one, or a --batch-schedule's)
         # A cap (cfg.cap_steps: a tuning trial that can no longer win) ends the loop early without changing
         # the LR schedule, which build.py plans over the full budget: a capped run is the uncapped one, cut.
-        self.last_step = capped(total_steps(cfg, self.steps_per_epoch), cfg.cap_steps)
+        self.last_step = capped(total_steps(cfg, sampler), cfg.cap_steps)
         self.eval_interval = steps_per_eval(cfg, self.steps_per_epoch)
         self.source = BatchSource(train_data, self.sampler, accelerator.process_index, accelerator.device, cfg)
         self.eval_set = eval_data.to(accelerator.device) if isinstance(eval_data, TensorPair) else eval_data
@@ -79,10 +80,13 @@ class Trainer:
         # Appends to the record's lists (which a resume refills in place).
         self.windows = ThroughputWindows(lambda: self.clock.elapsed(), record.window_rates, record.window_durations)
         self.micro_losses: list[torch.Tensor] = []
+        self.micro_counts: list[int] = []  # a batch schedule's micro-steps of each step in micro_losses
         self.stop_signal: str | None = None  # set by a signal handler; acted on at the next window boundary
         self.checkpoint = Checkpoint(accelerator, Path(cfg.output_dir) / "checkpoint")
         self.noise = None
-        if cfg.noise_scale and (accelerator.num_processes > 1 or plan.micro_steps_per_process > 1
+        # Not under a batch schedule: the estimators' small and big batches are the plan's (the reference run
+        # of `scaling branch` measures B_simple at its fixed batch).
+        if cfg.noise_scale and not self.batches.scheduled and (accelerator.num_processes > 1 or plan.micro_steps_per_process > 1
                                 or plan.per_device_bs >= 2):
             self.noise = NoiseMonitor(accelerator, self.model, plan, cfg.noise_every, off_clock=self.off_the_clock,
                                       task=task)
@@ -172,6 +176,7 @@ class Trainer:
         snapshot = self.snapshot()
         if self.noise is not None:
             self.noise.begin_step(self.step, force=True)
+        self.use_batch(self.step)
         self.step_runner(self.source.replay_micro_batches(self.step), noise=self.noise)
         synchronize(self.accelerator.device)
         if self.noise is not None:
@@ -200,6 +205,8 @@ class Trainer:
         record.lr.append(self.set_lr(step))
         if self.noise is not None:
             self.noise.begin_step(step)
+        if self.batches.scheduled:
+            self.micro_counts.append(self.use_batch(step))
         self.micro_losses.extend(self.step_runner(self.source.micro_batches(step), self.timer, noise=self.noise))
         record.step = step + 1
 
@@ -219,7 +226,7 @@ class Trainer:
             self._track("phases", window_phase_shares(record.phase_windows[-1], record.window_durations[-1]))
         # Mean over this process's micro-batches, then over processes: the global-batch mean loss per step
         # (all micro-batches have the same size).
-        local = self.step_means(self.micro_losses)
+        local = self.step_means(self.micro_losses, self.micro_counts)
         if accelerator.num_processes > 1:
             window_losses = accelerator.reduce(local, reduction="mean").tolist()
             flags = torch.tensor([self.clock.elapsed(), float(self.stop_signal is not None)], device=accelerator.device)
@@ -227,13 +234,14 @@ class Trainer:
         else:
             window_losses, elapsed, stop = local.tolist(), self.clock.elapsed(), float(self.stop_signal is not None)
         self.micro_losses.clear()
+        self.micro_counts.clear()
         record.clock_points.append((record.step, self.clock.train_elapsed()))
         if record.first_loss is None:
             record.first_loss = window_losses[0]
         record.train_loss.extend(finite_or_none(v) for v in window_losses)
         line = {
             "type": "train", "step": record.step, "samples": self.samples,
-            "epoch": record.step / self.steps_per_epoch, "time_s": elapsed, "lr": record.lr[-1],
+            "epoch": self.sampler.epochs_at(record.step), "time_s": elapsed, "lr": record.lr[-1],
             "train_loss": finite_or_none(sum(window_losses) / len(window_losses)), "samples_per_s": rate,
         }
         self.metrics.write(line)
@@ -242,10 +250,19 @@ class Trainer:
         self.window_length(elapsed)
         return window_losses, elapsed, stop > 0
 
-    def step_means(self, losses: list[torch.Tensor]) -> torch.Tensor:
-        """This process's mean loss per optimizer step from its micro-steps' losses (equal micro-batches)."""
+    def use_batch(self, step: int) -> int:
+        """The step runner set for the batch of `step` (a batch schedule changes its micro-steps); returns them."""
+        micro_steps = self.batches.plan_at(step).micro_steps_per_process
+        self.step_runner.micro_steps = micro_steps
+        return micro_steps
+
+    def step_means(self, losses: list[torch.Tensor], counts: list[int] | None = None) -> torch.Tensor:
+        """This process's mean loss per optimizer step from its micro-steps' losses (equal micro-batches);
+        `counts`: each step's micro-steps, when they differ (a batch schedule), else the plan's."""
         local = torch.stack(losses).float()
-        micro_steps = self.plan.micro_steps_per_process
+        if counts and len(set(counts)) > 1:
+            return torch.stack([part.mean() for part in local.split(counts)])
+        micro_steps = counts[0] if counts else self.plan.micro_steps_per_process
         return local.view(-1, micro_steps).mean(dim=1) if micro_steps > 1 else local
 
     def window_length(self, elapsed: float) -> None:
@@ -296,7 +313,7 @@ class Trainer:
         # Time to an evaluation counts up to its end (MLPerf: the clock stops once quality is known);
         # train_time_s is the same moment with every evaluation's time taken out.
         entry = {
-            "step": self.step, "samples": self.samples, "epoch": self.step / self.steps_per_epoch,
+            "step": self.step, "samples": self.samples, "epoch": self.sampler.epochs_at(self.step),
             "time_s": clock.elapsed(), "train_time_s": clock.train_elapsed(),
             "accuracy": accuracy, "loss": finite_or_none(eval_loss),
         }
@@ -362,9 +379,10 @@ class Trainer:
         self.set_lr(step)
         if self.noise is not None:
             self.noise.measuring = False
+        micro_steps = self.use_batch(step)
         losses = self.step_runner(self.source.replay_micro_batches(step))
         self.record.step = step + 1
-        return self.accelerator.reduce(self.step_means(losses), reduction="mean").item()  # host sync: replay is off the clock
+        return self.accelerator.reduce(self.step_means(losses, [micro_steps]), reduction="mean").item()  # host sync: replay is off the clock
 
     def reaches(self, target: Target, whole: bool) -> tuple[bool, float | None]:
         return evaluate_against(self.unwrapped, self.eval_set, self.accelerator, self.task, target, self.eval_units,
