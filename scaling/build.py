@@ -109,6 +109,9 @@ def build(cfg: RunConfig, resume: bool = False) -> Built:
     if cfg.cpu and not requested_cpu:
         built.say(f"scaling: note: no GPU here: the {plan.world_size} launched processes train on the CPU over "
                   f"gloo (as with --cpu)")
+    if cfg.start_from is not None and not resume:  # a resume continues from its own checkpoint instead
+        trainer.start_from_point(Path(cfg.start_from))
+        built.say(f"scaling: started from {cfg.start_from} at step {trainer.step}")
     if resume:
         trainer.load_checkpoint()
         built.say(f"scaling: resumed from {trainer.checkpoint.directory} at step {trainer.step}")

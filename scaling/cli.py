@@ -1,4 +1,4 @@
-"""`scaling run | probe | sweep | study | report | predict`."""
+"""`scaling run | probe | sweep | study | report | predict | branch`."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ commands:
   study    sweep a spec and write its report; with no arguments, the default study on MNIST-1D
   report   write report.md, report.html and plots for a folder of results
   predict  predict train time to target on N devices from a finished run (docs/predict.md)
+  branch   the critical batch during training: continue a run from its branch points at larger batches
+           (docs/branching.md)
 """
 
 
@@ -237,10 +239,14 @@ def main(argv: list[str] | None = None) -> int:
             return report_main(rest)
         if command == "predict":
             return predict(rest)
+        if command == "branch":
+            from scaling.branching import main as branch_main
+
+            return branch_main(rest)
     except ConfigError as err:
         print(f"scaling: error: {err}", file=sys.stderr)
         return 2
-    print(f"scaling: error: unknown command {command!r}; commands: run, probe, sweep, study, report, predict", file=sys.stderr)
+    print(f"scaling: error: unknown command {command!r}; commands: run, probe, sweep, study, report, predict, branch", file=sys.stderr)
     return 2
 
 

@@ -129,6 +129,12 @@ class RunConfig:
     progress: bool = True
     save_model: bool = False  # write OUTPUT_DIR/model.pt (final weights) at the end
     checkpoint_every: int | None = None  # also checkpoint every N optimizer steps (always on SIGTERM/SIGINT)
+    # steps at which to keep a checkpoint that `scaling branch` continues from: "10%,25%" of the step budget, or
+    # step numbers (scaling/branching.py)
+    branch_points: str | None = None
+    # a checkpoint folder to start from (a branch point of another run): its weights, optimizer, RNG and loop state,
+    # under this run's settings (scaling branch's branches)
+    start_from: str | None = None
     # What to do with an output folder that holds an earlier run: an instruction, not a setting of the run,
     # so it is left out of to_dict() (result.json, checkpoints and study ids do not record it).
     overwrite: bool = field(default=False, metadata={"action": True})
@@ -529,6 +535,12 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("--lr-decay step needs --lr-step-epochs, e.g. --lr-step-epochs 30,60,80")
     if any(e <= 0 for e in cfg.lr_step_epochs):
         raise ConfigError(f"--lr-step-epochs must be positive epochs, got {shown(cfg.lr_step_epochs)}")
+    if cfg.branch_points is not None:
+        from scaling.branching import parse_points
+
+        parse_points(cfg.branch_points, "--branch-points")
+    if cfg.start_from == "":
+        raise ConfigError("--start-from names a checkpoint folder, got an empty path")
     if cfg.batch_schedule is not None:
         _check_batch_schedule(cfg)
     elif cfg.batch_schedule_lr != "rule":

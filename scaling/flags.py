@@ -111,6 +111,10 @@ GROUPS: list[tuple[str, list[tuple[str, str]]]] = [
         ("progress", "a progress bar on the main process"),
         ("save_model", "write the final weights to OUTPUT_DIR/model.pt"),
         ("checkpoint_every", "also checkpoint every N optimizer steps (always on SIGTERM/SIGINT)"),
+        ("branch_points", "keep a checkpoint at these steps for scaling branch: fractions of the step budget "
+                          "(10%,25%,50%) or step numbers"),
+        ("start_from", "start from a checkpoint folder (a branch point of another run): its weights, optimizer, "
+                       "RNG and steps, under this run's settings"),
     ]),
 ]
 

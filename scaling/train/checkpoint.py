@@ -208,6 +208,35 @@ class Checkpoint:
         return state
 
 
+def start_point_step(folder: Path) -> int:
+    """The step of a --start-from checkpoint, from its manifest (0 when it cannot be read: loading it then
+    refuses it in one line)."""
+    try:
+        step = json.loads((Path(folder) / MANIFEST).read_text())["step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+    return step if isinstance(step, int) and step >= 0 else 0
+
+
+def load_start_point(accelerator: Accelerator, folder: Path) -> dict:
+    """--start-from: restore model, optimizer and RNG states from another run's checkpoint folder (verified
+    as a resume verifies its own) and return its loop state; its settings may differ from this run's (a
+    branch's batch, budget and seed), the model and optimizer must be the same (or loading fails in one line)."""
+    folder = Path(folder)
+    if not (folder / MANIFEST).is_file() and not (folder / STATE_FILE).is_file():
+        raise CheckpointError(f"--start-from: {folder} holds no checkpoint")
+    try:
+        state = verify(folder, accelerator.num_processes, accelerator.process_index)
+    except CheckpointError as err:
+        raise CheckpointError(f"--start-from: {err}") from None
+    try:
+        accelerator.load_state(str(folder))
+    except Exception as err:  # verified files that do not fit this model/optimizer
+        raise CheckpointError(f"--start-from: cannot load checkpoint {folder}: {type(err).__name__}: "
+                              f"{_first_line(err)} (the same model and optimizer as the run that wrote it?)") from None
+    return state
+
+
 def check_resumable(saved: Any, cfg: RunConfig) -> None:
     if not isinstance(saved, dict):
         raise CheckpointError("--resume: the checkpoint holds no run config; rerun with --overwrite to start over")

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from scaling.batching import GlobalBatchSampler
+from scaling.branching import branch_point_folder, branch_steps
 from scaling.config import RunConfig
 from scaling.data.delivery import BatchSource
 from scaling.data.tensors import TensorPair
@@ -30,7 +31,7 @@ from scaling.noise.monitor import PROBE_BATCHES, NoiseMonitor
 from scaling.record import RunRecord, TargetCrossing
 from scaling.targets import behind_pace, pace_milestones
 from scaling.task import Target, Task, run_target
-from scaling.train.checkpoint import Checkpoint
+from scaling.train.checkpoint import Checkpoint, load_start_point, start_point_step
 from scaling.train.clock import PhaseTimer, RunClock, ThroughputWindows, summarize_phases, synchronize
 from scaling.train.evaluation import StallRule, chance_loss, evaluate, evaluate_against, steps_per_eval
 from scaling.train.state import Snapshot, TrainingState
@@ -71,6 +72,8 @@ class Trainer:
         # the LR schedule, which build.py plans over the full budget: a capped run is the uncapped one, cut.
         self.last_step = capped(total_steps(cfg, sampler), cfg.cap_steps)
         self.eval_interval = steps_per_eval(cfg, self.steps_per_epoch)
+        # A run started from another run's point (--start-from) evaluates every interval counted from that point.
+        self.eval_offset = start_point_step(Path(cfg.start_from)) if cfg.start_from else 0
         self.source = BatchSource(train_data, self.sampler, accelerator.process_index, accelerator.device, cfg)
         self.eval_set = eval_data.to(accelerator.device) if isinstance(eval_data, TensorPair) else eval_data
         self.unwrapped = state.unwrapped  # evaluation: no DDP hooks, eager
@@ -99,6 +102,8 @@ class Trainer:
         self.eval_units = task.units(self.eval_set)  # the samples or target tokens an evaluation scores
         self.target_search = TargetSearch(self, enabled=cfg.exact_target and self.target is not None,
                                           max_steps=cfg.exact_target_max_steps)
+        # --branch-points: the steps whose state is kept for `scaling branch` (a window boundary at each)
+        self.branch_steps = branch_steps(cfg, total_steps(cfg, sampler))
         self.window_steps = cfg.log_every  # steps per logging window (window_length)
         self._boundary: tuple[int, float] | None = None  # (step, agreed elapsed) at the last window boundary
         self._checkpointed_at = 0
@@ -135,8 +140,9 @@ class Trainer:
         self.target_search.start()
         while self.last_step is None or record.step < self.last_step:
             self.train_step()
-            eval_due = record.step % self.eval_interval == 0 or record.step == self.last_step
-            if not (eval_due or record.step % self.window_steps == 0):
+            eval_due = (record.step - self.eval_offset) % self.eval_interval == 0 or record.step == self.last_step
+            at_point = record.step in self.branch_steps
+            if not (eval_due or at_point or record.step % self.window_steps == 0):
                 continue
             window_losses, elapsed, stop = self.close_window()
             progress.update(record.step - progress.n)
@@ -151,6 +157,8 @@ class Trainer:
                     break
                 if self.check_stall() or self.check_pace():
                     break
+            if at_point:
+                self.save_branch_point()
             if time_up:
                 break
             if stop:  # preemption: every process saw the request at this same step
@@ -413,6 +421,20 @@ class Trainer:
             self.record.noise_state = self.noise.state_dict()
         base = self.target_search.base
         self.checkpoint.save(self.record.state_dict(), start=base.to_dict() if base is not None else None)
+
+    def save_branch_point(self) -> None:
+        """The state at a --branch-points step, in OUTPUT_DIR/branch_points/step-N (scaling/branching.py)."""
+        self.metrics.check()
+        self.read_clock()
+        folder = branch_point_folder(Path(self.cfg.output_dir), self.step)
+        if self.accelerator.is_main_process:
+            folder.parent.mkdir(exist_ok=True)
+        Checkpoint(self.accelerator, folder).save(self.record.state_dict())
+
+    def start_from_point(self, folder: Path) -> None:
+        """--start-from: the loop state, model, optimizer and RNG of another run's checkpoint (a branch point),
+        trained on under this run's settings (the branch's batch, budget, seed)."""
+        self.record.load_state_dict(load_start_point(self.accelerator, folder))
 
     def load_checkpoint(self) -> None:
         """Resume: the record's loop state from the checkpoint (the sampler needs only the step: batches are a
