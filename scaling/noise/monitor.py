@@ -85,6 +85,7 @@ class NoiseMonitor:
         self._pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (step, small-side, big |G|^2)
         self.series: list[dict] = []
         self.probes: dict[str, dict] = {}  # "target", "final" -> the probe's summary
+        self.points: list[dict] = []  # a probe at each --branch-points step, with its step (checkpointed)
 
     # ---- collection, inside the optimizer step ----
     def begin_step(self, step: int, force: bool = False) -> None:
@@ -223,13 +224,15 @@ class NoiseMonitor:
             "big_batch": self.big_batch, "window": WINDOW, "b_simple": b_simple,
             "b_simple_at_target": target["b_simple"] if target else None,
             "at_target": target, "final": final or target, "series": self.series,
-            "measure_s": self.measure_s,
+            "branch_points": self.points, "measure_s": self.measure_s,
         }
 
     def state_dict(self) -> dict:
-        return {"estimator": self.estimator.state_dict(), "series": self.series, "measure_s": self.measure_s}
+        return {"estimator": self.estimator.state_dict(), "series": self.series, "measure_s": self.measure_s,
+                "points": self.points}
 
     def load_state_dict(self, state: dict) -> None:
         self.estimator.load_state_dict(state["estimator"])
         self.measure_s = state.get("measure_s", 0.0)
         self.series = state["series"]
+        self.points = state.get("points", [])

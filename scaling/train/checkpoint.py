@@ -428,6 +428,10 @@ def _noise_problem(noise: Any, step: int) -> str | None:
         if not isinstance(point, dict) or set(point) != NOISE_POINT_KEYS or not _is_count(point["step"], step) or any(
                 value is not None and not _is_number(value) for key, value in point.items() if key != "step"):
             return f"noise.series[{index}] is {shown(point)}, not a measurement at a step from 0 to {step:,}"
+    points = noise.get("points", [])
+    if not isinstance(points, list) or any(not isinstance(p, dict) or not _is_count(p.get("step"), step) or not (
+            p.get("b_simple") is None or _is_number(p["b_simple"])) for p in points):
+        return f"noise.points is {shown(points)}, not probes at steps from 0 to {step:,}"
     if not _is_number(noise.get("measure_s", 0.0), 0.0, MAX_SECONDS):
         return f"noise.measure_s is {shown(noise.get('measure_s'))}, not a number of seconds"
     return None

@@ -39,6 +39,9 @@ from scaling.train.step import StepRunner
 from scaling.train.target import TargetSearch
 
 PROGRESS_REFRESH_S = 0.5
+# The noise probe at a branch point pools at least this many samples (PROBE_BATCHES global batches at least):
+# at a small batch, 16 batches give too few samples for |G|^2 when B_simple is far above the batch.
+POINT_PROBE_SAMPLES = 4096
 
 
 def total_steps(cfg: RunConfig, sampler: GlobalBatchSampler) -> int | None:
@@ -396,15 +399,15 @@ class Trainer:
         return evaluate_against(self.unwrapped, self.eval_set, self.accelerator, self.task, target, self.eval_units,
                                 whole)
 
-    def probe_noise(self, label: str) -> None:
+    def probe_noise(self, label: str, batches: int = PROBE_BATCHES) -> None:
         """The noise scale at the current weights (scaling/noise/monitor.py, `probe`), on the batches of the
-        next PROBE_BATCHES steps, off the clock; buffers and RNG are restored afterwards."""
+        next `batches` steps, off the clock; buffers and RNG are restored afterwards."""
         if self.noise is None:
             return
         with self.clock.paused():
             snapshot = self.snapshot()
             self.noise.step = self.step
-            steps = range(self.step, self.step + PROBE_BATCHES)
+            steps = range(self.step, self.step + batches)
             self.noise.probe(label, (self.source.replay_micro_batches(step) for step in steps))
             self.restore(snapshot)
 
@@ -425,6 +428,10 @@ class Trainer:
     def save_branch_point(self) -> None:
         """The state at a --branch-points step, in OUTPUT_DIR/branch_points/step-N (scaling/branching.py)."""
         self.metrics.check()
+        if self.noise is not None:  # B_simple at the point, beside the critical batch branching measures there
+            self.probe_noise("point", max(PROBE_BATCHES, math.ceil(POINT_PROBE_SAMPLES / self.plan.global_bs)))
+            self.noise.points.append({"step": self.step, **self.noise.probes.pop("point")})
+            self.record.noise_state = self.noise.state_dict()
         self.read_clock()
         folder = branch_point_folder(Path(self.cfg.output_dir), self.step)
         if self.accelerator.is_main_process:
