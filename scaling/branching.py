@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from scaling.distributions import t_quantile
 from scaling.errors import ConfigError, shown
 
 POINT_FORM = "fractions of the step budget (10%,25%,50%) or step numbers (100,250)"
@@ -28,10 +29,11 @@ POINTS_FOLDER = "branch_points"
 SCHEMA = 1
 DEFAULT_CONTROLS = 3
 DEFAULT_WINDOW = "10%"
-# One-sided 99% quantiles of Student's t with 1..10 degrees of freedom: the tolerance is the 99% upper
-# prediction bound of one more run at the reference batch from the controls' mean and spread, so that a branch
-# at the reference batch under yet another data order (an A/A branch) falls behind once in a hundred.
-T99 = (31.821, 6.965, 4.541, 3.747, 3.365, 3.143, 2.998, 2.896, 2.821, 2.764)
+# The tolerance is the one-sided 99% upper prediction bound of one more run at the reference batch from the
+# controls' mean and spread, so that a branch at the reference batch under yet another data order (an A/A
+# branch) falls behind once in a hundred.
+CONFIDENCE = 0.99
+MAX_CONTROLS = 20
 # The tolerance is never below this share of the controls' mean loss: controls that agree to float rounding
 # (a problem without sampling noise) would otherwise make any difference a failure.
 TOLERANCE_FLOOR = 1e-3
@@ -120,12 +122,12 @@ def parse_multiples(text: str) -> list[int]:
 
 def tolerance(control_losses: list[float]) -> tuple[float, float, float]:
     """(mean, spread, tolerance) of the controls' losses at the end of the window: the tolerance is the
-    one-sided 99% prediction bound of one more run at the reference batch, t(0.99, n-1) x s x sqrt(1 + 1/n),
+    one-sided 99% prediction bound of one more run at the reference batch, t(CONFIDENCE, n-1) x s x sqrt(1 + 1/n),
     at least TOLERANCE_FLOOR of the mean."""
     n = len(control_losses)
     mean = statistics.fmean(control_losses)
     spread = statistics.stdev(control_losses) if n > 1 else 0.0
-    bound = T99[min(n - 1, len(T99)) - 1] * spread * math.sqrt(1 + 1 / n) if n > 1 else 0.0
+    bound = t_quantile(CONFIDENCE, n - 1) * spread * math.sqrt(1 + 1 / n) if n > 1 else 0.0
     return mean, spread, max(bound, TOLERANCE_FLOOR * abs(mean))
 
 
@@ -138,6 +140,26 @@ def critical_batch(reference_batch: int, branches: list[dict]) -> tuple[int, int
             return critical, branch["batch"]
         critical = branch["batch"]
     return critical, None
+
+
+def schedule_from_record(path: str) -> str:
+    """`--batch-schedule from:RUN_DIR/branches.json`: a batch-size warmup built on the critical batch measured
+    at each point (Merrill et al. 2025): the reference batch from the start, then from each point's samples on
+    the critical batch there (never below a batch already reached: a warmup only rises). Starts are in the
+    units the schedule counts (tokens for a language model)."""
+    file = Path(path)
+    try:
+        record = json.loads(file.read_text())
+        units = int(record.get("units_per_sample", 1))
+        pairs = [(0, int(record["batch"]))]
+        for point in sorted(record["points"], key=lambda p: p["samples"]):
+            batch = max(pairs[-1][1], int(point["critical_batch"]))
+            if batch != pairs[-1][1]:
+                pairs.append((int(point["samples"]) * units, batch))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ConfigError(f"--batch-schedule from:{path}: not a branching record (scaling branch writes "
+                          f"RUN_DIR/{BRANCHES_FILE}): {type(err).__name__}: {err}") from None
+    return ",".join(f"{start}:{batch}" for start, batch in pairs)
 
 
 # ---------------------------------------------------------------- the command
@@ -352,8 +374,8 @@ def branch(run_dir: str, batches: str, at: str, window: str = DEFAULT_WINDOW, co
     started = time.perf_counter()
     reference = load_reference(run_dir)
     multiples = parse_multiples(batches)
-    if not 1 <= controls <= len(T99):
-        raise ConfigError(f"--controls takes 1 to {len(T99)} runs at the reference batch; got {controls}")
+    if not 1 <= controls <= MAX_CONTROLS:
+        raise ConfigError(f"--controls takes 1 to {MAX_CONTROLS} runs at the reference batch; got {controls}")
     largest = multiples[-1] * reference.batch
     if largest > reference.train_samples:
         raise ConfigError(f"--batches {batches}: batch {largest} is larger than the training set "
@@ -371,7 +393,9 @@ def branch(run_dir: str, batches: str, at: str, window: str = DEFAULT_WINDOW, co
     say(f"scaling branch: {len(points)} point(s) x ({controls + 1} controls at batch {reference.batch} + "
         f"{len(multiples)} branches) = {runs} runs of {window_samples:,} samples each "
         f"({runs * window_samples:,} samples in all)")
+    tokens = reference.result.get("tokens") or {}
     record = {"schema": SCHEMA, "reference": str(reference.run_dir), "batch": reference.batch,
+              "units_per_sample": tokens.get("per_sequence", 1),
               "budget_steps": reference.budget, "window_samples": window_samples, "eval_every_samples": every,
               "controls": controls,
               "tolerance_rule": "one-sided 99% prediction bound of a run at the reference batch from the controls "

@@ -361,6 +361,10 @@ TARGET_KEYS = ("target_accuracy", "target_loss")
 def make_config(values: dict[str, Any], source: str = "config") -> RunConfig:
     """Build and validate a RunConfig from typed values (unknown keys and type changes refused)."""
     values = apply_overrides({}, values, from_cli=False, source=source)
+    if isinstance(values.get("batch_schedule"), str) and values["batch_schedule"].startswith("from:"):
+        from scaling.branching import schedule_from_record
+
+        values["batch_schedule"] = schedule_from_record(values["batch_schedule"].removeprefix("from:"))
     if values.get("batch_schedule") is not None:  # the schedule's first batch is the run's global batch
         first = parse_batch_schedule(values["batch_schedule"])[0][1]
         if values.setdefault("global_bs", first) != first:
@@ -385,7 +389,7 @@ def parse_batch_schedule(text: Any) -> tuple[tuple[int, int], ...]:
     rising and each batch other than the one before it (tokens instead of samples for a language model:
     scaling/batching.py, plan_schedule, converts them)."""
     form = ('--batch-schedule takes START:BATCH pairs, the samples (tokens for a language model) from which each '
-            'global batch trains, from 0 and rising, e.g. "0:64,20000:128,60000:256"')
+            'global batch trains, from 0 and rising, e.g. "0:64,20000:128,60000:256" (or from:RUN_DIR/branches.json)')
     if not isinstance(text, str):
         raise ConfigError(f"{form}; got {shown(text)}")
     pairs = []

@@ -82,6 +82,18 @@ def test_on_a_rising_noise_scale_the_critical_batch_rises_and_an_aa_branch_keeps
         assert low == point["critical_batch"] and (high is None or high > low)
     assert late["critical_batch"] > early["critical_batch"], (early["bracket"], late["bracket"])
     assert late["b_simple"] > early["b_simple"] > 0  # the reference's probes at the points: the noise scale rose
+    # A batch-size warmup built on the record: the reference batch, then each point's critical batch from its
+    # samples on (a warmup only rises).
+    derived = tmp_path / "derived"
+    assert_ok(run_entry([*reference_args(derived, seed), "--per-device-bs", "8",
+                         "--batch-schedule", f"from:{reference / 'branches.json'}"], **env))
+    expected, batch = [(0, 8)], 8
+    for point in record["points"]:
+        if max(batch, point["critical_batch"]) != batch:
+            batch = point["critical_batch"]
+            expected.append((point["samples"], batch))
+    phases = load_result(derived)["batch_schedule"]
+    assert [(p["asked"], p["global"]) for p in phases] == expected and len(expected) > 1
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +120,7 @@ def test_a_reference_keeps_its_points_and_says_what_they_hold(short_reference):
     (["--at", "10%", "--batches", "2x,2x"], ["--batches takes multiples"]),
     (["--at", "10%", "--batches", "200x"], ["batch 12800 is larger than the training set (6,400 samples)"]),
     (["--at", "10%", "--window", "lots"], ["--window takes samples"]),
-    (["--at", "10%", "--controls", "0"], ["--controls takes 1 to 10 runs"]),
+    (["--at", "10%", "--controls", "0"], ["--controls takes 1 to 20 runs"]),
     (["--at", "150%"], ["--at takes fractions of the step budget"]),
     (["--at", "60"], ["--at 60 is step 60, not before the run's last step 60"]),
 ])
