@@ -78,10 +78,17 @@ def sweep(argv: list[str], spec_required: bool = True, report: bool = False) -> 
                 print("    " + " ".join(f"{k}={v}" for k, v in group.items()))
         else:
             print(f"scaling: study {study.name}: {len(study.configs)} configurations -> {study_dir}")
+        if study.branching is not None:
+            print(f"scaling: and {study.branching.describe()}:")
+            print(study.branching.reference.describe())
         for study_config in study.configs:
             print(study_config.describe())
         return 0
     if args.slurm:
+        if study.branching is not None:
+            raise ConfigError("a branching study derives its schedules from the reference run's branches, so it "
+                              "cannot be written as independent sbatch jobs: run `scaling sweep SPEC` inside one "
+                              "allocation")
         if study.tuning is not None:
             raise ConfigError("a tuned study decides each trial from the ones before it, so it cannot be written as "
                               "independent sbatch jobs: run `scaling sweep SPEC` inside one allocation (salloc, or "

@@ -168,3 +168,29 @@ def test_a_run_started_from_a_point_continues_the_reference_exactly(short_refere
     torch.testing.assert_close(torch.tensor(ours["train_loss"]), torch.tensor(theirs["train_loss"]), rtol=0, atol=0)
     assert ours["history"][-1] == {**theirs["history"][-1], "time_s": ours["history"][-1]["time_s"],
                                    "train_time_s": ours["history"][-1]["train_time_s"]}
+
+
+def test_the_tolerance_is_the_99_percent_prediction_bound_of_the_controls():
+    from scaling.branching import tolerance
+
+    losses = [1.30, 1.34, 1.31, 1.36]
+    mean, spread, tol = tolerance(losses)
+    # t(0.99, 3) = 4.541 (tables), s = the sample standard deviation, sqrt(1 + 1/4)
+    s = (sum((x - 1.3275) ** 2 for x in losses) / 3) ** 0.5
+    assert mean == pytest.approx(1.3275) and spread == pytest.approx(s)
+    assert tol == pytest.approx(4.541 * s * (1.25 ** 0.5), rel=1e-3)
+    assert tolerance([2.0, 2.0])[2] == pytest.approx(2e-3)  # identical controls: the floor, 0.1% of the mean
+
+
+@pytest.mark.parametrize("kept, expected", [
+    ({32: True, 64: True, 128: False}, (64, 128)),
+    ({32: True, 64: False, 128: True}, (32, 64)),  # a larger batch keeping up after one fell behind is not counted
+    ({32: False, 64: False}, (16, 32)),
+    ({32: True, 64: True}, (64, None)),
+    ({16: False, 32: True}, (32, None)),  # the A/A branch (the reference's own batch) does not bound it
+])
+def test_the_critical_batch_is_the_last_that_kept_up_before_the_first_that_did_not(kept, expected):
+    from scaling.branching import critical_batch
+
+    branches = [{"batch": batch, "kept_up": value} for batch, value in kept.items()]
+    assert critical_batch(16, branches) == expected

@@ -21,8 +21,11 @@ from scaling.report.questions import (
     failures,
     faster,
     largest,
+    levels,
     lr_rules,
+    over_training,
     powers_of_two,
+    schedules,
     seeds,
     tuned,
 )
@@ -32,6 +35,7 @@ from scaling.report.study import Study
 FINDINGS: list[FindingFunction] = [
     faster.fastest, faster.time_trend, largest.steps_scaling, tuned.optimal_lr, tuned.lr_exponent, tuned.lr_peak,
     tuned.tuned_critical_batch, tuned.rule_cost_per_batch, tuned.rule_cost, critical_batch.noise_findings,
+    levels.levels, over_training.over_training, schedules.schedules,
     devices.device_count_findings, lr_rules.lr_rule_outcomes, lr_rules.lr_rule_per_batch, lr_rules.lr_rules,
     powers_of_two.power_of_two, data_loading.data_wait, data_loading.throughput, decompositions.decompositions,
     seeds.seeds, failures.failures,

@@ -275,7 +275,7 @@ def load_runs(study_dir: str | Path, warn: Callable[[str], None] = warn_stderr) 
         if run.folder is not None:
             seen.add((run.folder / "result.json").resolve())
     for path in sorted(study_dir.glob("**/result.json")):
-        if path.resolve() not in seen:
+        if path.resolve() not in seen and not is_branch(path):
             runs.append(_run_from_file(study_dir, path))
     damaged = [run for run in runs if run.status == UNREADABLE]
     if not any(run.status in FINAL_STATUSES for run in runs):
@@ -294,6 +294,13 @@ def load_runs(study_dir: str | Path, warn: Callable[[str], None] = warn_stderr) 
         warn(f"scaling: warning: run {shown(run.id, 80)} is left out of the report: {error}")
     _complete_partial_configs(runs)
     return runs
+
+
+def is_branch(result_path: Path) -> bool:
+    """A branch of `scaling branch` (RUN_DIR/branches/step-N/...): not a run of the study, read through its
+    reference's branches.json instead (report/questions/over_training.py)."""
+    return any(parent.name == "branches" and (parent.parent / "branch_points").is_dir()
+               for parent in result_path.parents)
 
 
 def entry_problem(entry: Any) -> str | None:

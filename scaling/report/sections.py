@@ -23,8 +23,11 @@ from scaling.report.questions import (
     devices,
     faster,
     largest,
+    levels,
     lr_rules,
+    over_training,
     powers_of_two,
+    schedules,
     seeds,
     tuned,
 )
@@ -190,7 +193,8 @@ def _note(run: Run, mark: str | None, trial: bool = False, chosen: bool = False)
 
 # The report, in order. Insert a function here to add a section.
 SECTIONS: list[Section] = [title, answer, conclusions, configurations_table, faster.section, largest.section,
-                           tuned.section, critical_batch.section, devices.section, lr_rules.section, powers_of_two.section,
+                           tuned.section, critical_batch.section, levels.section, over_training.section, schedules.section,
+                           devices.section, lr_rules.section, powers_of_two.section,
                            data_loading.section, seeds.section]
 
 # tests/test_devices.py and tests/test_devices_run.py import it from here (it was defined here before

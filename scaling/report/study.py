@@ -44,6 +44,7 @@ class Study:
     all_configurations: list[Configuration] = field(default_factory=list)  # unfinished runs too: the tables
     analyses: dict[Hashable, Any] = field(default_factory=dict, repr=False)  # key -> a question's analysis
     searches: list[tuning.Search] | None = None  # a tuned study's searches (study.json `tuning`), else None
+    scheduled: list[Configuration] = field(default_factory=list)  # --batch-schedule configurations (finished)
 
     @classmethod
     def load(cls, study_dir: Path, out_dir: Path, rules: stats.Rules | None = None) -> Study:
@@ -64,8 +65,12 @@ class Study:
                         *tuning.tuned_configurations(searches)]
         finished = [Configuration(c.settings, [run for run in c.runs if run.finished], c.series, c.label)
                     for c in analysed]
-        return cls(name, study_dir, out_dir, runs, [c for c in finished if c.runs], rules=rules or stats.Rules(),
-                   all_configurations=everything, searches=searches)
+        finished = [c for c in finished if c.runs]
+        # A batch schedule is no point of the batch ladder (its batch changes): report/questions/schedules.py.
+        scheduled = [c for c in finished if c.settings.get("batch_schedule")]
+        return cls(name, study_dir, out_dir, runs, [c for c in finished if not c.settings.get("batch_schedule")],
+                   rules=rules or stats.Rules(), all_configurations=everything, searches=searches,
+                   scheduled=scheduled)
 
     def cached(self, key: Hashable, compute: Callable[[], T]) -> T:
         """`compute()` the first time `key` is asked for, the same object after that."""

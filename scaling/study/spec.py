@@ -7,6 +7,10 @@ Spec (docs/studies.md):
     grid: {global_bs: [32, 64, 128], lr_scaling: [linear, sqrt]}   # cartesian product
     zip:  {per_device_bs: [32, 64], accumulation_steps: [4, 2]}    # varied together (or a list of such groups)
     seeds: [0, 1, 2]                                  # shorthand for a grid axis over `seed`
+    branch: {reference: {global_bs: 16, max_steps: 2000}, at: "5%,25%,50%", batches: "2x,4x,8x",
+             window: "10%", controls: 3, derived: {per_device_bs: 16}}
+            # a reference run kept at --branch-points `at`, `scaling branch` on it, then one configuration per
+            # seed under the warmup it suggests (--batch-schedule from:.../branches.json; docs/branching.md)
     launcher: {type: python | torchrun | accelerate, nproc: 1, config_file: launch/multi_gpu.yaml,
                nnodes: 1, master_addr: 127.0.0.1, local_nodes: false, timeout_s: null}
 
@@ -29,14 +33,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scaling.batching import plan_batch
+from scaling.batching import plan_batch, plan_unit
 from scaling.config import FIELDS, ConfigError, RunConfig, load_yaml, make_config, shown
 from scaling.lr import scaled_hyperparameters, scaled_lr
 from scaling.study.tune import TuneSpec, groups_without_seed, parse_tune
 
 RUN_PY = Path(__file__).resolve().parent.parent / "run.py"
 LAUNCHER_TYPES = ("python", "torchrun", "accelerate")
-SPEC_KEYS = {"name", "description", "base", "grid", "zip", "seeds", "launcher", "slurm", "tune"}
+SPEC_KEYS = {"name", "description", "base", "grid", "zip", "seeds", "launcher", "slurm", "tune", "branch"}
+BRANCH_KEYS = {"reference", "at", "batches", "window", "controls", "derived"}
 LAUNCHER_KEYS = {"type", "nproc", "config_file", "nnodes", "master_addr", "master_port", "local_nodes", "timeout_s",
                  "grace_s"}
 LAUNCH_AXES = {"nproc"}  # axis keys that belong to the launcher, not the run config
@@ -96,6 +101,34 @@ class StudyPlan:
     spec: dict[str, Any]
     configs: list[StudyConfig] = field(default_factory=list)
     tuning: Tuning | None = None  # a tuned study's searches (scaling/study/tune.py); configs holds its fixed rules
+    branching: Branching | None = None  # a reference run, its branching, the derived schedules (`branch:`)
+
+
+@dataclass
+class Branching:
+    """A study's `branch:` section: the reference configuration (kept at its branch points), what `scaling branch`
+    is asked, and `derive(seed, record)`, the configuration of one seed under the schedule the record suggests
+    (built once the record exists: the schedule is read from it)."""
+
+    reference: StudyConfig
+    at: str
+    batches: str
+    window: str
+    controls: int
+    seeds: list[int]
+    derive: Callable[[Any, Path], StudyConfig]
+
+    @property
+    def record(self) -> Path:
+        return Path(self.reference.config.output_dir) / "branches.json"
+
+    def command(self) -> list[str]:
+        return ["branch", self.reference.config.output_dir, "--at", self.at, "--batches", self.batches, "--window",
+                self.window, "--controls", str(self.controls)]
+
+    def describe(self) -> str:
+        return (f"a reference run kept at {self.at}, branched at {self.batches} (window {self.window}, "
+                f"{self.controls} controls), then seeds {', '.join(map(str, self.seeds))} under the warmup it suggests")
 
 
 @dataclass
@@ -364,6 +397,9 @@ def load_study(path: str | Path, study_dir: str | Path) -> StudyPlan:
     tune = parse_tune(spec.get("tune"))
     if tune is not None:
         grid_points = _tuned_points(study, tune, grid_points, zip_points, base, launcher, Path(study_dir), path)
+    if spec.get("branch") is not None:
+        study.branching = _branching(spec["branch"], base, launcher, Path(study_dir), path,
+                                     list(dict.fromkeys(point.get("seed", base.get("seed", 0)) for point in grid_points)))
     seen: set[str] = set()
     for point in grid_points:
         for combo in itertools.product(*zip_points) if zip_points else [()]:
@@ -375,6 +411,38 @@ def load_study(path: str | Path, study_dir: str | Path) -> StudyPlan:
                 seen.add(study_config.id)
                 study.configs.append(study_config)
     return study
+
+
+def _branching(section: Any, base: dict, launcher: Launcher, study_dir: Path, path: Any, seeds: list) -> Branching:
+    """The `branch:` section, every part checked before anything runs (the derived schedule itself is read from
+    the branching record once it exists)."""
+    from scaling.branching import DEFAULT_CONTROLS, DEFAULT_WINDOW, parse_multiples, parse_points
+
+    if not isinstance(section, dict) or set(section) - BRANCH_KEYS or "at" not in section:
+        raise ConfigError(f"study spec {path}: 'branch' is a mapping of {', '.join(sorted(BRANCH_KEYS))} ('at' "
+                          f"required); got {shown(section, 60)}")
+    if launcher.type != "python":
+        raise ConfigError(f"study spec {path}: 'branch' runs its reference and branches in one process: use the "
+                          f"python launcher (emulate processes with emulate_processes)")
+    reference, derived = section.get("reference") or {}, section.get("derived") or {}
+    if not isinstance(reference, dict) or not isinstance(derived, dict):
+        raise ConfigError(f"study spec {path}: 'branch: reference' and 'derived' are mappings of run-config keys")
+    at, batches = str(section["at"]), str(section.get("batches", "2x,4x,8x"))
+    parse_points(at, "study spec branch: at")
+    parse_multiples(batches)
+    controls = section.get("controls", DEFAULT_CONTROLS)
+    if not isinstance(controls, int) or isinstance(controls, bool) or controls < 1:
+        raise ConfigError(f"study spec {path}: 'branch: controls' is a whole number of runs >= 1; got {shown(controls)}")
+    ref = _make_config(base, {**reference, "branch_points": at, "target_accuracy": None, "target_loss": None,
+                              "lr_decay": "constant"}, launcher, study_dir, path)
+    if ref.config.max_steps is None and ref.config.max_epochs is None:
+        raise ConfigError(f"study spec {path}: the branching reference needs a step budget (max_steps or max_epochs)")
+
+    def derive(seed: Any, record: Path) -> StudyConfig:
+        return _make_config(base, {**derived, "batch_schedule": f"from:{record}", "seed": seed}, launcher,
+                            study_dir, path)
+
+    return Branching(ref, at, batches, str(section.get("window", DEFAULT_WINDOW)), controls, seeds, derive)
 
 
 def _tuned_points(study: StudyPlan, tune: TuneSpec, grid_points: list[dict], zip_points: list[list[dict]],
@@ -424,6 +492,7 @@ def _make_config(base: dict, overrides: dict, launcher: Launcher, study_dir: Pat
         config = dataclasses.replace(config, output_dir=str(study_dir / "runs" / config_key))
         check_settings(config)
         plan = plan_batch(config, this_launcher.nproc * this_launcher.nnodes)
+        plan_unit(config, this_launcher.nproc * this_launcher.nnodes)  # every batch of a --batch-schedule
         check_dataset_size(config, plan.global_bs)
         scaled_hyperparameters(config, plan.global_bs)  # the LR, beta and eps rules' refusals (scaling/lr.py)
     except ConfigError as err:

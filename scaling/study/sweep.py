@@ -25,7 +25,7 @@ from scaling.lock import wait_for_run_lock
 from scaling.output import inspect_run_folder
 from scaling.parent import DIE_WITH_PARENT_ENV, die_with_parent, die_with_parent_available
 from scaling.results import ended_without_result, read_result, read_result_checked
-from scaling.study.spec import RUN_PY, Launcher, StudyConfig, StudyPlan
+from scaling.study.spec import RUN_PY, Branching, Launcher, StudyConfig, StudyPlan
 from scaling.study.tune import BatchSearch, search_batch
 from scaling.study.zygote import Worker
 from scaling.userfiles import read_text_file
@@ -317,7 +317,7 @@ def study_record(study: StudyPlan, entries: dict[str, dict], trials: list[StudyC
     return record
 
 
-def planned_configs(study: StudyPlan, searches: list[BatchSearch]) -> Iterator[StudyConfig]:
+def planned_configs(study: StudyPlan, searches: list[BatchSearch], say=print) -> Iterator[StudyConfig]:
     """The configurations in the order they run: a tuned study's searches first, each trial decided from the
     results of the trials before it (scaling/study/tune.py), then the fixed configurations. The caller runs
     (or skips) each before asking for the next; `searches` fills in as they go."""
@@ -326,7 +326,32 @@ def planned_configs(study: StudyPlan, searches: list[BatchSearch]) -> Iterator[S
             search = BatchSearch(group, group["global_bs"], study.tuning.spec.dimensions, study.tuning.seeds)
             searches.append(search)
             yield from search_batch(search, study.tuning.spec, study.tuning.make, trial_outcome)
+    branching = study.branching
+    if branching is not None:
+        yield branching.reference
     yield from study.configs
+    if branching is not None and read_result(Path(branching.reference.config.output_dir) / "result.json"):
+        if not branching.record.is_file():
+            run_branching(branching, say)
+        if branching.record.is_file():
+            for seed in branching.seeds:
+                yield branching.derive(seed, branching.record)
+
+
+def run_branching(branching: Branching, say=print) -> None:
+    """`scaling branch` on the study's reference run, in a process of its own (its output shown as it goes); a
+    failure is said, and the study goes on without the derived schedules."""
+    say(f"scaling: branching the reference run: scaling {' '.join(branching.command())}")
+    env = {**os.environ, "PYTHONPATH": str(RUN_PY.parent.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    process = subprocess.run([sys.executable, str(RUN_PY.parent / "cli.py"), *branching.command()],
+                             capture_output=True, text=True, env=env)
+    write_text_atomic(branching.record.with_name("branch.log"), process.stdout + process.stderr)
+    for line in process.stdout.splitlines():
+        if line.startswith("scaling branch:") and ("critical batch" in line or "wrote" in line or "point(s)" in line):
+            say(line)
+    if process.returncode != 0:
+        tail = "\n".join(process.stderr.strip().splitlines()[-5:])
+        say(f"scaling: branching failed (exit {process.returncode}): {tail}; the derived schedules are not run")
 
 
 def trial_outcome(study_config: StudyConfig) -> tuple[str, int | None, int | None, tuple[tuple[int, float], ...]]:
@@ -373,7 +398,7 @@ def run_study(study: StudyPlan, study_dir: Path, progress: bool = True, say=prin
     total = None if study.tuning is not None else len(study.configs)  # a search decides its own length
     with SweepSignals() as signals, Worker(say=lambda line: bar.write(line)) as worker:
         bar = tqdm(total=total, unit="config", disable=not progress, dynamic_ncols=True)
-        for study_config in planned_configs(study, searches):
+        for study_config in planned_configs(study, searches, say=lambda line: bar.write(line)):
             if signals.signum:
                 break
             trials.append(study_config)

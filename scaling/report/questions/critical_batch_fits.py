@@ -340,13 +340,14 @@ class NoiseAnalysis:
 
 
 def analyse(runs: list[Run], series: dict[str, list[Point]],
-            rules: stats.Rules = stats.DEFAULT_RULES) -> NoiseAnalysis:
-    """The fits of every series (Study.series) with enough batch sizes that reached the target."""
+            rules: stats.Rules = stats.DEFAULT_RULES, require_noise: bool = True) -> NoiseAnalysis:
+    """The fits of every series (Study.series) with enough batch sizes that reached the target (only where the
+    runs measured the noise scale, unless `require_noise` is false: the fits need steps and samples only)."""
     present = any(has_noise_data(run) for run in runs)
     methods = Counter(noise_scale(run).get("method") for run in runs if has_noise_data(run))
     b_all = [value for run in runs if (value := b_simple_at_target(run)) is not None]
     fits, too_few = [], {}
-    if present:
+    if present or not require_noise:
         for name, points in series.items():
             points = [p for p in points if any(run.target is not None for run in p.runs)]
             if not points:
