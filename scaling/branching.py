@@ -179,6 +179,11 @@ class Reference:
     def seed(self) -> int:
         return int(self.config["seed"])
 
+    @property
+    def units_per_sample(self) -> int:
+        """What a --batch-schedule start counts per sample: tokens per sequence for a language model, else 1."""
+        return int((self.result.get("tokens") or {}).get("per_sequence") or 1)
+
 
 def load_reference(run_dir: str) -> Reference:
     from scaling.batching import BatchPlan, GlobalBatchSampler
@@ -237,21 +242,39 @@ def resolve_window(text: str, reference: Reference, batches: list[int]) -> tuple
     return max(2 * MIN_EVALUATIONS * unit, math.ceil(samples / unit) * unit), unit
 
 
+def tuned_lrs(study_dir: str) -> dict[int, float]:
+    """--lr-from STUDY_DIR: the best LR a tuned study found at each global batch it searched (study.json's
+    `tuning`: each search's `best` trial, whose `base_lr` is the LR at that batch under lr_scaling none)."""
+    path = Path(study_dir) / "study.json"
+    try:
+        searches = json.loads(path.read_text())["tuning"]
+        found = {int(s["global_bs"]): float(s["best"]["settings"]["base_lr"]) for s in searches if s.get("best")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise ConfigError(f"--lr-from {study_dir}: {path} is not the record of a tuned study (scaling study with a "
+                          f"tune: section)") from None
+    if not found:
+        raise ConfigError(f"--lr-from {study_dir}: its searches have found no best LR yet")
+    return found
+
+
 def branch_config(reference: Reference, step: int, batch: int, seed: int, window: int, every: int,
-                  folder: Path) -> dict:
+                  folder: Path, lr: float | None = None) -> dict:
     """The settings of one branch: the reference's, from its point at `step`, at `batch` (a schedule whose
     second batch starts at the point's samples), under `seed`'s data order, for `window` samples, evaluated
-    every `every` samples from the point."""
-    samples = step * reference.batch
+    every `every` samples from the point; at `lr` when given (a tuned study's best at that batch), else by the
+    reference's rule."""
+    start = step * reference.batch * reference.units_per_sample  # in the schedule's units (tokens for an LM)
     config = {k: v for k, v in reference.config.items()}
     config.update(
         start_from=str(branch_point_folder(reference.run_dir, step).resolve()), output_dir=str(folder),
-        batch_schedule=f"0:{reference.batch},{samples}:{batch}" if batch != reference.batch else None,
+        batch_schedule=f"0:{reference.batch},{start}:{batch}" if batch != reference.batch else None,
         global_bs=reference.batch, per_device_bs=reference.per_device, accumulation_steps=None, seed=seed,
         max_steps=step + window // batch, max_epochs=None, max_time=None, cap_steps=None,
         target_accuracy=None, target_loss=None, target_levels=[], pace=[], exact_target=False,
         eval_every=every // batch, stall_evals=0, noise_scale=False, branch_points=None,
         checkpoint_every=None, save_model=False, probe=False, progress=False, log_with=None)
+    if lr is not None:  # the tuned LR from the point on (lr_scaling none: base_lr is the LR at every batch)
+        config.update(base_lr=lr, base_bs=batch, lr_scaling="none", batch_schedule_lr="rule")
     return config
 
 
@@ -309,7 +332,7 @@ def b_simple_near(result: dict, step: int) -> float | None:
 
 
 def branch_point(reference: Reference, label: str, step: int, multiples: list[int], window: int, every: int,
-                 controls: int, say) -> dict:
+                 controls: int, say, lrs: dict[int, float] | None = None) -> dict:
     """Every run of one point, and what they say."""
     root = reference.run_dir / "branches" / f"step-{step}"
     seeds = [reference.seed + i for i in range(controls + 1)]  # the reference's own data order first
@@ -328,7 +351,11 @@ def branch_point(reference: Reference, label: str, step: int, multiples: list[in
         seed = reference.seed if multiple > 1 else reference.seed + controls + 1  # A/A: a fresh data order
         folder = root / f"x{multiple}"
         say(f"scaling branch: step {step:,}: batch {batch} ({multiple}x, {window // batch:,} steps)")
-        result = run_branch(branch_config(reference, step, batch, seed, window, every, folder), folder)
+        lr = lrs[batch] if lrs and multiple > 1 else None
+        result = run_branch(branch_config(reference, step, batch, seed, window, every, folder, lr), folder)
+        phases = result.get("batch_schedule") or []
+        if multiple > 1 and (len(phases) != 2 or phases[1]["first_step"] != step):
+            raise AssertionError(f"the branch in {folder} did not change its batch at step {step}: {phases}")
         loss = window_loss(result, start, window)
         branches.append({"batch": batch, "multiple": multiple, "seed": seed, "steps": window // batch, "loss": loss,
                          "gap": loss - mean, "kept_up": loss - mean <= tol, "lr": result["lr_per_step"][-1],
@@ -368,7 +395,7 @@ def describe_point(point: dict, reference_batch: int) -> list[str]:
 
 
 def branch(run_dir: str, batches: str, at: str, window: str = DEFAULT_WINDOW, controls: int = DEFAULT_CONTROLS,
-           say=print) -> dict:
+           say=print, lr_from: str | None = None) -> dict:
     """Branch the run in `run_dir` at each point of `at`, at each multiple of `batches`; write and return the
     record (branches.json)."""
     started = time.perf_counter()
@@ -380,6 +407,12 @@ def branch(run_dir: str, batches: str, at: str, window: str = DEFAULT_WINDOW, co
     if largest > reference.train_samples:
         raise ConfigError(f"--batches {batches}: batch {largest} is larger than the training set "
                           f"({reference.train_samples:,} samples)")
+    lrs = tuned_lrs(lr_from) if lr_from is not None else None
+    if lrs is not None:
+        missing = [m * reference.batch for m in multiples if m > 1 and m * reference.batch not in lrs]
+        if missing:
+            raise ConfigError(f"--lr-from {lr_from}: the tuned study searched no LR at batch "
+                              f"{', '.join(map(str, missing))} (it searched {', '.join(map(str, sorted(lrs)))})")
     points = resolve_points(parse_points(at, "--at"), reference.budget, "--at")
     saved = saved_points(reference.run_dir)
     for label, step in points:
@@ -393,16 +426,15 @@ def branch(run_dir: str, batches: str, at: str, window: str = DEFAULT_WINDOW, co
     say(f"scaling branch: {len(points)} point(s) x ({controls + 1} controls at batch {reference.batch} + "
         f"{len(multiples)} branches) = {runs} runs of {window_samples:,} samples each "
         f"({runs * window_samples:,} samples in all)")
-    tokens = reference.result.get("tokens") or {}
     record = {"schema": SCHEMA, "reference": str(reference.run_dir), "batch": reference.batch,
-              "units_per_sample": tokens.get("per_sequence", 1),
+              "units_per_sample": reference.units_per_sample,
               "budget_steps": reference.budget, "window_samples": window_samples, "eval_every_samples": every,
-              "controls": controls,
+              "controls": controls, "lr_from": lr_from,
               "tolerance_rule": "one-sided 99% prediction bound of a run at the reference batch from the controls "
                                 f"(t x s x sqrt(1 + 1/n)), at least {TOLERANCE_FLOOR:g} of their mean loss",
               "points": []}
     for label, step in points:
-        point = branch_point(reference, label, step, multiples, window_samples, every, controls, say)
+        point = branch_point(reference, label, step, multiples, window_samples, every, controls, say, lrs)
         record["points"].append(point)
         for line in describe_point(point, reference.batch):
             say(f"scaling branch: {line}")
@@ -428,6 +460,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--controls", type=int, default=DEFAULT_CONTROLS,
                         help=f"runs at the reference batch under other data orders, for the tolerance (default "
                              f"{DEFAULT_CONTROLS}, besides the reference's own order)")
+    parser.add_argument("--lr-from", metavar="STUDY_DIR",
+                        help="a tuned study's folder: each branch at the best LR it found at that batch (default: "
+                             "the reference's LR rule)")
     args = parser.parse_args(argv)
-    branch(args.run_dir, args.batches, args.at, args.window, args.controls)
+    branch(args.run_dir, args.batches, args.at, args.window, args.controls, lr_from=args.lr_from)
     return 0

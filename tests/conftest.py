@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,26 @@ REPO = Path(__file__).resolve().parent.parent
 RUN_PY = REPO / "scaling" / "run.py"
 # A small default workload so each end-to-end run takes seconds; generated once per test session.
 SMALL = ["--num-samples", "8000", "--progress", "false", "--cpu"]
+# A generated 4-class problem as a module's text (`problem_module:data`, `problem_module:model`), its seed from
+# PROBLEM_SEED: the plain-loop references of tests/test_plain_loop.py and tests/test_batch_schedule.py train it.
+LINEAR_PROBLEM = textwrap.dedent('''
+    import os
+
+    import torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    def data():
+        """A generated 4-class problem: Gaussian inputs, labels from a random linear teacher plus noise."""
+        g = torch.Generator().manual_seed(int(os.environ["PROBLEM_SEED"]))
+        x = torch.randn(640, 12, generator=g)
+        teacher = torch.randn(12, 4, generator=g)
+        y = (x @ teacher + 0.5 * torch.randn(640, 4, generator=g)).argmax(dim=1)
+        return TensorDataset(x[:512], y[:512]), TensorDataset(x[512:], y[512:])
+
+    def model():
+        return nn.Sequential(nn.Linear(12, 32), nn.Tanh(), nn.Linear(32, 4))
+''')
 
 
 # No network here or in CI: fail at once instead of retrying. Set before anything imports huggingface_hub or

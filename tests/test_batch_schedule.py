@@ -9,32 +9,22 @@ per seed."""
 import json
 import math
 import sys
-import textwrap
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import SMALL, assert_ok, assert_one_line_error, load_result, run_entry, run_torchrun
+from conftest import (
+    LINEAR_PROBLEM,
+    SMALL,
+    assert_ok,
+    assert_one_line_error,
+    load_result,
+    run_entry,
+    run_torchrun,
+)
 
-PROBLEM = textwrap.dedent('''
-    import os
-
-    import torch
-    from torch import nn
-    from torch.utils.data import TensorDataset
-
-    def data():
-        """A generated 4-class problem: Gaussian inputs, labels from a random linear teacher plus noise."""
-        g = torch.Generator().manual_seed(int(os.environ["PROBLEM_SEED"]))
-        x = torch.randn(640, 12, generator=g)
-        teacher = torch.randn(12, 4, generator=g)
-        y = (x @ teacher + 0.5 * torch.randn(640, 4, generator=g)).argmax(dim=1)
-        return TensorDataset(x[:512], y[:512]), TensorDataset(x[512:], y[512:])
-
-    def model():
-        return nn.Sequential(nn.Linear(12, 32), nn.Tanh(), nn.Linear(32, 4))
-''')
+PROBLEM = LINEAR_PROBLEM  # the generated 4-class problem of tests/test_plain_loop.py
 # Batch 32 from sample 0, 64 from 200, 128 from 600, over 512 training samples: the changes fall mid-epoch and an
 # epoch's rest too short for the batch is dropped (worked through in plain_loop's comments).
 SCHEDULE = [(0, 32), (200, 64), (600, 128)]

@@ -194,3 +194,46 @@ def test_the_critical_batch_is_the_last_that_kept_up_before_the_first_that_did_n
 
     branches = [{"batch": batch, "kept_up": value} for batch, value in kept.items()]
     assert critical_batch(16, branches) == expected
+
+
+@pytest.mark.slow
+def test_a_language_model_branches_at_its_point_in_tokens(tmp_path):
+    """--batch-schedule counts tokens for a language model: a branch's second batch starts at the point's
+    sequences x context, i.e. at the point's step."""
+    reference = tmp_path / "reference"
+    assert_ok(run_entry(["--dataset", "stories", "--cpu", "--progress", "false", "--num-samples", "1024",
+                         "--global-bs", "8", "--max-steps", "60", "--target-loss", "none", "--eval-every", "30",
+                         "--eval-samples", "32", "--branch-points", "20", "--output-dir", str(reference)]))
+    proc = run_in_process([str(reference), "--at", "20", "--batches", "2x", "--window", "512", "--controls", "1"],
+                          command="branch")
+    assert_ok(proc)
+    record = json.loads((reference / "branches.json").read_text())
+    assert record["units_per_sample"] == 64 and record["window_samples"] == 512
+    point = record["points"][0]
+    assert point["samples"] == 160 and point["matches_reference"] == 0.0
+    branch = load_result(reference / point["branches"][0]["run"])
+    assert branch["batch_schedule"][1]["first_step"] == 20 and branch["batch_schedule"][1]["asked"] == 160
+    assert branch["history"][-1]["samples"] == 160 + 512 and branch["steps"] == 20 + 512 // 16
+
+
+def test_branches_take_a_tuned_studys_best_lr_at_their_batch(short_reference, tmp_path):
+    study = tmp_path / "tuned"
+    study.mkdir()
+    (study / "study.json").write_text(json.dumps({"name": "t", "configs": [], "tuning": [
+        {"global_bs": 128, "best": {"settings": {"base_lr": 0.0375}}},
+        {"global_bs": 512, "best": {"settings": {"base_lr": 0.3}}}]}))
+    copy = tmp_path / "reference"
+    import shutil
+
+    shutil.copytree(short_reference, copy)
+    refused = run_in_process([str(copy), "--at", "10%", "--batches", "2x,4x", "--lr-from", str(study)],
+                             command="branch")
+    assert_one_line_error(refused, "the tuned study searched no LR at batch 256 (it searched 128, 512)")
+    proc = run_in_process([str(copy), "--at", "10%", "--batches", "2x", "--controls", "1", "--lr-from", str(study)],
+                          command="branch")
+    assert_ok(proc)
+    point = json.loads((copy / "branches.json").read_text())["points"][0]
+    branch = load_result(copy / point["branches"][0]["run"])
+    assert set(branch["lr_per_step"][point["step"]:]) == {0.0375} and point["branches"][0]["lr"] == 0.0375
+    control = load_result(copy / "branches" / f"step-{point['step']}" / "control-0")
+    assert control["lr_per_step"] == load_result(copy)["lr_per_step"][:len(control["lr_per_step"])]

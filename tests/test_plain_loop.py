@@ -4,34 +4,16 @@ seed * 1_000_003 + e, the incomplete last batch dropped) and global batch, so th
 whatever the decomposition the tool splits the global batch into. Problems are generated per seed."""
 
 import json
-import textwrap
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_ok, run_entry, run_torchrun
+from conftest import LINEAR_PROBLEM, assert_ok, run_entry, run_torchrun
 
 pytestmark = pytest.mark.slow
 
-PROBLEM = textwrap.dedent('''
-    import os
-
-    import torch
-    from torch import nn
-    from torch.utils.data import TensorDataset
-
-    def data():
-        """A generated 4-class problem: Gaussian inputs, labels from a random linear teacher plus noise."""
-        g = torch.Generator().manual_seed(int(os.environ["PROBLEM_SEED"]))
-        x = torch.randn(640, 12, generator=g)
-        teacher = torch.randn(12, 4, generator=g)
-        y = (x @ teacher + 0.5 * torch.randn(640, 4, generator=g)).argmax(dim=1)
-        return TensorDataset(x[:512], y[:512]), TensorDataset(x[512:], y[512:])
-
-    def model():
-        return nn.Sequential(nn.Linear(12, 32), nn.Tanh(), nn.Linear(32, 4))
-''')
+PROBLEM = LINEAR_PROBLEM
 GLOBAL_BS, STEPS, LR, MOMENTUM = 64, 24, 0.2, 0.9
 
 
