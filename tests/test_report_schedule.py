@@ -99,7 +99,7 @@ def test_the_report_shows_the_critical_batch_over_training_from_the_branching_re
     assert "## How does the critical batch change during training?" in report
     for point in record["points"]:
         low, high = point["bracket"]
-        bracket = f"≥ {low}" if high is None else f"{low}–{high}"
+        bracket = f"≥ {low}" if high is None else f"< {high}" if low == record["batch"] else f"{low}–{high}"
         assert f"| {point['step']:,} | {point['samples']:,} |" in report and bracket in report
     assert (folder / "critical_batch_over_training.png").stat().st_size > 10_000
     # The branches are read through branches.json, not as runs of the study.

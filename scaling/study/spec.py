@@ -434,6 +434,7 @@ def _branching(section: Any, base: dict, launcher: Launcher, study_dir: Path, pa
     if not isinstance(controls, int) or isinstance(controls, bool) or controls < 1:
         raise ConfigError(f"study spec {path}: 'branch: controls' is a whole number of runs >= 1; got {shown(controls)}")
     ref = _make_config(base, {**reference, "branch_points": at, "target_accuracy": None, "target_loss": None,
+                              "target_levels": [], "pace": [],
                               "lr_decay": "constant"}, launcher, study_dir, path)
     if ref.config.max_steps is None and ref.config.max_epochs is None:
         raise ConfigError(f"study spec {path}: the branching reference needs a step budget (max_steps or max_epochs)")

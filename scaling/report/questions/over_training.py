@@ -64,10 +64,14 @@ def records_of(study: Study) -> list[Record]:
     return out
 
 
-def _bracket_text(point: dict) -> str:
+def _bracket_text(point: dict, reference_batch: int | None = None) -> str:
+    """`64–128`; `≥ 512` when every batch tried kept up; `< 32` when even the smallest branch fell behind (no
+    batch below the run's own was tried)."""
     low, high = point["bracket"]
     if high is None:
         return f"≥ {low}"
+    if low == reference_batch:
+        return f"< {high}"
     return f"{low}–{high}"
 
 
@@ -80,8 +84,9 @@ def over_training(study: Study) -> list[Finding]:
         first, last = points[0], points[-1]
         lows = [p["critical_batch"] for p in points]
         trend = ("rises" if lows[-1] > lows[0] else "falls" if lows[-1] < lows[0] else "stays")
-        text = (f"{record.run.id}: the critical batch measured by branching {trend} from {_bracket_text(first)} at "
-                f"{first['samples']:,} samples to {_bracket_text(last)} at {last['samples']:,}")
+        batch = record.data.get("batch")
+        text = (f"{record.run.id}: the critical batch measured by branching {trend} from {_bracket_text(first, batch)} "
+                f"at {first['samples']:,} samples to {_bracket_text(last, batch)} at {last['samples']:,}")
         apart = [(p, disagreement(p)) for p in points]
         apart = [(p, side) for p, side in apart if side is not None]
         if apart:
@@ -108,7 +113,8 @@ def section(study: Study) -> list[Block]:
             branches = ", ".join(f"{b['batch']}{'✓' if b['kept_up'] else '✗'}" for b in point.get("branches", []))
             side = disagreement(point)
             rows.append([record.run.id, f"{point['step']:,}", f"{point['samples']:,}",
-                         fmt.sig(point["b_simple"]) if point.get("b_simple") else fmt.DASH, _bracket_text(point),
+                         fmt.sig(point["b_simple"]) if point.get("b_simple") else fmt.DASH,
+                         _bracket_text(point, record.data.get("batch")),
                          branches, f"{point['tolerance']:.3g}", {"above": "B_simple above", "below": "B_simple below",
                                                                   None: "agree"}[side]])
     blocks.append(Table(["run", "step", "samples", "B_simple (probe)", "critical batch", "branches (✓ kept up)",
@@ -117,7 +123,7 @@ def section(study: Study) -> list[Block]:
         "Critical batch: the largest batch whose evaluation loss, averaged over the second half of a window of "
         "samples after the point, stayed within the tolerance of the controls at the run's batch (a 99% "
         "prediction bound over data orders), every smaller batch keeping up too; ≥ when every batch tried kept "
-        f"up. B_simple: the run's probe at the point's weights. They disagree when B_simple lies more than "
+        f"up, < when even the smallest branch fell behind. B_simple: the run's probe at the point's weights. They disagree when B_simple lies more than "
         f"{DISAGREE_FACTOR:g}x outside the bracket (docs/branching.md)."))
     path = _plot(study, records)
     if path is not None:

@@ -145,18 +145,18 @@ def section(study: Study) -> list[Block]:
             c, measure = against.comparison, against.measure
             ours = stat(_values(item.schedule, measure))
             theirs = stat(_values(against.fixed, measure))
-            interval = (f"{fmt.signed_percent(c.low - 1)} to {fmt.signed_percent(c.high - 1)}"
+            interval = (f"{fmt.signed_percent(1 - c.high)} to {fmt.signed_percent(1 - c.low)}"
                         if c.low is not None else "— (one seed)")
             rows.append([_schedule_text(item.schedule), measure, fmt.mean_std(ours.mean, ours.std, formats[measure]),
                          f"{against.fixed.global_bs} ({against.why})",
                          fmt.mean_std(theirs.mean, theirs.std, formats[measure]),
-                         fmt.percent(against.saved, 0) if against.saved is not None else fmt.DASH, interval,
+                         fmt.signed_percent(against.saved) if against.saved is not None else fmt.DASH, interval,
                          f"{c.n_a} / {c.n_b}", verdicts[c.verdict]])
     blocks.append(Table(["schedule", "to target", "schedule", "fixed batch", "fixed", "saved", "confidence interval",
                          "seeds", "verdict"], rows))
     blocks.append(Note(
-        "Saved: 1 − the schedule's value over the fixed batch's (ratio of geometric means over seeds), with the "
-        f"{fmt.confidence(study.rules.confidence)} Welch t interval of the difference; it counts when the whole "
+        "Saved: 1 − the schedule's value over the fixed batch's (ratio of geometric means over seeds; negative: the "
+        f"schedule took more), with its {fmt.confidence(study.rules.confidence)} Welch t interval; it counts when the whole "
         f"interval lies beyond ±{fmt.percent(study.rules.threshold, 0)}. The best fixed batch is chosen per measure "
         "(the fewest steps are at a large batch, the fewest samples at a small one). The anchors: "
         + "; ".join(text for _, text in ANCHORS.values()) + "."))
