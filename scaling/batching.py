@@ -298,6 +298,7 @@ class GlobalBatchSampler:
             epoch, start = self._locate_in(len(self._cursors) - 1, following.first_step - 1)
             self._cursors.append((epoch, start + phase.plan.global_bs))
         self._slices: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        self._scheduled = batches.scheduled
         self._epoch = -1
         self._perm: torch.Tensor | None = None
 
@@ -316,6 +317,9 @@ class GlobalBatchSampler:
 
     def locate(self, step: int) -> tuple[int, int]:
         """(epoch, position of the global batch's first sample in that epoch's permutation) of `step`."""
+        if not self._scheduled:  # the hot path of every fixed-batch step: no phase to look up
+            epoch, position = divmod(step, self.steps_per_epoch)
+            return epoch, position * self.plan.global_bs
         return self._locate_in(self.batches.index_at(step), step)
 
     def _locate_in(self, index: int, step: int) -> tuple[int, int]:
@@ -335,7 +339,7 @@ class GlobalBatchSampler:
     def slices(self, process_index: int, step: int = 0) -> list[tuple[int, int]]:
         """[start, end) of each micro-batch that real process `process_index` runs, within the global batch of
         `step`."""
-        index = self.batches.index_at(step)
+        index = self.batches.index_at(step) if self._scheduled else 0
         key = (process_index, index)
         if key not in self._slices:
             plan = self.batches.phases[index].plan
