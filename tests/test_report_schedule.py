@@ -62,6 +62,12 @@ def test_the_study_runs_the_reference_branches_it_and_trains_the_warmup(study):
     for result in scheduled:
         got = [(p["asked"], p["global"]) for p in result["batch_schedule"]] if result["batch_schedule"] else [(0, 64)]
         assert got == expected
+    report = (folder / "report.md").read_text()
+    for result in scheduled:
+        if result["batch_schedule"]:  # the runs table names the batches and where each started
+            batches = "→".join(f"{p['global']:,}" for p in result["batch_schedule"])
+            starts = ", ".join(f"{p['global']} from step {p['first_step']:,}" for p in result["batch_schedule"])
+            assert f"| {batches} |" in report and f"batch schedule: {starts}" in report
     study_record = json.loads((folder / "study.json").read_text())
     assert len(study_record["configs"]) == 1 + 6 + 2  # reference, the grid, the derived seeds
 

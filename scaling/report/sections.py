@@ -107,14 +107,15 @@ def configurations_table(study: Study) -> list[Block]:
     chosen = {i for search in study.searches or [] if search.best for i in search.best.ids}
     rows = []
     for run in runs:
-        row = [run.id, fmt.integer(run.global_bs), run.decomposition or fmt.DASH, run.lr_rule or fmt.DASH,
+        row = [run.id, _batch_cell(run), run.decomposition or fmt.DASH, run.lr_rule or fmt.DASH,
                fmt.lr(run.lr_scaled)]
         row += [str(run.seed)] * show_seed
         row += [run.status, fmt.seconds(run.wall_time), fmt.seconds(run.train_time), _steps_cell(run),
                 _samples_cell(run), fmt.integer(run.throughput)]
         if context:
             tokens = run.tokens or {}
-            row += [fmt.integer(tokens.get("per_step")), _samples_cell(run, context),
+            row += [_batch_cell(run, context) if _phases(run) else fmt.integer(tokens.get("per_step")),
+                    _samples_cell(run, context),
                     fmt.integer(tokens.get("throughput_per_s"))]
         row += [fmt.percent(run.data_wait)] * show_wait + [fmt.nbytes(run.peak_memory)] * show_memory
         row.append(_note(run, mark if id(run) in best_runs else None, run.id in trials, run.id in chosen))
@@ -135,6 +136,20 @@ def configurations_table(study: Study) -> list[Block]:
     return blocks
 
 
+def _phases(run: Run) -> list[dict]:
+    """A --batch-schedule run's batches (result `batch_schedule`), [] for a fixed batch."""
+    phases = run.get("batch_schedule")
+    return phases if isinstance(phases, list) else []
+
+
+def _batch_cell(run: Run, per_sample: int = 1) -> str:
+    """The global batch (x `per_sample`: tokens per step), or a schedule's batches in order, `16→32`."""
+    phases = _phases(run)
+    if not phases:
+        return fmt.integer(run.global_bs * per_sample if run.global_bs else None)
+    return "→".join(fmt.integer(p["global"] * per_sample) for p in phases)
+
+
 def _steps_cell(run: Run) -> str:
     """`175`, or `81–120` where the first step at the target is known only to an interval."""
     interval = run.steps_interval
@@ -144,7 +159,7 @@ def _steps_cell(run: Run) -> str:
 def _samples_cell(run: Run, per_sample: int = 1) -> str:
     """Samples (or with `per_sample` the context, tokens) to target; a range where the step is an interval."""
     interval, batch = run.steps_interval, run.global_bs
-    if interval is None or not batch:
+    if interval is None or not batch or _phases(run):  # a schedule's samples are its own sum
         samples = run.get("samples_to_target") if run.reached else None
         return fmt.integer(samples * per_sample if samples is not None else None)
     return f"{interval[0] * batch * per_sample:,}–{interval[1] * batch * per_sample:,}"
@@ -164,6 +179,9 @@ def _final(run: Run) -> str:
 
 def _note(run: Run, mark: str | None, trial: bool = False, chosen: bool = False) -> str:
     parts = [mark] if mark else []
+    if _phases(run):
+        parts.append("batch schedule: " + ", ".join(f"{p['global']} from step {p['first_step']:,}"
+                                                     for p in _phases(run)))
     if run.tuned:  # a tuned study's trials: which of them the questions see (report/tuning.py)
         parts.append("tuned: the best LR at its batch" if chosen else
                      "tuned series at its batch, where no LR reached the target with every seed")
