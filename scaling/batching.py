@@ -184,11 +184,6 @@ class BatchSchedule:
         phase = self.phase_at(step)
         return phase.samples_before + (step - phase.first_step) * phase.plan.global_bs
 
-    def step_at_samples(self, samples: float) -> int:
-        """The fewest optimizer steps that train at least `samples` samples."""
-        phase = next(p for p in reversed(self.phases) if p.samples_before <= samples)
-        return phase.first_step + max(0, math.ceil((samples - phase.samples_before) / phase.plan.global_bs))
-
     def _spans(self, dataset_size: int):
         """(first step, end step or None, steps per epoch) of each batch."""
         for index, phase in enumerate(self.phases):

@@ -232,3 +232,16 @@ def test_a_language_models_schedule_starts_count_tokens(tmp_path):
         (0, 0, 0), (157, 10, 160)]
     assert [p["accumulation_steps"] for p in result["batch_schedule"]] == [1, 2]
     assert result["tokens"]["trained"] == (10 * 16 + 2 * 32) * 64
+
+
+def test_the_dataloader_path_follows_the_same_scheduled_batches(tmp_path):
+    """A schedule through the DataLoader (--fast-path false: the batch sampler's slices per step) trains on the
+    same samples as the in-memory path, through the change of batch."""
+    common = [*SMALL, "--batch-schedule", "0:64,1000:128", "--per-device-bs", "32", "--max-steps", "24",
+              "--target-accuracy", "none", "--eval-every", "24", "--noise-scale", "false"]
+    assert_ok(run_entry([*common, "--output-dir", str(tmp_path / "memory")]))
+    assert_ok(run_entry([*common, "--fast-path", "false", "--output-dir", str(tmp_path / "loader")]))
+    memory, loader = load_result(tmp_path / "memory"), load_result(tmp_path / "loader")
+    assert [p["first_step"] for p in loader["batch_schedule"]] == [0, 16]
+    torch.testing.assert_close(torch.tensor(loader["train_loss"]), torch.tensor(memory["train_loss"]), rtol=1e-6,
+                               atol=0)

@@ -176,11 +176,11 @@ class BatchSource:
             for start, end in self.sampler.slices(self.process_index, step):
                 yield self._tensors.batch(self._permutation[first + start : first + end])
         elif self.memory_format is not None:
-            for _ in range(self.sampler.batches.plan_at(step).micro_steps_per_process):
+            for _ in self.sampler.slices(self.process_index, step):  # one micro-batch per slice
                 inputs, labels = next_batch(self._iterator)
                 yield (inputs.contiguous(memory_format=self.memory_format) if inputs.dim() == 4 else inputs), labels
         else:
-            for _ in range(self.sampler.batches.plan_at(step).micro_steps_per_process):
+            for _ in self.sampler.slices(self.process_index, step):
                 yield next_batch(self._iterator)
 
     def replay_micro_batches(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -73,7 +73,8 @@ class Trainer:
         self.batches = sampler.batches  # the global batch of every step (one, or a --batch-schedule's)
         # A cap (cfg.cap_steps: a tuning trial that can no longer win) ends the loop early without changing
         # the LR schedule, which build.py plans over the full budget: a capped run is the uncapped one, cut.
-        self.last_step = capped(total_steps(cfg, sampler), cfg.cap_steps)
+        budget = total_steps(cfg, sampler)
+        self.last_step = capped(budget, cfg.cap_steps)
         self.eval_interval = steps_per_eval(cfg, self.steps_per_epoch)
         # A run started from another run's point (--start-from) evaluates every interval counted from that point.
         self.eval_offset = start_point_step(Path(cfg.start_from)) if cfg.start_from else 0
@@ -106,7 +107,7 @@ class Trainer:
         self.target_search = TargetSearch(self, enabled=cfg.exact_target and self.target is not None,
                                           max_steps=cfg.exact_target_max_steps)
         # --branch-points: the steps whose state is kept for `scaling branch` (a window boundary at each)
-        self.branch_steps = branch_steps(cfg, total_steps(cfg, sampler))
+        self.branch_steps = branch_steps(cfg, budget)
         self.window_steps = cfg.log_every  # steps per logging window (window_length)
         self._boundary: tuple[int, float] | None = None  # (step, agreed elapsed) at the last window boundary
         self._checkpointed_at = 0
