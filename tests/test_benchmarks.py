@@ -93,7 +93,7 @@ def test_overhead_benchmark_gpt_path_prints_and_saves_tokens_per_second(tmp_path
     assert (whole["path"], whole["batch"], whole["unit"]) == ("gpt", 8, "tokens/s")
     assert len(whole["ratio"]) == 2 and len(inner["ratio"]) == 3
     for case, printed in ((whole, rows[0][5]), (inner, rows[1][2])):
-        assert all(math.isfinite(ratio) and 0.1 < ratio < 10 for ratio in case["ratio"])
+        assert all(math.isfinite(ratio) and ratio > 0 for ratio in case["ratio"])  # 10 steps: a rate, not a figure
         assert float(printed) == round(statistics.median(case["ratio"]), 3)
     # tokens/s: the printed rates are the saved ones, which are per token
     assert float(rows[0][3].replace(",", "")) == round(statistics.median(whole["bare"]))

@@ -187,7 +187,7 @@ def test_the_sweep_restarts_a_configuration_whose_checkpoint_cannot_be_loaded(tm
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({"name": "corrupt", "base": {
         "num_samples": 8000, "global_bs": 32, "max_steps": 400, "target_accuracy": None, "log_every": 20,
-        "eval_every": 500, "cpu": True}}))
+        "log_min_s": 0, "eval_every": 500, "cpu": True}}))  # a window of 20 steps: the stop lands in time
     study_dir = tmp_path / "study"
     command = [sys.executable, "-m", "scaling.cli", "sweep", str(spec), "--dir", str(study_dir), "--no-progress"]
     sweep = subprocess.Popen(command, cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -201,7 +201,7 @@ def test_an_unreachable_hub_fails_fast_in_one_line_without_retry_noise(tmp_path)
     assert_one_line_error(proc, "cannot load --dataset 'someone/some-dataset': the Hugging Face hub (127.0.0.1) "
                                 "cannot be reached", "no copy is cached here")
     assert "Retry" not in proc.stderr and "retry" not in proc.stdout
-    assert time.time() - started < 30
+    assert time.time() - started < 60  # retries would take minutes; a loaded machine imports torch slowly
 
 
 # Issue 29, items 7-13: bad data that used to reach training (or allocate without bound) before it failed.
@@ -405,7 +405,7 @@ def test_the_samples_a_global_batch_needs_match_a_plain_search():
 
 @pytest.mark.slow
 def test_a_global_batch_far_beyond_the_data_is_refused_at_once():
-    proc = run_script([*SMALL, "--num-samples", "4000", "--global-bs", str(10**29)], timeout=60)  # used to hang
+    proc = run_script([*SMALL, "--num-samples", "4000", "--global-bs", str(10**29)], timeout=120)  # used to hang
     assert_one_line_error(proc, f"fewer than one global batch of {10**29}", f"use --num-samples {125 * 10**27} or more")
 
 

@@ -49,7 +49,7 @@ def test_alias_bomb_as_a_run_value_is_refused_at_once(tmp_path):
     started = time.time()
     proc = run_in_process(["--config", str(config), "--output-dir", str(tmp_path / "out")])
     assert_one_line_error(proc, str(config), "aliases expand to more than 100,000 values")
-    assert time.time() - started < 30
+    assert time.time() - started < 60  # at once: expanding the aliases would take far longer (or run out of memory)
     assert not (tmp_path / "out" / "result.json").exists()
 
 
@@ -59,7 +59,7 @@ def test_alias_bomb_in_a_spec_is_refused_at_once_in_bounded_memory(tmp_path, sec
     started = time.time()
     proc = scaling_cli("sweep", str(spec), "--dir", str(tmp_path / "s"), "--dry-run", memory_mb=4096)
     assert_one_line_error(proc, "aliases expand to more than 100,000 values")
-    assert time.time() - started < 30
+    assert time.time() - started < 60  # at once: expanding the aliases would take far longer (or run out of memory)
     assert not (tmp_path / "s").exists()
 
 
@@ -169,7 +169,7 @@ def test_a_million_combinations_are_refused_with_the_count_before_expanding(tmp_
     started = time.time()
     proc = scaling_cli("sweep", str(spec), "--dir", str(tmp_path / "s"), "--dry-run", memory_mb=4096)
     assert_one_line_error(proc, "1,000,000 configurations (100 x 100 x 100)", f"limit of {MAX_CONFIGS:,}")
-    assert time.time() - started < 30
+    assert time.time() - started < 60  # at once: expanding the aliases would take far longer (or run out of memory)
 
 
 # ---------------------------------------------------------------- item 11: launcher fields

@@ -2,9 +2,11 @@
 lost or split ends failed. Real symlinks planted in study and run folders, a run folder deleted and one
 swapped for a link while a real run writes into it, real factories that exit with status 0."""
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -135,6 +137,17 @@ def wait_for_lines(metrics: Path, lines: int = 3, timeout: float = 120) -> None:
     raise AssertionError(f"no training in {metrics.parent} after {timeout} s")
 
 
+@contextlib.contextmanager
+def paused(proc: subprocess.Popen):
+    """The run stopped (SIGSTOP) while the test changes its folder: a change of several system calls (a
+    tree removed file by file, a rename then a link) is seen by the run whole, never half made."""
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGCONT)
+
+
 def finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
     stdout, stderr = proc.communicate(timeout=120)
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
@@ -145,7 +158,8 @@ def test_a_run_whose_folder_is_deleted_ends_failed_and_recreates_nothing(tmp_pat
     out = tmp_path / "run"
     proc = start_run(out)
     wait_for_lines(out / "metrics.jsonl")
-    shutil.rmtree(out)
+    with paused(proc):
+        shutil.rmtree(out)
     done = finish(proc)
     assert_one_line_error(done, f"output folder {out} was deleted during the run", "stops as failed")
     assert "completed" not in done.stdout
@@ -158,8 +172,9 @@ def test_a_run_whose_folder_is_swapped_for_a_link_fails_and_writes_only_where_it
     elsewhere.mkdir()
     proc = start_run(out)
     wait_for_lines(out / "metrics.jsonl")
-    os.rename(out, moved)
-    out.symlink_to(elsewhere)
+    with paused(proc):
+        os.rename(out, moved)
+        out.symlink_to(elsewhere)
     done = finish(proc)
     assert_one_line_error(done, f"output folder {out} was replaced", "stops as failed")
     assert list(elsewhere.iterdir()) == []  # nothing split off into the folder that took its place

@@ -164,8 +164,8 @@ def test_a_run_that_does_not_stop_is_killed_after_the_grace_period(tmp_path):
     os.killpg(proc.pid, signal.SIGINT)
     started = time.time()
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and time.time() - started < 30, stderr
-    wait_gone(run_pid, timeout=10)
+    assert proc.returncode == 130 and time.time() - started < 60, stderr  # 3 s of grace, not the 600 s sleep
+    wait_gone(run_pid, timeout=30)
     (entry,) = json.loads((study_dir / "study.json").read_text())["configs"]
     assert entry["status"] == "interrupted"
 

@@ -58,7 +58,7 @@ def test_slow_map_dataset_is_input_bound_for_the_users_loader_while_materialized
     assert result["materialized"] == ["train", "eval"]
     pipeline = result["pipeline"]
     assert pipeline["materialized"] and pipeline["samples_read"] == 1000
-    assert 1.5e-3 <= pipeline["per_sample_s"] <= 6e-3  # 2 ms of sleep per item, on a noisy machine
+    assert 1.5e-3 <= pipeline["per_sample_s"] <= 15e-3  # 2 ms of sleep per item; a loaded machine wakes late
     assert pipeline["read_s"] == pytest.approx(pipeline["per_sample_s"] * 1000)
     assert pipeline["workers"] == 1 and pipeline["processes"] == 1  # --num-workers 0: the training process
     assert pipeline["input_ceiling_samples_per_s"] == pytest.approx(1 / pipeline["per_sample_s"])
