@@ -68,17 +68,19 @@ def _handler_line(entry: Path) -> int:
 def _before_the_handler(returncode: int, stderr: str, entry: Path) -> bool:
     """Whether SIGINT came before `entry` installed its handler: the signal's default action (status -2, before
     Python's own handler), or Python's KeyboardInterrupt (status -2, or 1 while the interpreter was still
-    importing `site`), raised while only the entry's first lines (and
-    the two tiny modules they import) had run."""
-    frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', stderr)
-    package = (REPO / "scaling").resolve()
-    ours = [(Path(f).resolve(), int(n), name) for f, n, name in frames
-            if not f.startswith("<") and Path(f).resolve().is_relative_to(package)]
-    early = {entry.resolve(), package / "__init__.py", package / "startup.py"}
+    importing `site`), raised while only the entry's first lines (and the two tiny modules they import) ran."""
     pythons_own = ((returncode == -signal.SIGINT and (not stderr.strip() or stderr.rstrip().endswith("KeyboardInterrupt")))
                    or (returncode == 1 and "Fatal Python error: init_import_site" in stderr))
-    return (pythons_own and all(f in early and name == "<module>" for f, _, name in ours)
-            and all(n < _handler_line(entry) for f, n, _ in ours if f == entry.resolve()))
+    package, entry = (REPO / "scaling").resolve(), entry.resolve()
+    early = {entry, package / "__init__.py", package / "startup.py"}
+    handler = _handler_line(entry)
+    for file, line, name in re.findall(r'File "([^"]+)", line (\d+), in (\S+)', stderr):
+        path = Path(file).resolve()
+        if file.startswith("<") or not path.is_relative_to(package):
+            continue  # Python's own frames, and the libraries'
+        if path not in early or name != "<module>" or (path == entry and int(line) >= handler):
+            return False  # the tool's code after its handler was installed
+    return pythons_own
 
 
 @pytest.mark.parametrize("command, delay", [
